@@ -1,0 +1,233 @@
+"""Deterministic, cached train/validation/test splits for a task.
+
+    task = get_task("copy")
+    splits = make_splits(task, train_lengths=range(4, 33), eval_lengths=[8, 64],
+                         n_train=20000, n_validation=512, n_test=1000, seed=0)
+    splits.train.sources[0], splits.train.targets[0], splits.train.lengths[0]
+    splits.test[64]          # a Dataset of 1000 examples of length 64
+
+Every split is a pure function of (task name, task version, task options,
+lengths, size, seed, split name): the random generator is seeded from a SHA-256
+of that key, so the same key gives byte-identical data in any process.  Splits
+are cached under `datasets/` as `.npz` files of plain string arrays (never
+pickle); the file name and a copy of the key inside it include the task
+version, so a changed generator never reads a stale cache, and a checksum of
+the contents catches a damaged file, which is then regenerated.
+
+Test sets are per evaluation length; no source string of a test set appears in
+the validation or training split, and none of the validation split appears in
+the training split (duplicates are dropped and redrawn from the same stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from study.tasks import Task
+
+log = logging.getLogger(__name__)
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
+FORMAT_VERSION = 1  # bump when the layout of cache files changes
+MAX_REDRAW_ROUNDS = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Parallel lists of examples.
+
+    sources, targets: lists of strings (one example each).
+    lengths: int array of shape (n,), each example's length in the task's `length_unit`.
+    """
+
+    sources: list[str]
+    targets: list[str]
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def select(self, index: np.ndarray | Sequence[int]) -> "Dataset":
+        """The examples at `index`, in that order."""
+        return Dataset([self.sources[i] for i in index], [self.targets[i] for i in index], self.lengths[np.asarray(index, dtype=int)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The data of one study cell: a mixed-length training set, a validation set drawn
+    from the training lengths, and one test set per evaluation length."""
+
+    train: Dataset
+    validation: Dataset
+    test: dict[int, Dataset]
+
+
+def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int, excluded: Sequence[str] = ()) -> dict:
+    """The identity of one split (JSON-serialisable); `excluded` lists the keys' digests of held-out splits."""
+    return {
+        "format": FORMAT_VERSION,
+        "task": task.spec,
+        "split": split,
+        "lengths": sorted(int(x) for x in lengths),
+        "n": int(n),
+        "seed": int(seed),
+        "excluded": sorted(excluded),
+    }
+
+
+def key_digest(key: dict) -> str:
+    """A short stable hash of a split key."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _rng(key: dict, *extra: int) -> np.random.Generator:
+    entropy = int.from_bytes(hashlib.sha256((json.dumps(key, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little")
+    return np.random.default_rng(entropy)
+
+
+def _generate(task: Task, key: dict, held_out: set[str]) -> Dataset:
+    """Draws `key['n']` examples split evenly over `key['lengths']`, skipping sources in `held_out`."""
+    lengths = key["lengths"]
+    n = key["n"]
+    counts = [n // len(lengths) + (1 if i < n % len(lengths) else 0) for i in range(len(lengths))]
+    sources: list[str] = []
+    targets: list[str] = []
+    example_lengths: list[int] = []
+    for length, count in zip(lengths, counts):
+        rng = _rng(key, length)
+        got_s: list[str] = []
+        got_t: list[str] = []
+        for _ in range(MAX_REDRAW_ROUNDS):
+            if len(got_s) >= count:
+                break
+            s, t = task.sample(rng, count - len(got_s), length)
+            for src, tgt in zip(s, t):
+                if src not in held_out:
+                    got_s.append(src)
+                    got_t.append(tgt)
+        else:
+            raise ValueError(
+                f"task {task.name!r}: cannot draw {count} {key['split']} examples of length {length} "
+                f"that are not in the held-out splits; the task has too few distinct examples at this length"
+            )
+        sources += got_s
+        targets += got_t
+        example_lengths += [length] * count
+    return Dataset(sources, targets, np.asarray(example_lengths, dtype=np.int32))
+
+
+def _checksum(sources: Sequence[str], targets: Sequence[str], lengths: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update("\x00".join(sources).encode())
+    h.update(b"\x01")
+    h.update("\x00".join(targets).encode())
+    h.update(b"\x01")
+    h.update(np.ascontiguousarray(lengths, dtype=np.int32).tobytes())
+    return h.hexdigest()
+
+
+def cache_path(task: Task, key: dict, cache_dir: Path) -> Path:
+    """datasets/<task>-v<version>/<split>-<digest>.npz"""
+    return Path(cache_dir) / f"{task.name}-v{task.version}" / f"{key['split']}-{key_digest(key)}.npz"
+
+
+def _read_cache(path: Path, key: dict) -> Dataset | None:
+    """The cached dataset, or None when the file is missing, damaged or belongs to another key."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored_key = json.loads(str(f["key"]))
+            sources = f["sources"].tolist()
+            targets = f["targets"].tolist()
+            lengths = f["lengths"].astype(np.int32)
+            checksum = str(f["checksum"])
+        if stored_key != key:
+            raise ValueError("its key does not match")
+        if len(sources) != key["n"] or len(targets) != key["n"] or len(lengths) != key["n"]:
+            raise ValueError("it holds the wrong number of examples")
+        if _checksum(sources, targets, lengths) != checksum:
+            raise ValueError("its checksum does not match its contents")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("dataset cache %s is damaged (%s); regenerating it", path, exc)
+        return None
+    return Dataset(sources, targets, lengths)
+
+
+def _write_cache(path: Path, key: dict, data: Dataset) -> None:
+    """Writes atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(
+                f,
+                key=np.asarray(json.dumps(key, sort_keys=True)),
+                sources=np.asarray(data.sources, dtype=str),
+                targets=np.asarray(data.targets, dtype=str),
+                lengths=data.lengths.astype(np.int32),
+                checksum=np.asarray(_checksum(data.sources, data.targets, data.lengths)),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_split(
+    task: Task,
+    split: str,
+    lengths: Iterable[int],
+    n: int,
+    seed: int,
+    held_out: Sequence[tuple[dict, Dataset]] = (),
+    cache_dir: Path | str | None = DATASETS_DIR,
+) -> tuple[dict, Dataset]:
+    """Returns (key, dataset) for one split, from the cache when it is there and sound.
+
+    Args:
+        held_out: (key, dataset) pairs whose sources must not appear in this split.
+        cache_dir: folder of the cache; None disables caching.
+    """
+    lengths = sorted(set(int(x) for x in lengths))
+    if not lengths:
+        raise ValueError(f"task {task.name!r}: a {split} split needs at least one length")
+    for length in lengths:
+        task.check_length(length)
+    key = split_key(task, split, lengths, n, seed, [key_digest(k) for k, _ in held_out])
+    path = cache_path(task, key, Path(cache_dir)) if cache_dir is not None else None
+    data = _read_cache(path, key) if path is not None else None
+    if data is None:
+        excluded = set().union(*(set(d.sources) for _, d in held_out)) if held_out else set()
+        data = _generate(task, key, excluded)
+        if path is not None:
+            _write_cache(path, key, data)
+    return key, data
+
+
+def make_splits(
+    task: Task,
+    train_lengths: Iterable[int],
+    eval_lengths: Iterable[int],
+    n_train: int,
+    n_validation: int,
+    n_test: int,
+    seed: int,
+    cache_dir: Path | str | None = DATASETS_DIR,
+) -> Splits:
+    """Test sets per evaluation length, then validation and training sets over the training
+    lengths, each free of the sources of the splits made before it."""
+    tests = {length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir) for length in sorted(set(eval_lengths))}
+    val = load_split(task, "validation", train_lengths, n_validation, seed, held_out=list(tests.values()), cache_dir=cache_dir)
+    _, train = load_split(task, "train", train_lengths, n_train, seed, held_out=[*tests.values(), val], cache_dir=cache_dir)
+    return Splits(train=train, validation=val[1], test={length: d for length, (_, d) in tests.items()})

@@ -1,0 +1,61 @@
+"""A small name -> object registry shared by tasks and models.
+
+    MODELS = Registry("model")
+    @MODELS.register("none")
+    def build(...): ...
+    MODELS.get("nonee")   # UnknownNameError: unknown model 'nonee'; did you mean 'none'? (available: none)
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(ValueError):
+    """A name that is not in a registry; the message lists what exists and suggests the closest."""
+
+
+class Registry(Generic[T]):
+    """Maps unique names to registered objects (task classes, model builders, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers its argument under `name`; a duplicate name is an error."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{self.kind} name must be an identifier-like string, got {name!r}")
+
+        def decorate(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"duplicate {self.kind} name {name!r}: already registered by {self._entries[name]!r}")
+            self._entries[name] = obj
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        """Returns the entry for `name`, or raises `UnknownNameError` with a suggestion."""
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: object) -> str:
+        close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown {self.kind} {name!r}{hint} (available: {', '.join(self.names())})"
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,132 @@
+"""The task registry: every synthetic task the study can run, by name.
+
+    >>> import study.tasks as t
+    >>> t.available_tasks()
+    ['copy', 'date_format', 'reverse', 'sort']
+    >>> task = t.get_task("copy", alphabet="abcdefgh")
+
+Every module in this package is imported on first use, so a new task is one new
+file here that decorates its class with `@register_task`.  A task file kept
+elsewhere is loaded with `load_task_module("path/to/my_tasks.py")` (the command
+line's `--task-module`).  `get_task` checks the task contract (see `base.py`)
+the first time each configuration is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from study.registry import Registry, UnknownNameError
+from study.tasks.base import Task, TaskContractError, check_task
+
+__all__ = [
+    "Task",
+    "TaskContractError",
+    "TaskModuleError",
+    "UnknownNameError",
+    "available_tasks",
+    "check_task",
+    "get_task",
+    "load_task_module",
+    "register_task",
+]
+
+TASKS: Registry[type[Task]] = Registry("task")
+_checked: set[str] = set()
+_discovered = False
+
+
+class TaskModuleError(ValueError):
+    """A task plugin module could not be imported."""
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: registers a `Task` subclass under its `name` attribute."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TaskContractError(f"@register_task expects a subclass of study.tasks.Task, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str):
+        raise TaskContractError(f"task class {cls.__name__} violates the task contract: it must set a str `name`")
+    return TASKS.register(name)(cls)
+
+
+def _discover() -> None:
+    """Imports every module of this package once, so their @register_task lines run."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def available_tasks() -> list[str]:
+    """Names of every registered task, sorted."""
+    _discover()
+    return TASKS.names()
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """Builds the task registered as `name` with its options, after checking its contract.
+
+    Raises:
+        UnknownNameError: no such task (the message suggests the closest name).
+        TaskContractError: the task breaks a rule of the contract.
+        TypeError / ValueError: an option the task does not accept.
+    """
+    _discover()
+    task = TASKS.get(name)(**options)
+    key = repr(task.spec)
+    if key not in _checked:
+        check_task(task)
+        _checked.add(key)
+    return task
+
+
+def load_task_module(path: str | Path) -> list[str]:
+    """Imports a task plugin from a file or dotted module name; returns the task names it added.
+
+    Raises `TaskModuleError` (one line, naming the module) when it cannot be imported.
+    """
+    _discover()
+    before = set(TASKS.names())
+    target = str(path)
+    try:
+        if target.endswith(".py") or Path(target).exists():
+            file = Path(target).resolve()
+            if not file.is_file():
+                raise FileNotFoundError(f"no such file: {target}")
+            module_name = f"study_task_plugin_{file.stem}"
+            if module_name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(module_name, file)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {target} as a Python module")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+        else:
+            importlib.import_module(target)
+    except TaskContractError:
+        raise
+    except Exception as exc:  # any failure inside user code becomes one clear line
+        raise TaskModuleError(f"task module {target!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    added = sorted(set(TASKS.names()) - before)
+    for name in added:
+        get_task(name)
+    return added
+
+
+def task_factory(name: str) -> Callable[..., Task]:
+    """The registered class for `name` (for reading its class attributes without building it)."""
+    _discover()
+    return TASKS.get(name)

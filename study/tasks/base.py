@@ -1,0 +1,185 @@
+"""The task contract: what every synthetic task declares and how it is checked.
+
+A task turns a random generator and a *length* into pairs of strings::
+
+    task = get_task("reverse")
+    sources, targets = task.sample(np.random.default_rng(0), n=2, length=5)
+    # sources == ["cahbf", "gdaae"], targets == ["fbhac", "eaadg"]   (for example)
+
+`length` is measured in the task's own unit (`length_unit`: "symbols", "dates",
+...), so one study can ask every task for "longer" inputs.  A task never touches
+global randomness: everything it draws comes from the `rng` argument, which makes
+datasets reproducible from a seed.
+
+Subclass `Task`, fill in the class attributes, implement `input_alphabet`,
+`output_alphabet` and `sample`, and decorate the class with
+`study.tasks.register_task`.  `check_task` verifies the contract on a small
+sample whenever a task is loaded.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class TaskContractError(ValueError):
+    """A task does not honour the contract of `Task`; the message names the task and the rule."""
+
+
+class Task(abc.ABC):
+    """Base class of every synthetic sequence-to-sequence task.
+
+    Class attributes every task sets:
+        name: unique registry name, e.g. "copy".
+        version: integer, bumped whenever the generator's output changes for the
+            same seed (it is part of every dataset cache key and results record).
+        description: one line, shown by `run_study.py list`.
+        length_unit: what `length` counts, e.g. "symbols" or "dates".
+        min_length / max_length: the range of lengths the task supports
+            (`max_length=None` means unbounded).
+
+    Options (e.g. an alphabet or a locale) are keyword arguments of the
+    constructor; they are recorded in `options` so that they enter cache keys.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    description: ClassVar[str]
+    length_unit: ClassVar[str]
+    min_length: ClassVar[int] = 1
+    max_length: ClassVar[int | None] = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options: dict[str, Any] = dict(options)
+
+    @property
+    @abc.abstractmethod
+    def input_alphabet(self) -> str:
+        """Every character that may appear in a source string, without repeats."""
+
+    @property
+    @abc.abstractmethod
+    def output_alphabet(self) -> str:
+        """Every character that may appear in a target string, without repeats."""
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator, n: int, length: int) -> tuple[list[str], list[str]]:
+        """Draws `n` examples of the given length.
+
+        Args:
+            rng: the only source of randomness the task may use.
+            n: number of examples (>= 0).
+            length: size of each example in `length_unit`, within
+                `[min_length, max_length]`.
+
+        Returns:
+            `(sources, targets)`: two lists of `n` non-empty strings.
+        """
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """Identity of the generator: name, version and options (JSON-serialisable)."""
+        return {"name": self.name, "version": self.version, "options": dict(sorted(self.options.items()))}
+
+    def check_length(self, length: int) -> None:
+        """Raises ValueError when `length` is outside what the task supports."""
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
+            raise ValueError(f"task {self.name!r}: length must be an integer, got {length!r}")
+        upper = "unbounded" if self.max_length is None else self.max_length
+        if length < self.min_length or (self.max_length is not None and length > self.max_length):
+            raise ValueError(
+                f"task {self.name!r}: length {length} is outside the supported range "
+                f"{self.min_length}..{upper} ({self.length_unit})"
+            )
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"{type(self).__name__}({opts})"
+
+
+def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
+    """Checks the task contract on a small sample; raises `TaskContractError` naming the rule broken.
+
+    Rules: declared metadata has the right types; alphabets are non-empty strings
+    without repeats; `sample` returns two lists of `n` non-empty strings whose
+    characters lie in the alphabets; the same seed gives the same data.
+    """
+    name = getattr(task, "name", type(task).__name__)
+
+    def fail(rule: str) -> TaskContractError:
+        return TaskContractError(f"task {name!r} violates the task contract: {rule}")
+
+    for attr, kind in (("name", str), ("version", int), ("description", str), ("length_unit", str), ("min_length", int)):
+        value = getattr(task, attr, None)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise fail(f"{attr} must be a {kind.__name__}, got {value!r}")
+    if task.min_length < 1:
+        raise fail(f"min_length must be >= 1, got {task.min_length}")
+    if task.max_length is not None and (not isinstance(task.max_length, int) or task.max_length < task.min_length):
+        raise fail(f"max_length must be None or an integer >= min_length, got {task.max_length!r}")
+    for attr in ("input_alphabet", "output_alphabet"):
+        alphabet = getattr(task, attr)
+        if not isinstance(alphabet, str) or not alphabet:
+            raise fail(f"{attr} must be a non-empty string, got {alphabet!r}")
+        if len(set(alphabet)) != len(alphabet):
+            raise fail(f"{attr} repeats characters: {alphabet!r}")
+
+    lengths = sorted({task.min_length, task.min_length + 1 if task.max_length is None else min(task.min_length + 1, task.max_length)})
+    for length in lengths:
+        first = task.sample(np.random.default_rng(seed), n, length)
+        if not (isinstance(first, tuple) and len(first) == 2):
+            raise fail(f"sample() must return a (sources, targets) tuple, got {type(first).__name__}")
+        for label, strings, alphabet in (("source", first[0], task.input_alphabet), ("target", first[1], task.output_alphabet)):
+            if not isinstance(strings, list) or len(strings) != n:
+                raise fail(f"sample(n={n}) must return a list of {n} {label}s, got {type(strings).__name__} of length {len(strings) if hasattr(strings, '__len__') else '?'}")
+            for s in strings:
+                if not isinstance(s, str) or not s:
+                    raise fail(f"every {label} must be a non-empty str, got {s!r}")
+                stray = set(s) - set(alphabet)
+                if stray:
+                    raise fail(f"{label} {s!r} has characters outside its alphabet: {''.join(sorted(stray))!r}")
+        again = task.sample(np.random.default_rng(seed), n, length)
+        if again != first:
+            raise fail("sample() is not deterministic for a fixed rng seed (does it use global randomness?)")
+
+
+DEFAULT_SYMBOLS = "abcdefghijklmnop"
+
+
+class SymbolTask(Task):
+    """A task over random strings of `length` symbols drawn uniformly from an alphabet.
+
+    Subclasses implement `transform(source) -> target`.  Option `alphabet`
+    (default: 16 letters a..p) sets the symbols; it needs at least 2 distinct
+    characters and the study's tasks use at least 8.
+    """
+
+    length_unit = "symbols"
+
+    def __init__(self, alphabet: str = DEFAULT_SYMBOLS) -> None:
+        if not isinstance(alphabet, str) or len(alphabet) < 2 or len(set(alphabet)) != len(alphabet):
+            raise ValueError(f"task {self.name!r}: alphabet must be a string of at least 2 distinct characters, got {alphabet!r}")
+        super().__init__(alphabet=alphabet)
+        self.alphabet = alphabet
+
+    @property
+    def input_alphabet(self) -> str:
+        return self.alphabet
+
+    @property
+    def output_alphabet(self) -> str:
+        return self.alphabet
+
+    def transform(self, source: str) -> str:
+        """The target for one source string."""
+        raise NotImplementedError
+
+    def sample(self, rng: np.random.Generator, n: int, length: int) -> tuple[list[str], list[str]]:
+        self.check_length(length)
+        symbols = np.array(list(self.alphabet))
+        draws = symbols[rng.integers(0, len(symbols), size=(n, length))]
+        sources = ["".join(row) for row in draws]
+        return sources, [self.transform(s) for s in sources]

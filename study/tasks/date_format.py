@@ -1,0 +1,141 @@
+"""date_format: rewrite K human-readable dates in ISO 8601.
+
+    source: "Wed, Mar 3, 2021; 7/17/1969"  ->  target: "2021-03-03 1969-07-17"   (length = 2 dates)
+
+`length` is the number of dates K.  Each date is drawn uniformly from
+1900-01-01..2099-12-31 and written in one of the formats of `FORMATS`, chosen
+uniformly at random; the dates are joined by "; ".  The target is the same dates
+as YYYY-MM-DD joined by single spaces.
+
+Month and weekday names and the locale's own date patterns come from Babel (CLDR
+data).  Option `locale` (default "en", i.e. US English) selects another locale,
+e.g. "en_GB", "de", "ko" or "ja".  Conventions that make every source date
+unambiguous:
+  * numeric formats use the locale's own day/month order (en: month first,
+    3/17/2021; en_GB and de: day first, 17/03/2021 and 17.3.2021);
+  * every format writes the year with all its digits (no two-digit years: the
+    range spans two centuries); a locale whose patterns would abbreviate the
+    year is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+
+import numpy as np
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, match_skeleton
+
+from study.tasks import register_task
+from study.tasks.base import Task
+
+FIRST_DATE = dt.date(1900, 1, 1)
+LAST_DATE = dt.date(2099, 12, 31)
+SEPARATOR = "; "
+
+# Each format is ("skeleton", X): the locale's own pattern for CLDR skeleton X;
+# ("standard", X): the locale's medium/long/full date format; ("pattern", X): a
+# fixed LDML pattern whose names and digits still come from the locale;
+# ("padded", X): the locale's pattern for skeleton X with day and month
+# written with two digits.
+FORMATS: tuple[tuple[str, str], ...] = (
+    ("skeleton", "yMd"),          # en: 3/3/2021         de: 3.3.2021
+    ("padded", "yMd"),            # en: 03/03/2021       de: 03.03.2021
+    ("standard", "medium"),       # en: Mar 3, 2021
+    ("standard", "long"),         # en: March 3, 2021
+    ("standard", "full"),         # en: Wednesday, March 3, 2021
+    ("skeleton", "yMMMEd"),       # en: Wed, Mar 3, 2021
+    ("skeleton", "yMEd"),         # en: Wed, 3/3/2021
+    ("pattern", "d MMMM y"),      # en: 3 March 2021
+    ("pattern", "y MMMM d"),      # en: 2021 March 3
+    ("pattern", "d MMM y"),       # en: 3 Mar 2021
+    ("pattern", "EEEE d MMMM y"), # en: Wednesday 3 March 2021
+)
+
+_LITERAL = re.compile(r"'[^']*'")
+
+
+def _widen_day_month(pattern: str) -> str:
+    """Writes single-letter d and M fields as dd and MM (outside quoted literals)."""
+    parts = re.split(r"('[^']*')", pattern)
+    return "".join(p if p.startswith("'") else re.sub(r"(?<![dM])([dM])(?![dM])", r"\1\1", p) for p in parts)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_patterns(locale_name: str) -> tuple[str, ...]:
+    """The LDML pattern of every entry of FORMATS for one locale (validated: full years only)."""
+    try:
+        locale = Locale.parse(locale_name)
+    except (UnknownLocaleError, ValueError, TypeError) as exc:
+        raise ValueError(f"task 'date_format': unknown locale {locale_name!r} ({exc})") from None
+    patterns = []
+    for kind, spec in FORMATS:
+        if kind == "standard":
+            pattern = locale.date_formats[spec].pattern
+        elif kind in ("skeleton", "padded"):
+            pattern = locale.datetime_skeletons[match_skeleton(spec, locale.datetime_skeletons)].pattern
+            if kind == "padded":
+                pattern = _widen_day_month(pattern)
+        else:
+            pattern = spec
+        year_fields = re.findall(r"y+", _LITERAL.sub("", pattern))
+        if not year_fields or any(len(f) == 2 for f in year_fields):
+            raise ValueError(
+                f"task 'date_format': locale {locale_name!r} writes format {spec!r} as {pattern!r}, "
+                "which has no full year; choose another locale"
+            )
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
+@functools.lru_cache(maxsize=None)
+def _source_alphabet(locale_name: str) -> str:
+    """Every character any format can produce: every day of a leap year in every format, plus the separator."""
+    patterns = _resolve_patterns(locale_name)
+    chars = set(SEPARATOR) | set("0123456789")
+    day = dt.date(2020, 1, 1)
+    while day.year == 2020:
+        for pattern in patterns:
+            chars.update(format_date(day, pattern, locale=locale_name))
+        day += dt.timedelta(days=1)
+    return "".join(sorted(chars))
+
+
+@register_task
+class DateFormatTask(Task):
+    name = "date_format"
+    version = 1
+    description = "Rewrite K dates written in assorted human formats as ISO 8601 (YYYY-MM-DD)."
+    length_unit = "dates"
+    min_length = 1
+
+    def __init__(self, locale: str = "en") -> None:
+        super().__init__(locale=locale)
+        self.locale = locale
+        self.patterns = _resolve_patterns(locale)
+
+    @property
+    def input_alphabet(self) -> str:
+        return _source_alphabet(self.locale)
+
+    @property
+    def output_alphabet(self) -> str:
+        return "0123456789- "
+
+    def format(self, date: dt.date, format_index: int) -> str:
+        """One date written in format `FORMATS[format_index]` of this task's locale."""
+        return format_date(date, self.patterns[format_index], locale=self.locale)
+
+    def sample(self, rng: np.random.Generator, n: int, length: int) -> tuple[list[str], list[str]]:
+        self.check_length(length)
+        first, last = FIRST_DATE.toordinal(), LAST_DATE.toordinal()
+        ordinals = rng.integers(first, last + 1, size=(n, length))
+        styles = rng.integers(0, len(self.patterns), size=(n, length))
+        sources, targets = [], []
+        for row_dates, row_styles in zip(ordinals, styles):
+            dates = [dt.date.fromordinal(int(o)) for o in row_dates]
+            sources.append(SEPARATOR.join(self.format(d, int(s)) for d, s in zip(dates, row_styles)))
+            targets.append(" ".join(d.isoformat() for d in dates))
+        return sources, targets

@@ -1,0 +1,103 @@
+"""Vocabulary round trips, deterministic splits, held-out deduplication and the dataset cache."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from study import data
+from study.tasks import get_task
+from study.vocab import END, PAD, START, Vocabulary, pad
+
+
+@given(st.text(alphabet="abcdefgh-0123 ", max_size=30))
+def test_vocab_round_trip(text):
+    vocab = Vocabulary("abcdefgh-0123 ")
+    assert vocab.decode(vocab.encode(text)) == text
+    assert vocab.decode(vocab.encode(text) + [END, 5, 6]) == text
+
+
+def test_vocab_batches_are_right_padded():
+    vocab = Vocabulary("abc")
+    batch = vocab.encode_batch(["ab", "c"], start=True, end=True)
+    assert batch.tolist() == [[START, 3, 4, END], [START, 5, END, PAD]]
+    assert batch.dtype == np.int32
+    assert vocab.decode_batch(batch[:, 1:]) == ["ab", "c"]
+    assert pad([[3], [4, 5]], 4).tolist() == [[3, 0, 0, 0], [4, 5, 0, 0]]
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        vocab.encode("abz")
+    assert Vocabulary(get_task("date_format").output_alphabet).size == 12 + 3
+
+
+def _splits(task, cache_dir, seed=0):
+    return data.make_splits(task, train_lengths=[1, 2, 3], eval_lengths=[2, 5], n_train=600, n_validation=60, n_test=100, seed=seed, cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("name", ["copy", "date_format"])
+def test_splits_are_deterministic_and_disjoint(tmp_path, name):
+    task = get_task(name)
+    a = _splits(task, None)
+    b = _splits(task, tmp_path)
+    assert a.train.sources == b.train.sources and a.test[5].targets == b.test[5].targets
+    assert _splits(task, None, seed=1).train.sources != a.train.sources
+    held_out = set(a.validation.sources) | set(a.test[2].sources) | set(a.test[5].sources)
+    assert not held_out & set(a.train.sources)
+    assert not set(a.test[2].sources) & set(a.validation.sources)
+    assert sorted(set(a.train.lengths.tolist())) == [1, 2, 3] and len(a.train) == 600
+    assert set(a.test[5].lengths.tolist()) == {5}
+
+
+def test_copy_at_length_one_cannot_escape_the_held_out_set(tmp_path):
+    task = get_task("copy", alphabet="ab")
+    with pytest.raises(ValueError, match="too few distinct examples"):
+        data.make_splits(task, [1], [1], n_train=10, n_validation=2, n_test=50, seed=0, cache_dir=None)
+
+
+def test_cache_hit_version_miss_and_corruption(tmp_path, monkeypatch, caplog):
+    task = get_task("reverse")
+    key, first = data.load_split(task, "test", [6], 50, seed=3, cache_dir=tmp_path)
+    path = data.cache_path(task, key, tmp_path)
+    assert path.exists() and path.suffix == ".npz"
+
+    calls = []
+    real_generate = data._generate
+    monkeypatch.setattr(data, "_generate", lambda *a: calls.append(1) or real_generate(*a))
+    _, again = data.load_split(task, "test", [6], 50, seed=3, cache_dir=tmp_path)
+    assert calls == [] and again.sources == first.sources  # read from the cache
+
+    monkeypatch.setattr(type(task), "version", task.version + 1)
+    key2, _ = data.load_split(task, "test", [6], 50, seed=3, cache_dir=tmp_path)
+    assert calls == [1] and data.cache_path(task, key2, tmp_path) != path  # a new version misses
+    monkeypatch.undo()
+
+    path.write_bytes(path.read_bytes()[:100])  # truncate: a damaged file
+    monkeypatch.setattr(data, "_generate", lambda *a: calls.append(2) or real_generate(*a))
+    _, repaired = data.load_split(task, "test", [6], 50, seed=3, cache_dir=tmp_path)
+    assert calls[-1] == 2 and repaired.sources == first.sources
+    assert "damaged" in caplog.text
+
+
+def test_tampered_cache_contents_are_detected(tmp_path, caplog):
+    task = get_task("copy")
+    key, first = data.load_split(task, "test", [4], 20, seed=0, cache_dir=tmp_path)
+    path = data.cache_path(task, key, tmp_path)
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["targets"] = np.asarray(["zzzz"] * 20)
+    np.savez(path, **arrays)
+    _, loaded = data.load_split(task, "test", [4], 20, seed=0, cache_dir=tmp_path)
+    assert loaded.targets == first.targets and "checksum" in caplog.text
+
+
+def test_same_data_in_another_process(tmp_path):
+    code = (
+        "from study import data; from study.tasks import get_task;"
+        "k, d = data.load_split(get_task('date_format'), 'train', [1, 2], 40, seed=5, cache_dir=None);"
+        "print(repr(d.sources))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    _, here = data.load_split(get_task("date_format"), "train", [1, 2], 40, seed=5, cache_dir=None)
+    assert out == repr(here.sources)

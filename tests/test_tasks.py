@@ -1,0 +1,155 @@
+"""The task contract over every registered task, and each generator's invariants."""
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from dateutil import parser as date_parser
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import study.tasks as tasks
+from study.tasks import TaskContractError, UnknownNameError, check_task, get_task, register_task
+from study.tasks.base import Task
+from study.tasks.date_format import FORMATS, LAST_DATE, FIRST_DATE, SEPARATOR
+
+ALL_TASKS = tasks.available_tasks()
+
+
+def test_core_and_example_tasks_are_registered():
+    assert {"copy", "reverse", "date_format", "sort"} <= set(ALL_TASKS)
+
+
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_contract(name):
+    task = get_task(name)
+    check_task(task)
+    assert isinstance(task.version, int) and task.description and task.length_unit
+    for length in (task.min_length, task.min_length + 2):
+        sources, targets = task.sample(np.random.default_rng(7), 5, length)
+        assert len(sources) == len(targets) == 5
+        assert all(set(s) <= set(task.input_alphabet) for s in sources)
+        assert all(set(t) <= set(task.output_alphabet) for t in targets)
+        # same seed, same data; another seed, other data
+        assert task.sample(np.random.default_rng(7), 5, length) == (sources, targets)
+        assert task.sample(np.random.default_rng(8), 5, length) != (sources, targets)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_TASKS if get_task(n).length_unit == "symbols"])
+def test_symbol_tasks_have_length_symbols(name):
+    sources, targets = get_task(name).sample(np.random.default_rng(0), 10, 13)
+    assert all(len(s) == 13 for s in sources) and all(len(t) == 13 for t in targets)
+
+
+def test_date_format_has_length_dates():
+    task = get_task("date_format")
+    sources, targets = task.sample(np.random.default_rng(0), 20, 3)
+    assert all(len(t.split(" ")) == 3 for t in targets)
+    assert all(len(s.split(SEPARATOR)) == 3 for s in sources)
+
+
+@given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 40))
+@settings(max_examples=30, deadline=None)
+def test_reverse_and_copy_invariants(seed, length):
+    src, tgt = get_task("reverse").sample(np.random.default_rng(seed), 4, length)
+    assert [t[::-1] for t in tgt] == src
+    src, tgt = get_task("copy").sample(np.random.default_rng(seed), 4, length)
+    assert tgt == src
+
+
+@given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 20))
+@settings(max_examples=20, deadline=None)
+def test_sort_target_is_sorted_permutation(seed, length):
+    task = get_task("sort")
+    src, tgt = task.sample(np.random.default_rng(seed), 4, length)
+    for s, t in zip(src, tgt):
+        assert sorted(s) == sorted(t)
+        assert [task.alphabet.index(c) for c in t] == sorted(task.alphabet.index(c) for c in t)
+
+
+@pytest.mark.parametrize("locale,dayfirst", [("en", False), ("en_GB", True)])
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=25, deadline=None)
+def test_date_sources_parse_back_to_targets(locale, dayfirst, seed):
+    """dateutil, which shares no code or tables with Babel, reads every source date back."""
+    task = get_task("date_format", locale=locale)
+    sources, targets = task.sample(np.random.default_rng(seed), 5, 4)
+    for source, target in zip(sources, targets):
+        parsed = [date_parser.parse(part, dayfirst=dayfirst).date().isoformat() for part in source.split(SEPARATOR)]
+        assert " ".join(parsed) == target, source
+
+
+def test_every_format_is_used_and_parses_back():
+    task = get_task("date_format")
+    day = dt.date(1987, 11, 9)
+    written = [task.format(day, i) for i in range(len(FORMATS))]
+    assert len(FORMATS) >= 10 and len(set(written)) >= 10
+    assert all(date_parser.parse(w).date() == day for w in written)
+
+
+@pytest.mark.parametrize("locale", ["ko", "ja", "de"])
+def test_other_locales_work_and_use_full_years(locale):
+    task = get_task("date_format", locale=locale)
+    sources, targets = task.sample(np.random.default_rng(1), 30, 2)
+    for source, target in zip(sources, targets):
+        for part, iso in zip(source.split(SEPARATOR), target.split(" ")):
+            assert iso[:4] in part  # the four-digit year is written out
+    if locale == "ko":
+        assert "월" in task.input_alphabet  # month names come from CLDR, not an English table
+
+
+def test_dates_cover_both_centuries_uniformly():
+    task = get_task("date_format")
+    _, targets = task.sample(np.random.default_rng(0), 2000, 1)
+    years = np.array([int(t[:4]) for t in targets])
+    assert years.min() >= FIRST_DATE.year and years.max() <= LAST_DATE.year
+    assert 0.4 < np.mean(years < 2000) < 0.6
+
+
+def test_unknown_task_suggests_closest_name():
+    with pytest.raises(UnknownNameError, match=r"unknown task 'revrese'; did you mean 'reverse'\?.*available: .*copy"):
+        get_task("revrese")
+
+
+def test_duplicate_name_is_refused():
+    with pytest.raises(ValueError, match="duplicate task name 'copy'"):
+
+        @register_task
+        class AnotherCopy(Task):  # noqa: F811
+            name = "copy"
+
+
+def test_bad_option_and_length_are_refused():
+    with pytest.raises(ValueError, match="alphabet"):
+        get_task("copy", alphabet="a")
+    with pytest.raises(ValueError, match="unknown locale"):
+        get_task("date_format", locale="xx_NOPE")
+    with pytest.raises(ValueError, match="outside the supported range"):
+        get_task("copy").sample(np.random.default_rng(0), 1, 0)
+
+
+class _Broken(Task):
+    name = "broken_for_test"
+    version = 1
+    description = "emits a character outside its alphabet"
+    length_unit = "symbols"
+    input_alphabet = "ab"
+    output_alphabet = "ab"
+
+    def sample(self, rng, n, length):
+        return ["a" * length] * n, ["z" * length] * n
+
+
+class _Nondeterministic(_Broken):
+    name = "nondeterministic_for_test"
+
+    def sample(self, rng, n, length):
+        return ["ab"[np.random.randint(2)] * length for _ in range(n)], ["a" * length] * n
+
+
+def test_contract_violations_name_task_and_rule():
+    with pytest.raises(TaskContractError, match=r"task 'broken_for_test'.*target 'z+' has characters outside its alphabet"):
+        check_task(_Broken())
+    np.random.seed(0)
+    with pytest.raises(TaskContractError, match=r"task 'nondeterministic_for_test'.*not deterministic"):
+        check_task(_Nondeterministic(), n=64)
