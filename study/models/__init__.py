@@ -1,0 +1,63 @@
+"""The model registry: the names a study grid uses, each one configuration of `Seq2Seq`.
+
+    >>> from study.models import available_models, build_model
+    >>> available_models()
+    ['additive', 'dot', 'general', 'none']
+    >>> model = build_model("additive", source_vocab_size=19, target_vocab_size=19, config=ModelConfig())
+
+Every name maps to the one builder with a different `attention` argument, so the
+models of a comparison share the embedding, encoder, decoder, read-out layer and
+sizes, and differ only in how the decoder reads the encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from study.config import ModelConfig
+from study.models.attention import SCORERS
+from study.models.seq2seq import GreedyDecoder, Seq2Seq
+from study.registry import Registry, UnknownNameError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its name, the attention it uses and a one-line description."""
+
+    name: str
+    attention: str
+    description: str
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+for _spec in (
+    ModelSpec("none", "none", "RNN encoder-decoder; the encoder's final state is the decoder's only view of the input"),
+    ModelSpec("additive", "additive", "Bahdanau scoring v^T tanh(W1 h + W2 s), attention after the decoder RNN"),
+    ModelSpec("dot", "dot", "Luong dot scoring s^T h, attention after the decoder RNN"),
+    ModelSpec("general", "general", "Luong general scoring s^T W h, attention after the decoder RNN"),
+):
+    MODELS.register(_spec.name)(_spec)
+
+
+def available_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return MODELS.names()
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered spec, or `UnknownNameError` with a suggestion."""
+    return MODELS.get(name)
+
+
+def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> Seq2Seq:
+    """Builds (and creates the weights of) the registered model `name`."""
+    spec = MODELS.get(name)
+    model = Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, **dataclasses.asdict(config), name=f"seq2seq_{name}")
+    model((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))  # create the weights
+    return model
+
+
+__all__ = ["MODELS", "SCORERS", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "get_model_spec"]

@@ -1,0 +1,207 @@
+"""The RNN encoder-decoder, with or without attention, and its compiled greedy decoder.
+
+    model = Seq2Seq(source_vocab_size=19, target_vocab_size=19, attention="additive")
+    logits = model((source_ids, decoder_inputs))          # teacher forcing
+    # source_ids: (batch, S) int, right-padded with 0; decoder_inputs: (batch, T) = START + target
+    # logits: (batch, T, target_vocab_size)
+    out = model.greedy_decode(source_ids, max_steps=33)   # {"tokens": (batch, 33)}, END then PAD
+
+Architecture (identical for every attention type; only the scorer differs):
+
+    source -> embedding -> encoder RNN -> memory (batch, S, units), final state
+    decoder RNN starts from the encoder's final state and reads the previous
+        target character (teacher forcing in training, its own output in decoding)
+    attention sits *after* the decoder RNN (Luong et al. 2015): at step t the
+        decoder state s_t scores every memory row, the masked softmax of the
+        scores weighs the memory into a context c_t, and
+        h~_t = tanh(W_c [c_t; s_t]);  logits_t = W_o h~_t
+    without attention ("none") the decoder state alone is read out:
+        h~_t = tanh(W_c s_t), so the encoder's final state is the decoder's only
+        view of the input (Sutskever et al. 2014; Cho et al. 2014).
+
+Training runs the decoder as a Keras GRU/LSTM layer over the whole target;
+decoding runs that layer's own cell one step at a time inside
+`keras.ops.fori_loop`, and both share `_read_out`, so the decoder is the trained
+model and nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from study.models.attention import SCORERS, attend
+from study.vocab import END, PAD, START
+
+RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
+
+
+class Seq2Seq(keras.Model):
+    """Character-level encoder-decoder.
+
+    Args:
+        source_vocab_size, target_vocab_size: vocabulary sizes (specials included).
+        attention: "none" or a registered scorer ("additive", "dot", "general").
+        cell: "gru" or "lstm".
+        units: encoder and decoder hidden size.
+        embedding_dim: character embedding size.
+        attention_size: hidden size of the additive scorer.
+        bidirectional: bidirectional encoder; its outputs and states are
+            projected to `units`.
+    """
+
+    def __init__(
+        self,
+        source_vocab_size: int,
+        target_vocab_size: int,
+        attention: str = "none",
+        cell: str = "gru",
+        units: int = 128,
+        embedding_dim: int = 32,
+        attention_size: int = 64,
+        bidirectional: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = dict(
+            source_vocab_size=source_vocab_size,
+            target_vocab_size=target_vocab_size,
+            attention=attention,
+            cell=cell,
+            units=units,
+            embedding_dim=embedding_dim,
+            attention_size=attention_size,
+            bidirectional=bidirectional,
+        )
+        self.attention = attention
+        self.cell_type = cell
+        self.units = units
+        rnn = RNN_LAYERS[cell]
+        self.source_embedding = keras.layers.Embedding(source_vocab_size, embedding_dim, name="source_embedding")
+        self.target_embedding = keras.layers.Embedding(target_vocab_size, embedding_dim, name="target_embedding")
+        encoder = rnn(units, return_sequences=True, return_state=True, name="encoder")
+        self.encoder = keras.layers.Bidirectional(encoder, name="bi_encoder") if bidirectional else encoder
+        n_states = 2 if cell == "lstm" else 1
+        self.bridges = [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}") for i in range(n_states)] if bidirectional else []
+        self.memory_projection = keras.layers.Dense(units, name="memory_projection") if bidirectional and attention != "none" else None
+        self.decoder = rnn(units, return_sequences=True, return_state=True, name="decoder")
+        self.scorer = None if attention == "none" else SCORERS.get(attention)(units, attention_size, name=f"{attention}_scorer")
+        self.combine = keras.layers.Dense(units, activation="tanh", name="combine")
+        self.output_layer = keras.layers.Dense(target_vocab_size, name="output")
+        # compiled decoders by (max_steps, flags); set past Keras' attribute tracking,
+        # since a decoder holds this model and is not one of its layers
+        object.__setattr__(self, "_greedy_decoders", {})
+
+    # -- pieces shared by training and decoding -------------------------------------------
+
+    def encode(self, source):
+        """source: (batch, S) int -> memory (batch, S, units), keys (batch, S, K) or None,
+        mask (batch, S) bool, decoder initial states (list of (batch, units))."""
+        mask = ops.not_equal(source, PAD)
+        outputs = self.encoder(self.source_embedding(source), mask=mask)
+        memory, states = outputs[0], list(outputs[1:])
+        if self.bridges:
+            half = len(states) // 2  # [forward states..., backward states...]
+            states = [bridge(ops.concatenate([f, b], axis=-1)) for bridge, f, b in zip(self.bridges, states[:half], states[half:])]
+        if self.memory_projection is not None:
+            memory = self.memory_projection(memory)
+        keys = self.scorer.keys(memory) if self.scorer is not None else None
+        return memory, keys, mask, states
+
+    def _read_out(self, decoder_states, memory, keys, mask):
+        """decoder_states: (batch, T, units) -> logits (batch, T, vocab), weights (batch, T, S) or None."""
+        if self.scorer is None:
+            return self.output_layer(self.combine(decoder_states)), None
+        context, weights = attend(self.scorer, decoder_states, keys, memory, mask)
+        attentional = self.combine(ops.concatenate([context, decoder_states], axis=-1))
+        return self.output_layer(attentional), weights
+
+    # -- teacher forcing ------------------------------------------------------------------
+
+    def teacher_forced(self, source, decoder_inputs):
+        """Logits (batch, T, vocab) and attention weights (batch, T, S) or None, given the
+        decoder's inputs (START followed by the previous target characters)."""
+        memory, keys, mask, states = self.encode(source)
+        outputs = self.decoder(self.target_embedding(decoder_inputs), initial_state=states)
+        return self._read_out(outputs[0], memory, keys, mask)
+
+    def call(self, inputs, training=False):
+        """inputs: (source (batch, S), decoder_inputs (batch, T)) -> logits (batch, T, vocab)."""
+        source, decoder_inputs = inputs
+        return self.teacher_forced(source, decoder_inputs)[0]
+
+    # -- greedy decoding ------------------------------------------------------------------
+
+    def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False):
+        """Feeds the model its own argmax for `max_steps` steps, in one compiled loop.
+
+        Args:
+            source: (batch, S) int, right-padded.
+            max_steps: number of decoder steps (the longest target plus one for END).
+
+        Returns:
+            dict with "tokens" (batch, max_steps) int32: each row's characters,
+            then END (or a PAD the model emitted), then PAD; with flags also "logits" (batch, max_steps, vocab)
+            and "attention" (batch, max_steps, S), zero after a row has ended.
+        """
+        memory, keys, mask, states = self.encode(source)
+        batch = ops.shape(source)[0]
+        vocab = self.settings["target_vocab_size"]
+        carry = {
+            "previous": ops.full((batch,), START, dtype="int32"),
+            "states": states,
+            "finished": ops.zeros((batch,), dtype="bool"),
+            "tokens": ops.zeros((batch, max_steps), dtype="int32"),
+        }
+        if with_logits:
+            carry["logits"] = ops.zeros((batch, max_steps, vocab))
+        if with_attention and self.scorer is not None:
+            carry["attention"] = ops.zeros((batch, max_steps, ops.shape(source)[1]))
+
+        def step(i, carry):
+            output, new_states = self.decoder.cell(self.target_embedding(carry["previous"]), carry["states"])
+            logits, weights = self._read_out(ops.expand_dims(output, 1), memory, keys, mask)
+            logits = logits[:, 0]
+            token = ops.where(carry["finished"], PAD, ops.cast(ops.argmax(logits, axis=-1), "int32"))
+            here = ops.one_hot(i, max_steps)  # (max_steps,) float: writes column i
+            alive = ops.cast(ops.logical_not(carry["finished"]), "float32")
+            updated = {
+                "previous": token,
+                "states": list(new_states),
+                "finished": ops.logical_or(carry["finished"], ops.logical_or(ops.equal(token, END), ops.equal(token, PAD))),
+                "tokens": carry["tokens"] + ops.cast(here, "int32")[None, :] * token[:, None],
+            }
+            if "logits" in carry:
+                updated["logits"] = carry["logits"] + here[None, :, None] * (alive[:, None] * logits)[:, None, :]
+            if "attention" in carry:
+                updated["attention"] = carry["attention"] + here[None, :, None] * (alive[:, None] * weights[:, 0])[:, None, :]
+            return updated
+
+        carry = ops.fori_loop(0, max_steps, step, carry)
+        return {k: carry[k] for k in ("tokens", "logits", "attention") if k in carry}
+
+    def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> "GreedyDecoder":
+        """The compiled decoder for `max_steps` steps, built on first use and then reused;
+        `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s dict as numpy."""
+        key = (max_steps, with_logits, with_attention)
+        if key not in self._greedy_decoders:
+            self._greedy_decoders[key] = GreedyDecoder(self, max_steps, with_logits, with_attention)
+        return self._greedy_decoders[key]
+
+    def get_config(self):
+        return {**super().get_config(), **self.settings}
+
+
+class GreedyDecoder(keras.Model):
+    """A thin model whose `predict` compiles `Seq2Seq.greedy_decode` (one graph/XLA program
+    per batch shape) and runs it batch by batch; it owns no weights of its own."""
+
+    def __init__(self, seq2seq: Seq2Seq, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> None:
+        super().__init__()
+        self.seq2seq = seq2seq
+        self.max_steps = max_steps
+        self.with_logits = with_logits
+        self.with_attention = with_attention
+
+    def call(self, source):
+        return self.seq2seq.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention)

@@ -1,0 +1,174 @@
+"""The one training loop of the study, for every model and task.
+
+    result = train_model(model, splits.train, splits.validation, source_vocab, target_vocab, TrainConfig(), seed=0)
+    result.stop_reason      # "converged", "no_improvement", "budget" or "diverged: ..."
+    result.history          # one dict per epoch: loss, val_seq_acc, val_char_acc, examples_seen, seconds
+
+Teacher forcing with masked sparse cross-entropy (target padding has weight 0
+and the loss is averaged over real target characters only), Adam with gradient
+clipping, and a budget of at most `n_train * max_epochs` examples, the same for
+every model of a comparison.  After every epoch the validation set is decoded
+greedily; the weights with the best validation exact-match are kept and
+restored at the end, and training stops early when that accuracy reaches
+`target_accuracy` or has not improved for `patience` epochs.
+
+Batches are bucketed: each epoch shuffles the examples, cuts the order into
+pools of `BUCKET_POOL` batches, sorts each pool by length and cuts it into
+batches, so a batch holds examples of similar length, and pads them to a
+multiple of `pad_multiple` steps so the compiled step sees few shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from study.config import TrainConfig
+from study.data import Dataset
+from study.evaluate import evaluate
+from study.models import Seq2Seq
+from study.vocab import END, PAD, START, Vocabulary, pad
+
+BUCKET_POOL = 32  # batches per sorting pool
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run did: per-epoch history, why it stopped, and its budget use."""
+
+    history: list[dict]
+    stop_reason: str
+    examples_seen: int
+    best_epoch: int
+    best_val_seq_acc: float
+    seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.stop_reason.startswith("diverged")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedSet:
+    """A dataset as id rows: sources without specials, targets with START prepended and END appended."""
+
+    sources: list[list[int]]
+    targets: list[list[int]]
+
+    @classmethod
+    def build(cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary) -> "EncodedSet":
+        return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), END] for t in data.targets])
+
+    def batch(self, index: np.ndarray, multiple: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to `multiple`."""
+        src = [self.sources[i] for i in index]
+        tgt = [self.targets[i] for i in index]
+        s_len = _round_up(max(map(len, src)), multiple)
+        t_len = _round_up(max(map(len, tgt)) - 1, multiple)
+        source = pad(src, s_len)
+        decoder_inputs = pad([t[:-1] for t in tgt], t_len)
+        decoder_targets = pad([t[1:] for t in tgt], t_len)
+        return (source, decoder_inputs), decoder_targets, (decoder_targets != PAD).astype("float32")
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Index arrays of one epoch: examples of similar `sizes` together, batch order shuffled."""
+    order = rng.permutation(len(sizes))
+    batches = []
+    pool = batch_size * BUCKET_POOL
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def compile_model(model: Seq2Seq, cfg: TrainConfig) -> None:
+    """Adam with clipping and masked cross-entropy averaged over real target characters."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+    )
+
+
+def train_model(
+    model: Seq2Seq,
+    train: Dataset,
+    validation: Dataset,
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    cfg: TrainConfig,
+    seed: int,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Trains `model` in place (best validation weights restored) and returns what happened.
+
+    Args:
+        train, validation: datasets of the task (validation is decoded greedily each epoch).
+        cfg: budget and optimiser; the same for every model of a comparison.
+        seed: seeds the batch order (seed Keras with `keras.utils.set_random_seed` before
+            building the model for reproducible initial weights).
+        progress: show a progress bar over the batches of each epoch.
+        on_epoch: called with each epoch's history row.
+    """
+    started = time.perf_counter()
+    compile_model(model, cfg)
+    encoded = EncodedSet.build(train, source_vocab, target_vocab)
+    sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
+    rng = np.random.default_rng(seed)
+    history: list[dict] = []
+    best_acc, best_epoch, best_weights = -1.0, 0, None
+    examples_seen = 0
+    stop_reason = "budget"
+    for epoch in range(1, cfg.max_epochs + 1):
+        batches = bucketed_batches(sizes, cfg.batch_size, rng)
+        losses, counts = [], []
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch", leave=False, disable=not progress)
+        for index in bar:
+            x, y, w = encoded.batch(index, cfg.pad_multiple)
+            loss = float(model.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])
+            examples_seen += len(index)
+            if not math.isfinite(loss):
+                stop_reason = f"diverged: loss became {loss} at epoch {epoch} after {examples_seen} examples"
+                break
+            losses.append(loss)
+            counts.append(w.sum())
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+        bar.close()
+        if stop_reason.startswith("diverged"):
+            break
+        val = evaluate(model, validation.sources, validation.targets, source_vocab, target_vocab)
+        row = {
+            "epoch": epoch,
+            "examples_seen": examples_seen,
+            "loss": float(np.average(losses, weights=counts)),
+            "val_seq_acc": val["seq_acc"],
+            "val_char_acc": val["char_acc"],
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if val["seq_acc"] > best_acc:
+            best_acc, best_epoch, best_weights = val["seq_acc"], epoch, model.get_weights()
+        if val["seq_acc"] >= cfg.target_accuracy:
+            stop_reason = "converged"
+            break
+        if epoch - best_epoch >= cfg.patience:
+            stop_reason = "no_improvement"
+            break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return TrainResult(history, stop_reason, examples_seen, best_epoch, max(best_acc, 0.0), time.perf_counter() - started)
