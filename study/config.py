@@ -80,3 +80,230 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be a positive number, got {value!r}")
         if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) or not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
+
+
+REGIMES = ("mixed", "per_length")
+BACKENDS = ("tensorflow", "jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPlan:
+    """One task of a study: its options and the lengths it is trained and evaluated on.
+
+    train_lengths: lengths the training and validation sets mix (regime "mixed"), or
+        the lengths that each get a model of their own (regime "per_length").
+    eval_lengths: one test set each; they may reach beyond the training range.
+    """
+
+    name: str
+    train_lengths: tuple[int, ...]
+    eval_lengths: tuple[int, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        for field in ("train_lengths", "eval_lengths"):
+            values = getattr(self, field)
+            if not values:
+                raise ConfigError(f"tasks.{self.name}.{field} must not be empty")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ConfigError(f"tasks.{self.name}.{field} must hold positive integers, got {v!r}")
+
+    @property
+    def trained_range(self) -> tuple[int, int]:
+        return min(self.train_lengths), max(self.train_lengths)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study run depends on; every results record carries all of it.
+
+    tasks: the tasks and their lengths; models: registered model names;
+    seeds: one cell per (task, model, seed) (and per training length in regime
+    "per_length"); n_test: test examples per evaluation length; backend: Keras
+    backend; jobs: cells trained in parallel processes.
+    """
+
+    profile: str
+    tasks: tuple[TaskPlan, ...]
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    regime: str = "mixed"
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    n_test: int = 500
+    backend: str = "tensorflow"
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.regime not in REGIMES:
+            raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not self.tasks or not self.models or not self.seeds:
+            empty = [n for n in ("tasks", "models", "seeds") if not getattr(self, n)]
+            raise ConfigError(f"the study grid is empty: no {' and no '.join(empty)} selected")
+        for s in self.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise ConfigError(f"seeds must be non-negative integers, got {s!r}")
+        _positive_int("study", "n_test", self.n_test)
+        _positive_int("study", "jobs", self.jobs)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # seconds: a tiny grid that still exercises every stage (used by the tests)
+    "smoke": {
+        "tasks": {
+            "copy": {"train_lengths": "2..5", "eval_lengths": [2, 5, 8]},
+            "date_format": {"train_lengths": "1..2", "eval_lengths": [1, 2, 3]},
+        },
+        "models": ["none", "dot"],
+        "seeds": [0, 1],
+        "n_test": 50,
+        "model": {"embedding_dim": 8, "units": 16, "attention_size": 8},
+        "train": {"n_train": 256, "max_epochs": 2, "batch_size": 32, "n_validation": 32, "patience": 2},
+    },
+    # the default: every core task and model, 3 seeds, evaluation beyond the trained range
+    "standard": {
+        "tasks": {
+            "copy": {"train_lengths": "4..32", "eval_lengths": [4, 8, 16, 24, 32, 48, 64]},
+            "reverse": {"train_lengths": "4..32", "eval_lengths": [4, 8, 16, 24, 32, 48, 64]},
+            "date_format": {"train_lengths": "1..4", "eval_lengths": [1, 2, 3, 4, 5, 6, 8]},
+        },
+        "models": ["none", "additive", "dot", "general"],
+        "seeds": [0, 1, 2],
+        "n_test": 500,
+        "model": {},
+        "train": {"n_train": 16000, "max_epochs": 6, "patience": 2},
+    },
+    # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget
+    "full": {
+        "tasks": {
+            "copy": {"train_lengths": "4..64", "eval_lengths": [4, 8, 16, 32, 48, 64, 96, 128]},
+            "reverse": {"train_lengths": "4..64", "eval_lengths": [4, 8, 16, 32, 48, 64, 96, 128]},
+            "date_format": {"train_lengths": "1..6", "eval_lengths": [1, 2, 3, 4, 6, 8, 10, 12]},
+        },
+        "models": ["none", "additive", "dot", "general"],
+        "seeds": [0, 1, 2, 3, 4],
+        "n_test": 1000,
+        "model": {},
+        "train": {"n_train": 60000, "max_epochs": 20, "patience": 3},
+    },
+}
+
+_STUDY_KEYS = {"tasks", "models", "seeds", "regime", "n_test", "backend", "jobs", "model", "train"}
+_TASK_KEYS = {"train_lengths", "eval_lengths", "options"}
+
+
+def parse_lengths(value: Any, where: str) -> tuple[int, ...]:
+    """A list of positive integers, or a range written "lo..hi" (inclusive) -> sorted tuple."""
+    if isinstance(value, str):
+        parts = value.split("..")
+        try:
+            if len(parts) == 2:
+                lo, hi = int(parts[0]), int(parts[1])
+                values = list(range(lo, hi + 1)) if lo <= hi else []
+                if not values or lo < 1:
+                    raise ValueError
+            else:
+                values = [int(p) for p in value.split(",")]
+        except ValueError:
+            raise ConfigError(f"{where} must be positive integers, a list like 4,8,16 or a range like 4..32, got {value!r}") from None
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    else:
+        raise ConfigError(f"{where} must be a list of positive integers or a range like '4..32', got {value!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{where} must hold positive integers, got {v!r}")
+    if not values:
+        raise ConfigError(f"{where} must not be empty")
+    return tuple(sorted(set(values)))
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; `override` wins."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _dataclass_from(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table of settings, got {raw!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"unknown setting {where}.{unknown[0]} (allowed: {', '.join(sorted(fields))})")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_study_config(profile: str = "standard", file_settings: dict | None = None, overrides: dict | None = None) -> StudyConfig:
+    """Profile settings, then a config file's, then command-line overrides, validated.
+
+    Raises ConfigError with a one-line message naming the bad key or value.
+    """
+    if profile not in PROFILES:
+        import difflib
+
+        close = difflib.get_close_matches(str(profile), PROFILES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown profile {profile!r}{hint} (available: {', '.join(PROFILES)})")
+    raw = _merge(PROFILES[profile], file_settings or {})
+    raw = _merge(raw, overrides or {})
+    unknown = sorted(set(raw) - _STUDY_KEYS - {"profile"})
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r} (allowed: {', '.join(sorted(_STUDY_KEYS))})")
+    tasks_raw = raw["tasks"]
+    if not isinstance(tasks_raw, dict):
+        raise ConfigError(f"tasks must be a table of task name -> settings, got {tasks_raw!r}")
+    plans = []
+    for name, settings in tasks_raw.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"tasks.{name} must be a table of settings, got {settings!r}")
+        bad = sorted(set(settings) - _TASK_KEYS)
+        if bad:
+            raise ConfigError(f"unknown setting tasks.{name}.{bad[0]} (allowed: {', '.join(sorted(_TASK_KEYS))})")
+        for key in ("train_lengths", "eval_lengths"):
+            if key not in settings:
+                raise ConfigError(f"tasks.{name}.{key} is missing")
+        options = settings.get("options", {})
+        if not isinstance(options, dict):
+            raise ConfigError(f"tasks.{name}.options must be a table, got {options!r}")
+        plans.append(
+            TaskPlan(
+                name=name,
+                train_lengths=parse_lengths(settings["train_lengths"], f"tasks.{name}.train_lengths"),
+                eval_lengths=parse_lengths(settings["eval_lengths"], f"tasks.{name}.eval_lengths"),
+                options=tuple(sorted(options.items())),
+            )
+        )
+    models = raw["models"]
+    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"models must be a list of model names, got {models!r}")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, (list, tuple)):
+        raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
+    return StudyConfig(
+        profile=profile,
+        tasks=tuple(plans),
+        models=tuple(dict.fromkeys(models)),
+        seeds=tuple(dict.fromkeys(seeds)),
+        regime=raw.get("regime", "mixed"),
+        model=_dataclass_from(ModelConfig, raw.get("model", {}), "model"),
+        train=_dataclass_from(TrainConfig, raw.get("train", {}), "train"),
+        n_test=raw.get("n_test", 500),
+        backend=raw.get("backend", "tensorflow"),
+        jobs=raw.get("jobs", 1),
+    )
+
+
+def config_to_dict(config: StudyConfig) -> dict:
+    """A JSON-serialisable copy of the configuration."""
+    out = dataclasses.asdict(config)
+    out["tasks"] = [{**t, "options": dict(t["options"])} for t in out["tasks"]]
+    return out

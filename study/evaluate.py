@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from study.models import Seq2Seq
+from study.models.seq2seq import Seq2Seq
 from study.vocab import Vocabulary
 
 

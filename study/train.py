@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from study.config import TrainConfig
 from study.data import Dataset
 from study.evaluate import evaluate
-from study.models import Seq2Seq
+from study.models.seq2seq import Seq2Seq
 from study.vocab import END, PAD, START, Vocabulary, pad
 
 BUCKET_POOL = 32  # batches per sorting pool

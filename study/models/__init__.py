@@ -8,18 +8,23 @@
 Every name maps to the one builder with a different `attention` argument, so the
 models of a comparison share the embedding, encoder, decoder, read-out layer and
 sizes, and differ only in how the decoder reads the encoder.
+
+Names can be listed and checked without importing Keras (so a command line can
+refuse a typo before the backend starts); Keras is imported on first build.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from study.config import ModelConfig
-from study.models.attention import SCORERS
-from study.models.seq2seq import GreedyDecoder, Seq2Seq
 from study.registry import Registry, UnknownNameError
+
+if TYPE_CHECKING:
+    from study.models.seq2seq import Seq2Seq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +57,22 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
 
 
-def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> Seq2Seq:
+def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> "Seq2Seq":
     """Builds (and creates the weights of) the registered model `name`."""
+    from study.models.seq2seq import Seq2Seq
+
     spec = MODELS.get(name)
     model = Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, **dataclasses.asdict(config), name=f"seq2seq_{name}")
     model((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))  # create the weights
     return model
 
 
-__all__ = ["MODELS", "SCORERS", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "get_model_spec"]
+def __getattr__(name: str):
+    if name in ("Seq2Seq", "GreedyDecoder"):
+        from study.models import seq2seq
+
+        return getattr(seq2seq, name)
+    raise AttributeError(f"module 'study.models' has no attribute {name!r}")
+
+
+__all__ = ["MODELS", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "get_model_spec"]

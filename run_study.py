@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Run the sequence-length study, redraw its report, or list what it can run.
+
+    python run_study.py                          # the standard study -> results/standard/
+    python run_study.py --profile smoke          # seconds: every stage on a tiny grid
+    python run_study.py --tasks copy --models none,additive --seeds 0,1 --lengths 4,8,16,32
+    python run_study.py --config my_study.toml --out results/mine
+    python run_study.py report results/standard  # tables and figures again, no training
+    python run_study.py list                     # tasks, models and profiles
+
+Bad input (an unknown name, a malformed value, an unusable output folder) ends
+with a one-line message and exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad command-line input; reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {value!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {value!r}")
+    return seeds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="run_study.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run a study (the default command)")
+    run.__class__ = _Parser
+    run.add_argument("--profile", default="standard", help="smoke, standard (default) or full")
+    run.add_argument("--config", type=Path, help="a TOML file with any setting a profile has")
+    run.add_argument("--tasks", type=_csv, help="comma-separated task names (default: the profile's)")
+    run.add_argument("--models", type=_csv, help="comma-separated model names")
+    run.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--lengths", help="evaluation lengths for every selected task, e.g. 4,8,16 or 4..32")
+    run.add_argument("--train-lengths", help="training lengths for every selected task, e.g. 4..32")
+    run.add_argument("--regime", choices=["mixed", "per_length"], help="one model over all training lengths, or one per length")
+    run.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
+    run.add_argument("--jobs", type=int, help="cells trained in parallel processes")
+    run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
+    run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
+    run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
+    report = sub.add_parser("report", help="redraw tables, figures and report.md from a results folder")
+    report.__class__ = _Parser
+    report.add_argument("results_dir", type=Path)
+    listing = sub.add_parser("list", help="list tasks, models and profiles")
+    listing.__class__ = _Parser
+    listing.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
+    return parser
+
+
+def _load_config_file(path: Path) -> dict:
+    import tomllib
+
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
+    """Settings given on the command line, in the shape of a config file."""
+    from study.tasks import get_task
+
+    overrides: dict = {}
+    for name in ("models", "seeds", "regime", "backend", "jobs"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.tasks is not None or args.lengths or args.train_lengths:
+        selected = args.tasks if args.tasks is not None else list(profile_tasks)
+        tasks = {}
+        for name in selected:
+            get_task(name)  # an unknown name fails here, with a suggestion
+            plan = dict(profile_tasks.get(name, {}))
+            if args.lengths:
+                plan["eval_lengths"] = args.lengths
+            if args.train_lengths:
+                plan["train_lengths"] = args.train_lengths
+            missing = [flag for key, flag in (("train_lengths", "--train-lengths"), ("eval_lengths", "--lengths")) if key not in plan]
+            if missing:
+                raise UsageError(f"task {name!r} is not in the profile; give its lengths with {' and '.join(missing)}")
+            tasks[name] = plan
+        overrides["tasks"] = tasks
+    return overrides
+
+
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} is a file; give a folder with --out")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {out} is not writable (nearest existing folder: {probe})")
+
+
+def prepare(args: argparse.Namespace):
+    """Validates everything a run needs before anything is written; returns (config, out)."""
+    from study.config import PROFILES, build_study_config
+    from study.tasks import get_task, load_task_module
+
+    for module in args.task_module:
+        load_task_module(module)
+    file_settings = _load_config_file(args.config) if args.config else {}
+    profile = file_settings.pop("profile", None) or args.profile
+    if profile not in PROFILES:
+        build_study_config(profile)  # raises the unknown-profile error
+    base_tasks = file_settings.get("tasks") or PROFILES[profile]["tasks"]
+    if args.tasks is not None:
+        file_settings.pop("tasks", None)
+    config = build_study_config(profile, file_settings, _overrides(args, base_tasks))
+    os.environ["KERAS_BACKEND"] = config.backend
+    from study.models import get_model_spec
+
+    for model in config.models:
+        get_model_spec(model)
+    for plan in config.tasks:
+        task = get_task(plan.name, **dict(plan.options))
+        for length in (*plan.train_lengths, *plan.eval_lengths):
+            try:
+                task.check_length(length)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+    out = args.out or Path("results") / profile
+    _check_output_dir(out)
+    return config, out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config, out = prepare(args)
+    from study.report import write_report
+    from study.runner import expand_grid, run_study, summary_line
+
+    n_cells = len(expand_grid(config))
+    if not args.quiet:
+        print(f"{config.profile} study: {n_cells} cells ({len(config.tasks)} tasks x {len(config.models)} models x {len(config.seeds)} seeds"
+              f"{', one per training length' if config.regime == 'per_length' else ''}) on {config.backend}, {config.jobs} job(s) -> {out}")
+    started = time.perf_counter()
+
+    def on_record(record: dict) -> None:
+        if not args.quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(summary_line(record))
+
+    records = run_study(config, out, fresh=args.fresh, progress=not args.quiet, on_record=on_record)
+    report = write_report(out)
+    failed = [r for r in records if r["status"] != "ok"]
+    for r in failed:
+        print(summary_line(r))
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {len(records) - len(failed)} cells ok, {len(failed)} failed; report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from study.report import write_report
+
+    if not args.results_dir.is_dir():
+        raise UsageError(f"results folder {args.results_dir} does not exist")
+    print(f"report: {write_report(args.results_dir)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from study.config import PROFILES
+    from study.tasks import available_tasks, get_task, load_task_module
+
+    for module in args.task_module:
+        load_task_module(module)
+    print("tasks:")
+    for name in available_tasks():
+        task = get_task(name)
+        print(f"  {name:<12} v{task.version}  length = {task.length_unit:<8} {task.description}")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from study.models import MODELS, available_models
+
+    print("models:")
+    for name in available_models():
+        print(f"  {name:<12} {MODELS.get(name).description}")
+    print("profiles:")
+    for name, p in PROFILES.items():
+        print(f"  {name:<12} tasks {', '.join(p['tasks'])}; models {', '.join(p['models'])}; seeds {p['seeds']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "report", "list", "-h", "--help"):
+        argv = ["run", *argv]
+    from study.config import ConfigError
+    from study.registry import UnknownNameError
+    from study.report import NoResultsError
+    from study.tasks import TaskContractError, TaskModuleError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, NoResultsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Tables, figures and report.md, drawn from the results files only.
+
+    write_report(Path("results/standard"))   # reads study.json + cells/*.json, writes:
+      metrics.csv            one row per cell x evaluation length (tidy: pandas/seaborn ready)
+      summary.csv/.md        mean exact-match per task x model x length, 95% t-interval over seeds
+      figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded
+      figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained length
+      figures/attention_maps.{png,svg}       one test example's weights per task x attention model
+      figures/training_curves.{png,svg}      validation exact-match vs examples seen
+      report.md                              all of the above with the configuration
+
+Nothing here reads in-memory state of a run, so a report can be redrawn at any
+time without retraining: `python run_study.py report results/standard`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.runner import read_record
+
+CONFIDENCE = 0.95
+MODEL_ORDER = ["none", "additive", "dot", "general"]
+
+
+class NoResultsError(ValueError):
+    """A results folder without any readable cell record."""
+
+
+def load_records(out: Path) -> list[dict]:
+    """The records of the latest study in `out` (those named by study.json; all when it is missing)."""
+    out = Path(out)
+    cells_dir = out / "cells"
+    if not cells_dir.is_dir():
+        raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
+    manifest = out / "study.json"
+    if manifest.exists():
+        try:
+            ids = json.loads(manifest.read_text())["cells"]
+        except (ValueError, KeyError, TypeError):
+            ids = None
+    else:
+        ids = None
+    paths = [cells_dir / f"{i}.json" for i in ids] if ids is not None else sorted(cells_dir.glob("*.json"))
+    records = [r for r in (read_record(p) for p in paths if p.exists()) if r is not None]
+    if not records:
+        raise NoResultsError(f"{out} holds no finished cell records; run a study with --out {out} first")
+    return records
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (cell, evaluation length); failed cells appear with NaN accuracies."""
+    rows = []
+    for r in records:
+        base = {
+            "task": r["task"],
+            "task_version": r["task_version"],
+            "model": r["model"],
+            "attention": r["attention"],
+            "seed": r["seed"],
+            "regime": r["regime"],
+            "train_min": min(r["train_lengths"]),
+            "train_max": max(r["train_lengths"]),
+            "cell_id": r["id"],
+            "status": r["status"],
+            "stop_reason": r.get("stop_reason"),
+            "examples_seen": r.get("examples_seen"),
+            "param_count": r.get("param_count"),
+            "backend": r["backend"],
+        }
+        if r["status"] != "ok":
+            for length in r["eval_lengths"]:
+                lo, hi = base["train_min"], base["train_max"]
+                rows.append({**base, "length": length, "in_training_range": lo <= length <= hi, "seq_acc": math.nan, "char_acc": math.nan})
+            continue
+        for m in r["metrics"]:
+            rows.append(
+                {
+                    **base,
+                    "length": m["length"],
+                    "in_training_range": m["in_training_range"],
+                    "n_examples": m["n_examples"],
+                    "seq_acc": m["seq_acc"],
+                    "char_acc": m["char_acc"],
+                    "mean_source_tokens": m["mean_source_tokens"],
+                    "mean_target_tokens": m["mean_target_tokens"],
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["task", "model", "train_max", "seed", "length"], key=_model_sort_key).reset_index(drop=True)
+
+
+def _model_sort_key(column: pd.Series) -> pd.Series:
+    if column.name == "model":
+        return column.map(lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))
+    return column
+
+
+def t_interval(values: np.ndarray | pd.Series) -> tuple[float, float, float]:
+    """Mean and the 95% Student-t confidence interval over seeds (NaNs dropped; half-width 0 for one seed)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per task x model x (training range) x length: seeds, mean exact-match and its 95% interval."""
+    keys = ["task", "model", "train_min", "train_max", "length", "in_training_range"]
+    rows = []
+    for key, group in metrics.groupby(keys, sort=False):
+        mean, lo, hi = t_interval(group["seq_acc"])
+        rows.append({**dict(zip(keys, key)), "seeds": int(group["seq_acc"].notna().sum()), "n_examples": group.get("n_examples", pd.Series([np.nan])).max(), "seq_acc_mean": mean, "seq_acc_ci_low": lo, "seq_acc_ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Accuracy-vs-length tables, one per task: rows models, columns lengths (* marks trained lengths)."""
+    parts = []
+    for (task, lo, hi), group in summary.groupby(["task", "train_min", "train_max"], sort=False):
+        lengths = sorted(group["length"].unique())
+        header = "| model | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |"
+        lines = [f"### {task} (trained on lengths {lo}..{hi}; exact-match %, mean [95% CI] over seeds)", "", header, "|---" * (len(lengths) + 1) + "|"]
+        for model, rows in group.groupby("model", sort=False):
+            by_length = rows.set_index("length")
+            cells = []
+            for L in lengths:
+                if L not in by_length.index or math.isnan(by_length.loc[L, "seq_acc_mean"]):
+                    cells.append("failed")
+                    continue
+                r = by_length.loc[L]
+                cells.append(f"{100 * r.seq_acc_mean:.1f} [{100 * r.seq_acc_ci_low:.1f}, {100 * r.seq_acc_ci_high:.1f}]")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        n = group["n_examples"].max()
+        seeds = group["seeds"].max()
+        lines += ["", f"{int(seeds)} seeds, {int(n) if not math.isnan(n) else '?'} test examples per length and seed; * = inside the trained range.", ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
+def _save(fig, figures: Path, name: str) -> list[str]:
+    figures.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        fig.savefig(figures / f"{name}.{ext}", dpi=130, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return [f"figures/{name}.png"]
+
+
+def _palette(models: list[str]) -> dict:
+    import seaborn as sns
+
+    colours = sns.color_palette("colorblind", max(len(models), 4))
+    return {m: colours[i] for i, m in enumerate(models)}
+
+
+def plot_accuracy_vs_length(metrics: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    tasks = list(dict.fromkeys(metrics["task"]))
+    models = list(dict.fromkeys(metrics["model"]))
+    units = {r["task"]: r.get("length_unit", "length") for r in records}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        data = metrics[metrics["task"] == task].assign(exact_match=lambda d: 100 * d["seq_acc"])
+        lo, hi = data["train_min"].min(), data["train_max"].max()
+        ax.axvspan(lo, hi, color="0.92", zorder=0, label="trained lengths")
+        sns.lineplot(
+            data=data, x="length", y="exact_match", hue="model", hue_order=models, palette=_palette(models),
+            errorbar=lambda v: t_interval(v)[1:], marker="o", ax=ax, legend=ax is axes[0][-1],
+        )
+        ax.set(title=task, xlabel=f"input length ({units.get(task, 'length')})", ylabel="exact match (%)", ylim=(-3, 103))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if axes[0][-1].get_legend() is not None:
+        axes[0][-1].get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="attention")
+    fig.suptitle("Greedy-decoded exact match vs input length (mean and 95% CI over seeds)")
+    fig.tight_layout()
+    return _save(fig, figures, "accuracy_vs_length")
+
+
+def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
+    """Per-position accuracy at each task's longest trained evaluation length (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        inside = [m for m in r["metrics"] if m["in_training_range"]] or r["metrics"]
+        m = max(inside, key=lambda m: m["length"])
+        for pos, acc in enumerate(m["position_acc"]):
+            rows.append({"task": r["task"], "model": r["model"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
+    if not rows:
+        return []
+    data = pd.DataFrame(rows)
+    tasks = list(dict.fromkeys(data["task"]))
+    models = list(dict.fromkeys(data["model"]))
+    palette = _palette(models)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        d = data[data["task"] == task]
+        for model in models:
+            mean = d[d["model"] == model].groupby("position")["accuracy"].mean()
+            ax.plot(mean.index, mean.values, label=model, color=palette[model])
+        ax.set(title=f"{task}, length {d['length'].max()}", xlabel="output position (characters)", ylabel="character accuracy (%)", ylim=(-3, 103))
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), title="attention")
+    fig.suptitle("Where in the output greedy decoding goes wrong (longest trained length, mean over seeds)")
+    fig.tight_layout()
+    return _save(fig, figures, "position_accuracy")
+
+
+def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
+    """One test example per task x attention model (lowest seed): output step x source character."""
+    import matplotlib.pyplot as plt
+
+    chosen: dict[tuple[str, str], dict] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        ex = r.get("attention_example")
+        if r["status"] == "ok" and ex and ex.get("weights") and (r["task"], r["model"]) not in chosen:
+            chosen[(r["task"], r["model"])] = r
+    if not chosen:
+        return []
+    tasks = list(dict.fromkeys(t for t, _ in chosen))
+    models = list(dict.fromkeys(m for _, m in chosen))
+    fig, axes = plt.subplots(len(tasks), len(models), figsize=(3.8 * len(models), 3.6 * len(tasks)), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            r = chosen.get((task, model))
+            if r is None:
+                ax.axis("off")
+                continue
+            ex = r["attention_example"]
+            w = np.asarray(ex["weights"])
+            ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            src = list(ex["source"])
+            out = list(ex["prediction"]) + ["</s>"]
+            step = max(1, len(src) // 24)
+            ax.set_xticks(range(0, len(src), step), [repr(c)[1:-1] if c != " " else "␣" for c in src[::step]], fontsize=7)
+            ax.set_yticks(range(0, len(out[: w.shape[0]]), step), [c if c != " " else "␣" for c in out[: w.shape[0]]][::step], fontsize=7)
+            ax.set(title=f"{task} / {model}", xlabel="source character", ylabel="predicted character")
+    fig.suptitle("Attention weights of one test example (rows: output steps, columns: source positions)")
+    fig.tight_layout()
+    return _save(fig, figures, "attention_maps")
+
+
+def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = [
+        {"task": r["task"], "model": r["model"], "seed": r["seed"], "examples_seen": h["examples_seen"], "val_seq_acc": 100 * h["val_seq_acc"], "loss": h["loss"]}
+        for r in records
+        for h in r.get("history", [])
+    ]
+    if not rows:
+        return []
+    data = pd.DataFrame(rows)
+    tasks = list(dict.fromkeys(data["task"]))
+    models = list(dict.fromkeys(data["model"]))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False)
+    for j, task in enumerate(tasks):
+        d = data[data["task"] == task]
+        for i, (column, label) in enumerate((("val_seq_acc", "validation exact match (%)"), ("loss", "training loss (teacher-forced)"))):
+            sns.lineplot(data=d, x="examples_seen", y=column, hue="model", hue_order=models, palette=_palette(models), units="seed", estimator=None, alpha=0.8, ax=axes[i][j], legend=(i, j) == (0, len(tasks) - 1))
+            axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen", ylabel=label)
+    legend = axes[0][-1].get_legend()
+    if legend is not None:
+        legend.set_title("attention")
+    fig.suptitle("Training: validation exact match (greedy) and loss, one line per seed")
+    fig.tight_layout()
+    return _save(fig, figures, "training_curves")
+
+
+def write_report(out: Path) -> Path:
+    """Writes metrics.csv, summary.csv/.md, the figures and report.md into `out`; returns report.md's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    records = load_records(out)
+    metrics = metrics_frame(records)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    summary = summary_frame(metrics)
+    summary.to_csv(out / "summary.csv", index=False)
+    table = summary_markdown(summary)
+    (out / "summary.md").write_text(table)
+    figures = out / "figures"
+    images = {
+        "Accuracy vs length": plot_accuracy_vs_length(metrics, records, figures),
+        "Accuracy per output position": plot_position_accuracy(records, figures),
+        "Attention maps": plot_attention_maps(records, figures),
+        "Training curves": plot_training_curves(records, figures),
+    }
+    (out / "report.md").write_text(_report_markdown(records, metrics, table, images))
+    return out / "report.md"
+
+
+def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]]) -> str:
+    first = records[0]
+    config = first["config"]
+    failed = [r for r in records if r["status"] != "ok"]
+    lines = [
+        f"# Sequence-length study: {first['profile']} profile",
+        "",
+        "Exact match is measured by greedy decoding of each model's own outputs on held-out test sets, one per length.",
+        "",
+    ]
+    for title, paths in images.items():
+        if paths:
+            lines += [f"## {title}", "", *[f"![{title}]({p})" for p in paths], ""]
+    lines += ["## Exact match by length", "", table, ""]
+    lines += ["## Cells", "", "| task | model | seed | parameters | stopped | examples seen | best val exact match | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | "
+            f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {r.get('wall_seconds', 0):.0f} |"
+        )
+    if failed:
+        lines += ["", f"**{len(failed)} failed cells** (shown as missing in tables and figures):", ""]
+        lines += [f"- {r['task']}/{r['model']}/seed {r['seed']}: {r.get('error')}" for r in failed]
+    total = sum(r.get("wall_seconds", 0) for r in records)
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        f"Backend {first['backend']} on {first['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()) + ".",
+        f"Summed cell wall time: {total / 60:.1f} min.",
+        "",
+        "```json",
+        json.dumps(config, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

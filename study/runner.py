@@ -1,0 +1,323 @@
+"""Expand a study into cells, run the ones not yet done, and write one record per cell.
+
+    cells = expand_grid(config)            # one Cell per (task, model, seed[, training length])
+    run_study(config, Path("results/standard"))
+
+A cell is trained and evaluated by `run_cell`, which returns its record: the
+full configuration, task version, parameter count, training history, per-length
+and per-position metrics from greedy decoding, one attention map, timings,
+package versions, backend and device.  Records are written atomically to
+`<out>/cells/<cell id>.json`; the id is a hash of everything the cell depends
+on, so a finished cell is skipped on a re-run (unless `fresh`) and a changed
+setting makes new cells instead of mixing with old ones.  `<out>/study.json`
+names the cells of the latest run; `metrics.csv` and the report are drawn from
+the records alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+from study.config import StudyConfig, TaskPlan, config_to_dict
+
+RECORD_SCHEMA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One trained model: a task plan, a model name, a seed and the lengths it trains on."""
+
+    task: TaskPlan
+    model: str
+    seed: int
+    train_lengths: tuple[int, ...]
+
+    def describe(self) -> str:
+        lengths = f"{self.train_lengths[0]}..{self.train_lengths[-1]}" if len(self.train_lengths) > 1 else str(self.train_lengths[0])
+        return f"{self.task.name}/{self.model}/seed {self.seed}/train {lengths}"
+
+
+def expand_grid(config: StudyConfig) -> list[Cell]:
+    """Every cell of the study, in a stable order (task, training lengths, seed, model)."""
+    cells = []
+    for plan in config.tasks:
+        groups = [plan.train_lengths] if config.regime == "mixed" else [(length,) for length in plan.train_lengths]
+        for lengths in groups:
+            for seed in config.seeds:
+                for model in config.models:
+                    cells.append(Cell(plan, model, seed, tuple(lengths)))
+    return cells
+
+
+def cell_identity(cell: Cell, config: StudyConfig, task_version: int) -> dict:
+    """Everything the cell's result depends on (JSON-serialisable)."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "task": cell.task.name,
+        "task_version": task_version,
+        "task_options": dict(cell.task.options),
+        "model": cell.model,
+        "seed": cell.seed,
+        "regime": config.regime,
+        "train_lengths": list(cell.train_lengths),
+        "eval_lengths": list(cell.task.eval_lengths),
+        "model_config": dataclasses.asdict(config.model),
+        "train_config": dataclasses.asdict(config.train),
+        "n_test": config.n_test,
+        "backend": config.backend,
+    }
+
+
+def cell_id(identity: dict) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{identity['task']}-{identity['model']}-s{identity['seed']}-{digest}"
+
+
+def versions() -> dict:
+    """Versions of the packages that decide the numbers."""
+    import babel
+    import keras
+    import numpy
+
+    out = {"python": platform.python_version(), "keras": keras.__version__, "numpy": numpy.__version__, "babel": babel.__version__}
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow
+
+        out["tensorflow"] = tensorflow.__version__
+    elif backend == "jax":
+        import jax
+
+        out["jax"] = jax.__version__
+    return out
+
+
+def device_name() -> str:
+    """The accelerator Keras runs on, or the CPU."""
+    import keras
+
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return str(jax.devices()[0])
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return gpus[0].name if gpus else f"CPU ({os.cpu_count()} cores)"
+    except Exception:  # a device query is informative only
+        return "unknown"
+
+
+def attention_example_length(plan: TaskPlan, lengths: tuple[int, ...]) -> int:
+    """The evaluation length whose first test example is drawn as an attention map:
+    the one nearest the middle of the training range."""
+    middle = (min(lengths) + max(lengths)) / 2
+    return min(plan.eval_lengths, key=lambda length: (abs(length - middle), length))
+
+
+def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
+    """Trains and evaluates one cell; returns its record (status "ok" or "failed")."""
+    import keras
+    import numpy as np
+
+    from study.data import make_splits
+    from study.evaluate import decode, decode_steps, score
+    from study.models import build_model, get_model_spec
+    from study.tasks import get_task
+    from study.train import train_model
+    from study.vocab import Vocabulary
+
+    started = time.perf_counter()
+    task = get_task(cell.task.name, **dict(cell.task.options))
+    identity = cell_identity(cell, config, task.version)
+    record: dict[str, Any] = {
+        "id": cell_id(identity),
+        **identity,
+        "attention": get_model_spec(cell.model).attention,
+        "length_unit": task.length_unit,
+        "profile": config.profile,
+        "config": config_to_dict(config),
+        "versions": versions(),
+        "device": device_name(),
+        "status": "ok",
+    }
+    splits = make_splits(task, cell.train_lengths, cell.task.eval_lengths, config.train.n_train, config.train.n_validation, config.n_test, cell.seed)
+    sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+    keras.utils.set_random_seed(cell.seed)
+    model = build_model(cell.model, sv.size, tv.size, config.model)
+    record["param_count"] = int(model.count_params())
+    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress)
+    record.update(
+        history=result.history,
+        stop_reason=result.stop_reason,
+        examples_seen=result.examples_seen,
+        best_epoch=result.best_epoch,
+        best_val_seq_acc=result.best_val_seq_acc,
+        train_seconds=result.seconds,
+    )
+    if result.diverged:
+        record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started)
+        return record
+    eval_started = time.perf_counter()
+    metrics = []
+    map_length = attention_example_length(cell.task, cell.train_lengths)
+    lo, hi = min(cell.train_lengths), max(cell.train_lengths)
+    for length, test in splits.test.items():
+        t0 = time.perf_counter()
+        predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
+        row = {
+            "length": length,
+            "in_training_range": lo <= length <= hi,
+            **score(predictions, test.targets),
+            "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
+            "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
+            "decode_seconds": time.perf_counter() - t0,
+        }
+        metrics.append(row)
+        if length == map_length:
+            record["attention_example"] = {
+                "length": length,
+                "source": test.sources[0],
+                "target": test.targets[0],
+                "prediction": predictions[0],
+                # rows: output steps up to and including END; columns: source characters
+                "weights": None if weights is None else np.round(weights[0, : len(predictions[0]) + 1, : len(test.sources[0])], 4).tolist(),
+            }
+    record.update(metrics=metrics, eval_seconds=time.perf_counter() - eval_started, wall_seconds=time.perf_counter() - started)
+    return record
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes JSON to a temporary file in the same folder, syncs it, then renames it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict | None:
+    """A record, or None when the file is unreadable or not a complete record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA or "status" not in record or "id" not in record:
+        return None
+    return record
+
+
+def _limit_threads(backend: str, threads: int) -> None:
+    """Caps the math libraries of a worker process (before TensorFlow/JAX start)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _worker_init(backend: str, threads: int) -> None:
+    os.environ["KERAS_BACKEND"] = backend
+    _limit_threads(backend, threads)
+
+
+def _run_cell_in_worker(cell: Cell, config: StudyConfig) -> dict:
+    return run_cell(cell, config, progress=False)
+
+
+def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
+    """(cell, id) for every cell of the grid."""
+    from study.tasks import get_task
+
+    out = []
+    for cell in expand_grid(config):
+        version = get_task(cell.task.name, **dict(cell.task.options)).version
+        out.append((cell, cell_id(cell_identity(cell, config, version))))
+    return out
+
+
+def run_study(
+    config: StudyConfig,
+    out: Path,
+    fresh: bool = False,
+    progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Runs every unfinished cell of `config` and returns the records of the whole grid.
+
+    Writes `<out>/study.json` (the configuration and the grid's cell ids) first,
+    then each cell's record as it finishes.
+    """
+    from tqdm.auto import tqdm
+
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    grid = study_cells(config)
+    write_json_atomic(out / "study.json", {"config": config_to_dict(config), "cells": [cid for _, cid in grid]})
+    records: dict[str, dict] = {}
+    todo = []
+    for cell, cid in grid:
+        existing = None if fresh else read_record(cells_dir / f"{cid}.json")
+        if existing is not None and existing.get("status") == "ok":
+            records[cid] = existing
+        else:
+            todo.append((cell, cid))
+
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="study", unit="cell", disable=not progress, dynamic_ncols=True)
+
+    def finish(record: dict) -> None:
+        write_json_atomic(cells_dir / f"{record['id']}.json", record)
+        records[record["id"]] = record
+        bar.update(1)
+        if on_record is not None:
+            on_record(record)
+
+    if config.jobs == 1 or len(todo) <= 1:
+        for cell, _ in todo:
+            bar.set_postfix_str(cell.describe())
+            finish(run_cell(cell, config, progress=progress))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // config.jobs)
+        import multiprocessing
+
+        with ProcessPoolExecutor(config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(config.backend, threads)) as pool:
+            futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
+            for future in as_completed(futures):
+                finish(future.result())
+    bar.close()
+    return [records[cid] for _, cid in grid if cid in records]
+
+
+def summary_line(record: dict) -> str:
+    """One line per finished cell: where it stopped and its accuracy inside/beyond the trained range."""
+    if record["status"] != "ok":
+        return f"{record['task']}/{record['model']}/seed {record['seed']}: FAILED ({record.get('error')})"
+    inside = [m["seq_acc"] for m in record["metrics"] if m["in_training_range"]]
+    beyond = [m["seq_acc"] for m in record["metrics"] if not m["in_training_range"]]
+    parts = [f"{record['task']}/{record['model']}/seed {record['seed']}:"]
+    parts.append(f"exact-match {100 * sum(inside) / max(len(inside), 1):.1f}% in range")
+    if beyond:
+        parts.append(f"{100 * sum(beyond) / len(beyond):.1f}% beyond")
+    parts.append(f"({record['stop_reason']} after {record['examples_seen']} examples, {record['wall_seconds']:.0f}s)")
+    return " ".join(parts)

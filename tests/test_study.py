@@ -1,0 +1,133 @@
+"""The command line end to end on the smoke profile: every results file, the report redrawn
+from files alone, finished cells skipped, and bad input refused before anything is written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from study.config import ConfigError, build_study_config
+from study.runner import expand_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    result = run_cli("--profile", "smoke", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_smoke_study_writes_every_file(smoke_run):
+    out, result = smoke_run
+    assert f"report: {out / 'report.md'}" in result.stdout
+    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "study.json"):
+        assert (out / name).is_file(), name
+    for figure in ("accuracy_vs_length", "position_accuracy", "attention_maps", "training_curves"):
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{figure}.svg").is_file()
+    config = build_study_config("smoke")
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert len(records) == len(expand_grid(config)) == 8
+    record = records[0]
+    for key in ("task_version", "model_config", "train_config", "param_count", "history", "metrics", "versions", "backend", "device", "stop_reason", "wall_seconds"):
+        assert key in record, key
+    assert record["versions"]["keras"].startswith("3.")
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == sum(len(p.eval_lengths) for p in config.tasks) * len(config.models) * len(config.seeds)
+    for column in ("task", "model", "attention", "seed", "length", "in_training_range", "n_examples", "seq_acc", "char_acc", "mean_source_tokens", "mean_target_tokens"):
+        assert column in metrics.columns, column
+    assert set(metrics.loc[metrics.length == 8, "in_training_range"]) == {False}
+    report = (out / "report.md").read_text()
+    assert "figures/accuracy_vs_length.png" in report and "95% CI" in report
+
+
+def test_rerun_skips_finished_cells_and_report_redraws(smoke_run):
+    out, _ = smoke_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    metrics_before = (out / "metrics.csv").read_text()
+    again = run_cli("--profile", "smoke", "--out", str(out), "--quiet")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
+    (out / "metrics.csv").unlink()
+    (out / "summary.md").unlink()
+    redraw = run_cli("report", str(out))
+    assert redraw.returncode == 0, redraw.stderr[-2000:]
+    assert (out / "metrics.csv").read_text() == metrics_before
+    assert (out / "summary.md").is_file()
+
+
+def test_list_shows_tasks_models_profiles():
+    result = run_cli("list")
+    assert result.returncode == 0, result.stderr
+    for word in ("copy", "reverse", "date_format", "sort", "additive", "general", "smoke", "standard", "full"):
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--tasks", "copi"], "unknown task 'copi'; did you mean 'copy'?"),
+        (["--models", "bahdanau,none"], "unknown model 'bahdanau'"),
+        (["--lengths", "4,-2"], "must hold positive integers, got -2"),
+        (["--lengths", "four"], "must be positive integers"),
+        (["--seeds", "1,x"], "seeds must be comma-separated integers"),
+        (["--models", ""], "the study grid is empty: no models"),
+        (["--profile", "smoky"], "unknown profile 'smoky'; did you mean 'smoke'?"),
+        (["--train-lengths", "0..3"], "positive integers"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run_cli("--profile", "smoke", "--out", str(out), *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    result = run_cli("--profile", "smoke", "--out", str(target))
+    assert result.returncode == 2 and "is a file" in result.stderr
+    assert target.read_text() == "keep me"
+
+
+def test_report_of_empty_folder_is_refused(tmp_path):
+    result = run_cli("report", str(tmp_path))
+    assert result.returncode == 2 and "holds no study results" in result.stderr
+
+
+def test_config_file_settings_and_errors(tmp_path):
+    good = tmp_path / "study.toml"
+    good.write_text('profile = "smoke"\nmodels = ["none"]\n[train]\nmax_epochs = 1\n[tasks.reverse]\ntrain_lengths = "2..3"\neval_lengths = [3, 6]\n')
+    import tomllib
+
+    config = build_study_config("smoke", tomllib.loads(good.read_text()))
+    assert config.models == ("none",) and config.train.max_epochs == 1
+    assert [t.name for t in config.tasks] == ["copy", "date_format", "reverse"]
+    with pytest.raises(ConfigError, match=r"unknown setting train.max_epoch \(allowed: "):
+        build_study_config("smoke", {"train": {"max_epoch": 3}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("models = [none\n")
+    result = run_cli("--config", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "not valid TOML" in result.stderr
+
+
+def test_per_length_regime_makes_one_cell_per_training_length():
+    config = build_study_config("smoke", overrides={"regime": "per_length"})
+    cells = expand_grid(config)
+    assert len(cells) == sum(len(p.train_lengths) for p in config.tasks) * len(config.models) * len(config.seeds)
+    assert all(len(c.train_lengths) == 1 for c in cells)
