@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-lengths", help="training lengths for every selected task, e.g. 4..32")
     run.add_argument("--regime", choices=["mixed", "per_length"], help="one model over all training lengths, or one per length")
     run.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
-    run.add_argument("--jobs", type=int, help="cells trained in parallel processes")
+    run.add_argument("--jobs", type=int, help="cells trained in parallel processes (default 0: one per CPU core)")
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
     run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
     run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_cells = len(expand_grid(config))
     if not args.quiet:
         print(f"{config.profile} study: {n_cells} cells ({len(config.tasks)} tasks x {len(config.models)} models x {len(config.seeds)} seeds"
-              f"{', one per training length' if config.regime == 'per_length' else ''}) on {config.backend}, {config.jobs} job(s) -> {out}")
+              f"{', one per training length' if config.regime == 'per_length' else ''}) on {config.backend}, {config.workers} parallel job(s) -> {out}")
     started = time.perf_counter()
 
     def on_record(record: dict) -> None:

@@ -121,7 +121,8 @@ class StudyConfig:
     tasks: the tasks and their lengths; models: registered model names;
     seeds: one cell per (task, model, seed) (and per training length in regime
     "per_length"); n_test: test examples per evaluation length; backend: Keras
-    backend; jobs: cells trained in parallel processes.
+    backend; jobs: cells trained in parallel processes, each with an equal share
+    of the CPU cores (0: one process per core).
     """
 
     profile: str
@@ -133,7 +134,7 @@ class StudyConfig:
     train: TrainConfig = TrainConfig()
     n_test: int = 500
     backend: str = "tensorflow"
-    jobs: int = 1
+    jobs: int = 0
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
@@ -147,7 +148,15 @@ class StudyConfig:
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                 raise ConfigError(f"seeds must be non-negative integers, got {s!r}")
         _positive_int("study", "n_test", self.n_test)
-        _positive_int("study", "jobs", self.jobs)
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 0:
+            raise ConfigError(f"jobs must be a non-negative integer (0: one per CPU core), got {self.jobs!r}")
+
+    @property
+    def workers(self) -> int:
+        """Parallel cell processes: `jobs`, or one per CPU core when `jobs` is 0."""
+        import os
+
+        return self.jobs or max(1, os.cpu_count() or 1)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -174,7 +183,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "n_test": 500,
         "model": {},
-        "train": {"n_train": 16000, "max_epochs": 6, "patience": 2},
+        "train": {"n_train": 10000, "max_epochs": 6, "patience": 2},
     },
     # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget
     "full": {
@@ -298,7 +307,7 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         train=_dataclass_from(TrainConfig, raw.get("train", {}), "train"),
         n_test=raw.get("n_test", 500),
         backend=raw.get("backend", "tensorflow"),
-        jobs=raw.get("jobs", 1),
+        jobs=raw.get("jobs", 0),
     )
 
 

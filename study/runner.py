@@ -237,9 +237,13 @@ def _limit_threads(backend: str, threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def _worker_init(backend: str, threads: int) -> None:
+def _worker_init(backend: str, threads: int, plugins: list[str]) -> None:
     os.environ["KERAS_BACKEND"] = backend
     _limit_threads(backend, threads)
+    from study.tasks import load_task_module
+
+    for module in plugins:
+        load_task_module(module)
 
 
 def _run_cell_in_worker(cell: Cell, config: StudyConfig) -> dict:
@@ -271,6 +275,8 @@ def run_study(
     """
     from tqdm.auto import tqdm
 
+    from study.tasks import loaded_plugins
+
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     grid = study_cells(config)
@@ -293,15 +299,16 @@ def run_study(
         if on_record is not None:
             on_record(record)
 
-    if config.jobs == 1 or len(todo) <= 1:
+    workers = min(config.workers, max(len(todo), 1))
+    if workers == 1:
         for cell, _ in todo:
             bar.set_postfix_str(cell.describe())
             finish(run_cell(cell, config, progress=progress))
     else:
-        threads = max(1, (os.cpu_count() or 1) // config.jobs)
+        threads = max(1, (os.cpu_count() or 1) // workers)
         import multiprocessing
 
-        with ProcessPoolExecutor(config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(config.backend, threads)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(config.backend, threads, loaded_plugins())) as pool:
             futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
             for future in as_completed(futures):
                 finish(future.result())

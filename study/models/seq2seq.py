@@ -132,6 +132,13 @@ class Seq2Seq(keras.Model):
 
     # -- greedy decoding ------------------------------------------------------------------
 
+    def decode_step(self, previous, states, memory, keys, mask):
+        """One decoder step with the trained cell: previous (batch,) int ids, states as from
+        `encode` -> logits (batch, vocab), weights (batch, S) or None, new states."""
+        output, new_states = self.decoder.cell(self.target_embedding(previous), states)
+        logits, weights = self._read_out(ops.expand_dims(output, 1), memory, keys, mask)
+        return logits[:, 0], None if weights is None else weights[:, 0], list(new_states)
+
     def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False):
         """Feeds the model its own argmax for `max_steps` steps, in one compiled loop.
 
@@ -159,9 +166,7 @@ class Seq2Seq(keras.Model):
             carry["attention"] = ops.zeros((batch, max_steps, ops.shape(source)[1]))
 
         def step(i, carry):
-            output, new_states = self.decoder.cell(self.target_embedding(carry["previous"]), carry["states"])
-            logits, weights = self._read_out(ops.expand_dims(output, 1), memory, keys, mask)
-            logits = logits[:, 0]
+            logits, weights, new_states = self.decode_step(carry["previous"], carry["states"], memory, keys, mask)
             token = ops.where(carry["finished"], PAD, ops.cast(ops.argmax(logits, axis=-1), "int32"))
             here = ops.one_hot(i, max_steps)  # (max_steps,) float: writes column i
             alive = ops.cast(ops.logical_not(carry["finished"]), "float32")
@@ -174,7 +179,7 @@ class Seq2Seq(keras.Model):
             if "logits" in carry:
                 updated["logits"] = carry["logits"] + here[None, :, None] * (alive[:, None] * logits)[:, None, :]
             if "attention" in carry:
-                updated["attention"] = carry["attention"] + here[None, :, None] * (alive[:, None] * weights[:, 0])[:, None, :]
+                updated["attention"] = carry["attention"] + here[None, :, None] * (alive[:, None] * weights)[:, None, :]
             return updated
 
         carry = ops.fori_loop(0, max_steps, step, carry)

@@ -39,6 +39,7 @@ __all__ = [
 TASKS: Registry[type[Task]] = Registry("task")
 _checked: set[str] = set()
 _discovered = False
+_plugins: list[str] = []  # modules loaded with load_task_module, for worker processes to load too
 
 
 class TaskModuleError(ValueError):
@@ -123,7 +124,14 @@ def load_task_module(path: str | Path) -> list[str]:
     added = sorted(set(TASKS.names()) - before)
     for name in added:
         get_task(name)
+    if target not in _plugins:
+        _plugins.append(target)
     return added
+
+
+def loaded_plugins() -> list[str]:
+    """The task modules loaded so far with `load_task_module`, in order."""
+    return list(_plugins)
 
 
 def task_factory(name: str) -> Callable[..., Task]:

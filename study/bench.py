@@ -1,0 +1,291 @@
+"""Throughput of the study's training and greedy decoding beside a plain Keras baseline.
+
+    python -m study.bench                          # copy at length 32, GRU 128, additive attention
+    python -m study.bench --json --backend jax --attention dot --length 64
+    python -m study.bench --length-curve 32,64,128,256 --attention none
+
+In one run on one machine it measures
+  (a) the project's training throughput: `study.train`'s bucketed batches and
+      `train_on_batch` on `Seq2Seq`;
+  (b) the project's greedy decoding: the compiled `fori_loop` decoder, batch 512;
+  (c) a plain Keras baseline written the way public examples are: a functional
+      model (Embedding, GRU encoder, GRU decoder, Keras AdditiveAttention or
+      Attention on the decoder outputs, softmax), `model.fit` on numpy arrays at
+      batch 64, and decoding with a one-step decoder model called once per output
+      token with `predict_on_batch` on batches of 512;
+and checks that the compiled decoder's outputs equal a per-token loop over the
+same weights.  Tokens are source plus target positions without padding (training)
+and generated tokens (decoding), after a warm-up.  With `--min-length` the training
+examples mix lengths as in the study: the project buckets them, the baseline pads
+every batch to the longest example as the public examples do.  `--json` prints one object;
+`--smoke-study` adds the wall time and peak memory of `run_study.py --profile smoke`.
+Both sides see the same number of training examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="copy")
+    p.add_argument("--length", type=int, default=32, help="task length of every example (the longest with --min-length)")
+    p.add_argument("--min-length", type=int, help="mix lengths min-length..length, as the study's training sets do")
+    p.add_argument("--units", type=int, default=128)
+    p.add_argument("--embedding", type=int, default=32)
+    p.add_argument("--attention-size", type=int, default=64)
+    p.add_argument("--attention", default="additive", help="model name: none, additive, dot or general")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--examples", type=int, default=4096, help="timed training examples (after warm-up)")
+    p.add_argument("--decode-examples", type=int, default=2048)
+    p.add_argument("--backend", choices=["tensorflow", "jax"], default=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    p.add_argument("--no-baseline", action="store_true", help="skip the plain Keras baseline")
+    p.add_argument("--smoke-study", action="store_true", help="also time `run_study.py --profile smoke`")
+    p.add_argument("--length-curve", help="comma-separated lengths: training cost and peak memory per length, each in its own process")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args(argv)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _data(args):
+    import numpy as np
+
+    from study.data import load_split
+    from study.tasks import get_task
+    from study.vocab import Vocabulary
+
+    task = get_task(args.task)
+    lengths = range(args.min_length or args.length, args.length + 1)
+    _, train = load_split(task, "bench", lengths, args.examples + 8 * args.batch_size, seed=0, cache_dir=None)
+    train = train.select(np.random.default_rng(0).permutation(len(train)))  # mixed lengths in every stretch
+    _, test = load_split(task, "bench_decode", [args.length], args.decode_examples, seed=1, cache_dir=None)
+    return train, test, Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+
+
+def measure_project(args, train, test, sv, tv) -> dict:
+    """Training and decoding throughput of the study's own code."""
+    import keras
+    import numpy as np
+
+    from study.config import ModelConfig, TrainConfig
+    from study.evaluate import decode_steps
+    from study.models import build_model
+    from study.train import EncodedSet, bucketed_batches, compile_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(args.attention, sv.size, tv.size, ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size))
+    cfg = TrainConfig(batch_size=args.batch_size)
+    compile_model(model, cfg)
+    encoded = EncodedSet.build(train, sv, tv)
+    sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
+    batches = bucketed_batches(sizes, args.batch_size, np.random.default_rng(0))
+    warm, timed = batches[:8], batches[8:]
+    for index in warm:  # compiles the step for each batch shape
+        x, y, w = encoded.batch(index, cfg.pad_multiple)
+        model.train_on_batch(x, y, sample_weight=w)
+    tokens = 0
+    started = time.perf_counter()
+    for index in timed:
+        x, y, w = encoded.batch(index, cfg.pad_multiple)
+        model.train_on_batch(x, y, sample_weight=w)
+        tokens += sum(len(encoded.sources[i]) + len(encoded.targets[i]) - 1 for i in index)
+    train_seconds = time.perf_counter() - started
+
+    source = sv.encode_batch(test.sources)
+    steps = decode_steps(test.targets)
+    decoder = model.greedy_decoder(steps)
+    decoder.predict(source[:512], batch_size=512, verbose=0)  # warm-up: compile
+    started = time.perf_counter()
+    tokens_out = decoder.predict(source, batch_size=512, verbose=0)["tokens"]
+    decode_seconds = time.perf_counter() - started
+    return {
+        "model": model,
+        "train_tokens_per_s": tokens / train_seconds,
+        "train_examples_timed": int(sum(len(b) for b in timed)),
+        "decode_tokens_per_s": tokens_out.size / decode_seconds,
+        "decoded": tokens_out,
+        "param_count": int(model.count_params()),
+    }
+
+
+def per_token_decode(model, source, steps: int):
+    """Greedy decoding of the same weights one step at a time, eagerly: the reference the
+    compiled decoder must match exactly."""
+    import keras
+    import numpy as np
+
+    from study.vocab import END, PAD, START
+
+    memory, keys, mask, states = model.encode(source)
+    previous = np.full((len(source),), START, dtype="int32")
+    finished = np.zeros(len(source), dtype=bool)
+    out = np.zeros((len(source), steps), dtype="int32")
+    for t in range(steps):
+        logits, _, states = model.decode_step(previous, states, memory, keys, mask)
+        token = np.where(finished, PAD, keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)).astype("int32"))
+        out[:, t] = token
+        finished |= (token == END) | (token == PAD)
+        previous = token
+    return out
+
+
+def build_baseline(args, source_vocab: int, target_vocab: int):
+    """The public-example seq2seq: functional training model plus one-step inference models."""
+    import keras
+    from keras import layers
+
+    enc_in = keras.Input((None,), dtype="int32")
+    dec_in = keras.Input((None,), dtype="int32")
+    enc_emb = layers.Embedding(source_vocab, args.embedding, mask_zero=True)
+    dec_emb = layers.Embedding(target_vocab, args.embedding, mask_zero=True)
+    enc_gru = layers.GRU(args.units, return_sequences=True, return_state=True)
+    dec_gru = layers.GRU(args.units, return_sequences=True, return_state=True)
+    attention = layers.Attention() if args.attention in ("dot", "general") else layers.AdditiveAttention()
+    concat = layers.Concatenate()
+    out = layers.Dense(target_vocab, activation="softmax")
+
+    enc_out, enc_state = enc_gru(enc_emb(enc_in))
+    dec_out, _ = dec_gru(dec_emb(dec_in), initial_state=enc_state)
+    features = dec_out if args.attention == "none" else concat([dec_out, attention([dec_out, enc_out])])
+    model = keras.Model([enc_in, dec_in], out(features))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+
+    encoder = keras.Model(enc_in, [enc_out, enc_state])
+    tok_in = keras.Input((1,), dtype="int32")
+    state_in = keras.Input((args.units,))
+    memory_in = keras.Input((None, args.units))
+    step_out, step_state = dec_gru(dec_emb(tok_in), initial_state=state_in)
+    step_features = step_out if args.attention == "none" else concat([step_out, attention([step_out, memory_in])])
+    step = keras.Model([tok_in, state_in, memory_in], [out(step_features), step_state])
+    return model, encoder, step
+
+
+def measure_baseline(args, train, test, sv, tv) -> dict:
+    import numpy as np
+
+    from study.evaluate import decode_steps
+    from study.vocab import START
+
+    model, encoder, step = build_baseline(args, sv.size, tv.size)
+    source = sv.encode_batch(train.sources)
+    targets = tv.encode_batch(train.targets, start=True, end=True)
+    x = [source, targets[:, :-1]]
+    y = targets[:, 1:]
+    warm = 8 * args.batch_size
+    model.fit([a[:warm] for a in x], y[:warm], batch_size=args.batch_size, epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit([a[warm:] for a in x], y[warm:], batch_size=args.batch_size, epochs=1, verbose=0, shuffle=True)
+    train_seconds = time.perf_counter() - started
+    tokens = sum(len(s) + len(t) + 1 for s, t in zip(train.sources[warm:], train.targets[warm:]))
+
+    test_source = sv.encode_batch(test.sources)
+    steps = decode_steps(test.targets)
+
+    def decode(batch):
+        memory, state = encoder.predict_on_batch(batch)
+        token = np.full((len(batch), 1), START, dtype="int32")
+        for _ in range(steps):
+            probs, state = step.predict_on_batch([token, state, memory])
+            token = probs.argmax(-1).astype("int32")
+
+    decode(test_source[:512])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(test_source), 512):
+        decode(test_source[i : i + 512])
+    decode_seconds = time.perf_counter() - started
+    return {
+        "baseline_train_tokens_per_s": tokens / train_seconds,
+        "baseline_decode_tokens_per_s": len(test_source) * steps / decode_seconds,
+        "baseline_param_count": int(model.count_params()),
+    }
+
+
+def smoke_study() -> dict:
+    """Wall time and peak memory of the smoke study in a fresh results folder."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(root / "run_study.py"), "--profile", "smoke", "--out", out, "--quiet"], check=True, capture_output=True)
+        wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"smoke_study_wall_s": wall, "smoke_study_peak_rss_mb": peak}
+
+
+def length_curve(args, lengths: list[int]) -> list[dict]:
+    """Training throughput and peak memory per length, each measured in a fresh process."""
+    rows = []
+    for length in lengths:
+        cmd = [sys.executable, "-m", "study.bench", "--json", "--no-baseline", "--length", str(length), "--attention", args.attention,
+               "--units", str(args.units), "--embedding", str(args.embedding), "--batch-size", str(args.batch_size),
+               "--examples", str(max(512, args.examples * 32 // length)), "--decode-examples", "512", "--backend", args.backend]
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": args.backend})
+        if result.returncode != 0:
+            rows.append({"length": length, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"})
+            continue
+        r = json.loads(result.stdout)
+        rows.append({"length": length, "train_tokens_per_s": r["train_tokens_per_s"], "train_us_per_token": 1e6 / r["train_tokens_per_s"],
+                     "decode_tokens_per_s": r["decode_tokens_per_s"], "peak_rss_mb": r["peak_rss_mb"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    os.environ["KERAS_BACKEND"] = args.backend
+    import keras
+
+    from study.runner import device_name, versions
+
+    if args.length_curve:
+        rows = length_curve(args, [int(x) for x in args.length_curve.split(",")])
+        report = {"length_curve": rows, "attention": args.attention, "backend": args.backend, "versions": versions(), "device": device_name()}
+        print(json.dumps(report, indent=1) if args.json else "\n".join(json.dumps(r) for r in rows))
+        return 0
+
+    train, test, sv, tv = _data(args)
+    ours = measure_project(args, train, test, sv, tv)
+    reference = per_token_decode(ours["model"], sv.encode_batch(test.sources[:256]), ours["decoded"].shape[1])
+    report = {
+        "train_tokens_per_s": ours["train_tokens_per_s"],
+        "decode_tokens_per_s": ours["decode_tokens_per_s"],
+        "decode_outputs_identical_to_per_token_loop": bool((reference == ours["decoded"][:256]).all()),
+        "param_count": ours["param_count"],
+    }
+    if not args.no_baseline:
+        base = measure_baseline(args, train, test, sv, tv)
+        report.update(base)
+        report["train_speedup"] = report["train_tokens_per_s"] / base["baseline_train_tokens_per_s"]
+        report["decode_speedup"] = report["decode_tokens_per_s"] / base["baseline_decode_tokens_per_s"]
+    report["peak_rss_mb"] = _peak_rss_mb()
+    if args.smoke_study:
+        report.update(smoke_study())
+    report.update(
+        config={k: v for k, v in vars(args).items() if k not in ("json", "smoke_study", "length_curve")},
+        training_examples_each_side=ours["train_examples_timed"],
+        backend=keras.backend.backend(),
+        versions=versions(),
+        device=device_name(),
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for key, value in report.items():
+            print(f"{key:>44}: {value:,.0f}" if isinstance(value, float) and value > 100 else f"{key:>44}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
