@@ -158,7 +158,7 @@ def prepare(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     config, out = prepare(args)
     from study.report import write_report
-    from study.runner import expand_grid, run_study, summary_line
+    from study.runner import StudyInterrupted, expand_grid, run_study, summary_line
 
     n_cells = len(expand_grid(config))
     if not args.quiet:
@@ -172,7 +172,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             tqdm.write(summary_line(record))
 
-    records = run_study(config, out, fresh=args.fresh, progress=not args.quiet, on_record=on_record)
+    try:
+        records = run_study(config, out, fresh=args.fresh, progress=not args.quiet, on_record=on_record)
+    except StudyInterrupted as stop:
+        print(f"\ninterrupted: {stop.done} of {stop.total} cells are done and saved in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
     report = write_report(out)
     failed = [r for r in records if r["status"] != "ok"]
     for r in failed:
@@ -219,15 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     from study.config import ConfigError
     from study.registry import UnknownNameError
     from study.report import NoResultsError
-    from study.tasks import TaskContractError, TaskModuleError
+    from study.runner import StudyLockedError
+    from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
 
     try:
         args = build_parser().parse_args(argv)
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
-    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, NoResultsError) as exc:
+    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the study started, or while the report was drawn
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
 

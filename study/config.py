@@ -54,7 +54,8 @@ class TrainConfig:
     max_epochs: the budget is at most n_train * max_epochs examples.
     batch_size: examples per update.
     learning_rate, clipnorm: Adam's step size and gradient-norm clipping.
-    patience: epochs without a better validation exact-match before stopping.
+    patience: epochs without a better validation exact match (character accuracy
+        breaking ties) before stopping.
     target_accuracy: stop once validation exact-match reaches it.
     n_validation: validation examples (greedy-decoded after every epoch).
     pad_multiple: batches are padded to a multiple of this many steps, so the

@@ -175,20 +175,24 @@ def plot_accuracy_vs_length(metrics: pd.DataFrame, records: list[dict], figures:
     models = list(dict.fromkeys(metrics["model"]))
     units = {r["task"]: r.get("length_unit", "length") for r in records}
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    per_length = (metrics["regime"] == "per_length").any()
     for ax, task in zip(axes[0], tasks):
         data = metrics[metrics["task"] == task].assign(exact_match=lambda d: 100 * d["seq_acc"])
         lo, hi = data["train_min"].min(), data["train_max"].max()
+        if per_length:  # one model per length: each evaluated at its own training length
+            data = data[data["length"] == data["train_max"]]
         ax.axvspan(lo, hi, color="0.92", zorder=0, label="trained lengths")
         sns.lineplot(
             data=data, x="length", y="exact_match", hue="model", hue_order=models, palette=_palette(models),
-            errorbar=lambda v: t_interval(v)[1:], marker="o", ax=ax, legend=ax is axes[0][-1],
+            errorbar=lambda v: t_interval(v)[1:], err_kws={"alpha": 0.12}, marker="o", ax=ax, legend=ax is axes[0][-1],
         )
         ax.set(title=task, xlabel=f"input length ({units.get(task, 'length')})", ylabel="exact match (%)", ylim=(-3, 103))
     handles, labels = axes[0][-1].get_legend_handles_labels()
     if axes[0][-1].get_legend() is not None:
         axes[0][-1].get_legend().remove()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="attention")
-    fig.suptitle("Greedy-decoded exact match vs input length (mean and 95% CI over seeds)")
+    regime = ", one model trained per length" if per_length else ""
+    fig.suptitle(f"Greedy-decoded exact match vs input length (mean and 95% t-interval over seeds{regime})")
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")
 
@@ -208,6 +212,7 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     if not rows:
         return []
     data = pd.DataFrame(rows)
+    data = data[data["length"] == data.groupby("task")["length"].transform("max")]  # one length per task
     tasks = list(dict.fromkeys(data["task"]))
     models = list(dict.fromkeys(data["model"]))
     palette = _palette(models)

@@ -135,7 +135,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     from study.evaluate import decode, decode_steps, score
     from study.models import build_model, get_model_spec
     from study.tasks import get_task
-    from study.train import train_model
+    from study.train import check_memory, estimate_training_bytes, train_model
     from study.vocab import Vocabulary
 
     started = time.perf_counter()
@@ -154,6 +154,10 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     }
     splits = make_splits(task, cell.train_lengths, cell.task.eval_lengths, config.train.n_train, config.train.n_validation, config.n_test, cell.seed)
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+    longest_source = max(len(s) for s in splits.train.sources)
+    longest_target = max(len(t) for t in splits.train.targets)
+    needed = estimate_training_bytes(config.model, config.train, longest_source, longest_target, tv.size, record["attention"])
+    check_memory(needed, share=1 / config.workers, what=f"{cell.describe()} (sources up to {longest_source} and targets up to {longest_target} characters)")
     keras.utils.set_random_seed(cell.seed)
     model = build_model(cell.model, sv.size, tv.size, config.model)
     record["param_count"] = int(model.count_params())
@@ -214,12 +218,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def read_record(path: Path) -> dict | None:
-    """A record, or None when the file is unreadable or not a complete record."""
+    """A record, or None when the file is unreadable, belongs to another id, or is incomplete."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA or "status" not in record or "id" not in record:
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA or record.get("id") != path.stem:
+        return None
+    if record.get("status") == "ok":
+        lengths = [m.get("length") for m in record.get("metrics", []) if isinstance(m, dict)]
+        if lengths != record.get("eval_lengths") or any("seq_acc" not in m for m in record["metrics"]):
+            return None
+    elif record.get("status") != "failed":
         return None
     return record
 
@@ -238,16 +248,15 @@ def _limit_threads(backend: str, threads: int) -> None:
 
 
 def _worker_init(backend: str, threads: int, plugins: list[str]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.environ["KERAS_BACKEND"] = backend
     _limit_threads(backend, threads)
     from study.tasks import load_task_module
 
     for module in plugins:
         load_task_module(module)
-
-
-def _run_cell_in_worker(cell: Cell, config: StudyConfig) -> dict:
-    return run_cell(cell, config, progress=False)
 
 
 def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
@@ -261,18 +270,105 @@ def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
     return out
 
 
+class StudyLockedError(RuntimeError):
+    """Another process is running a study in the same results folder."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a study; finished cells are saved."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"{done} of {total} cells done")
+        self.done, self.total = done, total
+
+
+class StudyLock:
+    """An exclusive `flock` on `<out>/.lock`: the kernel drops it when its process dies,
+    so a crashed study never leaves the folder locked."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "StudyLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise StudyLockedError(f"results folder {self.path.parent} is in use by another study (pid {holder}); wait for it or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # closing releases the lock
+
+
+def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
+    """`run_cell`, with any error inside the cell turned into a failed record, so the study goes on."""
+    import traceback
+
+    try:
+        return run_cell(cell, config, progress)
+    except Exception as exc:  # a failing cell must not take the study down
+        from study.tasks import get_task
+
+        try:
+            version = get_task(cell.task.name, **dict(cell.task.options)).version
+        except Exception:
+            version = None
+        identity = cell_identity(cell, config, version)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {
+            "id": cell_id(identity),
+            **identity,
+            "attention": None,
+            "profile": config.profile,
+            "config": config_to_dict(config),
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {message}"[:500],
+            "traceback": traceback.format_exc()[-4000:],
+            "metrics": [],
+            "history": [],
+        }
+
+
+def _run_cell_in_worker(cell: Cell, config: StudyConfig) -> dict:
+    return run_cell_safely(cell, config, progress=False)
+
+
 def run_study(
     config: StudyConfig,
     out: Path,
     fresh: bool = False,
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> list[dict]:
     """Runs every unfinished cell of `config` and returns the records of the whole grid.
 
-    Writes `<out>/study.json` (the configuration and the grid's cell ids) first,
-    then each cell's record as it finishes.
+    Holds `<out>/.lock` while it runs; writes `<out>/study.json` (the configuration
+    and the grid's cell ids) first, then each cell's record atomically as it
+    finishes.  Finished cells are skipped unless `fresh`; a damaged record is
+    reported through `warn` and recomputed; failed cells are retried.
+
+    Raises:
+        StudyLockedError: another study holds the folder.
+        StudyInterrupted: Ctrl-C; every finished cell is saved.
     """
+    with StudyLock(out):
+        return _run_locked(config, out, fresh, progress, on_record, warn)
+
+
+def _run_locked(config, out, fresh, progress, on_record, warn) -> list[dict]:
     from tqdm.auto import tqdm
 
     from study.tasks import loaded_plugins
@@ -284,7 +380,10 @@ def run_study(
     records: dict[str, dict] = {}
     todo = []
     for cell, cid in grid:
-        existing = None if fresh else read_record(cells_dir / f"{cid}.json")
+        path = cells_dir / f"{cid}.json"
+        existing = None if fresh or not path.exists() else read_record(path)
+        if path.exists() and not fresh and existing is None:
+            warn(f"warning: record {path} is damaged or incomplete; recomputing {cell.describe()}")
         if existing is not None and existing.get("status") == "ok":
             records[cid] = existing
         else:
@@ -300,20 +399,37 @@ def run_study(
             on_record(record)
 
     workers = min(config.workers, max(len(todo), 1))
-    if workers == 1:
-        for cell, _ in todo:
-            bar.set_postfix_str(cell.describe())
-            finish(run_cell(cell, config, progress=progress))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(config.backend, threads, loaded_plugins())) as pool:
-            futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
-            for future in as_completed(futures):
-                finish(future.result())
+    try:
+        if workers == 1:
+            for cell, _ in todo:
+                bar.set_postfix_str(cell.describe())
+                finish(run_cell_safely(cell, config, progress=progress))
+        else:
+            _run_parallel(todo, config, workers, loaded_plugins(), finish)
+    except KeyboardInterrupt:
+        bar.close()
+        raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(grid)) from None
     bar.close()
     return [records[cid] for _, cid in grid if cid in records]
+
+
+def _run_parallel(todo, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None]) -> None:
+    """Cells in `workers` spawned processes, each limited to its share of the cores.
+    Workers ignore Ctrl-C; the parent stops them and keeps what has finished."""
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(config.backend, threads, plugins))
+    try:
+        futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
+        for future in as_completed(futures):
+            finish(future.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+    pool.shutdown()
 
 
 def summary_line(record: dict) -> str:

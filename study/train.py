@@ -8,9 +8,11 @@ Teacher forcing with masked sparse cross-entropy (target padding has weight 0
 and the loss is averaged over real target characters only), Adam with gradient
 clipping, and a budget of at most `n_train * max_epochs` examples, the same for
 every model of a comparison.  After every epoch the validation set is decoded
-greedily; the weights with the best validation exact-match are kept and
-restored at the end, and training stops early when that accuracy reaches
-`target_accuracy` or has not improved for `patience` epochs.
+greedily; the weights with the best validation exact-match (character
+accuracy breaking ties, so a model still at 0% exact match but learning is not
+cut short) are kept and restored at the end, and training stops early when
+exact match reaches `target_accuracy` or neither has improved for `patience`
+epochs.
 
 Batches are bucketed: each epoch shuffles the examples, cuts the order into
 pools of `BUCKET_POOL` batches, sorts each pool by length and cuts it into
@@ -29,13 +31,47 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.config import TrainConfig
+from study.config import ModelConfig, TrainConfig
 from study.data import Dataset
 from study.evaluate import evaluate
 from study.models.seq2seq import Seq2Seq
 from study.vocab import END, PAD, START, Vocabulary, pad
 
 BUCKET_POOL = 32  # batches per sorting pool
+
+
+class MemoryBudgetError(MemoryError):
+    """A cell would need more memory than the machine has free; the message says what to lower."""
+
+
+def estimate_training_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, source_len: int, target_len: int, vocab_size: int, attention: str) -> int:
+    """Rough peak activation memory of one training step on the longest batch (float32, forward
+    activations kept for the backward pass, about 3 copies of the largest tensors)."""
+    b, s, t, u = train_cfg.batch_size, source_len, target_len + 1, model_cfg.units
+    directions = 2 if model_cfg.bidirectional else 1
+    floats = b * (s * directions + t) * 8 * u  # recurrent gates and states per step
+    floats += 3 * b * t * vocab_size  # logits, softmax, gradient
+    if attention != "none":
+        floats += 3 * b * t * s  # scores, weights, gradient
+        floats += 2 * b * t * (2 * u)  # context and attentional state
+        if attention == "additive":
+            floats += 2 * b * t * s * model_cfg.attention_size  # tanh(W1 h + W2 s) and its gradient
+    return 4 * floats
+
+
+def check_memory(needed: int, share: float = 1.0, what: str = "this cell") -> None:
+    """Raises MemoryBudgetError when `needed` bytes exceed 80% of this process's share of free memory."""
+    import os
+
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * share
+    except (ValueError, OSError, AttributeError):
+        return  # unknown platform: no check
+    if needed > 0.8 * free:
+        raise MemoryBudgetError(
+            f"{what} needs about {needed / 2**30:.1f} GiB for one training step but about {free / 2**30:.1f} GiB is free; "
+            "lower train.batch_size, model.attention_size or the lengths"
+        )
 
 
 @dataclasses.dataclass
@@ -128,7 +164,7 @@ def train_model(
     sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
     rng = np.random.default_rng(seed)
     history: list[dict] = []
-    best_acc, best_epoch, best_weights = -1.0, 0, None
+    best_score, best_epoch, best_weights = (-1.0, -1.0), 0, None
     examples_seen = 0
     stop_reason = "budget"
     for epoch in range(1, cfg.max_epochs + 1):
@@ -161,8 +197,8 @@ def train_model(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if val["seq_acc"] > best_acc:
-            best_acc, best_epoch, best_weights = val["seq_acc"], epoch, model.get_weights()
+        if (val["seq_acc"], val["char_acc"]) > best_score:  # exact match first, character accuracy breaks ties
+            best_score, best_epoch, best_weights = (val["seq_acc"], val["char_acc"]), epoch, model.get_weights()
         if val["seq_acc"] >= cfg.target_accuracy:
             stop_reason = "converged"
             break
@@ -171,4 +207,4 @@ def train_model(
             break
     if best_weights is not None:
         model.set_weights(best_weights)
-    return TrainResult(history, stop_reason, examples_seen, best_epoch, max(best_acc, 0.0), time.perf_counter() - started)
+    return TrainResult(history, stop_reason, examples_seen, best_epoch, max(best_score[0], 0.0), time.perf_counter() - started)

@@ -131,3 +131,64 @@ def test_per_length_regime_makes_one_cell_per_training_length():
     cells = expand_grid(config)
     assert len(cells) == sum(len(p.train_lengths) for p in config.tasks) * len(config.models) * len(config.seeds)
     assert all(len(c.train_lengths) == 1 for c in cells)
+
+
+BOUNDED_TASK = '''
+from study.tasks import Task, register_task
+
+@register_task
+class Short(Task):
+    name = "short_only"
+    version = 1
+    description = "copy, for lengths up to 10"
+    length_unit = "symbols"
+    max_length = 10
+    input_alphabet = "ab"
+    output_alphabet = "ab"
+
+    def sample(self, rng, n, length):
+        self.check_length(length)
+        s = ["".join("ab"[i] for i in row) for row in rng.integers(0, 2, size=(n, length))]
+        return s, s
+'''
+
+
+@pytest.mark.parametrize(
+    "plugin,extra,message",
+    [
+        ("def broken(:\n", [], "failed to import: SyntaxError"),
+        ("from study.tasks import Task, register_task\n@register_task\nclass T(Task):\n    name = 'nameless'\n    version = '1'\n", [], "task 'nameless' violates the task contract: it does not implement input_alphabet, output_alphabet, sample"),
+        (BOUNDED_TASK, ["--tasks", "short_only", "--train-lengths", "5..20", "--lengths", "5"], "length 11 is outside the supported range 1..10"),
+    ],
+    ids=["import-error", "contract", "length-range"],
+)
+def test_bad_task_plugins_are_one_line_exit_2(tmp_path, plugin, extra, message):
+    module = tmp_path / "my_tasks.py"
+    module.write_text(plugin)
+    out = tmp_path / "out"
+    result = run_cli("--profile", "smoke", "--task-module", str(module), "--out", str(out), *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('seeds = ["a", 1]\n', "seeds must be non-negative integers, got 'a'"),
+        ("epochs = 3\n", "unknown setting 'epochs'"),
+        ("[tasks.sort]\ntrain_lengths = [4]\n", "tasks.sort.eval_lengths is missing"),
+        ('[tasks.date_format.options]\nlocale = "xx_NOPE"\n', "unknown locale 'xx_NOPE'"),
+        ('[tasks.copy.options]\nsymbols = "abc"\n', "task 'copy': bad options"),
+        ('[model]\ncell = "transformer"\n', "model.cell must be 'gru' or 'lstm'"),
+        ("[train]\nbatch_size = 0\n", "train.batch_size must be a positive integer, got 0"),
+    ],
+)
+def test_bad_config_files_are_one_line_exit_2(tmp_path, text, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    result = run_cli("--config", str(config), "--out", str(out))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "Task",
     "TaskContractError",
     "TaskModuleError",
+    "TaskOptionError",
     "UnknownNameError",
     "available_tasks",
     "check_task",
@@ -44,6 +46,10 @@ _plugins: list[str] = []  # modules loaded with load_task_module, for worker pro
 
 class TaskModuleError(ValueError):
     """A task plugin module could not be imported."""
+
+
+class TaskOptionError(ValueError):
+    """A task was given options it does not accept."""
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -79,10 +85,17 @@ def get_task(name: str, **options: Any) -> Task:
     Raises:
         UnknownNameError: no such task (the message suggests the closest name).
         TaskContractError: the task breaks a rule of the contract.
-        TypeError / ValueError: an option the task does not accept.
+        TaskOptionError: options the task does not accept.
     """
     _discover()
-    task = TASKS.get(name)(**options)
+    cls = TASKS.get(name)
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise TaskContractError(f"task {name!r} violates the task contract: it does not implement {missing}")
+    try:
+        task = cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise TaskOptionError(f"task {name!r}: bad options {options!r}: {exc}") from None
     key = repr(task.spec)
     if key not in _checked:
         check_task(task)

@@ -115,7 +115,7 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
     for attr, kind in (("name", str), ("version", int), ("description", str), ("length_unit", str), ("min_length", int)):
         value = getattr(task, attr, None)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise fail(f"{attr} must be a {kind.__name__}, got {value!r}")
+            raise fail(f"{attr} must be of type {kind.__name__}, got {value!r}")
     if task.min_length < 1:
         raise fail(f"min_length must be >= 1, got {task.min_length}")
     if task.max_length is not None and (not isinstance(task.max_length, int) or task.max_length < task.min_length):
