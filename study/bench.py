@@ -245,6 +245,8 @@ def length_curve(args, lengths: list[int]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     os.environ["KERAS_BACKEND"] = args.backend
+    # first, while this process is small: a child's peak RSS includes what it inherited at fork
+    smoke = smoke_study() if args.smoke_study else {}
     import keras
 
     from study.runner import device_name, versions
@@ -270,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         report["train_speedup"] = report["train_tokens_per_s"] / base["baseline_train_tokens_per_s"]
         report["decode_speedup"] = report["decode_tokens_per_s"] / base["baseline_decode_tokens_per_s"]
     report["peak_rss_mb"] = _peak_rss_mb()
-    if args.smoke_study:
-        report.update(smoke_study())
+    report.update(smoke)
     report.update(
         config={k: v for k, v in vars(args).items() if k not in ("json", "smoke_study", "length_curve")},
         training_examples_each_side=ours["train_examples_timed"],
