@@ -102,7 +102,8 @@ def _model_sort_key(column: pd.Series) -> pd.Series:
 
 
 def t_interval(values: np.ndarray | pd.Series) -> tuple[float, float, float]:
-    """Mean and the 95% Student-t confidence interval over seeds (NaNs dropped; half-width 0 for one seed)."""
+    """Mean and the 95% Student-t confidence interval over seeds of accuracies in [0, 1], clipped
+    to [0, 1] (NaNs dropped; half-width 0 for one seed)."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -184,7 +185,7 @@ def plot_accuracy_vs_length(metrics: pd.DataFrame, records: list[dict], figures:
         ax.axvspan(lo, hi, color="0.92", zorder=0, label="trained lengths")
         sns.lineplot(
             data=data, x="length", y="exact_match", hue="model", hue_order=models, palette=_palette(models),
-            errorbar=lambda v: t_interval(v)[1:], err_kws={"alpha": 0.12}, marker="o", ax=ax, legend=ax is axes[0][-1],
+            errorbar=lambda v: tuple(100 * b for b in t_interval(np.asarray(v) / 100)[1:]), err_kws={"alpha": 0.15}, marker="o", ax=ax, legend=ax is axes[0][-1],
         )
         ax.set(title=task, xlabel=f"input length ({units.get(task, 'length')})", ylabel="exact match (%)", ylim=(-3, 103))
     handles, labels = axes[0][-1].get_legend_handles_labels()
