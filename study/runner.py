@@ -161,7 +161,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     keras.utils.set_random_seed(cell.seed)
     model = build_model(cell.model, sv.size, tv.size, config.model)
     record["param_count"] = int(model.count_params())
-    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress)
+    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress, between_batches=_CtrlC.check)
     record.update(
         history=result.history,
         stop_reason=result.stop_reason,
@@ -178,6 +178,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     map_length = attention_example_length(cell.task, cell.train_lengths)
     lo, hi = min(cell.train_lengths), max(cell.train_lengths)
     for length, test in splits.test.items():
+        _CtrlC.check()
         t0 = time.perf_counter()
         predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
         row = {
@@ -312,6 +313,28 @@ class StudyLock:
         self.file.close()  # closing releases the lock
 
 
+class _CtrlC:
+    """Ctrl-C during a study. Training in this process checks `requested` between batches and
+    stops there: a KeyboardInterrupt raised at an arbitrary point can land in a garbage-collector
+    callback inside TensorFlow and be swallowed. A second Ctrl-C, or one while this process only
+    waits for worker processes (`raise_now`), raises at once."""
+
+    requested = False
+    raise_now = False
+
+    @classmethod
+    def handler(cls, signum, frame) -> None:
+        if cls.requested or cls.raise_now:
+            raise KeyboardInterrupt
+        cls.requested = True
+
+    @classmethod
+    def check(cls) -> None:
+        """Raises KeyboardInterrupt at a safe point once Ctrl-C was pressed."""
+        if cls.requested:
+            raise KeyboardInterrupt
+
+
 def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     """`run_cell`, with any error inside the cell turned into a failed record, so the study goes on."""
     import traceback
@@ -319,6 +342,8 @@ def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True) -> d
     try:
         return run_cell(cell, config, progress)
     except Exception as exc:  # a failing cell must not take the study down
+        if _CtrlC.requested:  # an interrupt that library code turned into another error
+            raise KeyboardInterrupt from exc
         from study.tasks import get_task
 
         try:
@@ -397,8 +422,15 @@ def _run_locked(config, out, fresh, progress, on_record, warn) -> list[dict]:
         bar.update(1)
         if on_record is not None:
             on_record(record)
+        _CtrlC.check()
+
+    import signal
+    import threading
 
     workers = min(config.workers, max(len(todo), 1))
+    _CtrlC.requested, _CtrlC.raise_now = False, workers > 1
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _CtrlC.handler) if in_main_thread else None
     try:
         if workers == 1:
             for cell, _ in todo:
@@ -409,6 +441,9 @@ def _run_locked(config, out, fresh, progress, on_record, warn) -> list[dict]:
     except KeyboardInterrupt:
         bar.close()
         raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(grid)) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
     bar.close()
     return [records[cid] for _, cid in grid if cid in records]
 

@@ -23,6 +23,7 @@ multiple of `pad_multiple` steps so the compiled step sees few shapes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from typing import Callable
@@ -38,6 +39,10 @@ from study.models.seq2seq import Seq2Seq
 from study.vocab import END, PAD, START, Vocabulary, pad
 
 BUCKET_POOL = 32  # batches per sorting pool
+
+# Bucketing compiles the step once per batch shape by design; TensorFlow's "retracing" warning
+# about exactly that would only be noise in a study's output.
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 class MemoryBudgetError(MemoryError):
@@ -147,6 +152,7 @@ def train_model(
     seed: int,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Trains `model` in place (best validation weights restored) and returns what happened.
 
@@ -157,6 +163,8 @@ def train_model(
             building the model for reproducible initial weights).
         progress: show a progress bar over the batches of each epoch.
         on_epoch: called with each epoch's history row.
+        between_batches: called before every update (it may raise to stop training,
+            e.g. on Ctrl-C).
     """
     started = time.perf_counter()
     compile_model(model, cfg)
@@ -172,6 +180,8 @@ def train_model(
         losses, counts = [], []
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch", leave=False, disable=not progress)
         for index in bar:
+            if between_batches is not None:
+                between_batches()
             x, y, w = encoded.batch(index, cfg.pad_multiple)
             loss = float(model.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])
             examples_seen += len(index)
