@@ -2,7 +2,8 @@
 
     write_report(Path("results/standard"))   # reads study.json + cells/*.json, writes:
       metrics.csv            one row per cell x evaluation length (tidy: pandas/seaborn ready)
-      summary.csv/.md        mean exact-match per task x model x length, 95% t-interval over seeds
+      summary.csv/.md        mean exact-match per task x model x length, 95% t-interval over seeds;
+                             summary.md adds each attention model's difference from `none`, paired by seed
       figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded
       figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained length
       figures/attention_maps.{png,svg}       one test example's weights per task x attention model
@@ -101,9 +102,9 @@ def _model_sort_key(column: pd.Series) -> pd.Series:
     return column
 
 
-def t_interval(values: np.ndarray | pd.Series) -> tuple[float, float, float]:
-    """Mean and the 95% Student-t confidence interval over seeds of accuracies in [0, 1], clipped
-    to [0, 1] (NaNs dropped; half-width 0 for one seed)."""
+def t_interval(values: np.ndarray | pd.Series, lower: float = 0.0, upper: float = 1.0) -> tuple[float, float, float]:
+    """Mean and the 95% Student-t confidence interval over seeds, clipped to [lower, upper]
+    (accuracies by default; NaNs dropped; half-width 0 for one seed)."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -114,7 +115,7 @@ def t_interval(values: np.ndarray | pd.Series) -> tuple[float, float, float]:
     if len(x) < 2:
         return mean, mean, mean
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+    return mean, max(lower, mean - half), min(upper, mean + half)
 
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -127,8 +128,45 @@ def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """Accuracy-vs-length tables, one per task: rows models, columns lengths (* marks trained lengths)."""
+def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
+    """Per task x training range x length x model: exact match minus the `baseline` model's,
+    paired by seed (same data), with its mean and 95% Student-t interval over seeds."""
+    keys = ["task", "train_min", "train_max", "length"]
+    rows = []
+    for key, group in metrics.groupby(keys, sort=False):
+        by_model = group.pivot_table(index="seed", columns="model", values="seq_acc", aggfunc="first", dropna=False)
+        if baseline not in by_model.columns:
+            continue
+        for model in by_model.columns:
+            if model == baseline:
+                continue
+            diff = (by_model[model] - by_model[baseline]).to_numpy(dtype=float)
+            mean, lo, hi = t_interval(diff, lower=-1.0, upper=1.0)
+            rows.append({**dict(zip(keys, key)), "model": model, "seeds": int(np.sum(~np.isnan(diff))), "diff_mean": mean, "diff_ci_low": lo, "diff_ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def _difference_lines(differences: pd.DataFrame, task: str, lo: int, hi: int, lengths: list[int]) -> list[str]:
+    d = differences[(differences["task"] == task) & (differences["train_min"] == lo) & (differences["train_max"] == hi)] if len(differences) else differences
+    if not len(d):
+        return []
+    lines = [f"Difference from `none` in exact match (percentage points; mean [95% Student-t interval] of the per-seed differences, paired by seed):", "", "| model | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for model, rows in d.groupby("model", sort=False):
+        by_length = rows.set_index("length")
+        cells = []
+        for L in lengths:
+            if L not in by_length.index or math.isnan(by_length.loc[L, "diff_mean"]):
+                cells.append("n/a")
+                continue
+            r = by_length.loc[L]
+            cells.append("{:+.1f} [{:+.1f}, {:+.1f}]".format(*(round(100 * v, 1) + 0.0 for v in (r.diff_mean, r.diff_ci_low, r.diff_ci_high))))  # + 0.0: no "-0.0"
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
+    """Accuracy-vs-length tables, one per task: rows models, columns lengths (* marks trained
+    lengths), each followed by the differences from `none` when given."""
     parts = []
     for (task, lo, hi), group in summary.groupby(["task", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
@@ -147,14 +185,19 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         n = group["n_examples"].max()
         seeds = group["seeds"].max()
         lines += ["", f"{int(seeds)} seeds, {int(n) if not math.isnan(n) else '?'} test examples per length and seed; * = inside the trained range.", ""]
+        if differences is not None:
+            lines += _difference_lines(differences, task, lo, hi, lengths)
         parts.append("\n".join(lines))
     return "\n".join(parts)
 
 
 def _save(fig, figures: Path, name: str) -> list[str]:
     figures.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "svg"):
-        fig.savefig(figures / f"{name}.{ext}", dpi=130, bbox_inches="tight")
+    import matplotlib
+
+    matplotlib.rcParams["svg.hashsalt"] = "seq2seq-length-study"  # stable element ids
+    for ext in ("png", "svg"):  # no date stamp, so a redraw of the same results gives the same files
+        fig.savefig(figures / f"{name}.{ext}", dpi=130, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -304,7 +347,7 @@ def write_report(out: Path) -> Path:
     metrics.to_csv(out / "metrics.csv", index=False)
     summary = summary_frame(metrics)
     summary.to_csv(out / "summary.csv", index=False)
-    table = summary_markdown(summary)
+    table = summary_markdown(summary, difference_frame(metrics))
     (out / "summary.md").write_text(table)
     figures = out / "figures"
     images = {

@@ -31,3 +31,20 @@ def test_reference_report_redraws_to_the_committed_tables(tmp_path):
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md"):
         assert (copy / name).read_text() == (REFERENCE / name).read_text(), name
     assert (copy / "figures" / "accuracy_vs_length.png").stat().st_size > 10000
+
+
+def test_differences_from_none_are_paired_by_seed():
+    import pandas as pd
+
+    from study.report import difference_frame
+
+    rows = []
+    for seed, (none, dot) in enumerate([(0.10, 0.60), (0.30, 0.70), (0.20, 0.80)]):
+        for model, acc in (("none", none), ("dot", dot)):
+            rows.append({"task": "copy", "train_min": 4, "train_max": 8, "length": 8, "model": model, "seed": seed, "seq_acc": acc})
+    diff = difference_frame(pd.DataFrame(rows))
+    assert list(diff["model"]) == ["dot"]
+    row = diff.iloc[0]
+    assert row.diff_mean == pytest.approx(0.5) and row.seeds == 3
+    # paired: the per-seed differences (0.5, 0.4, 0.6) vary far less than either model
+    assert row.diff_ci_high - row.diff_ci_low == pytest.approx(2 * 4.302653 * 0.1 / 3**0.5, rel=1e-4)
