@@ -361,7 +361,7 @@ def write_report(out: Path) -> Path:
 
 
 def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]]) -> str:
-    first = records[0]
+    first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
     failed = [r for r in records if r["status"] != "ok"]
     lines = [
@@ -388,7 +388,7 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
         "",
         "## Configuration",
         "",
-        f"Backend {first['backend']} on {first['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()) + ".",
+        f"Backend {first['backend']} on {first.get('device', 'unknown device')}; versions: " + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items()) + ".",
         f"Summed cell wall time: {total / 60:.1f} min.",
         "",
         "```json",

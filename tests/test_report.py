@@ -48,3 +48,26 @@ def test_differences_from_none_are_paired_by_seed():
     assert row.diff_mean == pytest.approx(0.5) and row.seeds == 3
     # paired: the per-seed differences (0.5, 0.4, 0.6) vary far less than either model
     assert row.diff_ci_high - row.diff_ci_low == pytest.approx(2 * 4.302653 * 0.1 / 3**0.5, rel=1e-4)
+
+
+@pytest.mark.skipif(not (REFERENCE / "cells").is_dir(), reason="no committed reference study")
+def test_report_with_a_failed_first_cell(tmp_path):
+    """A cell that failed with an exception has no metrics or device details; the report still
+    renders, shows it as missing and lists it."""
+    import json
+
+    import pandas as pd
+
+    copy = tmp_path / "reference"
+    shutil.copytree(REFERENCE, copy)
+    first = copy / "cells" / f"{json.loads((copy / 'study.json').read_text())['cells'][0]}.json"
+    record = json.loads(first.read_text())
+    for key in ("device", "versions", "attention_example"):
+        record.pop(key)
+    record.update(status="failed", error="RuntimeError: boom", metrics=[], history=[])
+    first.write_text(json.dumps(record))
+    write_report(copy)
+    report = (copy / "report.md").read_text()
+    assert f"- {record['task']}/{record['model']}/seed {record['seed']}: RuntimeError: boom" in report
+    metrics = pd.read_csv(copy / "metrics.csv")
+    assert metrics.loc[metrics.cell_id == record["id"], "seq_acc"].isna().all()

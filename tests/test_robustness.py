@@ -180,3 +180,4 @@ def test_a_cell_too_big_for_memory_fails_alone(tmp_path):
     assert records["copy"]["status"] == "ok"
     assert records["reverse"]["status"] == "failed"
     assert "MemoryBudgetError" in records["reverse"]["error"] and "lower train.batch_size" in records["reverse"]["error"]
+    assert "MemoryBudgetError" in (out / "report.md").read_text()  # listed among the failed cells
