@@ -45,7 +45,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--units", type=int, default=128)
     p.add_argument("--embedding", type=int, default=32)
     p.add_argument("--attention-size", type=int, default=64)
-    p.add_argument("--attention", default="additive", help="model name: none, additive, dot or general")
+    p.add_argument("--attention", default="additive", help="model name, e.g. none, additive, dot, general, additive_recurrent")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--examples", type=int, default=4096, help="timed training examples (after warm-up)")
     p.add_argument("--decode-examples", type=int, default=2048)
@@ -154,13 +154,16 @@ def build_baseline(args, source_vocab: int, target_vocab: int):
     dec_emb = layers.Embedding(target_vocab, args.embedding, mask_zero=True)
     enc_gru = layers.GRU(args.units, return_sequences=True, return_state=True)
     dec_gru = layers.GRU(args.units, return_sequences=True, return_state=True)
-    attention = layers.Attention() if args.attention in ("dot", "general") else layers.AdditiveAttention()
+    from study.models import get_model_spec
+
+    scoring = get_model_spec(args.attention).attention  # the baseline has Keras' two layers only
+    attention = layers.Attention() if scoring in ("dot", "general") else layers.AdditiveAttention()
     concat = layers.Concatenate()
     out = layers.Dense(target_vocab, activation="softmax")
 
     enc_out, enc_state = enc_gru(enc_emb(enc_in))
     dec_out, _ = dec_gru(dec_emb(dec_in), initial_state=enc_state)
-    features = dec_out if args.attention == "none" else concat([dec_out, attention([dec_out, enc_out])])
+    features = dec_out if scoring == "none" else concat([dec_out, attention([dec_out, enc_out])])
     model = keras.Model([enc_in, dec_in], out(features))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 
@@ -169,7 +172,7 @@ def build_baseline(args, source_vocab: int, target_vocab: int):
     state_in = keras.Input((args.units,))
     memory_in = keras.Input((None, args.units))
     step_out, step_state = dec_gru(dec_emb(tok_in), initial_state=state_in)
-    step_features = step_out if args.attention == "none" else concat([step_out, attention([step_out, memory_in])])
+    step_features = step_out if scoring == "none" else concat([step_out, attention([step_out, memory_in])])
     step = keras.Model([tok_in, state_in, memory_in], [out(step_features), step_state])
     return model, encoder, step
 

@@ -24,6 +24,8 @@ VARIANTS = [(name, TINY) for name in available_models()] + [
     ("additive", ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)),
     ("general", ModelConfig(embedding_dim=8, units=16, attention_size=8, bidirectional=True)),
     ("none", ModelConfig(cell="lstm", embedding_dim=8, units=16, bidirectional=True)),
+    ("dot_recurrent", ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)),
+    ("general_recurrent", ModelConfig(embedding_dim=8, units=16, attention_size=8, bidirectional=True)),
 ]
 IDS = [f"{n}-{c.cell}{'-bi' if c.bidirectional else ''}" for n, c in VARIANTS]
 
@@ -113,8 +115,10 @@ def test_shapes_and_parameter_counts(name, config):
     e, u, a = config.embedding_dim, config.units, config.attention_size
     gates = 3 if config.cell == "gru" else 4
     rnn = lambda n_in: gates * (n_in * u + u * u + (2 * u if config.cell == "gru" else u))  # noqa: E731
-    expected = 11 * e + 13 * e + rnn(e) * (2 if config.bidirectional else 1) + rnn(e) + u * 13 + 13
-    attention = get_model_spec(name).attention
+    spec = get_model_spec(name)
+    attention = spec.attention
+    decoder_input = e + u if spec.placement == "recurrent" else e  # the context is fed into the cell
+    expected = 11 * e + 13 * e + rnn(e) * (2 if config.bidirectional else 1) + rnn(decoder_input) + u * 13 + 13
     n_states = 2 if config.cell == "lstm" else 1
     if config.bidirectional:
         expected += n_states * (2 * u * u + u)

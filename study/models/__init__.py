@@ -2,7 +2,7 @@
 
     >>> from study.models import available_models, build_model
     >>> available_models()
-    ['additive', 'dot', 'general', 'none']
+    ['additive', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none']
     >>> model = build_model("additive", source_vocab_size=19, target_vocab_size=19, config=ModelConfig())
 
 Every name maps to the one builder with a different `attention` argument, so the
@@ -34,6 +34,7 @@ class ModelSpec:
     name: str
     attention: str
     description: str
+    placement: str = "output"
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -43,6 +44,9 @@ for _spec in (
     ModelSpec("additive", "additive", "Bahdanau scoring v^T tanh(W1 h + W2 s), attention after the decoder RNN"),
     ModelSpec("dot", "dot", "Luong dot scoring s^T h, attention after the decoder RNN"),
     ModelSpec("general", "general", "Luong general scoring s^T W h, attention after the decoder RNN"),
+    ModelSpec("additive_recurrent", "additive", "Bahdanau's model: additive scoring from the previous state, context fed into the decoder cell", "recurrent"),
+    ModelSpec("dot_recurrent", "dot", "dot scoring from the previous state, context fed into the decoder cell", "recurrent"),
+    ModelSpec("general_recurrent", "general", "general scoring from the previous state, context fed into the decoder cell", "recurrent"),
 ):
     MODELS.register(_spec.name)(_spec)
 
@@ -62,7 +66,7 @@ def build_model(name: str, source_vocab_size: int, target_vocab_size: int, confi
     from study.models.seq2seq import Seq2Seq
 
     spec = MODELS.get(name)
-    model = Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, **dataclasses.asdict(config), name=f"seq2seq_{name}")
+    model = Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, placement=spec.placement, **dataclasses.asdict(config), name=f"seq2seq_{name}")
     model((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))  # create the weights
     return model
 

@@ -19,10 +19,16 @@ Architecture (identical for every attention type; only the scorer differs):
         h~_t = tanh(W_c s_t), so the encoder's final state is the decoder's only
         view of the input (Sutskever et al. 2014; Cho et al. 2014).
 
-Training runs the decoder as a Keras GRU/LSTM layer over the whole target;
-decoding runs that layer's own cell one step at a time inside
-`keras.ops.fori_loop`, and both share `_read_out`, so the decoder is the trained
-model and nothing is rebuilt.
+    with `placement="recurrent"` attention sits *inside* the recurrence instead
+        (Bahdanau et al. 2014, with Luong's input feeding): at step t the previous
+        decoder state s_{t-1} scores the memory, and the context c_t is fed into
+        the cell together with the previous character:
+        s_t = cell([y_{t-1}; c_t], s_{t-1});  logits_t = W_o tanh(W_c [c_t; s_t])
+
+Training runs the decoder as a Keras GRU/LSTM layer over the whole target
+(`keras.ops.scan` over the cell for the recurrent placement); decoding runs the
+same cell one step at a time inside `keras.ops.fori_loop`, and both share
+`_read_out`, so the decoder is the trained model and nothing is rebuilt.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from study.models.attention import SCORERS, attend
 from study.vocab import END, PAD, START
 
 RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
+RNN_CELLS = {"gru": keras.layers.GRUCell, "lstm": keras.layers.LSTMCell}
+PLACEMENTS = ("output", "recurrent")
 
 
 class Seq2Seq(keras.Model):
@@ -48,6 +56,8 @@ class Seq2Seq(keras.Model):
         attention_size: hidden size of the additive scorer.
         bidirectional: bidirectional encoder; its outputs and states are
             projected to `units`.
+        placement: "output" (attention after the decoder RNN) or "recurrent"
+            (context fed into the decoder cell); ignored without attention.
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class Seq2Seq(keras.Model):
         embedding_dim: int = 32,
         attention_size: int = 64,
         bidirectional: bool = False,
+        placement: str = "output",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,8 +83,12 @@ class Seq2Seq(keras.Model):
             embedding_dim=embedding_dim,
             attention_size=attention_size,
             bidirectional=bidirectional,
+            placement=placement,
         )
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         self.attention = attention
+        self.recurrent_attention = placement == "recurrent" and attention != "none"
         self.cell_type = cell
         self.units = units
         rnn = RNN_LAYERS[cell]
@@ -84,7 +99,11 @@ class Seq2Seq(keras.Model):
         n_states = 2 if cell == "lstm" else 1
         self.bridges = [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}") for i in range(n_states)] if bidirectional else []
         self.memory_projection = keras.layers.Dense(units, name="memory_projection") if bidirectional and attention != "none" else None
-        self.decoder = rnn(units, return_sequences=True, return_state=True, name="decoder")
+        if self.recurrent_attention:  # stepped by keras.ops.scan: its input depends on each step's attention
+            self.decoder_cell = RNN_CELLS[cell](units, name="decoder_cell")
+        else:
+            self.decoder = rnn(units, return_sequences=True, return_state=True, name="decoder")
+            self.decoder_cell = self.decoder.cell
         self.scorer = None if attention == "none" else SCORERS.get(attention)(units, attention_size, name=f"{attention}_scorer")
         self.combine = keras.layers.Dense(units, activation="tanh", name="combine")
         self.output_layer = keras.layers.Dense(target_vocab_size, name="output")
@@ -122,8 +141,29 @@ class Seq2Seq(keras.Model):
         """Logits (batch, T, vocab) and attention weights (batch, T, S) or None, given the
         decoder's inputs (START followed by the previous target characters)."""
         memory, keys, mask, states = self.encode(source)
-        outputs = self.decoder(self.target_embedding(decoder_inputs), initial_state=states)
-        return self._read_out(outputs[0], memory, keys, mask)
+        embedded = self.target_embedding(decoder_inputs)
+        if not self.recurrent_attention:
+            outputs = self.decoder(embedded, initial_state=states)
+            return self._read_out(outputs[0], memory, keys, mask)
+
+        def step(carry, x_t):  # carry: (states, output, context); TensorFlow's scan emits the carry
+            previous_states = carry[0]
+            context, _ = attend(self.scorer, ops.expand_dims(previous_states[0], 1), keys, memory, mask)
+            context = context[:, 0]
+            output, new_states = self.decoder_cell(ops.concatenate([x_t, context], axis=-1), previous_states)
+            new = (list(new_states), output, context)
+            return new, new
+
+        batch = ops.shape(source)[0]
+        zeros = ops.zeros((batch, self.units))
+        _, (state_seq, outputs, contexts) = ops.scan(step, (list(states), zeros, zeros), ops.transpose(embedded, (1, 0, 2)))
+        outputs = ops.transpose(outputs, (1, 0, 2))  # (batch, T, units)
+        contexts = ops.transpose(contexts, (1, 0, 2))
+        logits = self.output_layer(self.combine(ops.concatenate([contexts, outputs], axis=-1)))
+        # weights of step t were computed from state t-1: recompute them in parallel for the caller
+        previous = ops.concatenate([ops.expand_dims(states[0], 1), outputs[:, :-1]], axis=1)
+        _, weights = attend(self.scorer, previous, keys, memory, mask)
+        return logits, weights
 
     def call(self, inputs, training=False):
         """inputs: (source (batch, S), decoder_inputs (batch, T)) -> logits (batch, T, vocab)."""
@@ -135,7 +175,13 @@ class Seq2Seq(keras.Model):
     def decode_step(self, previous, states, memory, keys, mask):
         """One decoder step with the trained cell: previous (batch,) int ids, states as from
         `encode` -> logits (batch, vocab), weights (batch, S) or None, new states."""
-        output, new_states = self.decoder.cell(self.target_embedding(previous), states)
+        embedded = self.target_embedding(previous)
+        if self.recurrent_attention:
+            context, weights = attend(self.scorer, ops.expand_dims(states[0], 1), keys, memory, mask)
+            output, new_states = self.decoder_cell(ops.concatenate([embedded, context[:, 0]], axis=-1), states)
+            logits = self.output_layer(self.combine(ops.concatenate([context[:, 0], output], axis=-1)))
+            return logits, weights[:, 0], list(new_states)
+        output, new_states = self.decoder_cell(embedded, states)
         logits, weights = self._read_out(ops.expand_dims(output, 1), memory, keys, mask)
         return logits[:, 0], None if weights is None else weights[:, 0], list(new_states)
 
