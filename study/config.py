@@ -170,8 +170,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "models": ["none", "dot"],
         "seeds": [0, 1],
         "n_test": 50,
-        "model": {"embedding_dim": 8, "units": 16, "attention_size": 8},
-        "train": {"n_train": 256, "max_epochs": 2, "batch_size": 32, "n_validation": 32, "patience": 2},
+        "model": {"embedding_dim": 16, "units": 32, "attention_size": 16},
+        "train": {"n_train": 1024, "max_epochs": 3, "batch_size": 32, "learning_rate": 0.01, "n_validation": 32, "patience": 3},
     },
     # the default: every core task and model, 3 seeds, evaluation beyond the trained range
     "standard": {
