@@ -130,12 +130,12 @@ def per_token_decode(model, source, steps: int):
 
     from study.vocab import END, PAD, START
 
-    memory, keys, mask, states = model.encode(source)
+    context, state = model.start_decoding(source, steps)
     previous = np.full((len(source),), START, dtype="int32")
     finished = np.zeros(len(source), dtype=bool)
     out = np.zeros((len(source), steps), dtype="int32")
     for t in range(steps):
-        logits, _, states = model.decode_step(previous, states, memory, keys, mask)
+        logits, _, state = model.decode_step(t, previous, state, context)
         token = np.where(finished, PAD, keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)).astype("int32"))
         out[:, t] = token
         finished |= (token == END) | (token == PAD)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from study.models.seq2seq import Seq2Seq
+from study.models.base import EncoderDecoder
 from study.vocab import Vocabulary
 
 
@@ -28,7 +28,7 @@ def decode_steps(targets: Sequence[str]) -> int:
 
 
 def decode(
-    model: Seq2Seq,
+    model: EncoderDecoder,
     sources: Sequence[str],
     source_vocab: Vocabulary,
     target_vocab: Vocabulary,
@@ -66,7 +66,7 @@ def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
     }
 
 
-def evaluate(model: Seq2Seq, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 512) -> dict:
+def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 512) -> dict:
     """Decodes `sources` greedily and scores the predictions against `targets` (see `score`)."""
     predictions, _ = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size)
     return score(predictions, targets)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from study.config import ModelConfig, TrainConfig
 from study.data import Dataset
 from study.evaluate import evaluate
-from study.models.seq2seq import Seq2Seq
+from study.models.base import EncoderDecoder
 from study.vocab import END, PAD, START, Vocabulary, pad
 
 BUCKET_POOL = 32  # batches per sorting pool
@@ -134,7 +134,7 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def compile_model(model: Seq2Seq, cfg: TrainConfig) -> None:
+def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
     """Adam with clipping and masked cross-entropy averaged over real target characters."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
@@ -143,7 +143,7 @@ def compile_model(model: Seq2Seq, cfg: TrainConfig) -> None:
 
 
 def train_model(
-    model: Seq2Seq,
+    model: EncoderDecoder,
     train: Dataset,
     validation: Dataset,
     source_vocab: Vocabulary,

@@ -71,12 +71,16 @@ def build_model(name: str, source_vocab_size: int, target_vocab_size: int, confi
     return model
 
 
-def __getattr__(name: str):
-    if name in ("Seq2Seq", "GreedyDecoder"):
-        from study.models import seq2seq
+def __getattr__(name: str):  # the Keras classes, imported on first use
+    if name == "Seq2Seq":
+        from study.models.seq2seq import Seq2Seq
 
-        return getattr(seq2seq, name)
+        return Seq2Seq
+    if name in ("EncoderDecoder", "GreedyDecoder"):
+        from study.models import base
+
+        return getattr(base, name)
     raise AttributeError(f"module 'study.models' has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "get_model_spec"]
+__all__ = ["MODELS", "EncoderDecoder", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "get_model_spec"]

@@ -37,14 +37,15 @@ import keras
 from keras import ops
 
 from study.models.attention import SCORERS, attend
-from study.vocab import END, PAD, START
+from study.models.base import EncoderDecoder
+from study.vocab import PAD
 
 RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
 RNN_CELLS = {"gru": keras.layers.GRUCell, "lstm": keras.layers.LSTMCell}
 PLACEMENTS = ("output", "recurrent")
 
 
-class Seq2Seq(keras.Model):
+class Seq2Seq(EncoderDecoder):
     """Character-level encoder-decoder.
 
     Args:
@@ -73,7 +74,7 @@ class Seq2Seq(keras.Model):
         placement: str = "output",
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(target_vocab_size, **kwargs)
         self.settings = dict(
             source_vocab_size=source_vocab_size,
             target_vocab_size=target_vocab_size,
@@ -107,9 +108,10 @@ class Seq2Seq(keras.Model):
         self.scorer = None if attention == "none" else SCORERS.get(attention)(units, attention_size, name=f"{attention}_scorer")
         self.combine = keras.layers.Dense(units, activation="tanh", name="combine")
         self.output_layer = keras.layers.Dense(target_vocab_size, name="output")
-        # compiled decoders by (max_steps, flags); set past Keras' attribute tracking,
-        # since a decoder holds this model and is not one of its layers
-        object.__setattr__(self, "_greedy_decoders", {})
+
+    @property
+    def has_attention(self) -> bool:
+        return self.scorer is not None
 
     # -- pieces shared by training and decoding -------------------------------------------
 
@@ -165,16 +167,17 @@ class Seq2Seq(keras.Model):
         _, weights = attend(self.scorer, previous, keys, memory, mask)
         return logits, weights
 
-    def call(self, inputs, training=False):
-        """inputs: (source (batch, S), decoder_inputs (batch, T)) -> logits (batch, T, vocab)."""
-        source, decoder_inputs = inputs
-        return self.teacher_forced(source, decoder_inputs)[0]
-
     # -- greedy decoding ------------------------------------------------------------------
 
-    def decode_step(self, previous, states, memory, keys, mask):
+    def start_decoding(self, source, max_steps: int):
+        """context (memory, keys, mask) and the first decoder states, from `encode`."""
+        memory, keys, mask, states = self.encode(source)
+        return (memory, keys, mask), states
+
+    def decode_step(self, i, previous, states, context):
         """One decoder step with the trained cell: previous (batch,) int ids, states as from
-        `encode` -> logits (batch, vocab), weights (batch, S) or None, new states."""
+        `start_decoding` -> logits (batch, vocab), weights (batch, S) or None, new states."""
+        memory, keys, mask = context
         embedded = self.target_embedding(previous)
         if self.recurrent_attention:
             context, weights = attend(self.scorer, ops.expand_dims(states[0], 1), keys, memory, mask)
@@ -185,74 +188,5 @@ class Seq2Seq(keras.Model):
         logits, weights = self._read_out(ops.expand_dims(output, 1), memory, keys, mask)
         return logits[:, 0], None if weights is None else weights[:, 0], list(new_states)
 
-    def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False):
-        """Feeds the model its own argmax for `max_steps` steps, in one compiled loop.
-
-        Args:
-            source: (batch, S) int, right-padded.
-            max_steps: number of decoder steps (the longest target plus one for END).
-
-        Returns:
-            dict with "tokens" (batch, max_steps) int32: each row's characters,
-            then END (or a PAD the model emitted), then PAD; with flags also "logits" (batch, max_steps, vocab)
-            and "attention" (batch, max_steps, S), zero after a row has ended.
-        """
-        memory, keys, mask, states = self.encode(source)
-        batch = ops.shape(source)[0]
-        vocab = self.settings["target_vocab_size"]
-        carry = {
-            "previous": ops.full((batch,), START, dtype="int32"),
-            "states": states,
-            "finished": ops.zeros((batch,), dtype="bool"),
-            "tokens": ops.zeros((batch, max_steps), dtype="int32"),
-        }
-        if with_logits:
-            carry["logits"] = ops.zeros((batch, max_steps, vocab))
-        if with_attention and self.scorer is not None:
-            carry["attention"] = ops.zeros((batch, max_steps, ops.shape(source)[1]))
-
-        def step(i, carry):
-            logits, weights, new_states = self.decode_step(carry["previous"], carry["states"], memory, keys, mask)
-            token = ops.where(carry["finished"], PAD, ops.cast(ops.argmax(logits, axis=-1), "int32"))
-            here = ops.one_hot(i, max_steps)  # (max_steps,) float: writes column i
-            alive = ops.cast(ops.logical_not(carry["finished"]), "float32")
-            updated = {
-                "previous": token,
-                "states": list(new_states),
-                "finished": ops.logical_or(carry["finished"], ops.logical_or(ops.equal(token, END), ops.equal(token, PAD))),
-                "tokens": carry["tokens"] + ops.cast(here, "int32")[None, :] * token[:, None],
-            }
-            if "logits" in carry:
-                updated["logits"] = carry["logits"] + here[None, :, None] * (alive[:, None] * logits)[:, None, :]
-            if "attention" in carry:
-                updated["attention"] = carry["attention"] + here[None, :, None] * (alive[:, None] * weights)[:, None, :]
-            return updated
-
-        carry = ops.fori_loop(0, max_steps, step, carry)
-        return {k: carry[k] for k in ("tokens", "logits", "attention") if k in carry}
-
-    def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> "GreedyDecoder":
-        """The compiled decoder for `max_steps` steps, built on first use and then reused;
-        `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s dict as numpy."""
-        key = (max_steps, with_logits, with_attention)
-        if key not in self._greedy_decoders:
-            self._greedy_decoders[key] = GreedyDecoder(self, max_steps, with_logits, with_attention)
-        return self._greedy_decoders[key]
-
     def get_config(self):
         return {**super().get_config(), **self.settings}
-
-
-class GreedyDecoder(keras.Model):
-    """A thin model whose `predict` compiles `Seq2Seq.greedy_decode` (one graph/XLA program
-    per batch shape) and runs it batch by batch; it owns no weights of its own."""
-
-    def __init__(self, seq2seq: Seq2Seq, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> None:
-        super().__init__()
-        self.seq2seq = seq2seq
-        self.max_steps = max_steps
-        self.with_logits = with_logits
-        self.with_attention = with_attention
-
-    def call(self, source):
-        return self.seq2seq.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention)

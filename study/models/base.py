@@ -1,0 +1,106 @@
+"""What every model of the study shares: teacher-forced logits, and one compiled greedy decoder.
+
+A model subclasses `EncoderDecoder` and implements
+
+    teacher_forced(source, decoder_inputs) -> (logits (batch, T, vocab), weights (batch, T, S) or None)
+    start_decoding(source, max_steps)      -> (context, state)      # anything the steps need
+    decode_step(i, previous, state, context) -> (logits (batch, vocab), weights (batch, S) or None, state)
+    has_attention                           # whether decode_step returns weights
+
+and gets `greedy_decode` (the whole loop as one `keras.ops.fori_loop`) and
+`greedy_decoder(max_steps)`, a thin Keras model whose `predict` compiles it.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from study.vocab import END, PAD, START
+
+
+class EncoderDecoder(keras.Model):
+    """Base class: the greedy decoding loop over a subclass's `decode_step`."""
+
+    has_attention = False
+
+    def __init__(self, target_vocab_size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.target_vocab_size = target_vocab_size
+        # compiled decoders by (max_steps, flags); set past Keras' attribute tracking,
+        # since a decoder holds this model and is not one of its layers
+        object.__setattr__(self, "_greedy_decoders", {})
+
+    def call(self, inputs, training=False):
+        """inputs: (source (batch, S), decoder_inputs (batch, T)) -> logits (batch, T, vocab)."""
+        source, decoder_inputs = inputs
+        return self.teacher_forced(source, decoder_inputs)[0]
+
+    def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False):
+        """Feeds the model its own argmax for `max_steps` steps, in one compiled loop.
+
+        Args:
+            source: (batch, S) int, right-padded.
+            max_steps: number of decoder steps (the longest target plus one for END).
+
+        Returns:
+            dict with "tokens" (batch, max_steps) int32: each row's characters, then END
+            (or a PAD the model emitted), then PAD; with flags also "logits"
+            (batch, max_steps, vocab) and "attention" (batch, max_steps, S), zero after
+            a row has ended.
+        """
+        context, state = self.start_decoding(source, max_steps)
+        batch = ops.shape(source)[0]
+        carry = {
+            "previous": ops.full((batch,), START, dtype="int32"),
+            "state": state,
+            "finished": ops.zeros((batch,), dtype="bool"),
+            "tokens": ops.zeros((batch, max_steps), dtype="int32"),
+        }
+        if with_logits:
+            carry["logits"] = ops.zeros((batch, max_steps, self.target_vocab_size))
+        if with_attention and self.has_attention:
+            carry["attention"] = ops.zeros((batch, max_steps, ops.shape(source)[1]))
+
+        def step(i, carry):
+            logits, weights, new_state = self.decode_step(i, carry["previous"], carry["state"], context)
+            token = ops.where(carry["finished"], PAD, ops.cast(ops.argmax(logits, axis=-1), "int32"))
+            here = ops.one_hot(i, max_steps)  # (max_steps,) float: writes column i
+            alive = ops.cast(ops.logical_not(carry["finished"]), "float32")
+            updated = {
+                "previous": token,
+                "state": new_state,
+                "finished": ops.logical_or(carry["finished"], ops.logical_or(ops.equal(token, END), ops.equal(token, PAD))),
+                "tokens": carry["tokens"] + ops.cast(here, "int32")[None, :] * token[:, None],
+            }
+            if "logits" in carry:
+                updated["logits"] = carry["logits"] + here[None, :, None] * (alive[:, None] * logits)[:, None, :]
+            if "attention" in carry:
+                updated["attention"] = carry["attention"] + here[None, :, None] * (alive[:, None] * weights)[:, None, :]
+            return updated
+
+        carry = ops.fori_loop(0, max_steps, step, carry)
+        return {k: carry[k] for k in ("tokens", "logits", "attention") if k in carry}
+
+    def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> "GreedyDecoder":
+        """The compiled decoder for `max_steps` steps, built on first use and then reused;
+        `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s dict as numpy."""
+        key = (max_steps, with_logits, with_attention)
+        if key not in self._greedy_decoders:
+            self._greedy_decoders[key] = GreedyDecoder(self, max_steps, with_logits, with_attention)
+        return self._greedy_decoders[key]
+
+
+class GreedyDecoder(keras.Model):
+    """A thin model whose `predict` compiles `greedy_decode` (one graph/XLA program per batch
+    shape) and runs it batch by batch; it owns no weights of its own."""
+
+    def __init__(self, model: EncoderDecoder, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> None:
+        super().__init__()
+        self.encoder_decoder = model
+        self.max_steps = max_steps
+        self.with_logits = with_logits
+        self.with_attention = with_attention
+
+    def call(self, source):
+        return self.encoder_decoder.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention)
