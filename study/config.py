@@ -193,7 +193,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "reverse": {"train_lengths": "4..64", "eval_lengths": [4, 8, 16, 32, 48, 64, 96, 128]},
             "date_format": {"train_lengths": "1..6", "eval_lengths": [1, 2, 3, 4, 6, 8, 10, 12]},
         },
-        "models": ["none", "additive", "dot", "general", "additive_recurrent", "dot_recurrent", "general_recurrent"],
+        "models": ["none", "additive", "dot", "general", "additive_recurrent", "dot_recurrent", "general_recurrent", "transformer"],
         "seeds": [0, 1, 2, 3, 4],
         "n_test": 1000,
         "model": {},

@@ -2,7 +2,7 @@
 
     >>> from study.models import available_models, build_model
     >>> available_models()
-    ['additive', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none']
+    ['additive', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none', 'transformer']
     >>> model = build_model("additive", source_vocab_size=19, target_vocab_size=19, config=ModelConfig())
 
 Every name maps to the one builder with a different `attention` argument, so the
@@ -24,7 +24,7 @@ from study.config import ModelConfig
 from study.registry import Registry, UnknownNameError
 
 if TYPE_CHECKING:
-    from study.models.seq2seq import Seq2Seq
+    from study.models.base import EncoderDecoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,7 @@ class ModelSpec:
     attention: str
     description: str
     placement: str = "output"
+    family: str = "rnn"  # key of BUILDERS
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -47,6 +48,7 @@ for _spec in (
     ModelSpec("additive_recurrent", "additive", "Bahdanau's model: additive scoring from the previous state, context fed into the decoder cell", "recurrent"),
     ModelSpec("dot_recurrent", "dot", "dot scoring from the previous state, context fed into the decoder cell", "recurrent"),
     ModelSpec("general_recurrent", "general", "general scoring from the previous state, context fed into the decoder cell", "recurrent"),
+    ModelSpec("transformer", "scaled_dot", "encoder-decoder Transformer, 2+2 layers, 4 heads, width units/2, sinusoidal positions", "n/a", "transformer"),
 ):
     MODELS.register(_spec.name)(_spec)
 
@@ -61,12 +63,25 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
 
 
-def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> "Seq2Seq":
-    """Builds (and creates the weights of) the registered model `name`."""
+def _build_rnn(spec: ModelSpec, source_vocab_size: int, target_vocab_size: int, config: ModelConfig):
     from study.models.seq2seq import Seq2Seq
 
+    return Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, placement=spec.placement, **dataclasses.asdict(config), name=f"seq2seq_{spec.name}")
+
+
+def _build_transformer(spec: ModelSpec, source_vocab_size: int, target_vocab_size: int, config: ModelConfig):
+    from study.models.transformer import Transformer
+
+    return Transformer(source_vocab_size, target_vocab_size, units=config.units, name=spec.name)
+
+
+BUILDERS = {"rnn": _build_rnn, "transformer": _build_transformer}
+
+
+def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> "EncoderDecoder":
+    """Builds (and creates the weights of) the registered model `name`."""
     spec = MODELS.get(name)
-    model = Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, placement=spec.placement, **dataclasses.asdict(config), name=f"seq2seq_{name}")
+    model = BUILDERS[spec.family](spec, source_vocab_size, target_vocab_size, config)
     model((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))  # create the weights
     return model
 
