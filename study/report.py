@@ -146,47 +146,40 @@ def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _difference_lines(differences: pd.DataFrame, task: str, lo: int, hi: int, lengths: list[int]) -> list[str]:
-    d = differences[(differences["task"] == task) & (differences["train_min"] == lo) & (differences["train_max"] == hi)] if len(differences) else differences
-    if not len(d):
-        return []
-    lines = [f"Difference from `none` in exact match (percentage points; mean [95% Student-t interval] of the per-seed differences, paired by seed):", "", "| model | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
-    for model, rows in d.groupby("model", sort=False):
+def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: str, signed: bool, missing: str) -> list[str]:
+    """Markdown rows: one per model, one column per length (* marks trained lengths), each cell
+    'mean [low, high]' in percent from the columns `<prefix>_mean`, `_ci_low`, `_ci_high`."""
+    pattern = "{:+.1f} [{:+.1f}, {:+.1f}]" if signed else "{:.1f} [{:.1f}, {:.1f}]"
+    lines = ["| model | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for model, rows in frame.groupby("model", sort=False):
         by_length = rows.set_index("length")
         cells = []
         for L in lengths:
-            if L not in by_length.index or math.isnan(by_length.loc[L, "diff_mean"]):
-                cells.append("n/a")
+            if L not in by_length.index or math.isnan(by_length.loc[L, f"{prefix}_mean"]):
+                cells.append(missing)
                 continue
-            r = by_length.loc[L]
-            cells.append("{:+.1f} [{:+.1f}, {:+.1f}]".format(*(round(100 * v, 1) + 0.0 for v in (r.diff_mean, r.diff_ci_low, r.diff_ci_high))))  # + 0.0: no "-0.0"
+            values = (round(100 * by_length.loc[L, f"{prefix}_{part}"], 1) + 0.0 for part in ("mean", "ci_low", "ci_high"))  # + 0.0: no "-0.0"
+            cells.append(pattern.format(*values))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines
 
 
 def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
-    """Accuracy-vs-length tables, one per task: rows models, columns lengths (* marks trained
-    lengths), each followed by the differences from `none` when given."""
+    """Accuracy-vs-length tables, one per task, each followed by the differences from `none`
+    when given."""
     parts = []
     for (task, lo, hi), group in summary.groupby(["task", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
-        header = "| model | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |"
-        lines = [f"### {task} (trained on lengths {lo}..{hi}; exact-match %, mean [95% CI] over seeds)", "", header, "|---" * (len(lengths) + 1) + "|"]
-        for model, rows in group.groupby("model", sort=False):
-            by_length = rows.set_index("length")
-            cells = []
-            for L in lengths:
-                if L not in by_length.index or math.isnan(by_length.loc[L, "seq_acc_mean"]):
-                    cells.append("failed")
-                    continue
-                r = by_length.loc[L]
-                cells.append(f"{100 * r.seq_acc_mean:.1f} [{100 * r.seq_acc_ci_low:.1f}, {100 * r.seq_acc_ci_high:.1f}]")
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines = [f"### {task} (trained on lengths {lo}..{hi}; exact-match %, mean [95% CI] over seeds)", ""]
+        lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed")
         n = group["n_examples"].max()
         seeds = group["seeds"].max()
         lines += ["", f"{int(seeds)} seeds, {int(n) if not math.isnan(n) else '?'} test examples per length and seed; * = inside the trained range.", ""]
-        if differences is not None:
-            lines += _difference_lines(differences, task, lo, hi, lengths)
+        if differences is not None and len(differences):
+            d = differences[(differences["task"] == task) & (differences["train_min"] == lo) & (differences["train_max"] == hi)]
+            if len(d):
+                lines += ["Difference from `none` in exact match (percentage points; mean [95% Student-t interval] of the per-seed differences, paired by seed):", ""]
+                lines += _length_table(d, lengths, lo, hi, "diff", signed=True, missing="n/a") + [""]
         parts.append("\n".join(lines))
     return "\n".join(parts)
 
