@@ -208,8 +208,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from study.models import MODELS, available_models
 
     print("models:")
+    width = max(map(len, available_models()))
     for name in available_models():
-        print(f"  {name:<12} {MODELS.get(name).description}")
+        print(f"  {name:<{width}}  {MODELS.get(name).description}")
     print("profiles:")
     for name, p in PROFILES.items():
         print(f"  {name:<12} tasks {', '.join(p['tasks'])}; models {', '.join(p['models'])}; seeds {p['seeds']}")

@@ -20,7 +20,7 @@ import inspect
 import pkgutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from study.registry import Registry, UnknownNameError
 from study.tasks.base import Task, TaskContractError, check_task
@@ -145,9 +145,3 @@ def load_task_module(path: str | Path) -> list[str]:
 def loaded_plugins() -> list[str]:
     """The task modules loaded so far with `load_task_module`, in order."""
     return list(_plugins)
-
-
-def task_factory(name: str) -> Callable[..., Task]:
-    """The registered class for `name` (for reading its class attributes without building it)."""
-    _discover()
-    return TASKS.get(name)
