@@ -88,9 +88,7 @@ class Seq2Seq(EncoderDecoder):
         )
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-        self.attention = attention
         self.recurrent_attention = placement == "recurrent" and attention != "none"
-        self.cell_type = cell
         self.units = units
         rnn = RNN_LAYERS[cell]
         self.source_embedding = keras.layers.Embedding(source_vocab_size, embedding_dim, name="source_embedding")
@@ -129,13 +127,25 @@ class Seq2Seq(EncoderDecoder):
         keys = self.scorer.keys(memory) if self.scorer is not None else None
         return memory, keys, mask, states
 
+    def _logits(self, context, decoder_states):
+        """Luong's read-out W_o tanh(W_c [c; s]) (W_o tanh(W_c s) without attention); any leading shape."""
+        features = decoder_states if context is None else ops.concatenate([context, decoder_states], axis=-1)
+        return self.output_layer(self.combine(features))
+
     def _read_out(self, decoder_states, memory, keys, mask):
         """decoder_states: (batch, T, units) -> logits (batch, T, vocab), weights (batch, T, S) or None."""
         if self.scorer is None:
-            return self.output_layer(self.combine(decoder_states)), None
+            return self._logits(None, decoder_states), None
         context, weights = attend(self.scorer, decoder_states, keys, memory, mask)
-        attentional = self.combine(ops.concatenate([context, decoder_states], axis=-1))
-        return self.output_layer(attentional), weights
+        return self._logits(context, decoder_states), weights
+
+    def _input_fed_step(self, embedded, states, memory, keys, mask):
+        """One step of the recurrent placement: the previous state scores the memory and the
+        context enters the cell with the previous character.
+        embedded (batch, E) -> output (batch, units), new states, context (batch, units), weights (batch, S)."""
+        context, weights = attend(self.scorer, ops.expand_dims(states[0], 1), keys, memory, mask)
+        output, new_states = self.decoder_cell(ops.concatenate([embedded, context[:, 0]], axis=-1), states)
+        return output, list(new_states), context[:, 0], weights[:, 0]
 
     # -- teacher forcing ------------------------------------------------------------------
 
@@ -149,19 +159,16 @@ class Seq2Seq(EncoderDecoder):
             return self._read_out(outputs[0], memory, keys, mask)
 
         def step(carry, x_t):  # carry: (states, output, context); TensorFlow's scan emits the carry
-            previous_states = carry[0]
-            context, _ = attend(self.scorer, ops.expand_dims(previous_states[0], 1), keys, memory, mask)
-            context = context[:, 0]
-            output, new_states = self.decoder_cell(ops.concatenate([x_t, context], axis=-1), previous_states)
-            new = (list(new_states), output, context)
+            output, new_states, context, _ = self._input_fed_step(x_t, carry[0], memory, keys, mask)
+            new = (new_states, output, context)
             return new, new
 
         batch = ops.shape(source)[0]
         zeros = ops.zeros((batch, self.units))
-        _, (state_seq, outputs, contexts) = ops.scan(step, (list(states), zeros, zeros), ops.transpose(embedded, (1, 0, 2)))
+        _, (_, outputs, contexts) = ops.scan(step, (list(states), zeros, zeros), ops.transpose(embedded, (1, 0, 2)))
         outputs = ops.transpose(outputs, (1, 0, 2))  # (batch, T, units)
         contexts = ops.transpose(contexts, (1, 0, 2))
-        logits = self.output_layer(self.combine(ops.concatenate([contexts, outputs], axis=-1)))
+        logits = self._logits(contexts, outputs)
         # weights of step t were computed from state t-1: recompute them in parallel for the caller
         previous = ops.concatenate([ops.expand_dims(states[0], 1), outputs[:, :-1]], axis=1)
         _, weights = attend(self.scorer, previous, keys, memory, mask)
@@ -180,10 +187,8 @@ class Seq2Seq(EncoderDecoder):
         memory, keys, mask = context
         embedded = self.target_embedding(previous)
         if self.recurrent_attention:
-            context, weights = attend(self.scorer, ops.expand_dims(states[0], 1), keys, memory, mask)
-            output, new_states = self.decoder_cell(ops.concatenate([embedded, context[:, 0]], axis=-1), states)
-            logits = self.output_layer(self.combine(ops.concatenate([context[:, 0], output], axis=-1)))
-            return logits, weights[:, 0], list(new_states)
+            output, new_states, context, weights = self._input_fed_step(embedded, states, memory, keys, mask)
+            return self._logits(context, output), weights, new_states
         output, new_states = self.decoder_cell(embedded, states)
         logits, weights = self._read_out(ops.expand_dims(output, 1), memory, keys, mask)
         return logits[:, 0], None if weights is None else weights[:, 0], list(new_states)
