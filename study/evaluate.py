@@ -33,7 +33,7 @@ def decode(
     source_vocab: Vocabulary,
     target_vocab: Vocabulary,
     max_steps: int,
-    batch_size: int = 512,
+    batch_size: int = 1024,
     with_attention: bool = False,
 ) -> tuple[list[str], np.ndarray | None]:
     """Greedy-decodes `sources`; returns the predicted strings and, when asked and the
@@ -66,7 +66,7 @@ def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
     }
 
 
-def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 512) -> dict:
+def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> dict:
     """Decodes `sources` greedily and scores the predictions against `targets` (see `score`)."""
     predictions, _ = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size)
     return score(predictions, targets)

@@ -164,6 +164,13 @@ def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: 
     return lines
 
 
+def _examples_note(n: float) -> str:
+    """How many test examples stand behind each number, and the sampling error they allow."""
+    if math.isnan(n):
+        return "? test examples per length and seed"
+    return f"{int(n)} test examples per length and seed (standard error of one seed's exact match at most {50 / math.sqrt(n):.1f} points)"
+
+
 def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
     """Accuracy-vs-length tables, one per task, each followed by the differences from `none`
     when given."""
@@ -174,7 +181,7 @@ def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = N
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed")
         n = group["n_examples"].max()
         seeds = group["seeds"].max()
-        lines += ["", f"{int(seeds)} seeds, {int(n) if not math.isnan(n) else '?'} test examples per length and seed; * = inside the trained range.", ""]
+        lines += ["", f"{int(seeds)} seeds, {_examples_note(n)}; * = inside the trained range.", ""]
         if differences is not None and len(differences):
             d = differences[(differences["task"] == task) & (differences["train_min"] == lo) & (differences["train_max"] == hi)]
             if len(d):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from study.config import StudyConfig, TaskPlan, config_to_dict
+from study.models import effective_model_config
 
 RECORD_SCHEMA = 1
 
@@ -71,7 +72,7 @@ def cell_identity(cell: Cell, config: StudyConfig, task_version: int) -> dict:
         "regime": config.regime,
         "train_lengths": list(cell.train_lengths),
         "eval_lengths": list(cell.task.eval_lengths),
-        "model_config": dataclasses.asdict(config.model),
+        "model_config": dataclasses.asdict(effective_model_config(cell.model, config.model)),
         "train_config": dataclasses.asdict(config.train),
         "n_test": config.n_test,
         "backend": config.backend,
@@ -156,7 +157,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
     longest_source = max(len(s) for s in splits.train.sources)
     longest_target = max(len(t) for t in splits.train.targets)
-    needed = estimate_training_bytes(config.model, config.train, longest_source, longest_target, tv.size, record["attention"])
+    needed = estimate_training_bytes(effective_model_config(cell.model, config.model), config.train, longest_source, longest_target, tv.size, record["attention"])
     check_memory(needed, share=1 / config.workers, what=f"{cell.describe()} (sources up to {longest_source} and targets up to {longest_target} characters)")
     keras.utils.set_random_seed(cell.seed)
     model = build_model(cell.model, sv.size, tv.size, config.model)

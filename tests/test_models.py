@@ -13,7 +13,7 @@ import pytest
 from study.config import ModelConfig, TrainConfig
 from study.data import make_splits
 from study.evaluate import evaluate
-from study.models import available_models, build_model, get_model_spec
+from study.models import available_models, build_model, effective_model_config, get_model_spec
 from study.registry import UnknownNameError
 from study.tasks import get_task
 from study.train import EncodedSet, compile_model, train_model
@@ -21,13 +21,17 @@ from study.vocab import END, PAD, START, Vocabulary
 
 TINY = ModelConfig(embedding_dim=8, units=16, attention_size=8)
 VARIANTS = [(name, TINY) for name in available_models()] + [
-    ("additive", ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)),
-    ("general", ModelConfig(embedding_dim=8, units=16, attention_size=8, bidirectional=True)),
     ("none", ModelConfig(cell="lstm", embedding_dim=8, units=16, bidirectional=True)),
     ("dot_recurrent", ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)),
     ("general_recurrent", ModelConfig(embedding_dim=8, units=16, attention_size=8, bidirectional=True)),
 ]
 IDS = [f"{n}-{c.cell}{'-bi' if c.bidirectional else ''}" for n, c in VARIANTS]
+
+
+def test_registered_variants_change_only_their_own_fields():
+    assert effective_model_config("additive_lstm", TINY) == ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)
+    assert effective_model_config("none_bidirectional", TINY).bidirectional is True
+    assert effective_model_config("additive", TINY) == TINY
 
 
 def _task_data():
@@ -112,6 +116,7 @@ def test_shapes_and_parameter_counts(name, config):
     model = build_model(name, 11, 13, config)
     logits = model((np.ones((3, 5), "int32"), np.ones((3, 4), "int32")))
     assert tuple(logits.shape) == (3, 4, 13)
+    config = effective_model_config(name, config)  # a registered variant's own cell / encoder
     e, u, a = config.embedding_dim, config.units, config.attention_size
     gates = 3 if config.cell == "gru" else 4
     rnn = lambda n_in: gates * (n_in * u + u * u + (2 * u if config.cell == "gru" else u))  # noqa: E731

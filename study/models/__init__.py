@@ -2,12 +2,15 @@
 
     >>> from study.models import available_models, build_model
     >>> available_models()
-    ['additive', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none', 'transformer']
+    ['additive', 'additive_bidirectional', 'additive_lstm', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none', 'none_bidirectional', 'none_lstm', 'transformer']
     >>> model = build_model("additive", source_vocab_size=19, target_vocab_size=19, config=ModelConfig())
 
-Every name maps to the one builder with a different `attention` argument, so the
+Every RNN name maps to the one builder with a different `attention` argument, so the
 models of a comparison share the embedding, encoder, decoder, read-out layer and
-sizes, and differ only in how the decoder reads the encoder.
+sizes, and differ only in how the decoder reads the encoder.  The `_lstm` and
+`_bidirectional` names change the study's model config for that model alone
+(`effective_model_config`), so a grid can hold GRU and LSTM, or one- and
+two-directional encoders, side by side.
 
 Names can be listed and checked without importing Keras (so a command line can
 refuse a typo before the backend starts); Keras is imported on first build.
@@ -16,7 +19,7 @@ refuse a typo before the backend starts); Keras is imported on first build.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,13 +32,20 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its name, the attention it uses and a one-line description."""
+    """A registered model: its name, the attention it uses and a one-line description.
+
+    placement: where an RNN decoder reads the context ("output": after the RNN,
+        Luong; "recurrent": fed into the cell, Bahdanau).
+    family: key of BUILDERS.
+    variant: ModelConfig fields this model overrides, as (field, value) pairs.
+    """
 
     name: str
     attention: str
     description: str
     placement: str = "output"
-    family: str = "rnn"  # key of BUILDERS
+    family: str = "rnn"
+    variant: tuple[tuple[str, Any], ...] = ()
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -49,6 +59,10 @@ for _spec in (
     ModelSpec("dot_recurrent", "dot", "dot scoring from the previous state, context fed into the decoder cell", "recurrent"),
     ModelSpec("general_recurrent", "general", "general scoring from the previous state, context fed into the decoder cell", "recurrent"),
     ModelSpec("transformer", "scaled_dot", "encoder-decoder Transformer, 2+2 layers, 4 heads, width units/2, sinusoidal positions", "n/a", "transformer"),
+    ModelSpec("none_lstm", "none", "`none` with LSTM cells in encoder and decoder", variant=(("cell", "lstm"),)),
+    ModelSpec("additive_lstm", "additive", "`additive` with LSTM cells in encoder and decoder", variant=(("cell", "lstm"),)),
+    ModelSpec("none_bidirectional", "none", "`none` with a bidirectional encoder (final states bridged to the decoder)", variant=(("bidirectional", True),)),
+    ModelSpec("additive_bidirectional", "additive", "`additive` with a bidirectional encoder (memory projected to `units`)", variant=(("bidirectional", True),)),
 ):
     MODELS.register(_spec.name)(_spec)
 
@@ -61,6 +75,11 @@ def available_models() -> list[str]:
 def get_model_spec(name: str) -> ModelSpec:
     """The registered spec, or `UnknownNameError` with a suggestion."""
     return MODELS.get(name)
+
+
+def effective_model_config(name: str, config: ModelConfig) -> ModelConfig:
+    """The study's model config with the registered model's own variant applied."""
+    return dataclasses.replace(config, **dict(MODELS.get(name).variant))
 
 
 def _build_rnn(spec: ModelSpec, source_vocab_size: int, target_vocab_size: int, config: ModelConfig):
@@ -81,7 +100,7 @@ BUILDERS = {"rnn": _build_rnn, "transformer": _build_transformer}
 def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> "EncoderDecoder":
     """Builds (and creates the weights of) the registered model `name`."""
     spec = MODELS.get(name)
-    model = BUILDERS[spec.family](spec, source_vocab_size, target_vocab_size, config)
+    model = BUILDERS[spec.family](spec, source_vocab_size, target_vocab_size, effective_model_config(name, config))
     model((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))  # create the weights
     return model
 
@@ -98,4 +117,4 @@ def __getattr__(name: str):  # the Keras classes, imported on first use
     raise AttributeError(f"module 'study.models' has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "EncoderDecoder", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "get_model_spec"]
+__all__ = ["MODELS", "EncoderDecoder", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "effective_model_config", "get_model_spec"]
