@@ -6,6 +6,9 @@
     python run_study.py --tasks copy --models none,additive --seeds 0,1 --lengths 4,8,16,32
     python run_study.py --config my_study.toml --out results/mine
     python run_study.py report results/standard  # tables and figures again, no training
+    python run_study.py --profile full --shard 0/8 --out results/full-0   # one of 8 machines
+    python run_study.py report results/full-* --out results/full        # merge the shards, report
+    python run_study.py --profile full --executor ray --address auto     # cells as Ray tasks
     python run_study.py list                     # tasks, models and profiles
 
 Bad input (an unknown name, a malformed value, an unusable output folder) ends
@@ -48,6 +51,16 @@ def _seeds(value: str) -> list[int]:
     return seeds
 
 
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be I/N with integers, e.g. 0/4, got {value!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs N >= 1 and 0 <= I < N, got {value!r}")
+    return index, count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run_study.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -62,14 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-lengths", help="training lengths for every selected task, e.g. 4..32")
     run.add_argument("--regime", choices=["mixed", "per_length"], help="one model over all training lengths, or one per length")
     run.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
-    run.add_argument("--jobs", type=int, help="cells trained in parallel processes (default 0: one per CPU core)")
+    run.add_argument("--jobs", type=int, help="cells trained in parallel processes (default 0: one per CPU core; with GPUs, pinned one GPU each)")
+    run.add_argument("--shard", type=_shard, metavar="I/N", help="run only shard I of N (0-based), e.g. one task of a job array")
+    run.add_argument("--executor", choices=["local", "ray"], default="local", help="local processes (default) or Ray tasks")
+    run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray instance)")
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
     run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
     run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     report = sub.add_parser("report", help="redraw tables, figures and report.md from a results folder")
     report.__class__ = _Parser
-    report.add_argument("results_dir", type=Path)
+    report.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR", help="a results folder, or several to merge (shards, machines)")
+    report.add_argument("--out", type=Path, help="folder for the merged results and report (needed with several folders)")
     listing = sub.add_parser("list", help="list tasks, models and profiles")
     listing.__class__ = _Parser
     listing.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
@@ -134,7 +151,7 @@ def prepare(args: argparse.Namespace):
     profile = file_settings.pop("profile", None) or args.profile
     if profile not in PROFILES:
         build_study_config(profile)  # raises the unknown-profile error
-    base_tasks = file_settings.get("tasks") or PROFILES[profile]["tasks"]
+    base_tasks = {**PROFILES[profile]["tasks"], **(file_settings.get("tasks") or {})}
     if args.tasks is not None:
         file_settings.pop("tasks", None)
     config = build_study_config(profile, file_settings, _overrides(args, base_tasks))
@@ -150,6 +167,13 @@ def prepare(args: argparse.Namespace):
                 task.check_length(length)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+    if args.address and args.executor != "ray":
+        raise UsageError("--address is for --executor ray")
+    if args.executor == "ray":
+        from study.executors import ray_available
+
+        if not ray_available():
+            raise UsageError("--executor ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
     out = args.out or Path("results") / profile
     _check_output_dir(out)
     return config, out
@@ -162,8 +186,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     n_cells = len(expand_grid(config))
     if not args.quiet:
+        where = f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
+        shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
         print(f"{config.profile} study: {n_cells} cells ({len(config.tasks)} tasks x {len(config.models)} models x {len(config.seeds)} seeds"
-              f"{', one per training length' if config.regime == 'per_length' else ''}) on {config.backend}, {config.workers} parallel job(s) -> {out}")
+              f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {out}")
     started = time.perf_counter()
 
     def on_record(record: dict) -> None:
@@ -173,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tqdm.write(summary_line(record))
 
     try:
-        records = run_study(config, out, fresh=args.fresh, progress=not args.quiet, on_record=on_record)
+        records = run_study(config, out, fresh=args.fresh, progress=not args.quiet, on_record=on_record, shard=args.shard, executor=args.executor, address=args.address)
     except StudyInterrupted as stop:
         print(f"\ninterrupted: {stop.done} of {stop.total} cells are done and saved in {out}; run the same command again to resume", file=sys.stderr)
         return 130
@@ -188,9 +214,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from study.report import write_report
 
-    if not args.results_dir.is_dir():
-        raise UsageError(f"results folder {args.results_dir} does not exist")
-    print(f"report: {write_report(args.results_dir)}")
+    for folder in args.results_dirs:
+        if not folder.is_dir():
+            raise UsageError(f"results folder {folder} does not exist")
+    if len(args.results_dirs) > 1 and args.out is None:
+        raise UsageError("several results folders are merged into one: give the merged folder with --out")
+    out = args.out or args.results_dirs[0]
+    if out.resolve() != args.results_dirs[0].resolve() or len(args.results_dirs) > 1:
+        from study.merge import merge_results
+
+        _check_output_dir(out)
+        records, _ = merge_results(args.results_dirs, out, warn=lambda message: print(message, file=sys.stderr))
+        print(f"merged {len(records)} cells from {len(args.results_dirs)} folder(s) into {out}")
+    print(f"report: {write_report(out)}")
     return 0
 
 
@@ -222,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in ("run", "report", "list", "-h", "--help"):
         argv = ["run", *argv]
     from study.config import ConfigError
+    from study.executors import ExecutorError
+    from study.merge import MergeConflictError
     from study.registry import UnknownNameError
     from study.report import NoResultsError
     from study.runner import StudyLockedError
@@ -230,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
-    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError) as exc:
+    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError, ExecutorError, MergeConflictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the study started, or while the report was drawn

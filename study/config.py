@@ -124,7 +124,8 @@ class StudyConfig:
     "per_length"); n_test: test examples per evaluation length (1000: the standard
     error of one seed's exact match is at most 50/sqrt(1000) = 1.6 points); backend: Keras
     backend; jobs: cells trained in parallel processes, each with an equal share
-    of the CPU cores (0: one process per core).
+    of the CPU cores (0: one process per core); cell_cpus, cell_gpus: what each
+    cell asks of a Ray cluster (`--executor ray`; cell_cpus also caps its threads).
     """
 
     profile: str
@@ -137,6 +138,8 @@ class StudyConfig:
     n_test: int = 1000
     backend: str = "tensorflow"
     jobs: int = 0
+    cell_cpus: int = 1
+    cell_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
@@ -152,13 +155,24 @@ class StudyConfig:
         _positive_int("study", "n_test", self.n_test)
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 0:
             raise ConfigError(f"jobs must be a non-negative integer (0: one per CPU core), got {self.jobs!r}")
+        _positive_int("study", "cell_cpus", self.cell_cpus)
+        if isinstance(self.cell_gpus, bool) or not isinstance(self.cell_gpus, (int, float)) or not 0 <= self.cell_gpus:
+            raise ConfigError(f"cell_gpus must be a number >= 0 (a fraction shares a GPU), got {self.cell_gpus!r}")
 
     @property
     def workers(self) -> int:
         """Parallel cell processes: `jobs`, or one per CPU core when `jobs` is 0."""
-        import os
+        return self.jobs or available_cores()
 
-        return self.jobs or max(1, os.cpu_count() or 1)
+
+def available_cores() -> int:
+    """The CPU cores this process may use (a batch scheduler's allocation, not the whole node)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without affinity masks
+        return max(1, os.cpu_count() or 1)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -206,7 +220,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-_STUDY_KEYS = {"tasks", "models", "seeds", "regime", "n_test", "backend", "jobs", "model", "train"}
+_STUDY_KEYS = {"tasks", "models", "seeds", "regime", "n_test", "backend", "jobs", "cell_cpus", "cell_gpus", "model", "train"}
 _TASK_KEYS = {"train_lengths", "eval_lengths", "options"}
 
 
@@ -269,7 +283,11 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown profile {profile!r}{hint} (available: {', '.join(PROFILES)})")
     raw = _merge(PROFILES[profile], file_settings or {})
-    raw = _merge(raw, overrides or {})
+    overrides = dict(overrides or {})
+    selected_tasks = overrides.pop("tasks", None)
+    raw = _merge(raw, overrides)
+    if selected_tasks is not None:  # a command line's task list selects; it does not add to the profile's
+        raw["tasks"] = selected_tasks
     unknown = sorted(set(raw) - _STUDY_KEYS - {"profile"})
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r} (allowed: {', '.join(sorted(_STUDY_KEYS))})")
@@ -314,6 +332,8 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         n_test=raw.get("n_test", 1000),
         backend=raw.get("backend", "tensorflow"),
         jobs=raw.get("jobs", 0),
+        cell_cpus=raw.get("cell_cpus", 1),
+        cell_gpus=raw.get("cell_gpus", 0.0),
     )
 
 

@@ -33,21 +33,24 @@ class NoResultsError(ValueError):
     """A results folder without any readable cell record."""
 
 
+def read_manifest(out: Path) -> dict | None:
+    """`<out>/study.json` (config, the cells of the latest run, the whole grid, the shard), or None
+    when it is missing or unreadable."""
+    try:
+        manifest = json.loads((Path(out) / "study.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("cells"), list) else None
+
+
 def load_records(out: Path) -> list[dict]:
     """The records of the latest study in `out` (those named by study.json; all when it is missing)."""
     out = Path(out)
     cells_dir = out / "cells"
     if not cells_dir.is_dir():
         raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
-    manifest = out / "study.json"
-    if manifest.exists():
-        try:
-            ids = json.loads(manifest.read_text())["cells"]
-        except (ValueError, KeyError, TypeError):
-            ids = None
-    else:
-        ids = None
-    paths = [cells_dir / f"{i}.json" for i in ids] if ids is not None else sorted(cells_dir.glob("*.json"))
+    manifest = read_manifest(out)
+    paths = [cells_dir / f"{i}.json" for i in manifest["cells"]] if manifest is not None else sorted(cells_dir.glob("*.json"))
     records = [r for r in (read_record(p) for p in paths if p.exists()) if r is not None]
     if not records:
         raise NoResultsError(f"{out} holds no finished cell records; run a study with --out {out} first")

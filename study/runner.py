@@ -24,7 +24,6 @@ import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
@@ -236,31 +235,6 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def _limit_threads(backend: str, threads: int) -> None:
-    """Caps the math libraries of a worker process (before TensorFlow/JAX start)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        os.environ[var] = str(threads)
-    os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def _worker_init(backend: str, threads: int, plugins: list[str]) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    os.environ["KERAS_BACKEND"] = backend
-    _limit_threads(backend, threads)
-    from study.tasks import load_task_module
-
-    for module in plugins:
-        load_task_module(module)
-
-
 def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
     """(cell, id) for every cell of the grid."""
     from study.tasks import get_task
@@ -345,30 +319,42 @@ def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True) -> d
     except Exception as exc:  # a failing cell must not take the study down
         if _CtrlC.requested:  # an interrupt that library code turned into another error
             raise KeyboardInterrupt from exc
-        from study.tasks import get_task
-
-        try:
-            version = get_task(cell.task.name, **dict(cell.task.options)).version
-        except Exception:
-            version = None
-        identity = cell_identity(cell, config, version)
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {
-            "id": cell_id(identity),
-            **identity,
-            "attention": None,
-            "profile": config.profile,
-            "config": config_to_dict(config),
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {message}"[:500],
-            "traceback": traceback.format_exc()[-4000:],
-            "metrics": [],
-            "history": [],
-        }
+        return failed_record(cell, config, f"{type(exc).__name__}: {message}", traceback.format_exc())
 
 
-def _run_cell_in_worker(cell: Cell, config: StudyConfig) -> dict:
-    return run_cell_safely(cell, config, progress=False)
+def failed_record(cell: Cell, config: StudyConfig, error: str, traceback_text: str = "") -> dict:
+    """The record of a cell that could not finish: its identity, configuration and the error."""
+    from study.tasks import get_task
+
+    try:
+        version = get_task(cell.task.name, **dict(cell.task.options)).version
+    except Exception:
+        version = None
+    identity = cell_identity(cell, config, version)
+    return {
+        "id": cell_id(identity),
+        **identity,
+        "attention": None,
+        "profile": config.profile,
+        "config": config_to_dict(config),
+        "status": "failed",
+        "error": error[:500],
+        "traceback": traceback_text[-4000:],
+        "metrics": [],
+        "history": [],
+    }
+
+
+def select_shard(grid: list[tuple[Cell, str]], shard: tuple[int, int] | None) -> list[tuple[Cell, str]]:
+    """The cells of shard (I, N): those whose index i has i mod N == I, where i is the cell's rank
+    among the grid's cell ids sorted.  The ids hash each cell's whole configuration, so the
+    split is the same on every machine and run, and shards differ in size by at most one."""
+    if shard is None:
+        return grid
+    index, count = shard
+    rank = {cid: i for i, cid in enumerate(sorted(cid for _, cid in grid))}
+    return [(cell, cid) for cell, cid in grid if rank[cid] % count == index]
 
 
 def run_study(
@@ -378,34 +364,48 @@ def run_study(
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
     warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    shard: tuple[int, int] | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[dict]:
-    """Runs every unfinished cell of `config` and returns the records of the whole grid.
+    """Runs every unfinished cell of `config` (of one shard, when given) and returns their records.
 
-    Holds `<out>/.lock` while it runs; writes `<out>/study.json` (the configuration
-    and the grid's cell ids) first, then each cell's record atomically as it
-    finishes.  Finished cells are skipped unless `fresh`; a damaged record is
-    reported through `warn` and recomputed; failed cells are retried.
+    Holds `<out>/.lock` while it runs; writes `<out>/study.json` (the configuration,
+    the cell ids this run covers, the whole grid's ids and the shard) first, then
+    each cell's record atomically as it finishes.  Finished cells are skipped
+    unless `fresh`; a damaged record is reported through `warn` and recomputed;
+    failed cells are retried.  `executor` "local" runs cells in this process or
+    `config.workers` worker processes; "ray" runs them as Ray tasks (on the
+    cluster at `address`, or on a local Ray instance).
 
     Raises:
         StudyLockedError: another study holds the folder.
         StudyInterrupted: Ctrl-C; every finished cell is saved.
+        ExecutorError: the executor cannot start.
     """
     with StudyLock(out):
-        return _run_locked(config, out, fresh, progress, on_record, warn)
+        return _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, address)
 
 
-def _run_locked(config, out, fresh, progress, on_record, warn) -> list[dict]:
+def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, address) -> list[dict]:
     from tqdm.auto import tqdm
 
+    from study.executors import run_local, run_ray
     from study.tasks import loaded_plugins
 
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     grid = study_cells(config)
-    write_json_atomic(out / "study.json", {"config": config_to_dict(config), "cells": [cid for _, cid in grid]})
+    selected = select_shard(grid, shard)
+    write_json_atomic(out / "study.json", {
+        "config": config_to_dict(config),
+        "cells": [cid for _, cid in selected],
+        "grid": [cid for _, cid in grid],
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+    })
     records: dict[str, dict] = {}
     todo = []
-    for cell, cid in grid:
+    for cell, cid in selected:
         path = cells_dir / f"{cid}.json"
         existing = None if fresh or not path.exists() else read_record(path)
         if path.exists() and not fresh and existing is None:
@@ -415,7 +415,7 @@ def _run_locked(config, out, fresh, progress, on_record, warn) -> list[dict]:
         else:
             todo.append((cell, cid))
 
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="study", unit="cell", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(selected), initial=len(selected) - len(todo), desc="study", unit="cell", disable=not progress, dynamic_ncols=True)
 
     def finish(record: dict) -> None:
         write_json_atomic(cells_dir / f"{record['id']}.json", record)
@@ -429,43 +429,28 @@ def _run_locked(config, out, fresh, progress, on_record, warn) -> list[dict]:
     import threading
 
     workers = min(config.workers, max(len(todo), 1))
-    _CtrlC.requested, _CtrlC.raise_now = False, workers > 1
+    in_parent_only = executor == "ray" or workers > 1  # this process only waits for others
+    _CtrlC.requested, _CtrlC.raise_now = False, in_parent_only
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _CtrlC.handler) if in_main_thread else None
     try:
-        if workers == 1:
+        if executor == "ray":
+            if todo:
+                run_ray(todo, config, loaded_plugins(), finish, address)
+        elif workers == 1:
             for cell, _ in todo:
                 bar.set_postfix_str(cell.describe())
                 finish(run_cell_safely(cell, config, progress=progress))
         else:
-            _run_parallel(todo, config, workers, loaded_plugins(), finish)
+            run_local(todo, config, workers, loaded_plugins(), finish)
     except KeyboardInterrupt:
         bar.close()
-        raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(grid)) from None
+        raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(selected)) from None
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
     bar.close()
-    return [records[cid] for _, cid in grid if cid in records]
-
-
-def _run_parallel(todo, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None]) -> None:
-    """Cells in `workers` spawned processes, each limited to its share of the cores.
-    Workers ignore Ctrl-C; the parent stops them and keeps what has finished."""
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(config.backend, threads, plugins))
-    try:
-        futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
-        for future in as_completed(futures):
-            finish(future.result())
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():
-            child.terminate()
-        raise
-    pool.shutdown()
+    return [records[cid] for _, cid in selected if cid in records]
 
 
 def summary_line(record: dict) -> str:

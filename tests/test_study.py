@@ -2,10 +2,6 @@
 from files alone, finished cells skipped, and bad input refused before anything is written."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,20 +9,7 @@ import pytest
 from study.config import ConfigError, build_study_config
 from study.runner import expand_grid
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args, cwd=ROOT):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "smoke"
-    result = run_cli("--profile", "smoke", "--out", str(out), "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+from conftest import run_cli
 
 
 def test_smoke_study_writes_every_file(smoke_run):
@@ -124,6 +107,21 @@ def test_config_file_settings_and_errors(tmp_path):
     bad.write_text("models = [none\n")
     result = run_cli("--config", str(bad), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "not valid TOML" in result.stderr
+
+
+def test_tasks_flag_selects_tasks_rather_than_adding_to_the_profiles(tmp_path):
+    import run_study
+
+    toml = tmp_path / "study.toml"
+    toml.write_text('[tasks.reverse]\ntrain_lengths = "2..3"\neval_lengths = [3]\n')
+    for argv, expected in (
+        (["--profile", "smoke", "--tasks", "copy"], ["copy"]),
+        (["--profile", "smoke", "--tasks", "reverse", "--train-lengths", "2..4", "--lengths", "4"], ["reverse"]),
+        (["--profile", "smoke", "--config", str(toml), "--tasks", "copy,reverse"], ["copy", "reverse"]),
+        (["--profile", "smoke", "--config", str(toml)], ["copy", "date_format", "reverse"]),
+    ):
+        config, _ = run_study.prepare(run_study.build_parser().parse_args(["run", *argv, "--out", str(tmp_path / "o")]))
+        assert [t.name for t in config.tasks] == expected, argv
 
 
 def test_per_length_regime_makes_one_cell_per_training_length():

@@ -111,9 +111,11 @@ def load_task_module(path: str | Path) -> list[str]:
     _discover()
     before = set(TASKS.names())
     target = str(path)
+    recorded = target  # what worker processes load: a file by its absolute path, a module by name
     try:
         if target.endswith(".py") or Path(target).exists():
             file = Path(target).resolve()
+            recorded = str(file)
             if not file.is_file():
                 raise FileNotFoundError(f"no such file: {target}")
             module_name = f"study_task_plugin_{file.stem}"
@@ -137,8 +139,8 @@ def load_task_module(path: str | Path) -> list[str]:
     added = sorted(set(TASKS.names()) - before)
     for name in added:
         get_task(name)
-    if target not in _plugins:
-        _plugins.append(target)
+    if recorded not in _plugins:
+        _plugins.append(recorded)
     return added
 
 

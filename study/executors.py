@@ -1,0 +1,187 @@
+"""Where the cells of a study run: worker processes on this machine, or Ray tasks on a cluster.
+
+    run_local(todo, config, workers, plugins, finish)      # spawned processes, one GPU each if any
+    run_ray(todo, config, plugins, finish, address=None)   # one Ray task per cell
+
+Both run `runner.run_cell_safely` for each (cell, id) in `todo` and hand every
+record to `finish` as cells complete; `finish` (in the driver) writes it.
+Workers never write results, so a worker that dies loses only its own cell.
+
+Each worker is limited to its share of the CPU cores before TensorFlow or JAX
+starts.  On a machine with GPUs, local workers are pinned round robin, one
+GPU each (`CUDA_VISIBLE_DEVICES`), with memory growth on so that two workers
+can share a card when there are more jobs than GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+from study.config import StudyConfig, available_cores
+
+EXECUTORS = ("local", "ray")
+RAY_RETRIES = 3  # attempts after a Ray worker dies mid-cell (a Python error inside a cell is a failed record, not a retry)
+ROOT = Path(__file__).resolve().parent.parent
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+class ExecutorError(RuntimeError):
+    """An executor that cannot start (Ray missing, no cluster at the address); one line."""
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment variables that cap the math libraries at `threads` threads."""
+    env = {var: str(threads) for var in _THREAD_VARS}
+    env["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+def limit_threads(backend: str, threads: int) -> None:
+    """Caps this process's math libraries; call before TensorFlow/JAX start.  A second call in a
+    process whose TensorFlow already runs keeps the first setting."""
+    os.environ.update(thread_env(threads))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow is already initialised in this (reused) worker
+            pass
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs of this machine: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi`'s list, else []."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+
+
+def gpu_assignment(workers: int, gpus: list[str]) -> list[str | None]:
+    """The GPU each of `workers` local workers is pinned to: round robin over `gpus`; None without GPUs."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Shows only `gpu` to this process's backend (before it starts), with memory growth on."""
+    if gpu is None:
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+
+def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    pin_gpu(gpu_slots.get())
+    _prepare_worker(backend, threads, plugins)
+
+
+def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
+    os.environ["KERAS_BACKEND"] = backend
+    limit_threads(backend, threads)
+    from study.tasks import load_task_module
+
+    for module in plugins:
+        load_task_module(module)
+
+
+def _run_cell_in_worker(cell, config: StudyConfig) -> dict:
+    from study.runner import run_cell_safely
+
+    return run_cell_safely(cell, config, progress=False)
+
+
+def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None]) -> None:
+    """Cells in `workers` spawned processes, each limited to its share of the cores and pinned
+    to one GPU when the machine has any.  Workers ignore Ctrl-C; the parent stops them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    gpu_slots = context.Queue()
+    for gpu in gpu_assignment(workers, visible_gpus()):
+        gpu_slots.put(gpu)
+    threads = max(1, available_cores() // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_local_worker_init, initargs=(config.backend, threads, plugins, gpu_slots))
+    try:
+        futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
+        for future in as_completed(futures):
+            finish(future.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+    pool.shutdown()
+
+
+def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str]) -> dict:
+    _prepare_worker(config.backend, config.cell_cpus, plugins)
+    return _run_cell_in_worker(cell, config)
+
+
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callable[[dict], None], address: str | None = None) -> None:
+    """One Ray task per cell, each asking for `config.cell_cpus` CPUs and `config.cell_gpus` GPUs.
+
+    With `address`, joins that cluster and ships this project's code to it
+    (Ray's `working_dir`; task modules must be at the same path on every node);
+    without, starts a local Ray instance with `config.workers` CPUs.  A cell
+    whose worker dies is retried up to RAY_RETRIES times, then recorded as failed.
+    """
+    if not ray_available():
+        raise ExecutorError("--executor ray needs Ray: pip install -r requirements-ray.txt")
+    import ray
+    from ray.exceptions import RayError
+
+    from study.runner import failed_record
+
+    runtime_env = {"env_vars": {"KERAS_BACKEND": config.backend, **thread_env(config.cell_cpus)}}
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            if address:
+                runtime_env["working_dir"] = str(ROOT)
+                runtime_env["excludes"] = ["datasets/", "results/", ".venv*/", ".git/"]
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
+            else:
+                ray.init(num_cpus=config.workers, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", object_store_memory=200 * 2**20)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ExecutorError(f"could not start Ray{f' at {address}' if address else ''}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    task = ray.remote(_run_cell_on_ray).options(num_cpus=config.cell_cpus, num_gpus=config.cell_gpus, max_retries=RAY_RETRIES, retry_exceptions=False)
+    pending = {task.remote(cell, config, plugins): cell for cell, _ in todo}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # wakes up for Ctrl-C
+            for ref in done:
+                cell = pending.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except RayError as exc:  # the worker died on every attempt, or the cluster lost it
+                    record = failed_record(cell, config, f"{type(exc).__name__} after {RAY_RETRIES} retries: {str(exc).strip()[:300]}")
+                finish(record)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,202 @@
+"""Spreading a study: shards that partition the grid, merged results, GPU pinning, and Ray."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from study.config import build_study_config
+from study.executors import gpu_assignment, pin_gpu, ray_available, visible_gpus
+from study.merge import MergeConflictError, merge_results
+from study.runner import select_shard, study_cells
+
+from conftest import ROOT, run_cli
+
+SLURM = ROOT / "examples" / "slurm"
+
+
+def _same_metrics(a, b) -> None:
+    """Two metrics.csv files hold the same rows (order aside)."""
+    left, right = (pd.read_csv(p).sort_values(["cell_id", "length"]).reset_index(drop=True) for p in (a, b))
+    pd.testing.assert_frame_equal(left, right)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "standard", "full"])
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 64])
+def test_shards_partition_the_grid(profile, count):
+    grid = study_cells(build_study_config(profile))
+    shards = [select_shard(grid, (i, count)) for i in range(count)]
+    ids = [cid for shard in shards for _, cid in shard]
+    assert sorted(ids) == sorted(cid for _, cid in grid)  # every cell once: no gap, no overlap
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_of_a_cell_does_not_depend_on_the_order_of_the_grid():
+    config = build_study_config("standard")
+    reordered = dataclasses.replace(config, tasks=config.tasks[::-1], models=config.models[::-1], seeds=config.seeds[::-1])
+    for i in range(3):
+        assert {cid for _, cid in select_shard(study_cells(config), (i, 3))} == {cid for _, cid in select_shard(study_cells(reordered), (i, 3))}
+
+
+def test_bad_shard_is_refused_in_one_line(tmp_path):
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        result = run_cli("--profile", "smoke", "--shard", bad, "--out", str(tmp_path / "x"))
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and "--shard" in result.stderr, (bad, result.stderr)
+    assert not (tmp_path / "x").exists()
+
+
+def test_slurm_array_shards_then_merge_reproduce_the_single_machine_study(smoke_run, tmp_path):
+    """The example job-array scripts, run as SLURM would run them, give the smoke study's metrics."""
+    out = tmp_path / "smoke"
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "PROFILE": "smoke", "OUT": str(out),
+           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_ARRAY_TASK_COUNT": "2"}
+    shards = [subprocess.Popen(["bash", str(SLURM / "study_shard.sbatch")], env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for i in range(2)]
+    for shard in shards:
+        _, err = shard.communicate(timeout=900)
+        assert shard.returncode == 0, err[-3000:]
+    shard_cells = [json.loads((out / f"shard-{i}" / "study.json").read_text())["cells"] for i in range(2)]
+    assert len(shard_cells[0]) == len(shard_cells[1]) == 4 and not set(shard_cells[0]) & set(shard_cells[1])
+    merged = subprocess.run(["bash", str(SLURM / "report.sbatch")], env=env, capture_output=True, text=True, timeout=900)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert "merged 8 cells from 2 folder(s)" in merged.stdout and "warning" not in merged.stderr
+    _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv")
+    assert (out / "report.md").is_file()
+
+
+def _copy_results(source, target, keep=None):
+    shutil.copytree(source, target)
+    if keep is not None:
+        for path in (target / "cells").glob("*.json"):
+            if path.stem not in keep:
+                path.unlink()
+        manifest = json.loads((target / "study.json").read_text())
+        manifest["cells"] = [c for c in manifest["cells"] if c in keep]
+        (target / "study.json").write_text(json.dumps(manifest))
+
+
+def test_merge_accepts_identical_duplicates_prefers_finished_cells_and_names_missing_ones(smoke_run, tmp_path):
+    source = smoke_run[0]
+    ids = json.loads((source / "study.json").read_text())["cells"]
+    _copy_results(source, tmp_path / "a", keep=set(ids[:5]))
+    _copy_results(source, tmp_path / "b", keep=set(ids[3:7]))  # cells 3, 4 in both; cell 7 in neither
+    record = json.loads((tmp_path / "b" / "cells" / f"{ids[3]}.json").read_text())
+    record["wall_seconds"] += 5  # another run of the same cell: timings differ, results do not
+    (tmp_path / "b" / "cells" / f"{ids[3]}.json").write_text(json.dumps(record))
+    failed = json.loads((tmp_path / "a" / "cells" / f"{ids[4]}.json").read_text())
+    failed.update(status="failed", error="RuntimeError: out of memory", metrics=[])
+    (tmp_path / "a" / "cells" / f"{ids[4]}.json").write_text(json.dumps(failed))
+    warnings = []
+    records, missing = merge_results([tmp_path / "a", tmp_path / "b"], tmp_path / "merged", warn=warnings.append)
+    assert [r["id"] for r in records] == ids[:7] and missing == ids[7:]
+    assert next(r for r in records if r["id"] == ids[4])["status"] == "ok"
+    assert len(warnings) == 1 and "1 of 8 cells" in warnings[0]
+    assert json.loads((tmp_path / "merged" / "study.json").read_text())["cells"] == ids[:7]
+
+
+def test_conflicting_duplicates_are_reported_and_nothing_is_written(smoke_run, tmp_path):
+    source = smoke_run[0]
+    _copy_results(source, tmp_path / "a")
+    _copy_results(source, tmp_path / "b")
+    cid = json.loads((source / "study.json").read_text())["cells"][2]
+    record = json.loads((tmp_path / "b" / "cells" / f"{cid}.json").read_text())
+    record["metrics"][0]["seq_acc"] = 0.123
+    (tmp_path / "b" / "cells" / f"{cid}.json").write_text(json.dumps(record))
+    with pytest.raises(MergeConflictError, match=rf"1 cell\(s\) finished with different results in different folders: {cid} "):
+        merge_results([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    result = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged"))
+    assert result.returncode == 2 and result.stderr.startswith("error: 1 cell(s) finished with different results") and "Traceback" not in result.stderr
+    result = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert result.returncode == 2 and "--out" in result.stderr
+
+
+def test_jobs_are_pinned_one_gpu_each_round_robin(monkeypatch):
+    assert gpu_assignment(4, ["0", "1"]) == ["0", "1", "0", "1"]
+    assert gpu_assignment(2, ["0", "1", "2", "3"]) == ["0", "1"]
+    assert gpu_assignment(3, []) == [None, None, None]
+    for var in ("TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE"):
+        monkeypatch.setenv(var, "unset after the test")  # pin_gpu sets them; monkeypatch restores them
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    pin_gpu("5")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5" and os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+def test_without_ray_the_ray_executor_is_a_one_line_error(tmp_path):
+    if ray_available():
+        pytest.skip("Ray is installed here; the missing-Ray message cannot be shown")
+    result = run_cli("--profile", "smoke", "--executor", "ray", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "requirements-ray.txt" in result.stderr
+
+
+def test_address_needs_the_ray_executor(tmp_path):
+    result = run_cli("--profile", "smoke", "--address", "auto", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and result.stderr == "error: --address is for --executor ray\n"
+
+
+needs_ray = pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install -r requirements-ray.txt); the Ray executor tests need it")
+
+
+@needs_ray
+def test_ray_executor_gives_the_local_executors_metrics(smoke_run, tmp_path):
+    """The smoke profile as Ray tasks on a local instance (ray.init(num_cpus=2))."""
+    out = tmp_path / "ray"
+    result = run_cli("--profile", "smoke", "--executor", "ray", "--jobs", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Ray (local instance)" in result.stdout and result.stdout.count("exact-match") == 8  # progress: a line per cell
+    _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv")
+
+
+@needs_ray
+def test_ray_retries_a_cell_whose_worker_died(tmp_path):
+    """A worker process that exits mid-cell (here: while generating the cell's data) is replaced
+    and the cell runs again, to a finished record."""
+    plugin = tmp_path / "dies_once.py"
+    plugin.write_text(textwrap.dedent('''
+        import os
+        from pathlib import Path
+
+        from study.tasks import register_task
+        from study.tasks.base import SymbolTask
+
+
+        @register_task
+        class DiesOnce(SymbolTask):
+            name = "dies_once"
+            version = 1
+            description = "copy, but the first process to draw a training set exits at once"
+
+            def __init__(self, marker: str = "", alphabet: str = "abcdefgh") -> None:
+                super().__init__(alphabet)
+                self.options["marker"] = marker  # a fresh cache key per test run
+                self.marker = marker
+
+            def transform(self, source):
+                return source
+
+            def sample(self, rng, n, length):
+                if n > 8 and self.marker and not Path(self.marker).exists():  # not the contract check's 8
+                    Path(self.marker).write_text(str(os.getpid()))
+                    os._exit(1)
+                return super().sample(rng, n, length)
+    '''))
+    marker = tmp_path / "died"
+    config = tmp_path / "study.toml"
+    config.write_text(f'[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')  # noqa: E501
+    out = tmp_path / "out"
+    result = run_cli("--profile", "smoke", "--config", str(config), "--tasks", "dies_once", "--models", "none", "--seeds", "0",
+                     "--task-module", str(plugin), "--executor", "ray", "--jobs", "1", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists()  # a worker did die
+    (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert record["status"] == "ok" and record["task"] == "dies_once"
