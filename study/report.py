@@ -359,11 +359,22 @@ def write_report(out: Path) -> Path:
         "Attention maps": plot_attention_maps(records, figures),
         "Training curves": plot_training_curves(records, figures),
     }
-    (out / "report.md").write_text(_report_markdown(records, metrics, table, images))
+    (out / "report.md").write_text(_report_markdown(records, metrics, table, images, read_manifest(out) or {}))
     return out / "report.md"
 
 
-def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]]) -> str:
+def _provenance(manifest: dict, n_records: int) -> list[str]:
+    """Where the records came from when they are not one whole run: a shard, or merged folders."""
+    lines = []
+    if manifest.get("shard"):
+        lines.append(f"Shard {manifest['shard']} of the grid: {n_records} of its {len(manifest.get('grid', []))} cells.")
+    if manifest.get("merged_from"):
+        lines.append(f"Merged from {', '.join(f'`{p}`' for p in manifest['merged_from'])}: {n_records} of the grid's {len(manifest.get('grid', []))} cells; "
+                     "each record carries its own configuration (below: the first folder's).")
+    return lines + [""] if lines else []
+
+
+def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]], manifest: dict) -> str:
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
     failed = [r for r in records if r["status"] != "ok"]
@@ -372,6 +383,7 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
         "",
         "Exact match is measured by greedy decoding of each model's own outputs on held-out test sets, one per length.",
         "",
+        *_provenance(manifest, len(records)),
     ]
     for title, paths in images.items():
         if paths:

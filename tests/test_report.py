@@ -8,7 +8,8 @@ import pytest
 
 from study.report import t_interval, write_report
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells"))  # the committed reference studies
 
 
 def test_t_interval_on_accuracies():
@@ -21,15 +22,19 @@ def test_t_interval_on_accuracies():
     assert np.isnan(t_interval(np.array([np.nan]))[0])
 
 
-@pytest.mark.skipif(not (REFERENCE / "cells").is_dir(), reason="no committed reference study")
-def test_reference_report_redraws_to_the_committed_tables(tmp_path):
+def test_a_reference_study_is_committed():
+    assert RESULTS / "reference" in REFERENCES
+
+
+@pytest.mark.parametrize("reference", REFERENCES, ids=lambda p: p.name)
+def test_reference_report_redraws_to_the_committed_tables(tmp_path, reference):
     copy = tmp_path / "reference"
-    shutil.copytree(REFERENCE, copy)
+    shutil.copytree(reference, copy)
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md"):
         (copy / name).unlink()
     write_report(copy)
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md"):
-        assert (copy / name).read_text() == (REFERENCE / name).read_text(), name
+        assert (copy / name).read_text() == (reference / name).read_text(), name
     assert (copy / "figures" / "accuracy_vs_length.png").stat().st_size > 10000
 
 
@@ -50,7 +55,6 @@ def test_differences_from_none_are_paired_by_seed():
     assert row.diff_ci_high - row.diff_ci_low == pytest.approx(2 * 4.302653 * 0.1 / 3**0.5, rel=1e-4)
 
 
-@pytest.mark.skipif(not (REFERENCE / "cells").is_dir(), reason="no committed reference study")
 def test_report_with_a_failed_first_cell(tmp_path):
     """A cell that failed with an exception has no metrics or device details; the report still
     renders, shows it as missing and lists it."""
@@ -59,7 +63,7 @@ def test_report_with_a_failed_first_cell(tmp_path):
     import pandas as pd
 
     copy = tmp_path / "reference"
-    shutil.copytree(REFERENCE, copy)
+    shutil.copytree(RESULTS / "reference", copy)
     first = copy / "cells" / f"{json.loads((copy / 'study.json').read_text())['cells'][0]}.json"
     record = json.loads(first.read_text())
     for key in ("device", "versions", "attention_example"):
