@@ -170,10 +170,12 @@ def prepare(args: argparse.Namespace):
     if args.address and args.executor != "ray":
         raise UsageError("--address is for --executor ray")
     if args.executor == "ray":
-        from study.executors import ray_available
+        from study.executors import check_ray_address, ray_available
 
         if not ray_available():
             raise UsageError("--executor ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
+        if args.address:
+            check_ray_address(args.address)
     out = args.out or Path("results") / profile
     _check_output_dir(out)
     return config, out

@@ -138,6 +138,22 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuses, in one line, an address no Ray cluster answers at (Ray itself would retry for minutes).
+    `auto` and `ray://` client addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with 'ray start --head' or check the address") from None
+
+
 def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callable[[dict], None], address: str | None = None) -> None:
     """One Ray task per cell, each asking for `config.cell_cpus` CPUs and `config.cell_gpus` GPUs.
 

@@ -144,6 +144,19 @@ def test_address_needs_the_ray_executor(tmp_path):
     assert result.returncode == 2 and result.stderr == "error: --address is for --executor ray\n"
 
 
+@pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install -r requirements-ray.txt)")
+def test_an_address_without_a_cluster_is_a_one_line_error(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a local port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address, message in ((f"127.0.0.1:{port}", "no Ray cluster answers at"), ("nonsense", "--address must be auto, HOST:PORT")):
+        result = run_cli("--profile", "smoke", "--executor", "ray", "--address", address, "--out", str(tmp_path / "x"))
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 needs_ray = pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install -r requirements-ray.txt); the Ray executor tests need it")
 
 
