@@ -171,17 +171,18 @@ def test_decoding_on_jax_backend_matches_teacher_forcing():
         from study.config import ModelConfig
         from study.models import build_model
         from study.vocab import START
-        keras.utils.set_random_seed(0)
-        model = build_model("additive", 11, 11, ModelConfig(embedding_dim=8, units=16, attention_size=8))
-        source = np.random.default_rng(0).integers(3, 11, size=(5, 6)).astype("int32")
-        source[0, 4:] = 0
-        out = model.greedy_decoder(7, with_logits=True).predict(source, verbose=0)
-        inputs = np.concatenate([np.full((5, 1), START), out["tokens"][:, :-1]], 1).astype("int32")
-        forced = keras.ops.convert_to_numpy(model.teacher_forced(source, inputs)[0])
-        np.testing.assert_allclose(out["logits"][:, 0], forced[:, 0], rtol=1e-4, atol=1e-4)
-        first_end = [next((i for i, t in enumerate(r) if t in (0, 2)), 7) for r in out["tokens"]]
-        for row, stop in enumerate(first_end):
-            np.testing.assert_allclose(out["logits"][row, : stop + 1], forced[row, : stop + 1], rtol=1e-4, atol=1e-4)
+        for name in ("additive", "transformer"):  # the RNN step and the Transformer's key/value cache
+            keras.utils.set_random_seed(0)
+            model = build_model(name, 11, 11, ModelConfig(embedding_dim=8, units=16, attention_size=8))
+            source = np.random.default_rng(0).integers(3, 11, size=(5, 6)).astype("int32")
+            source[0, 4:] = 0
+            out = model.greedy_decoder(7, with_logits=True).predict(source, verbose=0)
+            inputs = np.concatenate([np.full((5, 1), START), out["tokens"][:, :-1]], 1).astype("int32")
+            forced = keras.ops.convert_to_numpy(model.teacher_forced(source, inputs)[0])
+            np.testing.assert_allclose(out["logits"][:, 0], forced[:, 0], rtol=1e-4, atol=1e-4)
+            first_end = [next((i for i, t in enumerate(r) if t in (0, 2)), 7) for r in out["tokens"]]
+            for row, stop in enumerate(first_end):
+                np.testing.assert_allclose(out["logits"][row, : stop + 1], forced[row, : stop + 1], rtol=1e-4, atol=1e-4)
         print("ok")
         """
     )

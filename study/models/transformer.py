@@ -10,9 +10,11 @@ sinusoidal positions, `layers` post-norm encoder and decoder blocks built from
 Keras' MultiHeadAttention (source padding masked in every attention, causal mask
 in the decoder's self-attention), no dropout.  With the study's `units` = U the
 model width is d = U / 2 and the feed-forward width U, which at U = 128 gives
-about the parameter count of the GRU models.  Greedy decoding writes each
-predicted character into a fixed buffer and re-runs the decoder over it (the
-causal mask hides the empty tail), inside the same compiled loop as the RNNs.
+about the parameter count of the GRU models.  Greedy decoding keeps each
+decoder layer's self-attention keys and values of the positions decoded so far
+(a key/value cache) and projects the encoder memory for cross-attention once,
+so a step costs one position's work, inside the same compiled loop as the RNNs;
+the consistency test checks it against the teacher-forced model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ def sinusoidal_positions(length, dim: int):
     index = ops.expand_dims(ops.arange(dim // 2, dtype="float32"), 0)
     angle = position / ops.power(10000.0, 2.0 * index / dim)
     return ops.concatenate([ops.sin(angle), ops.cos(angle)], axis=-1)
+
+
+def _attend(attention, x, keys, values, visible):
+    """One query position through a MultiHeadAttention layer's own projections.
+
+    x: (batch, 1, d); keys, values: (batch, K, heads, head_dim), already projected by the
+    layer; visible: (batch or 1, K) bool.  Returns the output (batch, 1, d) and the
+    weights (batch, heads, 1, K), as the layer's `call` computes them.
+    """
+    query = attention._query_dense(x) * (1.0 / float(attention._key_dim) ** 0.5)
+    scores = ops.einsum("bqhd,bkhd->bhqk", query, keys)
+    weights = ops.softmax(ops.where(visible[:, None, None, :], scores, -1e9), axis=-1)
+    return attention._output_dense(ops.einsum("bhqk,bkhd->bqhd", weights, values)), weights
 
 
 class _Block(keras.layers.Layer):
@@ -50,6 +65,20 @@ class _Block(keras.layers.Layer):
             attended, weights = self.cross_attention(x, memory, attention_mask=cross_mask, return_attention_scores=True)
             x = self.norms[1](x + attended)
         return self.norms[-1](x + self.ff_out(self.ff_in(x))), weights
+
+    def step(self, x, here, cache, visible, cross, cross_visible):
+        """One decoder position: x (batch, 1, d) at position `here` (one-hot over the cache);
+        cache: this layer's (keys, values) so far, (batch, T, heads, head_dim) each; cross:
+        the encoder memory's projected (keys, values).  Returns the output, the updated cache
+        and the cross-attention weights (batch, heads, 1, S)."""
+        at = here[None, :, None, None]
+        keys = cache[0] + at * self.self_attention._key_dense(x)
+        values = cache[1] + at * self.self_attention._value_dense(x)
+        attended, _ = _attend(self.self_attention, x, keys, values, visible)
+        x = self.norms[0](x + attended)
+        attended, weights = _attend(self.cross_attention, x, *cross, cross_visible)
+        x = self.norms[1](x + attended)
+        return self.norms[-1](x + self.ff_out(self.ff_in(x))), (keys, values), weights
 
 
 class Transformer(EncoderDecoder):
@@ -103,20 +132,29 @@ class Transformer(EncoderDecoder):
         return self._decode(decoder_inputs, memory, mask)
 
     def start_decoding(self, source, max_steps: int):
-        """context: (memory, mask); state: the decoder's input buffer (batch, max_steps), START first."""
+        """context: (per decoder layer the memory's cross-attention keys and values, source mask);
+        state: per decoder layer the self-attention (keys, values) cache, (batch, max_steps,
+        heads, head_dim) each, zero where nothing has been decoded yet."""
         memory, mask = self.encode(source)
-        buffer = ops.zeros((ops.shape(source)[0], max_steps), dtype="int32")
-        return (memory, mask), buffer
+        cross = [(b.cross_attention._key_dense(memory), b.cross_attention._value_dense(memory)) for b in self.decoder_blocks]
+        heads = self.settings["heads"]
+        empty = ops.zeros((ops.shape(source)[0], max_steps, heads, self.dim // heads))
+        return (cross, mask), [(empty, empty) for _ in self.decoder_blocks]
 
-    def decode_step(self, i, previous, buffer, context):
-        """Writes `previous` at position i, re-reads the buffer, returns position i's outputs."""
-        memory, mask = context
-        max_steps = ops.shape(buffer)[1]
-        here = ops.cast(ops.one_hot(i, max_steps), "int32")[None, :]
-        buffer = buffer * (1 - here) + here * previous[:, None]
-        logits, weights = self._decode(buffer, memory, mask)
-        pick = ops.one_hot(i, max_steps)  # (max_steps,): selects row i
-        return ops.einsum("btv,t->bv", logits, pick), ops.einsum("bts,t->bs", weights, pick), buffer
+    def decode_step(self, i, previous, cache, context):
+        """Embeds `previous` at position i, runs it through every decoder layer against the
+        cache, and returns position i's logits, cross-attention and the grown cache."""
+        cross, mask = context
+        max_steps = ops.shape(cache[0][0])[1]
+        here = ops.one_hot(i, max_steps)  # (max_steps,)
+        position = ops.einsum("td,t->d", sinusoidal_positions(max_steps, self.dim), here)
+        x = self.target_embedding(previous[:, None]) * (self.dim**0.5) + position[None, None, :]
+        visible = (ops.arange(max_steps) <= i)[None, :]  # causal: positions 0..i
+        grown = []
+        for block, layer_cache, layer_cross in zip(self.decoder_blocks, cache, cross):
+            x, layer_cache, weights = block.step(x, here, layer_cache, visible, layer_cross, mask)
+            grown.append(layer_cache)
+        return self.output_layer(x)[:, 0], ops.mean(weights, axis=1)[:, 0], grown
 
     def get_config(self):
         return {**super().get_config(), **self.settings}
