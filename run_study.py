@@ -62,6 +62,9 @@ def _shard(value: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from study.config import BACKENDS, REGIMES
+    from study.executors import EXECUTORS
+
     parser = _Parser(prog="run_study.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run a study (the default command)")
@@ -73,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
     run.add_argument("--lengths", help="evaluation lengths for every selected task, e.g. 4,8,16 or 4..32")
     run.add_argument("--train-lengths", help="training lengths for every selected task, e.g. 4..32")
-    run.add_argument("--regime", choices=["mixed", "per_length"], help="one model over all training lengths, or one per length")
-    run.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
+    run.add_argument("--regime", choices=REGIMES, help="one model over all training lengths, or one per length")
+    run.add_argument("--backend", choices=BACKENDS, help="Keras backend (default tensorflow)")
     run.add_argument("--jobs", type=int, help="cells trained in parallel processes (default 0: one per CPU core; with GPUs, pinned one GPU each)")
     run.add_argument("--shard", type=_shard, metavar="I/N", help="run only shard I of N (0-based), e.g. one task of a job array")
-    run.add_argument("--executor", choices=["local", "ray"], default="local", help="local processes (default) or Ray tasks")
+    run.add_argument("--executor", choices=EXECUTORS, default="local", help="local processes (default) or Ray tasks")
     run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray instance)")
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
     run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
@@ -184,12 +187,13 @@ def prepare(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     config, out = prepare(args)
     from study.report import write_report
-    from study.runner import StudyInterrupted, expand_grid, run_study, summary_line
+    from study.runner import StudyInterrupted, run_study, select_shard, study_cells, summary_line
 
-    n_cells = len(expand_grid(config))
+    grid = study_cells(config)
+    n_cells = len(grid)
     if not args.quiet:
         where = f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
-        shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
+        shard = f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them" if args.shard else ""
         print(f"{config.profile} study: {n_cells} cells ({len(config.tasks)} tasks x {len(config.models)} models x {len(config.seeds)} seeds"
               f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {out}")
     started = time.perf_counter()

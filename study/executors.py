@@ -169,6 +169,8 @@ def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callabl
 
     from study.runner import failed_record
 
+    # set when a worker process starts, before NumPy loads its BLAS (which reads the thread caps once);
+    # `_prepare_worker` repeats them for workers of a Ray instance started elsewhere
     runtime_env = {"env_vars": {"KERAS_BACKEND": config.backend, **thread_env(config.cell_cpus)}}
     started_here = not ray.is_initialized()
     if started_here:
