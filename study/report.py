@@ -217,6 +217,7 @@ def _palette(models: list[str]) -> dict:
 def plot_accuracy_vs_length(metrics: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(dict.fromkeys(metrics["task"]))
     models = list(dict.fromkeys(metrics["model"]))
@@ -234,10 +235,11 @@ def plot_accuracy_vs_length(metrics: pd.DataFrame, records: list[dict], figures:
             errorbar=lambda v: tuple(100 * b for b in t_interval(np.asarray(v) / 100)[1:]), err_kws={"alpha": 0.15}, marker="o", ax=ax, legend=ax is axes[0][-1],
         )
         ax.set(title=task, xlabel=f"input length ({units.get(task, 'length')})", ylabel="exact match (%)", ylim=(-3, 103))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lengths are whole symbols or dates
     handles, labels = axes[0][-1].get_legend_handles_labels()
     if axes[0][-1].get_legend() is not None:
         axes[0][-1].get_legend().remove()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="attention")
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
     regime = ", one model trained per length" if per_length else ""
     fig.suptitle(f"Greedy-decoded exact match vs input length (mean and 95% t-interval over seeds{regime})")
     fig.tight_layout()
@@ -270,7 +272,7 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
             mean = d[d["model"] == model].groupby("position")["accuracy"].mean()
             ax.plot(mean.index, mean.values, label=model, color=palette[model])
         ax.set(title=f"{task}, length {d['length'].max()}", xlabel="output position (characters)", ylabel="character accuracy (%)", ylim=(-3, 103))
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), title="attention")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
     fig.suptitle("Where in the output greedy decoding goes wrong (longest trained length, mean over seeds)")
     fig.tight_layout()
     return _save(fig, figures, "position_accuracy")
