@@ -5,9 +5,13 @@
     # {"n_examples": 1000, "seq_acc": 0.93, "char_acc": 0.99, "position_acc": [1.0, 0.99, ...]}
 
 `seq_acc` (exact match) is the headline: a prediction counts only when every
-character and its length are right.  `char_acc` is the share of target
-characters reproduced at their position; `position_acc[i]` the share of
-examples whose character i is right, among those with a target longer than i.
+character and its length are right.  `char_acc` is the number of characters
+right at their position over the number of positions either string fills
+(sum of max(len(prediction), len(target))), so missing and extra characters
+both count as errors; `position_acc[i]` the share of examples whose character
+i is right, among those with a target longer than i.  A prediction decoded
+from ids holds U+FFFD where a special id stood or END was missing
+(`study.vocab.INVALID`), which matches no target character.
 All three come from greedy decoding of the model's own outputs; teacher-forced
 numbers are never reported as accuracy here.
 """
@@ -44,7 +48,8 @@ def decode(
 
 
 def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
-    """Exact-match, character and per-position accuracy of predictions against targets."""
+    """Exact-match, character and per-position accuracy of predictions against targets
+    (definitions in the module docstring); raises ValueError on unequal or empty lists."""
     if len(predictions) != len(targets) or not targets:
         raise ValueError(f"need as many predictions as targets (> 0), got {len(predictions)} and {len(targets)}")
     longest = max(len(t) for t in targets)
@@ -52,16 +57,18 @@ def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
     counts = np.zeros(longest)
     exact = 0
     right_chars = 0
+    positions = 0
     for p, t in zip(predictions, targets):
         exact += p == t
         match = np.array([i < len(p) and p[i] == c for i, c in enumerate(t)], dtype=float)
         right_chars += match.sum()
+        positions += max(len(p), len(t))
         hits[: len(t)] += match
         counts[: len(t)] += 1
     return {
         "n_examples": len(targets),
         "seq_acc": exact / len(targets),
-        "char_acc": float(right_chars / counts.sum()),
+        "char_acc": float(right_chars / positions),
         "position_acc": (hits / counts).tolist(),
     }
 

@@ -9,6 +9,9 @@ A model subclasses `EncoderDecoder` and implements
 
 and gets `greedy_decode` (the whole loop as one `keras.ops.fori_loop`) and
 `greedy_decoder(max_steps)`, a thin Keras model whose `predict` compiles it.
+
+Greedy decoding chooses among the characters and END only: PAD and START are
+never emitted, so no special id can end or vanish from a prediction unseen.
 """
 
 from __future__ import annotations
@@ -36,18 +39,24 @@ class EncoderDecoder(keras.Model):
         source, decoder_inputs = inputs
         return self.teacher_forced(source, decoder_inputs)[0]
 
-    def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False):
+    def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0):
         """Feeds the model its own argmax for `max_steps` steps, in one compiled loop.
+
+        At each step the argmax runs over the characters and END only (PAD and
+        START are excluded); before step `min_steps` END is excluded too, so every
+        row emits at least `min_steps` characters (`min_steps = max_steps`: exactly
+        `max_steps` characters and no END, the decoder driven over a fixed length).
 
         Args:
             source: (batch, S) int, right-padded.
-            max_steps: number of decoder steps (the longest target plus one for END).
+            max_steps: number of decoder steps (see `study.evaluate.decode_steps`).
+            min_steps: steps before which END cannot be chosen (0: none).
 
         Returns:
-            dict with "tokens" (batch, max_steps) int32: each row's characters, then END
-            (or a PAD the model emitted), then PAD; with flags also "logits"
-            (batch, max_steps, vocab) and "attention" (batch, max_steps, S), zero after
-            a row has ended.
+            dict with "tokens" (batch, max_steps) int32: each row's characters, then END,
+            then PAD (a row that never chose END holds characters only); with flags also
+            "logits" (batch, max_steps, vocab), the model's own logits before any id was
+            excluded, and "attention" (batch, max_steps, S), both zero after a row has ended.
         """
         context, state = self.start_decoding(source, max_steps)
         batch = ops.shape(source)[0]
@@ -62,15 +71,20 @@ class EncoderDecoder(keras.Model):
         if with_attention and self.has_attention:
             carry["attention"] = ops.zeros((batch, max_steps, ops.shape(source)[1]))
 
+        ids = ops.arange(self.target_vocab_size)
+        never = ops.logical_or(ops.equal(ids, PAD), ops.equal(ids, START))  # (vocab,) ids greedy decoding never emits
+
         def step(i, carry):
             logits, weights, new_state = self.decode_step(i, carry["previous"], carry["state"], context)
-            token = ops.where(carry["finished"], PAD, ops.cast(ops.argmax(logits, axis=-1), "int32"))
+            excluded = ops.logical_or(never, ops.logical_and(ops.equal(ids, END), i < min_steps))
+            choice = ops.cast(ops.argmax(ops.where(excluded[None, :], float("-inf"), logits), axis=-1), "int32")
+            token = ops.where(carry["finished"], PAD, choice)
             here = ops.one_hot(i, max_steps)  # (max_steps,) float: writes column i
             alive = ops.cast(ops.logical_not(carry["finished"]), "float32")
             updated = {
                 "previous": token,
                 "state": new_state,
-                "finished": ops.logical_or(carry["finished"], ops.logical_or(ops.equal(token, END), ops.equal(token, PAD))),
+                "finished": ops.logical_or(carry["finished"], ops.equal(token, END)),
                 "tokens": carry["tokens"] + ops.cast(here, "int32")[None, :] * token[:, None],
             }
             if "logits" in carry:
@@ -82,12 +96,12 @@ class EncoderDecoder(keras.Model):
         carry = ops.fori_loop(0, max_steps, step, carry)
         return {k: carry[k] for k in ("tokens", "logits", "attention") if k in carry}
 
-    def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> "GreedyDecoder":
+    def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0) -> "GreedyDecoder":
         """The compiled decoder for `max_steps` steps, built on first use and then reused;
         `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s dict as numpy."""
-        key = (max_steps, with_logits, with_attention)
+        key = (max_steps, with_logits, with_attention, min_steps)
         if key not in self._greedy_decoders:
-            self._greedy_decoders[key] = GreedyDecoder(self, max_steps, with_logits, with_attention)
+            self._greedy_decoders[key] = GreedyDecoder(self, max_steps, with_logits, with_attention, min_steps)
         return self._greedy_decoders[key]
 
 
@@ -95,12 +109,13 @@ class GreedyDecoder(keras.Model):
     """A thin model whose `predict` compiles `greedy_decode` (one graph/XLA program per batch
     shape) and runs it batch by batch; it owns no weights of its own."""
 
-    def __init__(self, model: EncoderDecoder, max_steps: int, with_logits: bool = False, with_attention: bool = False) -> None:
+    def __init__(self, model: EncoderDecoder, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0) -> None:
         super().__init__()
         self.encoder_decoder = model
         self.max_steps = max_steps
         self.with_logits = with_logits
         self.with_attention = with_attention
+        self.min_steps = min_steps
 
     def call(self, source):
-        return self.encoder_decoder.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention)
+        return self.encoder_decoder.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention, self.min_steps)

@@ -1,0 +1,139 @@
+"""The metrics on hand-made predictions with known answers, written from their definitions:
+exact match needs every character and END in place; character accuracy counts wrong, missing
+and extra characters; special ids and a missing END never vanish from scored text; the decode
+cap leaves room for END; greedy decoding never emits PAD or START."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from study.evaluate import decode, decode_steps, evaluate, score
+from study.models.base import EncoderDecoder
+from study.vocab import END, INVALID, PAD, START, Vocabulary
+
+VOCAB = Vocabulary("abcd")
+A, B, C, D = (VOCAB.encode(ch)[0] for ch in "abcd")
+
+
+@pytest.mark.parametrize(
+    "prediction,target,seq_acc,char_acc,position_acc",
+    [
+        ("abc", "abc", 1.0, 1.0, [1, 1, 1]),
+        ("abd", "abc", 0.0, 2 / 3, [1, 1, 0]),  # a wrong character
+        ("ab", "abcd", 0.0, 2 / 4, [1, 1, 0, 0]),  # too short: the missing characters are errors
+        ("abcd", "abc", 0.0, 3 / 4, [1, 1, 1]),  # one extra character
+        ("2021-03-03 1999-01-01 2000-02-02", "2021-03-03", 0.0, 10 / 32, [1] * 10),  # never stops
+        ("", "ab", 0.0, 0.0, [0, 0]),
+        ("bca", "abc", 0.0, 0.0, [0, 0, 0]),  # the right characters in the wrong places
+    ],
+    ids=["exact", "wrong-char", "too-short", "one-extra", "over-long", "empty", "shifted"],
+)
+def test_score_of_one_prediction(prediction, target, seq_acc, char_acc, position_acc):
+    result = score([prediction], [target])
+    assert result["n_examples"] == 1
+    assert result["seq_acc"] == seq_acc
+    assert result["char_acc"] == pytest.approx(char_acc)
+    assert result["position_acc"] == pytest.approx(position_acc)
+
+
+def test_score_of_a_batch_pools_characters_and_positions():
+    # exact; one missing; two extra; per position: among the targets that long
+    result = score(["abc", "xy", "pqrs"], ["abc", "xyz", "pq"])
+    assert result["seq_acc"] == pytest.approx(1 / 3)
+    assert result["char_acc"] == pytest.approx((3 + 2 + 2) / (3 + 3 + 4))
+    assert result["position_acc"] == pytest.approx([1.0, 1.0, 0.5])
+
+
+def test_score_refuses_unequal_or_empty_lists():
+    with pytest.raises(ValueError, match="need as many predictions as targets"):
+        score(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="need as many predictions as targets"):
+        score([], [])
+
+
+@pytest.mark.parametrize(
+    "ids,text,target,exact",
+    [
+        ([A, B, C, END], "abc", "abc", True),
+        ([A, B, C, END, D, PAD], "abc", "abc", True),  # what follows END is not read
+        ([A, B, C], "abc" + INVALID, "abc", False),  # no END
+        ([A, START, B, C, END], "a" + INVALID + "bc", "abc", False),  # a START inside the output
+        ([A, B, PAD, END], "ab" + INVALID, "ab", False),  # PAD is not an END
+        ([PAD, PAD, PAD], INVALID * 4, "abc", False),  # nothing but padding
+    ],
+    ids=["end", "after-end", "no-end", "start-inside", "pad-before-end", "all-pad"],
+)
+def test_decoded_special_ids_and_missing_end_are_errors(ids, text, target, exact):
+    prediction = VOCAB.decode(ids)
+    assert prediction == text
+    assert (score([prediction], [target])["seq_acc"] == 1.0) is exact
+
+
+def test_decode_refuses_ids_outside_the_vocabulary():
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        VOCAB.decode([A, VOCAB.size, END])
+
+
+def test_decode_cap_is_longest_target_plus_one_for_end():
+    assert decode_steps(["abc"]) == 4
+    assert decode_steps(["ab", "abcde", "a"]) == 6
+
+
+class Scripted(EncoderDecoder):
+    """A weightless model whose step t puts the logits `script[t]` on every row: the decoding
+    loop, the text conversion and the metrics, driven with a known output."""
+
+    def __init__(self, script: np.ndarray) -> None:
+        super().__init__(target_vocab_size=script.shape[1])
+        self.script = np.asarray(script, dtype="float32")
+
+    def start_decoding(self, source, max_steps):
+        return None, ops.zeros((ops.shape(source)[0], 1))
+
+    def decode_step(self, i, previous, state, context):
+        logits = ops.take(ops.convert_to_tensor(self.script), i, axis=0)
+        return ops.broadcast_to(logits[None, :], (ops.shape(previous)[0], self.script.shape[1])), None, state
+
+
+def _script(*steps):
+    """Logits per step: the first id of each step gets 10, the second 5, the rest 0."""
+    out = np.zeros((len(steps), VOCAB.size), dtype="float32")
+    for t, ranked in enumerate(steps):
+        for value, i in zip((10.0, 5.0), ranked):
+            out[t, i] = value
+    return out
+
+
+def _evaluate(script, targets):
+    sources = ["a"] * len(targets)
+    return evaluate(Scripted(script), sources, targets, VOCAB, VOCAB)
+
+
+def test_a_model_that_emits_the_target_and_end_scores_one():
+    result = _evaluate(_script([A], [B], [C], [END], [END], [END]), ["abc", "abc"])
+    assert result["seq_acc"] == 1.0 and result["char_acc"] == 1.0
+
+
+def test_a_model_that_never_ends_scores_zero():
+    result = _evaluate(_script([A], [B], [C], [D], [D], [D]), ["abc"])
+    assert result["seq_acc"] == 0.0
+    assert result["char_acc"] == pytest.approx(3 / 5)  # "abcd", then INVALID for the END missing within the cap of 4 steps
+
+
+def test_a_model_that_stops_early_scores_zero():
+    result = _evaluate(_script([A], [B], [END], [END]), ["abc"])
+    assert result["seq_acc"] == 0.0 and result["char_acc"] == pytest.approx(2 / 3)
+
+
+def test_greedy_decoding_never_emits_pad_or_start():
+    # PAD or START is the top logit at steps 1 and 2; the next best character is taken
+    predictions, _ = decode(Scripted(_script([A], [PAD, B], [START, C], [END])), ["a"], VOCAB, VOCAB, 4)
+    assert predictions == ["abc"]
+
+
+def test_min_steps_keeps_end_out_until_then():
+    model = Scripted(_script([END, A], [END, B], [END, C], [END, D]))
+    tokens = model.greedy_decoder(4, min_steps=2).predict(np.ones((2, 1), "int32"), verbose=0)["tokens"]
+    assert tokens.tolist() == [[A, B, END, PAD]] * 2
+    tokens = model.greedy_decoder(4, min_steps=4).predict(np.ones((1, 1), "int32"), verbose=0)["tokens"]
+    assert tokens.tolist() == [[A, B, C, D]]
