@@ -128,8 +128,12 @@ def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str],
 
 
 def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str]) -> dict:
+    import ray
+
     _prepare_worker(config.backend, config.cell_cpus, plugins)
-    return _run_cell_in_worker(cell, config)
+    record = _run_cell_in_worker(cell, config)
+    record.setdefault("worker", {})["ray_task_id"] = ray.get_runtime_context().get_task_id()  # Ray's own record of the task
+    return record
 
 
 def ray_available() -> bool:

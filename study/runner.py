@@ -150,6 +150,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
         "config": config_to_dict(config),
         "versions": versions(),
         "device": device_name(),
+        "worker": {"host": platform.node(), "pid": os.getpid()},
         "status": "ok",
     }
     splits = make_splits(task, cell.train_lengths, cell.task.eval_lengths, config.train.n_train, config.train.n_validation, config.n_test, cell.seed)
@@ -395,6 +396,8 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
 
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in cells_dir.glob(".*.tmp"):  # a writer killed before its rename; never read as a record
+        leftover.unlink(missing_ok=True)
     grid = study_cells(config)
     selected = select_shard(grid, shard)
     write_json_atomic(out / "study.json", {

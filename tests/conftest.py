@@ -1,5 +1,10 @@
 """Shared test set-up: quiet TensorFlow logs, the TensorFlow backend unless a test picks another,
-the command line as a subprocess, and one smoke study shared by every test that reads it."""
+the `slow` marker, the command line as a subprocess, and one smoke study shared by every test
+that reads it.
+
+    python -m pytest -q -rs                 # everything (what CI runs)
+    python -m pytest -q -rs -m "not slow"   # the fast tier: no training runs or end-to-end studies
+"""
 
 import os
 import subprocess
@@ -12,6 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains models or runs a study end to end (deselect with -m 'not slow')")
 
 
 def run_cli(*args, cwd=ROOT, env=None):

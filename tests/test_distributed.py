@@ -52,6 +52,7 @@ def test_bad_shard_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_slurm_array_shards_then_merge_reproduce_the_single_machine_study(smoke_run, tmp_path):
     """The example job-array scripts, run as SLURM would run them, give the smoke study's metrics."""
     out = tmp_path / "smoke"
@@ -82,6 +83,7 @@ def _copy_results(source, target, keep=None):
         (target / "study.json").write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 def test_merge_accepts_identical_duplicates_prefers_finished_cells_and_names_missing_ones(smoke_run, tmp_path):
     source = smoke_run[0]
     ids = json.loads((source / "study.json").read_text())["cells"]
@@ -101,6 +103,7 @@ def test_merge_accepts_identical_duplicates_prefers_finished_cells_and_names_mis
     assert json.loads((tmp_path / "merged" / "study.json").read_text())["cells"] == ids[:7]
 
 
+@pytest.mark.slow
 def test_conflicting_duplicates_are_reported_and_nothing_is_written(smoke_run, tmp_path):
     source = smoke_run[0]
     _copy_results(source, tmp_path / "a")
@@ -160,16 +163,25 @@ def test_an_address_without_a_cluster_is_a_one_line_error(tmp_path):
 needs_ray = pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install -r requirements-ray.txt); the Ray executor tests need it")
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_executor_gives_the_local_executors_metrics(smoke_run, tmp_path):
     """The smoke profile as Ray tasks on a local instance (ray.init(num_cpus=2))."""
     out = tmp_path / "ray"
-    result = run_cli("--profile", "smoke", "--executor", "ray", "--jobs", "2", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Ray (local instance)" in result.stdout and result.stdout.count("exact-match") == 8  # progress: a line per cell
+    driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--executor", "ray", "--jobs", "2", "--out", str(out)],
+                              cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert "Ray (local instance)" in stdout and stdout.count("exact-match") == 8  # progress: a line per cell
     _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv")
+    workers = [json.loads(p.read_text())["worker"] for p in (out / "cells").glob("*.json")]
+    assert len(workers) == 8 and all(w["pid"] != driver.pid for w in workers)  # trained outside the driver
+    assert len({w["ray_task_id"] for w in workers}) == 8  # each cell one Ray task, by Ray's own ids
+    local = [json.loads(p.read_text())["worker"] for p in (smoke_run[0] / "cells").glob("*.json")]
+    assert not any("ray_task_id" in w for w in local)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_retries_a_cell_whose_worker_died(tmp_path):
     """A worker process that exits mid-cell (here: while generating the cell's data) is replaced

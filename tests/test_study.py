@@ -1,17 +1,19 @@
 """The command line end to end on the smoke profile: every results file, the report redrawn
 from files alone, finished cells skipped, and bad input refused before anything is written."""
 
+import dataclasses
 import json
 
 import pandas as pd
 import pytest
 
 from study.config import ConfigError, build_study_config
-from study.runner import expand_grid
+from study.runner import cell_id, cell_identity, expand_grid
 
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_every_file(smoke_run):
     out, result = smoke_run
     assert f"report: {out / 'report.md'}" in result.stdout
@@ -36,6 +38,7 @@ def test_smoke_study_writes_every_file(smoke_run):
     assert "figures/accuracy_vs_length.png" in report and "95% CI" in report
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells_and_report_redraws(smoke_run):
     out, _ = smoke_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
@@ -190,3 +193,44 @@ def test_bad_config_files_are_one_line_exit_2(tmp_path, text, message):
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def _first_cell_id(config, **cell_changes):
+    cell = dataclasses.replace(expand_grid(config)[0], **cell_changes)
+    return cell_id(cell_identity(cell, config, task_version=1))
+
+
+R = dataclasses.replace
+
+
+@pytest.mark.parametrize(
+    "config_change,cell_change",
+    [
+        (lambda c: c, {"seed": 5}),
+        (lambda c: c, {"model": "dot"}),
+        (lambda c: c, {"train_lengths": (2,)}),
+        (lambda c: R(c, regime="per_length"), {}),
+        (lambda c: R(c, n_test=c.n_test + 1), {}),
+        (lambda c: R(c, backend="jax"), {}),
+        (lambda c: R(c, model=R(c.model, units=c.model.units + 1)), {}),
+        (lambda c: R(c, model=R(c.model, cell="lstm")), {}),
+        (lambda c: R(c, train=R(c.train, learning_rate=c.train.learning_rate / 2)), {}),
+        (lambda c: R(c, train=R(c.train, n_validation=c.train.n_validation + 1)), {}),
+        (lambda c: R(c, train=R(c.train, pad_multiple=c.train.pad_multiple + 1)), {}),
+    ],
+    ids=["seed", "model", "train_lengths", "regime", "n_test", "backend", "units", "cell", "learning_rate", "n_validation", "pad_multiple"],
+)
+def test_a_cell_id_changes_with_every_setting_its_result_depends_on(config_change, cell_change):
+    config = build_study_config("smoke")
+    assert _first_cell_id(config_change(config), **cell_change) != _first_cell_id(config)
+
+
+def test_a_cell_id_changes_with_its_task_plan_and_version_only():
+    config = build_study_config("smoke")
+    cell = expand_grid(config)[0]
+    base = cell_id(cell_identity(cell, config, task_version=1))
+    assert cell_id(cell_identity(cell, config, task_version=2)) != base
+    for plan in (R(cell.task, eval_lengths=(*cell.task.eval_lengths, 99)), R(cell.task, options=(("alphabet", "xyz"),))):
+        assert cell_id(cell_identity(R(cell, task=plan), config, task_version=1)) != base
+    for same in (R(config, jobs=7), R(config, cell_cpus=3), R(config, models=config.models[::-1]), R(config, seeds=(9, *config.seeds))):
+        assert cell_id(cell_identity(cell, same, task_version=1)) == base  # how a study is run, not what a cell is

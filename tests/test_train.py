@@ -1,0 +1,94 @@
+"""The training loop: bucketed batches, the best validation weights restored, and each stop
+reason (target reached, patience, budget) at the epoch its definition gives."""
+
+import keras
+import numpy as np
+import pytest
+
+from study.config import ModelConfig, TrainConfig
+from study.data import make_splits
+from study.evaluate import evaluate
+from study.models import build_model
+from study.tasks import get_task
+from study.train import BUCKET_POOL, bucketed_batches, train_model
+from study.vocab import Vocabulary
+
+pytestmark = pytest.mark.slow  # trains models
+
+
+def test_bucketed_batches_cover_every_example_once_with_similar_lengths():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 100, size=5000)
+    batches = bucketed_batches(sizes, 16, np.random.default_rng(1))
+    order = np.concatenate(batches)
+    assert sorted(order.tolist()) == list(range(5000))  # each example exactly once
+    assert all(1 <= len(b) <= 16 for b in batches)
+    spread = np.mean([np.ptp(sizes[b]) for b in batches])
+    assert spread < 0.2 * np.ptp(sizes)  # a batch holds similar lengths (random batches: about 0.8)
+    again = bucketed_batches(sizes, 16, np.random.default_rng(1))
+    assert all((a == b).all() for a, b in zip(batches, again))  # a pure function of the generator
+    other = bucketed_batches(sizes, 16, np.random.default_rng(2))
+    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(batches, other))
+    assert len(batches) <= 5000 // 16 + 5000 // (16 * BUCKET_POOL) + 1  # only each pool's last batch is short
+
+
+@pytest.fixture(scope="module")
+def copy_data():
+    task = get_task("copy", alphabet="abcd")
+    splits = make_splits(task, [2, 3], [3], n_train=256, n_validation=32, n_test=8, seed=0, cache_dir=None)
+    return splits, Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+
+
+def _train(copy_data, cfg, sabotage_from_epoch=None):
+    """Trains a tiny `dot` model; from `sabotage_from_epoch` on, its weights are zeroed before
+    every update and the learning rate set to 0 (a model that got worse and stays so: all-zero
+    logits, so greedy decoding emits END at once)."""
+    splits, sv, tv = copy_data
+    keras.utils.set_random_seed(0)
+    model = build_model("dot", sv.size, tv.size, ModelConfig(embedding_dim=8, units=16))
+    batches_per_epoch = -(-cfg.n_train // cfg.batch_size)
+    seen = [0]
+
+    def between_batches():
+        seen[0] += 1
+        if sabotage_from_epoch is not None and seen[0] > (sabotage_from_epoch - 1) * batches_per_epoch:
+            model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+            model.optimizer.learning_rate.assign(0.0)
+
+    result = train_model(model, splits.train, splits.validation, sv, tv, cfg, seed=0, progress=False, between_batches=between_batches)
+    return model, result
+
+
+def test_best_validation_weights_are_restored(copy_data):
+    splits, sv, tv = copy_data
+    cfg = TrainConfig(n_train=256, max_epochs=4, batch_size=32, learning_rate=1e-2, patience=4)
+    model, result = _train(copy_data, cfg, sabotage_from_epoch=3)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4] and result.stop_reason == "budget"
+    assert result.history[-1]["val_char_acc"] == 0.0  # the zeroed model emits END at once
+    assert result.best_epoch in (1, 2) and result.history[result.best_epoch - 1]["val_char_acc"] > 0
+    again = evaluate(model, splits.validation.sources, splits.validation.targets, sv, tv)
+    best = result.history[result.best_epoch - 1]
+    assert (again["seq_acc"], again["char_acc"]) == (best["val_seq_acc"], best["val_char_acc"])
+    assert result.best_val_seq_acc == best["val_seq_acc"]
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement(copy_data):
+    cfg = TrainConfig(n_train=256, max_epochs=8, batch_size=32, learning_rate=1e-2, patience=2)
+    _, result = _train(copy_data, cfg, sabotage_from_epoch=2)
+    assert result.best_epoch == 1
+    assert result.stop_reason == "no_improvement" and len(result.history) == 1 + 2
+    assert result.examples_seen == 3 * 256
+
+
+def test_reaching_the_target_accuracy_stops_training(copy_data):
+    cfg = TrainConfig(n_train=256, max_epochs=10, batch_size=32, learning_rate=1e-2, patience=10, target_accuracy=0.05)
+    _, result = _train(copy_data, cfg)
+    accuracies = [row["val_seq_acc"] for row in result.history]
+    assert result.stop_reason == "converged", accuracies
+    assert accuracies[-1] >= 0.05 and all(a < 0.05 for a in accuracies[:-1])  # the first epoch that reached it
+
+
+def test_the_budget_is_n_train_times_max_epochs(copy_data):
+    cfg = TrainConfig(n_train=256, max_epochs=2, batch_size=32, learning_rate=1e-6, patience=5)
+    _, result = _train(copy_data, cfg)
+    assert result.stop_reason == "budget" and result.examples_seen == 2 * 256 and len(result.history) == 2
