@@ -7,7 +7,7 @@
 In one run on one machine it measures
   (a) the project's training throughput: `study.train`'s bucketed batches and
       `train_on_batch` on `Seq2Seq`;
-  (b) the project's greedy decoding: the compiled `fori_loop` decoder, batch 512;
+  (b) the project's greedy decoding: the compiled `while_loop` decoder, batch 512;
   (c) a plain Keras baseline written the way public examples are: a functional
       model (Embedding, GRU encoder, GRU decoder, Keras AdditiveAttention or
       Attention on the decoder outputs, softmax), `model.fit` on numpy arrays at

@@ -57,7 +57,10 @@ class TrainConfig:
     patience: epochs without a better validation exact match (character accuracy
         breaking ties) before stopping.
     target_accuracy: stop once validation exact-match reaches it.
-    n_validation: validation examples (greedy-decoded after every epoch).
+    n_validation: validation examples per training length (greedy-decoded after every
+        epoch, with exact match per length kept in the history; 64 per length gives
+        checkpoint selection a standard error of at most 6 points per length and much less
+        over the whole set).
     pad_multiple: batches are padded to a multiple of this many steps, so the
         compiled step sees few distinct shapes.
     """
@@ -69,7 +72,7 @@ class TrainConfig:
     clipnorm: float = 1.0
     patience: int = 3
     target_accuracy: float = 1.0
-    n_validation: int = 512
+    n_validation: int = 64
     pad_multiple: int = 8
 
     def __post_init__(self) -> None:
@@ -186,7 +189,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1],
         "n_test": 50,
         "model": {"embedding_dim": 16, "units": 32, "attention_size": 16},
-        "train": {"n_train": 1024, "max_epochs": 3, "batch_size": 32, "learning_rate": 0.01, "n_validation": 32, "patience": 3},
+        "train": {"n_train": 1024, "max_epochs": 3, "batch_size": 32, "learning_rate": 0.01, "n_validation": 16, "patience": 3},
     },
     # the default: every core task and model, 3 seeds, evaluation beyond the trained range
     "standard": {

@@ -14,9 +14,13 @@ pickle); the file name and a copy of the key inside it include the task
 version, so a changed generator never reads a stale cache, and a checksum of
 the contents catches a damaged file, which is then regenerated.
 
-Test sets are per evaluation length; no source string of a test set appears in
+Test sets are per evaluation length.  No source string of a test set appears in
 the validation or training split, and none of the validation split appears in
-the training split (duplicates are dropped and redrawn from the same stream).
+the training split, by a fixed partition of the space of sources rather than by
+looking at the other splits: a source's SHA-256 puts it in the test region
+(20% of all sources), the validation region (10%) or the training region (70%),
+and each split keeps only the draws that fall in its own region.  So what is
+evaluated (`eval_lengths`, `n_test`) never changes a training example.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from study.tasks import Task
 log = logging.getLogger(__name__)
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
-FORMAT_VERSION = 1  # bump when the layout of cache files changes
+FORMAT_VERSION = 2  # bump when the layout of cache files or the way splits are drawn changes
 MAX_REDRAW_ROUNDS = 200
+# the share of the space of sources each split draws from: [start, end) of a source's hash in [0, 1)
+REGIONS = {"test": (0.0, 0.2), "validation": (0.2, 0.3), "train": (0.3, 1.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +78,8 @@ class Splits:
     test: dict[int, Dataset]
 
 
-def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int, excluded: Sequence[str] = ()) -> dict:
-    """The identity of one split (JSON-serialisable); `excluded` lists the keys' digests of held-out splits."""
+def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int) -> dict:
+    """The identity of one split (JSON-serialisable): nothing but its own settings."""
     return {
         "format": FORMAT_VERSION,
         "task": task.spec,
@@ -81,8 +87,12 @@ def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int,
         "lengths": sorted(int(x) for x in lengths),
         "n": int(n),
         "seed": int(seed),
-        "excluded": sorted(excluded),
     }
+
+
+def source_region(source: str) -> float:
+    """Where `source` falls in [0, 1): the first 8 bytes of its UTF-8 SHA-256, scaled."""
+    return int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big") / 2**64
 
 
 def key_digest(key: dict) -> str:
@@ -95,10 +105,12 @@ def _rng(key: dict, *extra: int) -> np.random.Generator:
     return np.random.default_rng(entropy)
 
 
-def _generate(task: Task, key: dict, held_out: set[str]) -> Dataset:
-    """Draws `key['n']` examples split evenly over `key['lengths']`, skipping sources in `held_out`."""
+def _generate(task: Task, key: dict) -> Dataset:
+    """Draws `key['n']` examples split evenly over `key['lengths']`, keeping only sources in the
+    split's region (`REGIONS`; splits of other names draw from all sources)."""
     lengths = key["lengths"]
     n = key["n"]
+    lo, hi = REGIONS.get(key["split"], (0.0, 1.0))
     counts = [n // len(lengths) + (1 if i < n % len(lengths) else 0) for i in range(len(lengths))]
     sources: list[str] = []
     targets: list[str] = []
@@ -110,18 +122,18 @@ def _generate(task: Task, key: dict, held_out: set[str]) -> Dataset:
         for _ in range(MAX_REDRAW_ROUNDS):
             if len(got_s) >= count:
                 break
-            s, t = task.sample(rng, count - len(got_s), length)
+            s, t = task.sample(rng, int((count - len(got_s)) / (hi - lo)) + 8, length)  # about enough draws for one round
             for src, tgt in zip(s, t):
-                if src not in held_out:
+                if lo <= source_region(src) < hi:
                     got_s.append(src)
                     got_t.append(tgt)
         else:
             raise ValueError(
-                f"task {task.name!r}: cannot draw {count} {key['split']} examples of length {length} "
-                f"that are not in the held-out splits; the task has too few distinct examples at this length"
+                f"task {task.name!r}: cannot draw {count} {key['split']} examples of length {length} from the "
+                f"{100 * (hi - lo):.0f}% of sources reserved for that split; the task has too few distinct examples at this length"
             )
-        sources += got_s
-        targets += got_t
+        sources += got_s[:count]
+        targets += got_t[:count]
         example_lengths += [length] * count
     return Dataset(sources, targets, np.asarray(example_lengths, dtype=np.int32))
 
@@ -184,19 +196,12 @@ def _write_cache(path: Path, key: dict, data: Dataset) -> None:
         raise
 
 
-def load_split(
-    task: Task,
-    split: str,
-    lengths: Iterable[int],
-    n: int,
-    seed: int,
-    held_out: Sequence[tuple[dict, Dataset]] = (),
-    cache_dir: Path | str | None = DATASETS_DIR,
-) -> tuple[dict, Dataset]:
+def load_split(task: Task, split: str, lengths: Iterable[int], n: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> tuple[dict, Dataset]:
     """Returns (key, dataset) for one split, from the cache when it is there and sound.
 
     Args:
-        held_out: (key, dataset) pairs whose sources must not appear in this split.
+        split: "train", "validation" or "test" draw from their own regions of the sources
+            (`REGIONS`); any other name draws from all of them.
         cache_dir: folder of the cache; None disables caching.
     """
     lengths = sorted(set(int(x) for x in lengths))
@@ -204,12 +209,11 @@ def load_split(
         raise ValueError(f"task {task.name!r}: a {split} split needs at least one length")
     for length in lengths:
         task.check_length(length)
-    key = split_key(task, split, lengths, n, seed, [key_digest(k) for k, _ in held_out])
+    key = split_key(task, split, lengths, n, seed)
     path = cache_path(task, key, Path(cache_dir)) if cache_dir is not None else None
     data = _read_cache(path, key) if path is not None else None
     if data is None:
-        excluded = set().union(*(set(d.sources) for _, d in held_out)) if held_out else set()
-        data = _generate(task, key, excluded)
+        data = _generate(task, key)
         if path is not None:
             _write_cache(path, key, data)
     return key, data
@@ -225,9 +229,11 @@ def make_splits(
     seed: int,
     cache_dir: Path | str | None = DATASETS_DIR,
 ) -> Splits:
-    """Test sets per evaluation length, then validation and training sets over the training
-    lengths, each free of the sources of the splits made before it."""
-    tests = {length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir) for length in sorted(set(eval_lengths))}
-    val = load_split(task, "validation", train_lengths, n_validation, seed, held_out=list(tests.values()), cache_dir=cache_dir)
-    _, train = load_split(task, "train", train_lengths, n_train, seed, held_out=[*tests.values(), val], cache_dir=cache_dir)
-    return Splits(train=train, validation=val[1], test={length: d for length, (_, d) in tests.items()})
+    """A training set of `n_train` examples over the training lengths, a validation set of
+    `n_validation` examples per training length, and a test set of `n_test` examples per
+    evaluation length; each depends only on its own settings (see the module docstring)."""
+    train_lengths = sorted(set(train_lengths))
+    _, train = load_split(task, "train", train_lengths, n_train, seed, cache_dir=cache_dir)
+    _, validation = load_split(task, "validation", train_lengths, n_validation * len(train_lengths), seed, cache_dir=cache_dir)
+    tests = {length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir)[1] for length in sorted(set(eval_lengths))}
+    return Splits(train=train, validation=validation, test=tests)

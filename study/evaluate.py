@@ -1,23 +1,36 @@
-"""Greedy decoding of whole datasets and the metrics of the study.
+"""Greedy decoding of whole datasets and the metrics of the study, all defined here.
 
-    predictions = decode(model, sources, source_vocab, target_vocab, max_steps=33)
+    predictions = decode(model, sources, source_vocab, target_vocab, max_steps=decode_steps(targets))
     metrics = score(predictions, targets)
-    # {"n_examples": 1000, "seq_acc": 0.93, "char_acc": 0.99, "position_acc": [1.0, 0.99, ...]}
+    # {"n_examples": 1000, "seq_acc": 0.93, "char_acc": 0.99, "length_acc": 0.97, ...}
+    metrics = evaluate(model, sources, targets, source_vocab, target_vocab)   # both, plus
+    # "oracle_seq_acc" (exact match when END is held back until the target's length)
 
-`seq_acc` (exact match) is the headline: a prediction counts only when every
-character and its length are right.  `char_acc` is the number of characters
-right at their position over the number of positions either string fills
-(sum of max(len(prediction), len(target))), so missing and extra characters
-both count as errors; `position_acc[i]` the share of examples whose character
-i is right, among those with a target longer than i.  A prediction decoded
-from ids holds U+FFFD where a special id stood or END was missing
-(`study.vocab.INVALID`), which matches no target character.
-All three come from greedy decoding of the model's own outputs; teacher-forced
-numbers are never reported as accuracy here.
+Every metric comes from greedy decoding of the model's own outputs; teacher-forced
+numbers are never reported as accuracy here.  The decoder may run to
+`decode_steps(targets)` = twice the longest target plus 2 steps, so a model that
+does not stop is seen producing extra characters rather than cut off at the
+target's length.  A prediction decoded from ids holds U+FFFD where a special id
+stood or END was missing (`study.vocab.INVALID`), which matches no character.
+
+- `seq_acc` (exact match, the headline): share of predictions equal to their
+  target, every character and the END in place.
+- `char_acc`: characters right at their position over the positions either
+  string fills (sum of max(len(prediction), len(target))), so wrong, missing and
+  extra characters all count as errors.
+- `position_acc[i]`: share of examples whose character i is right, among those
+  whose target is longer than i.
+- `length_acc`, `too_short`, `too_long`: shares of predictions of exactly the
+  target's length, shorter, longer; `mean_prediction_length` in characters.
+- `oracle_seq_acc` (a diagnostic, Newman et al. 2020, "The EOS Decision and Length
+  Extrapolation"): exact match when END is not allowed before the target's length
+  and decoding stops there.  Beside `seq_acc` it separates "knows the content but
+  not where to stop" (high oracle, low exact match) from "lost the content" (both low).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -27,8 +40,9 @@ from study.vocab import Vocabulary
 
 
 def decode_steps(targets: Sequence[str]) -> int:
-    """Decoder steps needed to judge every target: its longest length plus one for END."""
-    return max(len(t) for t in targets) + 1
+    """The decode cap for `targets`: twice the longest target plus 2 (room for END and for
+    over-generation to show)."""
+    return 2 * max(len(t) for t in targets) + 2
 
 
 def decode(
@@ -65,15 +79,37 @@ def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
         positions += max(len(p), len(t))
         hits[: len(t)] += match
         counts[: len(t)] += 1
+    n = len(targets)
+    length_gap = np.array([len(p) - len(t) for p, t in zip(predictions, targets)])
     return {
-        "n_examples": len(targets),
-        "seq_acc": exact / len(targets),
+        "n_examples": n,
+        "seq_acc": exact / n,
         "char_acc": float(right_chars / positions),
+        "length_acc": float(np.mean(length_gap == 0)),
+        "too_short": float(np.mean(length_gap < 0)),
+        "too_long": float(np.mean(length_gap > 0)),
+        "mean_prediction_length": float(np.mean([len(p) for p in predictions])),
         "position_acc": (hits / counts).tolist(),
     }
 
 
+def oracle_exact_match(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> float:
+    """Share of examples whose first len(target) greedy characters equal the target when END
+    is held back for exactly that many steps (Newman et al. 2020); targets of each length
+    are decoded together."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(targets):
+        by_length[len(t)].append(i)
+    right = 0
+    for length, index in by_length.items():
+        source_ids = source_vocab.encode_batch([sources[i] for i in index])
+        tokens = model.greedy_decoder(length, min_steps=length).predict(source_ids, batch_size=batch_size, verbose=0)["tokens"]
+        right += int((tokens == target_vocab.encode_batch([targets[i] for i in index])).all(axis=1).sum())
+    return right / len(targets)
+
+
 def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> dict:
-    """Decodes `sources` greedily and scores the predictions against `targets` (see `score`)."""
+    """Decodes `sources` greedily and scores the predictions against `targets` (`score`), with
+    the oracle-length exact match beside (`oracle_exact_match`)."""
     predictions, _ = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size)
-    return score(predictions, targets)
+    return {**score(predictions, targets), "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size)}

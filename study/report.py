@@ -2,9 +2,11 @@
 
     write_report(Path("results/standard"))   # reads study.json + cells/*.json, writes:
       metrics.csv            one row per cell x evaluation length (tidy: pandas/seaborn ready)
-      summary.csv/.md        mean exact-match per task x model x length, 95% t-interval over seeds;
+      summary.csv/.md        mean exact match per task x setting x model x length with its 95% interval
+                             (INTERVAL_METHOD), the oracle-length and right-length diagnostics;
                              summary.md adds each attention model's difference from `none`, paired by seed
-      figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded
+      figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded;
+                                             a second row with the oracle-length exact match
       figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained length
       figures/attention_maps.{png,svg}       one test example's weights per task x attention model
       figures/training_curves.{png,svg}      validation exact-match vs examples seen
@@ -76,6 +78,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
             "examples_seen": r.get("examples_seen"),
             "param_count": r.get("param_count"),
             "backend": r["backend"],
+            "setting": _setting(r),
         }
         if r["status"] != "ok":
             for length in r["eval_lengths"]:
@@ -91,6 +94,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
                     "n_examples": m["n_examples"],
                     "seq_acc": m["seq_acc"],
                     "char_acc": m["char_acc"],
+                    **{c: m.get(c, math.nan) for c in ("oracle_seq_acc", "length_acc", "too_short", "too_long", "mean_prediction_length")},
                     "mean_source_tokens": m["mean_source_tokens"],
                     "mean_target_tokens": m["mean_target_tokens"],
                 }
@@ -105,55 +109,121 @@ def _model_sort_key(column: pd.Series) -> pd.Series:
     return column
 
 
-def t_interval(values: np.ndarray | pd.Series, lower: float = 0.0, upper: float = 1.0) -> tuple[float, float, float]:
-    """Mean and the 95% Student-t confidence interval over seeds, clipped to [lower, upper]
-    (accuracies by default; NaNs dropped; half-width 0 for one seed)."""
+INTERVAL_METHOD = (
+    "95% interval: Student-t over seeds on the logit scale, its half-width at least the test-set sampling error "
+    "(binomial, delta method), joined with the Clopper-Pearson interval of the pooled counts; one seed: Clopper-Pearson only"
+)
+DIFFERENCE_METHOD = (
+    "95% interval: Student-t over the per-seed differences on the logit scale of (difference + 1) / 2, its half-width "
+    "at least the test-set sampling error of both models; one seed: that sampling error only"
+)
+
+
+def _logit_t(q: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """95% interval in (0, 1) for the centre of proportions q (per seed, inside (0, 1)) whose
+    logits have test-set sampling variance v: a Student-t interval over seeds on the logit
+    scale, its half-width never below the sampling error alone (normal quantile), mapped back."""
+    from scipy import stats
+    from scipy.special import expit, logit
+
+    x = logit(q)
+    m = len(x)
+    sampling = stats.norm.ppf(0.5 + CONFIDENCE / 2) * math.sqrt(float(np.mean(v)) / m)
+    spread = stats.t.ppf(0.5 + CONFIDENCE / 2, m - 1) * float(np.std(x, ddof=1)) / math.sqrt(m) if m > 1 else 0.0
+    half = max(spread, sampling)
+    return float(expit(x.mean() - half)), float(expit(x.mean() + half))
+
+
+def accuracy_interval(accuracies, n_examples) -> tuple[float, float, float]:
+    """Mean accuracy over seeds and its 95% interval (`INTERVAL_METHOD`), inside [0, 1] by
+    construction.  accuracies, n_examples: per seed (NaN: a failed cell, dropped)."""
     from scipy import stats
 
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
+    p = np.asarray(accuracies, dtype=float)
+    n = np.broadcast_to(np.asarray(n_examples, dtype=float), p.shape)
+    keep = ~np.isnan(p) & ~np.isnan(n)
+    p, n = p[keep], n[keep]
+    if len(p) == 0:
         return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, max(lower, mean - half), min(upper, mean + half)
+    k = np.round(p * n)
+    total, trials = k.sum(), n.sum()
+    alpha = 1 - CONFIDENCE
+    lo = 0.0 if total == 0 else float(stats.beta.ppf(alpha / 2, total, trials - total + 1))
+    hi = 1.0 if total == trials else float(stats.beta.ppf(1 - alpha / 2, total + 1, trials - total))
+    if len(p) > 1:
+        t_lo, t_hi = _logit_t((k + 0.5) / (n + 1), 1 / (k + 0.5) + 1 / (n - k + 0.5))
+        lo, hi = min(lo, t_lo), max(hi, t_hi)
+    return float(p.mean()), lo, hi
+
+
+def difference_interval(model_acc, baseline_acc, n_examples) -> tuple[float, float, float]:
+    """Mean per-seed difference model - baseline (paired by seed) and its 95% interval
+    (`DIFFERENCE_METHOD`), inside [-1, 1] by construction."""
+    a, b = np.asarray(model_acc, dtype=float), np.asarray(baseline_acc, dtype=float)
+    n = np.broadcast_to(np.asarray(n_examples, dtype=float), a.shape)
+    keep = ~np.isnan(a) & ~np.isnan(b) & ~np.isnan(n)
+    a, b, n = a[keep], b[keep], n[keep]
+    if len(a) == 0:
+        return math.nan, math.nan, math.nan
+    q = ((a - b + 1) / 2 * n + 0.5) / (n + 1)  # the difference as a proportion, kept off 0 and 1
+    sampling = (np.maximum(a * (1 - a), 0.25 / n) + np.maximum(b * (1 - b), 0.25 / n)) / n  # variance of a - b
+    lo, hi = _logit_t(q, sampling / 4 / (q * (1 - q)) ** 2)  # delta method: d logit(q) / d(a - b) = 1 / (2 q (1 - q))
+    return float((a - b).mean()), 2 * lo - 1, 2 * hi - 1
+
+
+SETTING_FIELDS = ("task", "task_version", "task_options", "regime", "train_lengths", "eval_lengths", "train_config", "n_test", "backend")
+
+
+def _setting(record: dict) -> str:
+    """What defines a cell besides its seed and model, as a short hash: rows of one setting
+    are compared; different settings are never averaged together."""
+    import hashlib
+
+    fields = {f: record.get(f) for f in SETTING_FIELDS}
+    fields["model_size"] = {k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per task x model x (training range) x length: seeds, mean exact-match and its 95% interval."""
-    keys = ["task", "model", "train_min", "train_max", "length", "in_training_range"]
+    """Per task x setting x model x (training range) x length: the seeds behind the row, mean
+    exact match and its 95% interval (`accuracy_interval`), and the means of the diagnostics."""
+    keys = ["task", "setting", "model", "train_min", "train_max", "length", "in_training_range"]
     rows = []
     for key, group in metrics.groupby(keys, sort=False):
-        mean, lo, hi = t_interval(group["seq_acc"])
-        rows.append({**dict(zip(keys, key)), "seeds": int(group["seq_acc"].notna().sum()), "n_examples": group.get("n_examples", pd.Series([np.nan])).max(), "seq_acc_mean": mean, "seq_acc_ci_low": lo, "seq_acc_ci_high": hi})
+        n = group["n_examples"] if "n_examples" in group else pd.Series(np.nan, index=group.index)
+        mean, lo, hi = accuracy_interval(group["seq_acc"], n)
+        extra = {f"{c}_mean": float(group[c].mean()) if c in group and group[c].notna().any() else math.nan for c in ("oracle_seq_acc", "length_acc", "char_acc")}
+        rows.append({**dict(zip(keys, key)), "seeds": int(group["seq_acc"].notna().sum()), "n_examples": n.max(),
+                     "seq_acc_mean": mean, "seq_acc_ci_low": lo, "seq_acc_ci_high": hi, **extra})
     return pd.DataFrame(rows)
 
 
 def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
-    """Per task x training range x length x model: exact match minus the `baseline` model's,
-    paired by seed (same data), with its mean and 95% Student-t interval over seeds."""
-    keys = ["task", "train_min", "train_max", "length"]
+    """Per task x setting x training range x length x model: exact match minus the `baseline`
+    model's, paired by seed (same data), with its mean and 95% interval (`difference_interval`)."""
+    keys = ["task", "setting", "train_min", "train_max", "length"]
     rows = []
     for key, group in metrics.groupby(keys, sort=False):
         by_model = group.pivot_table(index="seed", columns="model", values="seq_acc", aggfunc="first", dropna=False)
         if baseline not in by_model.columns:
             continue
+        n = group.groupby("seed")["n_examples"].max().reindex(by_model.index) if "n_examples" in group else pd.Series(np.nan, index=by_model.index)
         for model in by_model.columns:
             if model == baseline:
                 continue
-            diff = (by_model[model] - by_model[baseline]).to_numpy(dtype=float)
-            mean, lo, hi = t_interval(diff, lower=-1.0, upper=1.0)
-            rows.append({**dict(zip(keys, key)), "model": model, "seeds": int(np.sum(~np.isnan(diff))), "diff_mean": mean, "diff_ci_low": lo, "diff_ci_high": hi})
+            mean, lo, hi = difference_interval(by_model[model], by_model[baseline], n)
+            seeds = int((by_model[model].notna() & by_model[baseline].notna()).sum())
+            rows.append({**dict(zip(keys, key)), "model": model, "seeds": seeds, "diff_mean": mean, "diff_ci_low": lo, "diff_ci_high": hi})
     return pd.DataFrame(rows)
 
 
-def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: str, signed: bool, missing: str) -> list[str]:
-    """Markdown rows: one per model, one column per length (* marks trained lengths), each cell
-    'mean [low, high]' in percent from the columns `<prefix>_mean`, `_ci_low`, `_ci_high`."""
+def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: str, signed: bool, missing: str, interval: bool = True) -> list[str]:
+    """Markdown rows: one per model with the seeds behind it, one column per length (* marks
+    trained lengths), each cell 'mean [low, high]' in percent from the columns `<prefix>_mean`,
+    `_ci_low`, `_ci_high` ('mean' alone without `interval`, or for a one-seed row with
+    `signed`, whose interval holds sampling error only and is still shown)."""
     pattern = "{:+.1f} [{:+.1f}, {:+.1f}]" if signed else "{:.1f} [{:.1f}, {:.1f}]"
-    lines = ["| model | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    lines = ["| model | seeds | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 2) + "|"]
     for model, rows in frame.groupby("model", sort=False):
         by_length = rows.set_index("length")
         cells = []
@@ -161,37 +231,81 @@ def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: 
             if L not in by_length.index or math.isnan(by_length.loc[L, f"{prefix}_mean"]):
                 cells.append(missing)
                 continue
-            values = (round(100 * by_length.loc[L, f"{prefix}_{part}"], 1) + 0.0 for part in ("mean", "ci_low", "ci_high"))  # + 0.0: no "-0.0"
-            cells.append(pattern.format(*values))
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+            parts = ("mean", "ci_low", "ci_high") if interval else ("mean",)
+            values = [round(100 * by_length.loc[L, f"{prefix}_{part}"], 1) + 0.0 for part in parts]  # + 0.0: no "-0.0"
+            cells.append(pattern.format(*values) if interval else f"{values[0]:.1f}")
+        seeds = sorted(set(int(x) for x in rows["seeds"]))
+        lines.append(f"| {model} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _examples_note(n: float) -> str:
-    """How many test examples stand behind each number, and the sampling error they allow."""
+    """How many test examples stand behind each number."""
     if math.isnan(n):
         return "? test examples per length and seed"
     return f"{int(n)} test examples per length and seed (standard error of one seed's exact match at most {50 / math.sqrt(n):.1f} points)"
 
 
-def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
-    """Accuracy-vs-length tables, one per task, each followed by the differences from `none`
-    when given."""
+def _setting_names(summary: pd.DataFrame, records_by_setting: dict[str, dict]) -> dict[str, str]:
+    """A caption for each setting of a task that has more than one: the fields that differ."""
+    names = {}
+    for task, group in summary.groupby("task", sort=False):
+        settings = list(dict.fromkeys(group["setting"]))
+        if len(settings) < 2:
+            continue
+        flat = {s: _flatten({f: records_by_setting[s].get(f) for f in SETTING_FIELDS}) if s in records_by_setting else {} for s in settings}
+        differing = sorted(k for k in set().union(*flat.values()) if len({json.dumps(flat[s].get(k), default=str) for s in settings}) > 1)
+        for s in settings:
+            names[s] = f"setting {s}: " + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4])
+    return names
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None, records: list[dict] | None = None) -> str:
+    """Accuracy-vs-length tables, one per task and setting, each followed by the diagnostics and,
+    when given, the differences from `none`.  A task run under several settings (a merge of
+    different configurations) gets one table per setting, captioned with what differs."""
+    names = _setting_names(summary, {_setting(r): r for r in records or []})
     parts = []
-    for (task, lo, hi), group in summary.groupby(["task", "train_min", "train_max"], sort=False):
+    for (task, setting, lo, hi), group in summary.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
-        lines = [f"### {task} (trained on lengths {lo}..{hi}; exact-match %, mean [95% CI] over seeds)", ""]
+        label = f"; {names[setting]}" if setting in names else ""
+        lines = [f"### {task} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)", ""]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed")
         n = group["n_examples"].max()
-        seeds = group["seeds"].max()
-        lines += ["", f"{int(seeds)} seeds, {_examples_note(n)}; * = inside the trained range.", ""]
+        lines += ["", f"{_examples_note(n)}; {INTERVAL_METHOD}; * = inside the trained range.", ""]
+        if group["oracle_seq_acc_mean"].notna().any():
+            lines += ["Diagnostics (means over seeds): oracle-length exact match %, END held back until the target's length "
+                      "(Newman et al. 2020) / share of predictions of the right length %:", ""]
+            oracle, right = (_length_table(group.assign(diag_mean=group[column]), lengths, lo, hi, "diag", signed=False, missing="failed", interval=False)
+                             for column in ("oracle_seq_acc_mean", "length_acc_mean"))
+            lines += _pair_rows(oracle, right) + [""]
         if differences is not None and len(differences):
-            d = differences[(differences["task"] == task) & (differences["train_min"] == lo) & (differences["train_max"] == hi)]
+            d = differences[(differences["task"] == task) & (differences["setting"] == setting) & (differences["train_min"] == lo) & (differences["train_max"] == hi)]
             if len(d):
-                lines += ["Difference from `none` in exact match (percentage points; mean [95% Student-t interval] of the per-seed differences, paired by seed):", ""]
+                lines += [f"Difference from `none` in exact match (percentage points, mean over seeds, paired by seed; {DIFFERENCE_METHOD}):", ""]
                 lines += _length_table(d, lengths, lo, hi, "diff", signed=True, missing="n/a") + [""]
         parts.append("\n".join(lines))
     return "\n".join(parts)
+
+
+def _pair_rows(first: list[str], second: list[str]) -> list[str]:
+    """Two tables of the same shape as one, each cell 'a / b'."""
+    out = first[:2]
+    for a, b in zip(first[2:], second[2:]):
+        ca, cb = a.strip("|").split("|"), b.strip("|").split("|")
+        cells = ca[:2] + [f" {x.strip()} / {y.strip()} " for x, y in zip(ca[2:], cb[2:])]
+        out.append("|" + "|".join(cells) + "|")
+    return out
 
 
 def _save(fig, figures: Path, name: str) -> list[str]:
@@ -214,34 +328,45 @@ def _palette(models: list[str]) -> dict:
     return {m: colours[i] for i, m in enumerate(models)}
 
 
-def plot_accuracy_vs_length(metrics: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
+def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
+    """Top row: exact match per length, mean and 95% interval band (`accuracy_interval`) per
+    model; bottom row: the oracle-length exact match diagnostic (mean over seeds)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
-    tasks = list(dict.fromkeys(metrics["task"]))
-    models = list(dict.fromkeys(metrics["model"]))
+    tasks = list(dict.fromkeys(summary["task"]))
+    models = list(dict.fromkeys(summary["model"]))
+    palette = _palette(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
-    per_length = (metrics["regime"] == "per_length").any()
-    for ax, task in zip(axes[0], tasks):
-        data = metrics[metrics["task"] == task].assign(exact_match=lambda d: 100 * d["seq_acc"])
+    per_length = any(r.get("regime") == "per_length" for r in records)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.0), squeeze=False, sharex="col")
+    for j, task in enumerate(tasks):
+        data = summary[summary["task"] == task]
         lo, hi = data["train_min"].min(), data["train_max"].max()
         if per_length:  # one model per length: each evaluated at its own training length
             data = data[data["length"] == data["train_max"]]
-        ax.axvspan(lo, hi, color="0.92", zorder=0, label="trained lengths")
-        sns.lineplot(
-            data=data, x="length", y="exact_match", hue="model", hue_order=models, palette=_palette(models),
-            errorbar=lambda v: tuple(100 * b for b in t_interval(np.asarray(v) / 100)[1:]), err_kws={"alpha": 0.15}, marker="o", ax=ax, legend=ax is axes[0][-1],
-        )
-        ax.set(title=task, xlabel=f"input length ({units.get(task, 'length')})", ylabel="exact match (%)", ylim=(-3, 103))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lengths are whole symbols or dates
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    if axes[0][-1].get_legend() is not None:
-        axes[0][-1].get_legend().remove()
+        for i, (column, label) in enumerate((("seq_acc_mean", "exact match (%)"), ("oracle_seq_acc_mean", "oracle-length exact match (%)"))):
+            ax = axes[i][j]
+            ax.axvspan(lo, hi, color="0.92", zorder=0)
+            for model in models:
+                d = data[data["model"] == model].groupby("length").mean(numeric_only=True).sort_index()
+                if d.empty or d[column].isna().all():
+                    continue
+                ax.plot(d.index, 100 * d[column], marker="o", color=palette[model], label=model)
+                if i == 0:
+                    ax.fill_between(d.index, 100 * d["seq_acc_ci_low"], 100 * d["seq_acc_ci_high"], color=palette[model], alpha=0.15, linewidth=0)
+            ax.set(title=task if i == 0 else "", xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 103))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lengths are whole symbols or dates
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
     regime = ", one model trained per length" if per_length else ""
-    fig.suptitle(f"Greedy-decoded exact match vs input length (mean and 95% t-interval over seeds{regime})")
+    fig.suptitle(f"Greedy-decoded exact match vs input length (grey: trained lengths; bands: 95% interval over seeds{regime});\n"
+                 "below, the oracle-length diagnostic: END held back until the target's length")
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")
 
@@ -352,11 +477,11 @@ def write_report(out: Path) -> Path:
     metrics.to_csv(out / "metrics.csv", index=False)
     summary = summary_frame(metrics)
     summary.to_csv(out / "summary.csv", index=False)
-    table = summary_markdown(summary, difference_frame(metrics))
+    table = summary_markdown(summary, difference_frame(metrics), records)
     (out / "summary.md").write_text(table)
     figures = out / "figures"
     images = {
-        "Accuracy vs length": plot_accuracy_vs_length(metrics, records, figures),
+        "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
         "Accuracy per output position": plot_position_accuracy(records, figures),
         "Attention maps": plot_attention_maps(records, figures),
         "Training curves": plot_training_curves(records, figures),

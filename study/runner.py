@@ -132,7 +132,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     import numpy as np
 
     from study.data import make_splits
-    from study.evaluate import decode, decode_steps, score
+    from study.evaluate import decode, decode_steps, oracle_exact_match, score
     from study.models import build_model, get_model_spec
     from study.tasks import get_task
     from study.train import check_memory, estimate_training_bytes, train_model
@@ -186,6 +186,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
             "length": length,
             "in_training_range": lo <= length <= hi,
             **score(predictions, test.targets),
+            "oracle_seq_acc": oracle_exact_match(model, test.sources, test.targets, sv, tv),
             "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
             "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
             "decode_seconds": time.perf_counter() - t0,

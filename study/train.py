@@ -4,10 +4,16 @@
     result.stop_reason      # "converged", "no_improvement", "budget" or "diverged: ..."
     result.history          # one dict per epoch: loss, val_seq_acc, val_char_acc, examples_seen, seconds
 
-Teacher forcing with masked sparse cross-entropy (target padding has weight 0
-and the loss is averaged over real target characters only), Adam with gradient
+Teacher forcing with masked sparse cross-entropy, Adam with gradient
 clipping, and a budget of at most `n_train * max_epochs` examples, the same for
-every model of a comparison.  After every epoch the validation set is decoded
+every model of a comparison.  The loss is per target character (END included)
+with one fixed weight for the whole run: each batch's summed cross-entropy is
+divided by `tokens_per_batch` = batch_size x the training set's mean target
+length, not by the batch's own count, so every character weighs the same in
+every update whatever the length bucket or the size of the epoch's last,
+partial batch (a batch's own average would weigh the characters of short or
+small batches more, and change the objective with `batch_size` and bucketing).
+After every epoch the validation set is decoded
 greedily; the weights with the best validation exact-match (character
 accuracy breaking ties, so a model still at 0% exact match but learning is not
 cut short) are kept and restored at the end, and training stops early when
@@ -34,7 +40,7 @@ from tqdm.auto import tqdm
 
 from study.config import ModelConfig, TrainConfig
 from study.data import Dataset
-from study.evaluate import evaluate
+from study.evaluate import decode, decode_steps, score
 from study.models.base import EncoderDecoder
 from study.vocab import END, PAD, START, Vocabulary, pad
 
@@ -106,8 +112,13 @@ class EncodedSet:
     def build(cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary) -> "EncodedSet":
         return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), END] for t in data.targets])
 
-    def batch(self, index: np.ndarray, multiple: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
-        """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to `multiple`."""
+    def tokens_per_batch(self, batch_size: int) -> float:
+        """The loss normaliser: target characters (END included) in an average full batch."""
+        return batch_size * float(np.mean([len(t) - 1 for t in self.targets]))
+
+    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to
+        `multiple`; weights are `token_weight` on every target character and END, 0 on padding."""
         src = [self.sources[i] for i in index]
         tgt = [self.targets[i] for i in index]
         s_len = _round_up(max(map(len, src)), multiple)
@@ -115,7 +126,7 @@ class EncodedSet:
         source = pad(src, s_len)
         decoder_inputs = pad([t[:-1] for t in tgt], t_len)
         decoder_targets = pad([t[1:] for t in tgt], t_len)
-        return (source, decoder_inputs), decoder_targets, (decoder_targets != PAD).astype("float32")
+        return (source, decoder_inputs), decoder_targets, (decoder_targets != PAD).astype("float32") * np.float32(token_weight)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -135,10 +146,11 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
-    """Adam with clipping and masked cross-entropy averaged over real target characters."""
+    """Adam with clipping, and cross-entropy summed with the batch's weights (`EncodedSet.batch`
+    gives each target character the weight 1 / tokens_per_batch, padding 0)."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
     )
 
 
@@ -170,6 +182,7 @@ def train_model(
     compile_model(model, cfg)
     encoded = EncodedSet.build(train, source_vocab, target_vocab)
     sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
+    tokens_per_batch = encoded.tokens_per_batch(cfg.batch_size)
     rng = np.random.default_rng(seed)
     history: list[dict] = []
     best_score, best_epoch, best_weights = (-1.0, -1.0), 0, None
@@ -182,26 +195,29 @@ def train_model(
         for index in bar:
             if between_batches is not None:
                 between_batches()
-            x, y, w = encoded.batch(index, cfg.pad_multiple)
-            loss = float(model.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])
+            x, y, w = encoded.batch(index, cfg.pad_multiple, 1 / tokens_per_batch)
+            loss = float(model.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])  # summed loss / tokens_per_batch
             examples_seen += len(index)
             if not math.isfinite(loss):
                 stop_reason = f"diverged: loss became {loss} at epoch {epoch} after {examples_seen} examples"
                 break
-            losses.append(loss)
-            counts.append(w.sum())
+            losses.append(loss * tokens_per_batch)  # summed cross-entropy of the batch
+            counts.append(int((y != PAD).sum()))
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()
         if stop_reason.startswith("diverged"):
             break
-        val = evaluate(model, validation.sources, validation.targets, source_vocab, target_vocab)
+        predictions, _ = decode(model, validation.sources, source_vocab, target_vocab, decode_steps(validation.targets))
+        val = score(predictions, validation.targets)
+        right = np.array([p == t for p, t in zip(predictions, validation.targets)])
         row = {
             "epoch": epoch,
             "examples_seen": examples_seen,
-            "loss": float(np.average(losses, weights=counts)),
+            "loss": float(np.sum(losses) / np.sum(counts)),  # mean cross-entropy per target character
             "val_seq_acc": val["seq_acc"],
             "val_char_acc": val["char_acc"],
+            "val_seq_acc_by_length": {int(L): float(right[validation.lengths == L].mean()) for L in np.unique(validation.lengths)},
             "seconds": time.perf_counter() - started,
         }
         history.append(row)

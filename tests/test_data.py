@@ -47,11 +47,23 @@ def test_splits_are_deterministic_and_disjoint(tmp_path, name):
     assert not held_out & set(a.train.sources)
     assert not set(a.test[2].sources) & set(a.validation.sources)
     assert sorted(set(a.train.lengths.tolist())) == [1, 2, 3] and len(a.train) == 600
-    assert set(a.test[5].lengths.tolist()) == {5}
+    assert len(a.validation) == 3 * 60 and sorted(set(a.validation.lengths.tolist())) == [1, 2, 3]
+    assert set(a.test[5].lengths.tolist()) == {5} and len(a.test[5]) == 100
+
+
+@pytest.mark.parametrize("name", ["copy", "date_format"])
+def test_training_data_do_not_depend_on_what_is_evaluated(name):
+    task = get_task(name)
+    base = data.make_splits(task, [1, 2, 3], [3], n_train=300, n_validation=20, n_test=50, seed=0, cache_dir=None)
+    for eval_lengths, n_test in (([3, 8], 50), ([3], 51), ([1, 2, 3, 4, 6], 200)):
+        other = data.make_splits(task, [1, 2, 3], eval_lengths, n_train=300, n_validation=20, n_test=n_test, seed=0, cache_dir=None)
+        assert other.train.sources == base.train.sources and other.train.targets == base.train.targets
+        assert other.validation.sources == base.validation.sources
+        assert not set(other.train.sources) & set().union(*(set(d.sources) for d in other.test.values()))
 
 
 def test_copy_at_length_one_cannot_escape_the_held_out_set(tmp_path):
-    task = get_task("copy", alphabet="ab")
+    task = get_task("copy", alphabet="ab")  # 2 sources of length 1: too few for three regions
     with pytest.raises(ValueError, match="too few distinct examples"):
         data.make_splits(task, [1], [1], n_train=10, n_validation=2, n_test=50, seed=0, cache_dir=None)
 

@@ -74,9 +74,15 @@ def test_decode_refuses_ids_outside_the_vocabulary():
         VOCAB.decode([A, VOCAB.size, END])
 
 
-def test_decode_cap_is_longest_target_plus_one_for_end():
-    assert decode_steps(["abc"]) == 4
-    assert decode_steps(["ab", "abcde", "a"]) == 6
+def test_decode_cap_leaves_room_for_end_and_for_over_generation():
+    assert decode_steps(["abc"]) == 8
+    assert decode_steps(["ab", "abcde", "a"]) == 12
+
+
+def test_length_shares_and_mean_predicted_length():
+    result = score(["abc", "ab", "abcd", "xyz"], ["abc", "abc", "abc", "abc"])
+    assert (result["length_acc"], result["too_short"], result["too_long"]) == (0.5, 0.25, 0.25)
+    assert result["mean_prediction_length"] == 3.0
 
 
 class Scripted(EncoderDecoder):
@@ -90,8 +96,8 @@ class Scripted(EncoderDecoder):
     def start_decoding(self, source, max_steps):
         return None, ops.zeros((ops.shape(source)[0], 1))
 
-    def decode_step(self, i, previous, state, context):
-        logits = ops.take(ops.convert_to_tensor(self.script), i, axis=0)
+    def decode_step(self, i, previous, state, context):  # the script's last row repeats
+        logits = ops.take(ops.convert_to_tensor(self.script), ops.minimum(i, len(self.script) - 1), axis=0)
         return ops.broadcast_to(logits[None, :], (ops.shape(previous)[0], self.script.shape[1])), None, state
 
 
@@ -115,9 +121,18 @@ def test_a_model_that_emits_the_target_and_end_scores_one():
 
 
 def test_a_model_that_never_ends_scores_zero():
-    result = _evaluate(_script([A], [B], [C], [D], [D], [D]), ["abc"])
-    assert result["seq_acc"] == 0.0
-    assert result["char_acc"] == pytest.approx(3 / 5)  # "abcd", then INVALID for the END missing within the cap of 4 steps
+    result = _evaluate(_script([A], [B], [C], [D]), ["abc"])
+    assert result["seq_acc"] == 0.0 and result["too_long"] == 1.0
+    # "abcddddd" within the cap of 8 steps, then INVALID for the missing END: 3 of 9 positions right
+    assert result["char_acc"] == pytest.approx(3 / 9) and result["mean_prediction_length"] == 9
+    assert result["oracle_seq_acc"] == 1.0  # it knows the content, not where to stop
+
+
+def test_oracle_length_exact_match_holds_end_back_until_the_targets_length():
+    # END is the top choice at every step, the target's characters the second
+    result = _evaluate(_script([END, A], [END, B], [END, C], [END, D]), ["abc", "ab", "abcd", "abd"])
+    assert result["seq_acc"] == 0.0 and result["too_short"] == 1.0
+    assert result["oracle_seq_acc"] == 0.75  # "abc", "ab", "abcd" right; "abd" is not what it writes
 
 
 def test_a_model_that_stops_early_scores_zero():

@@ -6,20 +6,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.report import t_interval, write_report
+from study.report import accuracy_interval, difference_interval, write_report
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells"))  # the committed reference studies
 
 
-def test_t_interval_on_accuracies():
-    mean, lo, hi = t_interval(np.array([0.90, 0.95, 1.00]))
-    assert mean == pytest.approx(0.95)
-    assert 0.0 <= lo < 0.95 < hi <= 1.0
-    assert hi == 1.0  # clipped: an accuracy cannot exceed 1
-    assert t_interval(np.array([0.5])) == (0.5, 0.5, 0.5)
-    assert t_interval(np.array([0.2, np.nan, 0.2]))[1:] == (0.2, 0.2)  # failed cells are dropped
-    assert np.isnan(t_interval(np.array([np.nan]))[0])
+def test_accuracy_intervals_stay_inside_0_100_and_include_sampling_error():
+    mean, lo, hi = accuracy_interval([0.0, 0.0, 0.0], 1000)  # 0 of 1,000 in every seed
+    assert mean == 0.0 and lo == 0.0 and 0.0005 < hi < 0.01  # not [0, 0]: the test set is finite
+    mean, lo, hi = accuracy_interval([0.65, 0.84, 0.99], 1000)  # spread near 100: no clipping needed
+    assert mean == pytest.approx(0.8267, abs=1e-4) and 0 < lo < 0.65 and 0.99 < hi < 1.0
+    mean, lo, hi = accuracy_interval([0.5], 1000)  # one seed: test-set sampling only, not zero width
+    assert (lo, hi) == pytest.approx((0.4685, 0.5315), abs=1e-3)
+    assert accuracy_interval([0.2, np.nan, 0.2], 1000)[0] == pytest.approx(0.2)  # failed cells are dropped
+    assert np.isnan(accuracy_interval([np.nan], 1000)[0])
+    mean, lo, hi = difference_interval([1.0, 1.0, 0.98], [0.0, 0.0, 0.0], 1000)
+    assert mean == pytest.approx(0.9933, abs=1e-4) and 0 < lo < 0.98 and 0.99 < hi < 1.0  # inside +-100 by construction
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+@pytest.mark.parametrize("accuracy", [0.001, 0.02, 0.5, 0.9, 0.99, 0.999])
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_accuracy_interval_coverage_by_simulation(seeds, accuracy, spread):
+    """Seeds' true accuracies are logit-normal around `accuracy` (sd `spread` on the logit scale),
+    each scored on 1,000 test examples; the interval must hold the mean true accuracy in about
+    95% of 600 simulated studies (binomial noise of the estimate: about 1 point)."""
+    from scipy.special import expit, logit
+
+    rng = np.random.default_rng(int(1000 * accuracy) + seeds + int(10 * spread))
+    target = expit(logit(accuracy) + spread * rng.standard_normal(200_000)).mean()
+    covered = 0
+    for _ in range(600):
+        true = expit(logit(accuracy) + spread * rng.standard_normal(seeds))
+        _, lo, hi = accuracy_interval(rng.binomial(1000, true) / 1000, 1000)
+        covered += lo <= target <= hi
+    assert 0.92 <= covered / 600 <= 1.0
 
 
 def test_a_reference_study_is_committed():
@@ -46,13 +68,38 @@ def test_differences_from_none_are_paired_by_seed():
     rows = []
     for seed, (none, dot) in enumerate([(0.10, 0.60), (0.30, 0.70), (0.20, 0.80)]):
         for model, acc in (("none", none), ("dot", dot)):
-            rows.append({"task": "copy", "train_min": 4, "train_max": 8, "length": 8, "model": model, "seed": seed, "seq_acc": acc})
+            rows.append({"task": "copy", "setting": "s", "train_min": 4, "train_max": 8, "length": 8, "model": model, "seed": seed, "seq_acc": acc, "n_examples": 1000})
     diff = difference_frame(pd.DataFrame(rows))
     assert list(diff["model"]) == ["dot"]
     row = diff.iloc[0]
     assert row.diff_mean == pytest.approx(0.5) and row.seeds == 3
-    # paired: the per-seed differences (0.5, 0.4, 0.6) vary far less than either model
-    assert row.diff_ci_high - row.diff_ci_low == pytest.approx(2 * 4.302653 * 0.1 / 3**0.5, rel=1e-4)
+    # paired: the per-seed differences (0.5, 0.4, 0.6) vary far less than either model (0.1-0.3, 0.6-0.8)
+    assert 0.2 < row.diff_ci_low < 0.5 < row.diff_ci_high < 0.8
+    unpaired = difference_frame(pd.DataFrame([{**r, "seq_acc": r["seq_acc"] if r["model"] == "none" else [0.8, 0.6, 0.7][r["seed"]]} for r in rows]))
+    assert unpaired.iloc[0].diff_ci_high - unpaired.iloc[0].diff_ci_low > row.diff_ci_high - row.diff_ci_low
+
+
+def test_rows_of_different_settings_are_never_averaged(tmp_path):
+    """Two folders with the same task and model under different budgets merge into two labelled
+    tables, each with its own seeds, not into one row with twice the seeds."""
+    import json
+
+    copy = tmp_path / "two"
+    shutil.copytree(RESULTS / "reference", copy)
+    ids = json.loads((copy / "study.json").read_text())["cells"]
+    for cid in ids[: len(ids) // 2]:  # half the cells, as if run with another learning rate
+        path = copy / "cells" / f"{cid}.json"
+        record = json.loads(path.read_text())
+        record["train_config"]["learning_rate"] = 0.5
+        path.write_text(json.dumps(record))
+    write_report(copy)
+    summary = (copy / "summary.md").read_text()
+    assert "train_config.learning_rate = 0.5" in summary and "train_config.learning_rate = 0.002" in summary
+    import pandas as pd
+
+    table = pd.read_csv(copy / "summary.csv")
+    assert table.groupby(["task", "model", "length"])["setting"].nunique().max() == 2
+    assert table["seeds"].max() == 3  # never 6
 
 
 def test_report_with_a_failed_first_cell(tmp_path):

@@ -258,7 +258,8 @@ FAILS_AT_LENGTH_3 = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_retried(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2], ids=["in-process", "worker-processes"])
+def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_retried(tmp_path, jobs):
     """Cells of training lengths 2, 3 and 4 in that order: the middle one fails, the last one
     still runs; the next run retries exactly the failed cell."""
     plugin = tmp_path / "fails_at_three.py"
@@ -269,6 +270,7 @@ def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_r
         models = ["none"]
         seeds = [0]
         regime = "per_length"
+        jobs = {jobs}
         [tasks.fails_at_three]
         train_lengths = [2, 3, 4]
         eval_lengths = [4]

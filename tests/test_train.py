@@ -1,5 +1,6 @@
-"""The training loop: bucketed batches, the best validation weights restored, and each stop
-reason (target reached, patience, budget) at the epoch its definition gives."""
+"""The training loop: bucketed batches, a loss in which every target character weighs the same,
+the best validation weights restored, each stop reason (target reached, patience, budget) at
+the epoch its definition gives, and validation exact match per length in the history."""
 
 import keras
 import numpy as np
@@ -10,10 +11,9 @@ from study.data import make_splits
 from study.evaluate import evaluate
 from study.models import build_model
 from study.tasks import get_task
-from study.train import BUCKET_POOL, bucketed_batches, train_model
+from study.train import BUCKET_POOL, EncodedSet, bucketed_batches, compile_model, train_model
 from study.vocab import Vocabulary
 
-pytestmark = pytest.mark.slow  # trains models
 
 
 def test_bucketed_batches_cover_every_example_once_with_similar_lengths():
@@ -39,6 +39,27 @@ def copy_data():
     return splits, Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
 
 
+def test_every_target_character_weighs_the_same_in_every_batch(copy_data):
+    """A partial or short batch does not weigh its characters more: the loss of a batch is the
+    sum of the losses of its parts, with one weight per target character for the whole run."""
+    splits, sv, tv = copy_data
+    encoded = EncodedSet.build(splits.train, sv, tv)
+    per_batch = encoded.tokens_per_batch(32)
+    assert per_batch == pytest.approx(32 * np.mean([len(t) + 1 for t in splits.train.targets]))
+    keras.utils.set_random_seed(0)
+    model = build_model("dot", sv.size, tv.size, ModelConfig(embedding_dim=8, units=16))
+    compile_model(model, TrainConfig(batch_size=32))
+
+    def loss(index):
+        x, y, w = encoded.batch(np.asarray(index), 8, 1 / per_batch)
+        assert set(np.unique(w[y != 0])) == {np.float32(1 / per_batch)} and (w[y == 0] == 0).all()
+        return float(model.loss(y, model(x), sample_weight=w))
+
+    order = np.argsort(splits.train.lengths, kind="stable")
+    short, long, partial = order[:32], order[-32:], order[100:105]
+    assert loss(np.concatenate([short, long, partial])) == pytest.approx(loss(short) + loss(long) + loss(partial), rel=1e-5)
+
+
 def _train(copy_data, cfg, sabotage_from_epoch=None):
     """Trains a tiny `dot` model; from `sabotage_from_epoch` on, its weights are zeroed before
     every update and the learning rate set to 0 (a model that got worse and stays so: all-zero
@@ -59,6 +80,7 @@ def _train(copy_data, cfg, sabotage_from_epoch=None):
     return model, result
 
 
+@pytest.mark.slow
 def test_best_validation_weights_are_restored(copy_data):
     splits, sv, tv = copy_data
     cfg = TrainConfig(n_train=256, max_epochs=4, batch_size=32, learning_rate=1e-2, patience=4)
@@ -70,8 +92,15 @@ def test_best_validation_weights_are_restored(copy_data):
     best = result.history[result.best_epoch - 1]
     assert (again["seq_acc"], again["char_acc"]) == (best["val_seq_acc"], best["val_char_acc"])
     assert result.best_val_seq_acc == best["val_seq_acc"]
+    splits, sv, tv = copy_data
+    for row in result.history:  # exact match per training length, consistent with the whole
+        by_length = row["val_seq_acc_by_length"]
+        assert sorted(by_length) == [2, 3]
+        weights = [np.sum(splits.validation.lengths == L) for L in (2, 3)]
+        assert np.average([by_length[2], by_length[3]], weights=weights) == pytest.approx(row["val_seq_acc"])
 
 
+@pytest.mark.slow
 def test_patience_stops_after_that_many_epochs_without_improvement(copy_data):
     cfg = TrainConfig(n_train=256, max_epochs=8, batch_size=32, learning_rate=1e-2, patience=2)
     _, result = _train(copy_data, cfg, sabotage_from_epoch=2)
@@ -80,6 +109,7 @@ def test_patience_stops_after_that_many_epochs_without_improvement(copy_data):
     assert result.examples_seen == 3 * 256
 
 
+@pytest.mark.slow
 def test_reaching_the_target_accuracy_stops_training(copy_data):
     cfg = TrainConfig(n_train=256, max_epochs=10, batch_size=32, learning_rate=1e-2, patience=10, target_accuracy=0.05)
     _, result = _train(copy_data, cfg)
@@ -88,6 +118,7 @@ def test_reaching_the_target_accuracy_stops_training(copy_data):
     assert accuracies[-1] >= 0.05 and all(a < 0.05 for a in accuracies[:-1])  # the first epoch that reached it
 
 
+@pytest.mark.slow
 def test_the_budget_is_n_train_times_max_epochs(copy_data):
     cfg = TrainConfig(n_train=256, max_epochs=2, batch_size=32, learning_rate=1e-6, patience=5)
     _, result = _train(copy_data, cfg)

@@ -7,7 +7,8 @@ A model subclasses `EncoderDecoder` and implements
     decode_step(i, previous, state, context) -> (logits (batch, vocab), weights (batch, S) or None, state)
     has_attention                           # whether decode_step returns weights
 
-and gets `greedy_decode` (the whole loop as one `keras.ops.fori_loop`) and
+and gets `greedy_decode` (the whole loop as one `keras.ops.while_loop`, which ends
+as soon as every row has emitted END) and
 `greedy_decoder(max_steps)`, a thin Keras model whose `predict` compiles it.
 
 Greedy decoding chooses among the characters and END only: PAD and START are
@@ -40,7 +41,8 @@ class EncoderDecoder(keras.Model):
         return self.teacher_forced(source, decoder_inputs)[0]
 
     def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0):
-        """Feeds the model its own argmax for `max_steps` steps, in one compiled loop.
+        """Feeds the model its own argmax for up to `max_steps` steps, in one compiled loop
+        that ends early once every row has emitted END.
 
         At each step the argmax runs over the characters and END only (PAD and
         START are excluded); before step `min_steps` END is excluded too, so every
@@ -93,7 +95,10 @@ class EncoderDecoder(keras.Model):
                 updated["attention"] = carry["attention"] + here[None, :, None] * (alive[:, None] * weights)[:, None, :]
             return updated
 
-        carry = ops.fori_loop(0, max_steps, step, carry)
+        def running(i, carry):  # stops early once every row has emitted END
+            return ops.logical_and(i < max_steps, ops.logical_not(ops.all(carry["finished"])))
+
+        _, carry = ops.while_loop(running, lambda i, carry: (i + 1, step(i, carry)), (ops.convert_to_tensor(0, dtype="int32"), carry))
         return {k: carry[k] for k in ("tokens", "logits", "attention") if k in carry}
 
     def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0) -> "GreedyDecoder":

@@ -27,7 +27,7 @@ Architecture (identical for every attention type; only the scorer differs):
 
 Training runs the decoder as a Keras GRU/LSTM layer over the whole target
 (`keras.ops.scan` over the cell for the recurrent placement); decoding runs the
-same cell one step at a time inside `keras.ops.fori_loop`, and both share
+same cell one step at a time inside `keras.ops.while_loop`, and both share
 `_read_out`, so the decoder is the trained model and nothing is rebuilt.
 """
 
