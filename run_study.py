@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.merge import MergeConflictError
     from study.registry import UnknownNameError
     from study.report import NoResultsError
-    from study.runner import StudyLockedError
+    from study.records import StudyLockedError
     from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
 
     try:

@@ -3,7 +3,7 @@
     run_local(todo, config, workers, plugins, finish)      # spawned processes, one GPU each if any
     run_ray(todo, config, plugins, finish, address=None)   # one Ray task per cell
 
-Both run `runner.run_cell_safely` for each (cell, id) in `todo` and hand every
+Both run `study.cell.run_cell_safely` for each (cell, id) in `todo` and hand every
 record to `finish` as cells complete; `finish` (in the driver) writes it.
 Workers never write results, so a worker that dies loses only its own cell.
 
@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+from study.cell import failed_record, run_cell_safely
 from study.config import StudyConfig, available_cores
 
 EXECUTORS = ("local", "ray")
@@ -98,8 +99,6 @@ def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
 
 
 def _run_cell_in_worker(cell, config: StudyConfig) -> dict:
-    from study.runner import run_cell_safely
-
     return run_cell_safely(cell, config, progress=False)
 
 
@@ -170,8 +169,6 @@ def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callabl
         raise ExecutorError("--executor ray needs Ray: pip install -r requirements-ray.txt")
     import ray
     from ray.exceptions import RayError
-
-    from study.runner import failed_record
 
     # set when a worker process starts, before NumPy loads its BLAS (which reads the thread caps once);
     # `_prepare_worker` repeats them for workers of a Ray instance started elsewhere

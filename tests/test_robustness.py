@@ -130,17 +130,17 @@ def test_crash_inside_the_atomic_writer_then_resume(tmp_path, reference, mode):
 
 
 def test_atomic_writer_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
-    from study import runner
+    from study import files
 
     path = tmp_path / "cells" / "a.json"
-    runner.write_json_atomic(path, {"v": 1})
+    files.write_json_atomic(path, {"v": 1})
 
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
     with pytest.raises(OSError, match="No space left"):
-        runner.write_json_atomic(path, {"v": 2})
+        files.write_json_atomic(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # the temporary file is gone
 
@@ -192,7 +192,7 @@ def test_second_study_on_same_folder_is_refused_and_lock_dies_with_its_process(t
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    from study.runner import StudyLock
+    from study.records import StudyLock
 
     with StudyLock(out):  # a killed study leaves no stale lock
         pass
