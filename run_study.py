@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
     run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
     run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
+    run.add_argument("--tensorboard", action="store_true", default=None, help="write training curves for TensorBoard under <out>/logs/")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     report = sub.add_parser("report", help="redraw tables, figures and report.md from a results folder")
     report.__class__ = _Parser
@@ -112,7 +113,7 @@ def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
     from study.tasks import get_task
 
     overrides: dict = {}
-    for name in ("models", "seeds", "regime", "backend", "jobs"):
+    for name in ("models", "seeds", "regime", "backend", "jobs", "tensorboard"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.tasks is not None or args.lengths or args.train_lengths:

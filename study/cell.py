@@ -14,6 +14,7 @@ import dataclasses
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig, TaskPlan, config_to_dict
@@ -103,13 +104,58 @@ def attention_example_length(plan: TaskPlan, lengths: tuple[int, ...]) -> int:
     return min(plan.eval_lengths, key=lambda length: (abs(length - middle), length))
 
 
-def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
-    """Trains and evaluates one cell; returns its record (status "ok" or "failed")."""
-    import keras
+def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
+    """Where a cell keeps its files under the results folder `out` (None: nowhere): its training
+    backup (`backups/<id>/`, removed once its record is written), its trained model
+    (`models/<id>.keras`) and, on request, its TensorBoard logs (`logs/<id>/`)."""
+    if out is None:
+        return {"backup": None, "model": None, "logs": None}
+    out = Path(out)
+    return {"backup": out / "backups" / cid, "model": out / "models" / f"{cid}.keras", "logs": out / "logs" / cid}
+
+
+def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, tv) -> tuple[list[dict], dict | None]:
+    """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
+    returns the per-length metric rows and the attention example (first test example at
+    `map_length`, or None)."""
     import numpy as np
 
-    from study.data import make_splits
     from study.evaluate import decode, decode_steps, oracle_exact_match, score
+
+    metrics, example = [], None
+    for length, test in tests.items():
+        Interrupt.check()
+        t0 = time.perf_counter()
+        predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
+        metrics.append({
+            "length": length,
+            "in_training_range": in_training_range(length, train_lengths),
+            **score(predictions, test.targets),
+            "oracle_seq_acc": oracle_exact_match(model, test.sources, test.targets, sv, tv),
+            "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
+            "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
+            "decode_seconds": time.perf_counter() - t0,
+        })
+        if length == map_length:
+            example = {
+                "length": length,
+                "source": test.sources[0],
+                "target": test.targets[0],
+                "prediction": predictions[0],
+                # rows: output steps up to and including END; columns: source characters
+                "weights": None if weights is None else np.round(weights[0, : len(predictions[0]) + 1, : len(test.sources[0])], 4).tolist(),
+            }
+    return metrics, example
+
+
+def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path | None = None) -> dict:
+    """Trains and evaluates one cell; returns its record (status "ok" or "failed").  With a
+    results folder `out`, training keeps a backup there after every epoch (and resumes from
+    one it finds), and the trained model is saved there (`cell_paths`)."""
+    import keras
+
+    from study.data import make_splits
+    from study.evaluate import METRICS_VERSION
     from study.models import build_model, get_model_spec
     from study.tasks import get_task
     from study.train import check_memory, estimate_training_bytes, train_model
@@ -118,8 +164,10 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     task = get_task(cell.task.name, **dict(cell.task.options))
     identity = cell_identity(cell, config, task.version)
+    cid = cell_id(identity)
+    paths = cell_paths(out, cid)
     record: dict[str, Any] = {
-        "id": cell_id(identity),
+        "id": cid,
         **identity,
         "attention": get_model_spec(cell.model).attention,
         "length_unit": task.length_unit,
@@ -137,9 +185,11 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     needed = estimate_training_bytes(effective_model_config(cell.model, config.model), config.train, longest_source, longest_target, tv.size, record["attention"])
     check_memory(needed, share=1 / config.workers, what=f"{cell.describe()} (sources up to {longest_source} and targets up to {longest_target} characters)")
     keras.utils.set_random_seed(cell.seed)
-    model = build_model(cell.model, sv.size, tv.size, config.model)
+    model = build_model(cell.model, sv.size, tv.size, config.model, alphabets={"source": sv.alphabet, "target": tv.alphabet})
     record["param_count"] = int(model.count_params())
-    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress, between_batches=Interrupt.check)
+    extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
+    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress,
+                         between_batches=Interrupt.check, backup_dir=paths["backup"], extra_callbacks=extra)
     record.update(
         history=result.history,
         stop_reason=result.stop_reason,
@@ -151,33 +201,16 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
     if result.diverged:
         record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started)
         return record
+    if paths["model"] is not None:
+        paths["model"].parent.mkdir(parents=True, exist_ok=True)
+        model.save(paths["model"])
+        record["model_file"] = str(paths["model"].relative_to(Path(out)))
     eval_started = time.perf_counter()
-    metrics = []
     map_length = attention_example_length(cell.task, cell.train_lengths)
-    for length, test in splits.test.items():
-        Interrupt.check()
-        t0 = time.perf_counter()
-        predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
-        row = {
-            "length": length,
-            "in_training_range": in_training_range(length, cell.train_lengths),
-            **score(predictions, test.targets),
-            "oracle_seq_acc": oracle_exact_match(model, test.sources, test.targets, sv, tv),
-            "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
-            "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
-            "decode_seconds": time.perf_counter() - t0,
-        }
-        metrics.append(row)
-        if length == map_length:
-            record["attention_example"] = {
-                "length": length,
-                "source": test.sources[0],
-                "target": test.targets[0],
-                "prediction": predictions[0],
-                # rows: output steps up to and including END; columns: source characters
-                "weights": None if weights is None else np.round(weights[0, : len(predictions[0]) + 1, : len(test.sources[0])], 4).tolist(),
-            }
-    record.update(metrics=metrics, eval_seconds=time.perf_counter() - eval_started, wall_seconds=time.perf_counter() - started)
+    metrics, example = test_metrics(model, splits.test, cell.train_lengths, map_length, sv, tv)
+    if example is not None:
+        record["attention_example"] = example
+    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - eval_started, wall_seconds=time.perf_counter() - started)
     return record
 
 
@@ -203,12 +236,12 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True) -> dict:
+def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True, out: Path | None = None) -> dict:
     """`run_cell`, with any error inside the cell turned into a failed record, so the study goes on."""
     import traceback
 
     try:
-        return run_cell(cell, config, progress)
+        return run_cell(cell, config, progress, out)
     except Exception as exc:  # a failing cell must not take the study down
         if Interrupt.requested:  # an interrupt that library code turned into another error
             raise KeyboardInterrupt from exc

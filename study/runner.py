@@ -3,10 +3,10 @@
     cells = expand_grid(config)            # one Cell per (task, model, seed[, training length])
     run_study(config, Path("results/standard"))
 
-A cell is trained and evaluated by `run_cell`, which returns its record: the
-full configuration, task version, parameter count, training history, per-length
-and per-position metrics from greedy decoding, one attention map, timings,
-package versions, backend and device.  Records are written atomically to
+A cell is trained and evaluated by `study.cell.run_cell`, which returns its
+record (`study.records`), saves its model under `<out>/models/` and keeps a
+training backup under `<out>/backups/` until its record is written (a killed
+study resumes a cell from its last finished epoch).  Records are written atomically to
 `<out>/cells/<cell id>.json`; the id is a hash of everything the cell depends
 on, so a finished cell is skipped on a re-run (unless `fresh`) and a changed
 setting makes new cells instead of mixing with old ones.  `<out>/study.json`
@@ -16,11 +16,12 @@ the records alone.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
-from study.cell import Cell, Interrupt, cell_id, cell_identity, run_cell_safely
+from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, run_cell_safely
 from study.config import StudyConfig, config_to_dict
 from study.executors import run_local, run_ray
 from study.files import remove_leftovers, write_json_atomic
@@ -133,6 +134,8 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
 
     def finish(record: dict) -> None:
         write_json_atomic(cells_dir / f"{record['id']}.json", record)
+        if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
+            shutil.rmtree(cell_paths(out, record["id"])["backup"], ignore_errors=True)
         records[record["id"]] = record
         bar.update(1)
         if on_record is not None:
@@ -150,13 +153,13 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
     try:
         if executor == "ray":
             if todo:
-                run_ray(todo, config, loaded_plugins(), finish, address)
+                run_ray(todo, config, loaded_plugins(), finish, address, out)
         elif workers == 1:
             for cell, _ in todo:
                 bar.set_postfix_str(cell.describe())
-                finish(run_cell_safely(cell, config, progress=progress))
+                finish(run_cell_safely(cell, config, progress=progress, out=out))
         else:
-            run_local(todo, config, workers, loaded_plugins(), finish)
+            run_local(todo, config, workers, loaded_plugins(), finish, out)
     except KeyboardInterrupt:
         bar.close()
         raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(selected)) from None

@@ -82,6 +82,7 @@ class _Block(keras.layers.Layer):
         return self.norms[-1](x + self.ff_out(self.ff_in(x))), (keys, values), weights
 
 
+@keras.saving.register_keras_serializable(package="study")
 class Transformer(EncoderDecoder):
     """Encoder-decoder Transformer with the study's model interface.
 
