@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from study.config import ModelConfig
 from study.registry import Registry, UnknownNameError
