@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run the sequence-length study, redraw its report, or list what it can run.
+"""Run the sequence-length study, redraw its report, ask its trained models, or list what it can run.
 
     python run_study.py                          # the standard study -> results/standard/
     python run_study.py --profile smoke          # seconds: every stage on a tiny grid
@@ -9,6 +9,8 @@
     python run_study.py --profile full --shard 0/8 --out results/full-0   # one of 8 machines
     python run_study.py report results/full-* --out results/full        # merge the shards, report
     python run_study.py --profile full --executor ray --address auto     # cells as Ray tasks
+    python run_study.py predict results/standard --task copy --model additive abcdefgh   # ask a trained model
+    python run_study.py rescore results/standard # test metrics again from the saved models
     python run_study.py list                     # tasks, models and profiles
 
 Bad input (an unknown name, a malformed value, an unusable output folder) ends
@@ -85,11 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
     run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
     run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
+    run.add_argument("--tensorboard", action="store_true", default=None, help="write training curves for TensorBoard under <out>/logs/")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     report = sub.add_parser("report", help="redraw tables, figures and report.md from a results folder")
     report.__class__ = _Parser
     report.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR", help="a results folder, or several to merge (shards, machines)")
     report.add_argument("--out", type=Path, help="folder for the merged results and report (needed with several folders)")
+    ask = sub.add_parser("predict", help="ask a trained model of a finished study about your own inputs")
+    ask.__class__ = _Parser
+    ask.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
+    ask.add_argument("--task", required=True, help="the cell's task")
+    ask.add_argument("--model", required=True, help="the cell's model")
+    ask.add_argument("--seed", type=int, help="the cell's seed (default: the lowest)")
+    ask.add_argument("--attention-map", type=Path, metavar="FILE.png", help="draw the attention weights of the first source")
+    ask.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
+    ask.add_argument("sources", nargs="+", metavar="SOURCE", help="input strings in the task's alphabet")
+    again = sub.add_parser("rescore", help="recompute every cell's test metrics from its saved model, then redraw the report")
+    again.__class__ = _Parser
+    again.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
+    again.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
     listing = sub.add_parser("list", help="list tasks, models and profiles")
     listing.__class__ = _Parser
     listing.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
@@ -112,7 +128,7 @@ def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
     from study.tasks import get_task
 
     overrides: dict = {}
-    for name in ("models", "seeds", "regime", "backend", "jobs"):
+    for name in ("models", "seeds", "regime", "backend", "jobs", "tensorboard"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.tasks is not None or args.lengths or args.train_lengths:
@@ -259,22 +275,59 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_folder(args: argparse.Namespace) -> Path:
+    from study.tasks import load_task_module
+
+    for module in args.task_module:
+        load_task_module(module)
+    if not args.results_dir.is_dir():
+        raise UsageError(f"results folder {args.results_dir} does not exist")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    return args.results_dir
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from study.trained import predict
+
+    out = _results_folder(args)
+    rows = predict(out, args.task, args.model, args.seed, args.sources, args.attention_map)
+    print(f"{args.task}/{args.model}, cell {rows[0]['cell']}:")
+    for row in rows:
+        verdict = "" if row["target"] is None else ("  right" if row["exact"] else f"  wrong (target {row['target']})")
+        print(f"  {row['source']} -> {row['prediction']}{verdict}")
+    if args.attention_map:
+        print(f"attention map: {args.attention_map}")
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from study.report import write_report
+    from study.trained import rescore
+
+    out = _results_folder(args)
+    done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
+    print(f"rescored {done} cells ({skipped} without a saved model left as they were); report: {write_report(out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "report", "list", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "report", "list", "predict", "rescore", "-h", "--help"):
         argv = ["run", *argv]
     from study.config import ConfigError
     from study.executors import ExecutorError
     from study.merge import MergeConflictError
     from study.registry import UnknownNameError
     from study.report import NoResultsError
-    from study.runner import StudyLockedError
+    from study.records import StudyLockedError
     from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
+    from study.trained import TrainedModelError
 
     try:
         args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
-    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError, ExecutorError, MergeConflictError) as exc:
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "predict": cmd_predict, "rescore": cmd_rescore}[args.command](args)
+    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError, ExecutorError,
+            MergeConflictError, TrainedModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the study started, or while the report was drawn

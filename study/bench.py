@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     smoke = smoke_study() if args.smoke_study else {}
     import keras
 
-    from study.runner import device_name, versions
+    from study.cell import device_name, versions
 
     if args.length_curve:
         rows = length_curve(args, [int(x) for x in args.length_curve.split(",")])

@@ -143,6 +143,7 @@ class StudyConfig:
     jobs: int = 0
     cell_cpus: int = 1
     cell_gpus: float = 0.0
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
@@ -161,6 +162,8 @@ class StudyConfig:
         _positive_int("study", "cell_cpus", self.cell_cpus)
         if isinstance(self.cell_gpus, bool) or not isinstance(self.cell_gpus, (int, float)) or not 0 <= self.cell_gpus:
             raise ConfigError(f"cell_gpus must be a number >= 0 (a fraction shares a GPU), got {self.cell_gpus!r}")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard must be true or false, got {self.tensorboard!r}")
 
     @property
     def workers(self) -> int:
@@ -223,7 +226,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-_STUDY_KEYS = {"tasks", "models", "seeds", "regime", "n_test", "backend", "jobs", "cell_cpus", "cell_gpus", "model", "train"}
+_STUDY_KEYS = {"tasks", "models", "seeds", "regime", "n_test", "backend", "jobs", "cell_cpus", "cell_gpus", "tensorboard", "model", "train"}
 _TASK_KEYS = {"train_lengths", "eval_lengths", "options"}
 
 
@@ -337,6 +340,7 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         jobs=raw.get("jobs", 0),
         cell_cpus=raw.get("cell_cpus", 1),
         cell_gpus=raw.get("cell_gpus", 0.0),
+        tensorboard=raw.get("tensorboard", False),
     )
 
 

@@ -29,14 +29,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from study.files import json_digest, write_atomic
 from study.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def source_region(source: str) -> float:
 
 def key_digest(key: dict) -> str:
     """A short stable hash of a split key."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(key, 16)
 
 
 def _rng(key: dict, *extra: int) -> np.random.Generator:
@@ -177,23 +176,18 @@ def _read_cache(path: Path, key: dict) -> Dataset | None:
 
 
 def _write_cache(path: Path, key: dict, data: Dataset) -> None:
-    """Writes atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                key=np.asarray(json.dumps(key, sort_keys=True)),
-                sources=np.asarray(data.sources, dtype=str),
-                targets=np.asarray(data.targets, dtype=str),
-                lengths=data.lengths.astype(np.int32),
-                checksum=np.asarray(_checksum(data.sources, data.targets, data.lengths)),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes the split as a compressed .npz, atomically (`study.files.write_atomic`)."""
+    write_atomic(
+        path,
+        lambda f: np.savez_compressed(
+            f,
+            key=np.asarray(json.dumps(key, sort_keys=True)),
+            sources=np.asarray(data.sources, dtype=str),
+            targets=np.asarray(data.targets, dtype=str),
+            lengths=data.lengths.astype(np.int32),
+            checksum=np.asarray(_checksum(data.sources, data.targets, data.lengths)),
+        ),
+    )
 
 
 def load_split(task: Task, split: str, lengths: Iterable[int], n: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> tuple[dict, Dataset]:

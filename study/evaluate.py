@@ -38,6 +38,10 @@ import numpy as np
 from study.models.base import EncoderDecoder
 from study.vocab import Vocabulary
 
+# bump whenever a metric's definition changes; every record names the version that computed it
+# (1: before the decode cap, length shares, oracle-length exact match and extra-character counting)
+METRICS_VERSION = 2
+
 
 def decode_steps(targets: Sequence[str]) -> int:
     """The decode cap for `targets`: twice the longest target plus 2 (room for END and for

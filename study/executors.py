@@ -3,7 +3,7 @@
     run_local(todo, config, workers, plugins, finish)      # spawned processes, one GPU each if any
     run_ray(todo, config, plugins, finish, address=None)   # one Ray task per cell
 
-Both run `runner.run_cell_safely` for each (cell, id) in `todo` and hand every
+Both run `study.cell.run_cell_safely` for each (cell, id) in `todo` and hand every
 record to `finish` as cells complete; `finish` (in the driver) writes it.
 Workers never write results, so a worker that dies loses only its own cell.
 
@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+from study.cell import failed_record, run_cell_safely
 from study.config import StudyConfig, available_cores
 
 EXECUTORS = ("local", "ray")
@@ -80,12 +81,27 @@ def pin_gpu(gpu: str | None) -> None:
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 
-def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots) -> None:
+def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots, parent: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    _exit_with_parent(parent)
     pin_gpu(gpu_slots.get())
     _prepare_worker(backend, threads, plugins)
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """Ends this worker process once its parent `parent` has died (e.g. `kill -9` of the study):
+    a daemon thread checks the parent pid every `every` seconds."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
@@ -97,26 +113,25 @@ def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
         load_task_module(module)
 
 
-def _run_cell_in_worker(cell, config: StudyConfig) -> dict:
-    from study.runner import run_cell_safely
-
-    return run_cell_safely(cell, config, progress=False)
+def _run_cell_in_worker(cell, config: StudyConfig, out: Path | None) -> dict:
+    return run_cell_safely(cell, config, progress=False, out=out)
 
 
-def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None]) -> None:
+def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None], out: Path | None = None) -> None:
     """Cells in `workers` spawned processes, each limited to its share of the cores and pinned
-    to one GPU when the machine has any.  Workers ignore Ctrl-C; the parent stops them."""
+    to one GPU when the machine has any.  Workers ignore Ctrl-C (the parent stops them) and
+    exit by themselves when the parent dies."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
-    gpu_slots = context.Queue()
+    gpu_slots = context.SimpleQueue()  # no feeder thread that the interpreter's exit would wait for
     for gpu in gpu_assignment(workers, visible_gpus()):
         gpu_slots.put(gpu)
     threads = max(1, available_cores() // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_local_worker_init, initargs=(config.backend, threads, plugins, gpu_slots))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_local_worker_init, initargs=(config.backend, threads, plugins, gpu_slots, os.getpid()))
     try:
-        futures = [pool.submit(_run_cell_in_worker, cell, config) for cell, _ in todo]
+        futures = [pool.submit(_run_cell_in_worker, cell, config, out) for cell, _ in todo]
         for future in as_completed(futures):
             finish(future.result())
     except BaseException:
@@ -127,11 +142,11 @@ def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str],
     pool.shutdown()
 
 
-def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str]) -> dict:
+def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str], out: Path | None) -> dict:
     import ray
 
     _prepare_worker(config.backend, config.cell_cpus, plugins)
-    record = _run_cell_in_worker(cell, config)
+    record = _run_cell_in_worker(cell, config, out)
     record.setdefault("worker", {})["ray_task_id"] = ray.get_runtime_context().get_task_id()  # Ray's own record of the task
     return record
 
@@ -158,20 +173,20 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         raise ExecutorError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with 'ray start --head' or check the address") from None
 
 
-def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callable[[dict], None], address: str | None = None) -> None:
+def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callable[[dict], None], address: str | None = None, out: Path | None = None) -> None:
     """One Ray task per cell, each asking for `config.cell_cpus` CPUs and `config.cell_gpus` GPUs.
 
     With `address`, joins that cluster and ships this project's code to it
     (Ray's `working_dir`; task modules must be at the same path on every node);
-    without, starts a local Ray instance with `config.workers` CPUs.  A cell
+    without, starts a local Ray instance with `config.workers` CPUs.  Cells save their
+    backups and models under `out`, which must be a path every node can write (a shared
+    file system on a cluster).  A cell
     whose worker dies is retried up to RAY_RETRIES times, then recorded as failed.
     """
     if not ray_available():
         raise ExecutorError("--executor ray needs Ray: pip install -r requirements-ray.txt")
     import ray
     from ray.exceptions import RayError
-
-    from study.runner import failed_record
 
     # set when a worker process starts, before NumPy loads its BLAS (which reads the thread caps once);
     # `_prepare_worker` repeats them for workers of a Ray instance started elsewhere
@@ -189,7 +204,7 @@ def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callabl
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ExecutorError(f"could not start Ray{f' at {address}' if address else ''}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     task = ray.remote(_run_cell_on_ray).options(num_cpus=config.cell_cpus, num_gpus=config.cell_gpus, max_retries=RAY_RETRIES, retry_exceptions=False)
-    pending = {task.remote(cell, config, plugins): cell for cell, _ in todo}
+    pending = {task.remote(cell, config, plugins, out): cell for cell, _ in todo}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # wakes up for Ctrl-C

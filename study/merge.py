@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from study.report import load_records, read_manifest
-from study.runner import StudyLock, write_json_atomic
+from study.files import write_json_atomic
+from study.records import StudyLock
 
 
 class MergeConflictError(ValueError):

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.runner import read_record
+from study.files import json_digest
+from study.records import in_training_range, read_record
 
 CONFIDENCE = 0.95
 MODEL_ORDER = ["none", "additive", "dot", "general"]
@@ -82,8 +83,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
         }
         if r["status"] != "ok":
             for length in r["eval_lengths"]:
-                lo, hi = base["train_min"], base["train_max"]
-                rows.append({**base, "length": length, "in_training_range": lo <= length <= hi, "seq_acc": math.nan, "char_acc": math.nan})
+                rows.append({**base, "length": length, "in_training_range": in_training_range(length, r["train_lengths"]), "seq_acc": math.nan, "char_acc": math.nan})
             continue
         for m in r["metrics"]:
             rows.append(
@@ -177,11 +177,9 @@ SETTING_FIELDS = ("task", "task_version", "task_options", "regime", "train_lengt
 def _setting(record: dict) -> str:
     """What defines a cell besides its seed and model, as a short hash: rows of one setting
     are compared; different settings are never averaged together."""
-    import hashlib
-
     fields = {f: record.get(f) for f in SETTING_FIELDS}
     fields["model_size"] = {k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return json_digest(fields, 8)
 
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:

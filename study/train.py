@@ -1,38 +1,51 @@
-"""The one training loop of the study, for every model and task.
+"""The one training function of the study, for every model and task: Keras `model.fit`.
 
-    result = train_model(model, splits.train, splits.validation, source_vocab, target_vocab, TrainConfig(), seed=0)
+    result = train_model(model, splits.train, splits.validation, source_vocab, target_vocab, TrainConfig(), seed=0,
+                         backup_dir=Path("results/standard/backups/<cell id>"))
     result.stop_reason      # "converged", "no_improvement", "budget" or "diverged: ..."
-    result.history          # one dict per epoch: loss, val_seq_acc, val_char_acc, examples_seen, seconds
+    result.history          # one dict per epoch: loss, val_seq_acc, val_char_acc, val_seq_acc_by_length,
+                            # examples_seen, seconds
 
-Teacher forcing with masked sparse cross-entropy, Adam with gradient
-clipping, and a budget of at most `n_train * max_epochs` examples, the same for
-every model of a comparison.  The loss is per target character (END included)
-with one fixed weight for the whole run: each batch's summed cross-entropy is
-divided by `tokens_per_batch` = batch_size x the training set's mean target
-length, not by the batch's own count, so every character weighs the same in
-every update whatever the length bucket or the size of the epoch's last,
-partial batch (a batch's own average would weigh the characters of short or
-small batches more, and change the objective with `batch_size` and bucketing).
-After every epoch the validation set is decoded
-greedily; the weights with the best validation exact-match (character
-accuracy breaking ties, so a model still at 0% exact match but learning is not
-cut short) are kept and restored at the end, and training stops early when
-exact match reaches `target_accuracy` or neither has improved for `patience`
-epochs.
+Teacher forcing with masked sparse cross-entropy, Adam with gradient clipping,
+and a budget of at most `n_train * max_epochs` examples, the same for every
+model of a comparison.  The loss is per target
+character (END included) with one fixed weight for the whole run: each batch's
+summed cross-entropy is divided by `tokens_per_batch` = batch_size x the
+training set's mean target length, not by the batch's own count, so every
+character weighs the same in every update whatever the length bucket or the
+size of the epoch's last, partial batch (a batch's own average would weigh the
+characters of short or small batches more, and change the objective with
+`batch_size` and bucketing).
 
-Batches are bucketed: each epoch shuffles the examples, cuts the order into
-pools of `BUCKET_POOL` batches, sorts each pool by length and cuts it into
-batches, so a batch holds examples of similar length, and pads them to a
-multiple of `pad_multiple` steps so the compiled step sees few shapes.
+Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch
+shuffles the examples, cuts the order into pools of `BUCKET_POOL` batches,
+sorts each pool by length and cuts it into batches, so a batch holds examples
+of similar length, padded to a multiple of `pad_multiple` steps; the order of
+epoch e is a pure function of (seed, e).
+
+Callbacks do the rest, in this order: `GreedyValidation` decodes the
+validation set greedily after every epoch and puts exact match, character
+accuracy and their combination `val_selection` into the epoch's logs (exact
+match per length goes into the history); `TargetReached` stops once exact
+match reaches `target_accuracy`; `keras.callbacks.EarlyStopping` on
+`val_selection` (exact match, character accuracy breaking ties: a model still
+at 0% exact match but learning is not cut short, and never stopping is not
+rewarded) stops after `patience` epochs without improvement and restores the
+best weights; `Divergence` (a `keras.callbacks.TerminateOnNaN`) stops on a
+non-finite loss and says where; `EpochBackup` saves the whole training state
+after every epoch so that a killed run resumes from its last finished epoch
+with the same result; `BetweenBatches` lets Ctrl-C stop between updates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -41,6 +54,7 @@ from tqdm.auto import tqdm
 from study.config import ModelConfig, TrainConfig
 from study.data import Dataset
 from study.evaluate import decode, decode_steps, score
+from study.files import write_atomic, write_json_atomic
 from study.models.base import EncoderDecoder
 from study.vocab import END, PAD, START, Vocabulary, pad
 
@@ -147,11 +161,206 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
     """Adam with clipping, and cross-entropy summed with the batch's weights (`EncodedSet.batch`
-    gives each target character the weight 1 / tokens_per_batch, padding 0)."""
+    gives each target character 1 / tokens_per_batch)."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
     )
+
+
+class BucketedBatches(keras.utils.PyDataset):
+    """The training batches of one epoch as ((source, decoder_inputs), decoder_targets, weights)
+    (`EncodedSet.batch`); `set_epoch(e)` selects epoch e's order, a pure function of (seed, e)."""
+
+    def __init__(self, encoded: EncodedSet, cfg: TrainConfig, seed: int) -> None:
+        super().__init__()
+        self.encoded = encoded
+        self.sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
+        self.batch_size, self.pad_multiple, self.seed = cfg.batch_size, cfg.pad_multiple, seed
+        self.token_weight = 1 / encoded.tokens_per_batch(cfg.batch_size)
+        self.set_epoch(0)
+        self.next_epoch = 0  # the epoch the next `tf.data` pass runs; `fit`'s initial_epoch on a resumed run
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` (0-based): the (epoch + 1)-th draw of one generator seeded with `seed`."""
+        rng = np.random.default_rng(self.seed)
+        for _ in range(epoch + 1):
+            self.order = bucketed_batches(self.sizes, self.batch_size, rng)
+
+    def _one_epoch(self):
+        """One pass for `tf.data` (one call per epoch, which may start before the epoch's callbacks)."""
+        self.set_epoch(self.next_epoch)
+        self.next_epoch += 1
+        for i in range(len(self)):
+            yield self[i]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int):
+        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight)
+
+    def for_fit(self):
+        """What `model.fit` takes: this dataset, or on TensorFlow a `tf.data.Dataset` over it
+        whose spec leaves batch and time free (Keras would infer the spec from the first two
+        batches, and a later batch of another length would not fit it)."""
+        if keras.backend.backend() != "tensorflow":
+            return self
+        import tensorflow as tf
+
+        ids = tf.TensorSpec((None, None), tf.int32)
+        spec = ((ids, ids), ids, tf.TensorSpec((None, None), tf.float32))
+        data = tf.data.Dataset.from_generator(self._one_epoch, output_signature=spec)  # one call per epoch
+        return data.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
+
+
+class GreedyValidation(keras.callbacks.Callback):
+    """Greedy decoding of the validation set after every epoch: puts `val_seq_acc`,
+    `val_char_acc` and `val_selection` = exact match + character accuracy / (n + 1) (exact
+    match first, ties broken by character accuracy) into the epoch's logs and appends the
+    epoch's history row (with exact match per training length)."""
+
+    def __init__(self, batches: BucketedBatches, validation: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary, started: float) -> None:
+        super().__init__()
+        self.batches, self.validation = batches, validation
+        self.vocabs = (source_vocab, target_vocab)
+        self.started = started
+        self.history: list[dict] = []
+        self.characters = sum(len(t) - 1 for t in batches.encoded.targets)  # target characters and END per epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)  # the PyDataset path (JAX): Keras reads the batches after this
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(float(logs.get("loss", 0.0))):  # diverged (`Divergence`): nothing to validate
+            return
+        v = self.validation
+        predictions, _ = decode(self.model, v.sources, *self.vocabs, decode_steps(v.targets))
+        val = score(predictions, v.targets)
+        right = np.array([p == t for p, t in zip(predictions, v.targets)])
+        logs["val_seq_acc"], logs["val_char_acc"] = val["seq_acc"], val["char_acc"]
+        logs["val_selection"] = val["seq_acc"] + val["char_acc"] / (len(v) + 1)
+        per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)
+        self.history.append({
+            "epoch": epoch + 1,
+            "examples_seen": (epoch + 1) * len(self.batches.encoded.targets),
+            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character
+            "val_seq_acc": val["seq_acc"],
+            "val_char_acc": val["char_acc"],
+            "val_seq_acc_by_length": {int(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)},
+            "seconds": time.perf_counter() - self.started,
+        })
+
+
+class TargetReached(keras.callbacks.Callback):
+    """Stops training once validation exact match reaches `target`."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target, self.reached = target, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs.get("val_seq_acc", -1.0) >= self.target:
+            self.reached = True
+            self.model.stop_training = True
+
+
+class Divergence(keras.callbacks.TerminateOnNaN):
+    """`TerminateOnNaN` that records where the loss stopped being finite (`reason`) instead of
+    printing it; the examples seen include the batch that diverged."""
+
+    def __init__(self, batches: BucketedBatches) -> None:
+        super().__init__()
+        self.batches, self.reason, self.examples_seen, self.epoch = batches, None, 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            seen = self.epoch * len(self.batches.encoded.targets) + sum(len(i) for i in self.batches.order[: batch + 1])
+            self.reason = f"diverged: loss became {loss} at epoch {self.epoch + 1} after {seen} examples"
+            self.examples_seen = seen
+            self.model.stop_training = True
+
+
+class BetweenBatches(keras.callbacks.Callback):
+    """Calls `hook` before every update (it may raise, e.g. KeyboardInterrupt on Ctrl-C)."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.hook()
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A tqdm bar per epoch over its batches, with the loss."""
+
+    def __init__(self, epochs: int, batches_per_epoch: int) -> None:
+        super().__init__()
+        self.epochs, self.total, self.bar = epochs, batches_per_epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = tqdm(total=self.total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if batch % 20 == 0 and logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Saves the training state after every epoch under `folder` and restores it when a run
+    starts: weights with the optimizer's state (`model.save_weights`), the best weights and
+    counters of `early_stopping`, and the history so far, with the epoch in `state.json`
+    (written last and atomically, so a backup is complete or the previous one stands).
+    `resume_epoch()` tells `fit` where to start."""
+
+    def __init__(self, folder: Path, early_stopping: keras.callbacks.EarlyStopping, validation: GreedyValidation) -> None:
+        super().__init__()
+        self.folder, self.early_stopping, self.validation = Path(folder), early_stopping, validation
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads((self.folder / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def resume_epoch(self) -> int:
+        state = self._state()
+        return state["epoch"] if state else 0
+
+    def on_train_begin(self, logs=None):  # after EarlyStopping's own reset
+        state = self._state()
+        if not state:
+            return
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.folder / f"epoch-{state['epoch']}.weights.h5")
+        es = self.early_stopping
+        es.wait, es.best, es.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        with np.load(self.folder / f"best-{state['epoch']}.npz") as f:
+            es.best_weights = [f[f"w{i}"] for i in range(len(f.files))]
+        self.validation.history[:] = state["history"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        es = self.early_stopping
+        done = epoch + 1
+        if "val_selection" not in logs:  # a diverged epoch is not worth resuming from
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_weights(self.folder / f"epoch-{done}.weights.h5")
+        write_atomic(self.folder / f"best-{done}.npz", lambda f: np.savez(f, **{f"w{i}": w for i, w in enumerate(es.best_weights)}))
+        write_json_atomic(self.folder / "state.json", {"epoch": done, "wait": es.wait, "best": es.best, "best_epoch": es.best_epoch, "history": self.validation.history})
+        for old in self.folder.glob("*-*.*"):
+            if old.name not in (f"epoch-{done}.weights.h5", f"best-{done}.npz"):
+                old.unlink(missing_ok=True)
 
 
 def train_model(
@@ -163,10 +372,12 @@ def train_model(
     cfg: TrainConfig,
     seed: int,
     progress: bool = True,
-    on_epoch: Callable[[dict], None] | None = None,
     between_batches: Callable[[], None] | None = None,
+    backup_dir: Path | None = None,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Trains `model` in place (best validation weights restored) and returns what happened.
+    """Trains `model` in place with `model.fit` (best validation weights restored) and returns
+    what happened.
 
     Args:
         train, validation: datasets of the task (validation is decoded greedily each epoch).
@@ -174,63 +385,42 @@ def train_model(
         seed: seeds the batch order (seed Keras with `keras.utils.set_random_seed` before
             building the model for reproducible initial weights).
         progress: show a progress bar over the batches of each epoch.
-        on_epoch: called with each epoch's history row.
         between_batches: called before every update (it may raise to stop training,
             e.g. on Ctrl-C).
+        backup_dir: where `EpochBackup` keeps the training state; a run that finds a backup
+            there resumes from it (None: no backups).
+        extra_callbacks: more Keras callbacks (e.g. `keras.callbacks.TensorBoard`).
     """
     started = time.perf_counter()
+    batches = BucketedBatches(EncodedSet.build(train, source_vocab, target_vocab), cfg, seed)
     compile_model(model, cfg)
-    encoded = EncodedSet.build(train, source_vocab, target_vocab)
-    sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
-    tokens_per_batch = encoded.tokens_per_batch(cfg.batch_size)
-    rng = np.random.default_rng(seed)
-    history: list[dict] = []
-    best_score, best_epoch, best_weights = (-1.0, -1.0), 0, None
-    examples_seen = 0
-    stop_reason = "budget"
-    for epoch in range(1, cfg.max_epochs + 1):
-        batches = bucketed_batches(sizes, cfg.batch_size, rng)
-        losses, counts = [], []
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch", leave=False, disable=not progress)
-        for index in bar:
-            if between_batches is not None:
-                between_batches()
-            x, y, w = encoded.batch(index, cfg.pad_multiple, 1 / tokens_per_batch)
-            loss = float(model.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])  # summed loss / tokens_per_batch
-            examples_seen += len(index)
-            if not math.isfinite(loss):
-                stop_reason = f"diverged: loss became {loss} at epoch {epoch} after {examples_seen} examples"
-                break
-            losses.append(loss * tokens_per_batch)  # summed cross-entropy of the batch
-            counts.append(int((y != PAD).sum()))
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}")
-        bar.close()
-        if stop_reason.startswith("diverged"):
-            break
-        predictions, _ = decode(model, validation.sources, source_vocab, target_vocab, decode_steps(validation.targets))
-        val = score(predictions, validation.targets)
-        right = np.array([p == t for p, t in zip(predictions, validation.targets)])
-        row = {
-            "epoch": epoch,
-            "examples_seen": examples_seen,
-            "loss": float(np.sum(losses) / np.sum(counts)),  # mean cross-entropy per target character
-            "val_seq_acc": val["seq_acc"],
-            "val_char_acc": val["char_acc"],
-            "val_seq_acc_by_length": {int(L): float(right[validation.lengths == L].mean()) for L in np.unique(validation.lengths)},
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if (val["seq_acc"], val["char_acc"]) > best_score:  # exact match first, character accuracy breaks ties
-            best_score, best_epoch, best_weights = (val["seq_acc"], val["char_acc"]), epoch, model.get_weights()
-        if val["seq_acc"] >= cfg.target_accuracy:
+    validating = GreedyValidation(batches, validation, source_vocab, target_vocab, started)
+    target = TargetReached(cfg.target_accuracy)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_selection", mode="max", patience=cfg.patience, restore_best_weights=True)
+    diverging = Divergence(batches)
+    callbacks: list[keras.callbacks.Callback] = [validating, target, early_stopping, diverging]
+    initial_epoch = 0
+    if backup_dir is not None:
+        backup = EpochBackup(backup_dir, early_stopping, validating)
+        initial_epoch = backup.resume_epoch()
+        callbacks.append(backup)
+    batches.next_epoch = initial_epoch
+    if between_batches is not None:
+        callbacks.append(BetweenBatches(between_batches))
+    if progress:
+        callbacks.append(EpochProgress(cfg.max_epochs, len(batches)))
+    model.fit(batches.for_fit(), epochs=cfg.max_epochs, initial_epoch=initial_epoch, callbacks=[*callbacks, *extra_callbacks], verbose=0, shuffle=False)  # the order is BucketedBatches'
+    history = validating.history
+    if diverging.reason:
+        stop_reason, examples_seen = diverging.reason, diverging.examples_seen
+    else:
+        examples_seen = history[-1]["examples_seen"] if history else 0
+        if target.reached:
             stop_reason = "converged"
-            break
-        if epoch - best_epoch >= cfg.patience:
+        elif early_stopping.stopped_epoch > 0:
             stop_reason = "no_improvement"
-            break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return TrainResult(history, stop_reason, examples_seen, best_epoch, max(best_score[0], 0.0), time.perf_counter() - started)
+        else:
+            stop_reason = "budget"
+    best_epoch = early_stopping.best_epoch + 1 if history else 0
+    best = history[best_epoch - 1]["val_seq_acc"] if history else 0.0
+    return TrainResult(history, stop_reason, examples_seen, best_epoch, best, time.perf_counter() - started)

@@ -130,17 +130,17 @@ def test_crash_inside_the_atomic_writer_then_resume(tmp_path, reference, mode):
 
 
 def test_atomic_writer_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
-    from study import runner
+    from study import files
 
     path = tmp_path / "cells" / "a.json"
-    runner.write_json_atomic(path, {"v": 1})
+    files.write_json_atomic(path, {"v": 1})
 
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
     with pytest.raises(OSError, match="No space left"):
-        runner.write_json_atomic(path, {"v": 2})
+        files.write_json_atomic(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # the temporary file is gone
 
@@ -192,7 +192,7 @@ def test_second_study_on_same_folder_is_refused_and_lock_dies_with_its_process(t
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    from study.runner import StudyLock
+    from study.records import StudyLock
 
     with StudyLock(out):  # a killed study leaves no stale lock
         pass
@@ -296,3 +296,112 @@ def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_r
     changed = {name for name in after if after[name] != finished[name]}
     assert changed == {f"{records[(3,)]['id']}.json"}  # only the failed cell was run again
     assert json.loads((out / "cells" / f"{records[(3,)]['id']}.json").read_text())["status"] == "ok"
+
+
+ONE_CELL = textwrap.dedent(
+    """
+    profile = "smoke"
+    models = ["dot"]
+    seeds = [0]
+    jobs = 1
+    [tasks.copy]
+    train_lengths = "2..5"
+    eval_lengths = [3, 6]
+    [train]
+    n_train = 512
+    max_epochs = 4
+    patience = 4
+    """
+)
+
+
+def _cell_record(out: Path) -> dict:
+    (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    return record
+
+
+@pytest.mark.slow
+def test_a_cell_killed_mid_training_resumes_from_its_last_epoch_to_the_same_record(tmp_path):
+    """SIGKILL once the cell's backup holds epoch 2 of 4; the re-run starts at epoch 3 and its
+    record equals an uninterrupted run's (history, stop, metrics); the backup is then removed.
+    The uninterrupted run also writes TensorBoard logs (they change nothing)."""
+    config = _config(tmp_path, ONE_CELL)
+    whole = tmp_path / "whole"
+    assert run("--config", config, "--tasks", "copy", "--out", whole, "--quiet", "--tensorboard").returncode == 0
+    assert list((whole / "logs").rglob("*tfevents*"))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--tasks", "copy", "--out", str(out), "--quiet"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        states = list((out / "backups").glob("*/state.json"))
+        if states:
+            try:
+                state = json.loads(states[0].read_text())
+            except ValueError:
+                state = None
+            if state and state["epoch"] >= 2:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state and 2 <= state["epoch"] < 4 and not list((out / "cells").glob("*.json")), state
+    resumed = run("--config", config, "--tasks", "copy", "--out", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _results(_cell_record(out)) == _results(_cell_record(whole))
+    assert not list((out / "backups").glob("*/*"))
+
+
+def _results(record: dict) -> dict:
+    """What a record says about the model, without timings."""
+    untimed = lambda rows, clock: [{k: v for k, v in row.items() if k != clock} for row in rows]  # noqa: E731
+    return {"stop": record["stop_reason"], "seen": record["examples_seen"], "best": (record["best_epoch"], record["best_val_seq_acc"]),
+            "history": untimed(record["history"], "seconds"), "metrics": untimed(record["metrics"], "decode_seconds")}
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    return not (state.exists() and state.read_text().split()[2] == "Z")
+
+
+@pytest.mark.slow
+def test_workers_exit_when_the_study_process_is_killed(tmp_path):
+    config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = [p for p in _children(proc.pid) if "python" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+        time.sleep(0.2)
+    time.sleep(3)  # the workers are training
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [1.0, 4.0, 7.0, 10.0])
+def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
+    """Ctrl-C while workers start, train or hand back records: exit 130 (or 0 when the study had
+    finished) within 60 s, with no traceback and nothing printed about ignored exceptions."""
+    config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), stderr[-2000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-2000:]

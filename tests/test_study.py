@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from study.config import ConfigError, build_study_config
-from study.runner import cell_id, cell_identity, expand_grid
+from study.cell import cell_id, cell_identity
+from study.runner import expand_grid
 
 from conftest import run_cli
 

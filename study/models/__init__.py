@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from study.config import ModelConfig
 from study.registry import Registry, UnknownNameError
@@ -97,12 +96,25 @@ def _build_transformer(spec: ModelSpec, source_vocab_size: int, target_vocab_siz
 BUILDERS = {"rnn": _build_rnn, "transformer": _build_transformer}
 
 
-def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> "EncoderDecoder":
-    """Builds (and creates the weights of) the registered model `name`."""
+def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig(), alphabets: dict | None = None) -> "EncoderDecoder":
+    """Builds (and creates the weights of) the registered model `name`; `alphabets`
+    ({"source": ..., "target": ...}) are saved with it."""
     spec = MODELS.get(name)
     model = BUILDERS[spec.family](spec, source_vocab_size, target_vocab_size, effective_model_config(name, config))
-    model((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))  # create the weights
+    model.alphabets = dict(alphabets or {})
+    model.create_weights()
     return model
+
+
+def load_trained(path) -> "EncoderDecoder":
+    """A model saved by a study (`<out>/models/<cell id>.keras`), with its alphabets
+    (`model.vocabularies()`); `keras.saving.load_model` works as well once
+    `study.models.seq2seq` and `study.models.transformer` are imported (they register the classes)."""
+    import keras
+
+    from study.models import seq2seq, transformer  # noqa: F401  (registers the classes)
+
+    return keras.saving.load_model(path, compile=False)
 
 
 def __getattr__(name: str):  # the Keras classes, imported on first use
@@ -117,4 +129,4 @@ def __getattr__(name: str):  # the Keras classes, imported on first use
     raise AttributeError(f"module 'study.models' has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "EncoderDecoder", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "effective_model_config", "get_model_spec"]
+__all__ = ["MODELS", "EncoderDecoder", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "effective_model_config", "get_model_spec", "load_trained"]

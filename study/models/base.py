@@ -18,9 +18,10 @@ never emitted, so no special id can end or vanish from a prediction unseen.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from study.vocab import END, PAD, START
+from study.vocab import END, PAD, START, Vocabulary
 
 
 class EncoderDecoder(keras.Model):
@@ -28,12 +29,34 @@ class EncoderDecoder(keras.Model):
 
     has_attention = False
 
-    def __init__(self, target_vocab_size: int, **kwargs) -> None:
+    def __init__(self, target_vocab_size: int, alphabets: dict | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.target_vocab_size = target_vocab_size
+        # {"source": ..., "target": ...}: the task's alphabets, saved with the model so that a
+        # loaded model can encode and decode text (`vocabularies`)
+        self.alphabets = dict(alphabets or {})
         # compiled decoders by (max_steps, flags); set past Keras' attribute tracking,
         # since a decoder holds this model and is not one of its layers
         object.__setattr__(self, "_greedy_decoders", {})
+
+    def create_weights(self) -> None:
+        """Builds every layer by calling the model once on a (1, 2) source and decoder input."""
+        self((np.ones((1, 2), dtype="int32"), np.ones((1, 2), dtype="int32")))
+
+    def vocabularies(self) -> tuple[Vocabulary, Vocabulary]:
+        """(source, target) vocabularies of the task the model was trained on."""
+        if not self.alphabets:
+            raise ValueError("this model was saved without its alphabets; build the vocabularies from its task")
+        return Vocabulary(self.alphabets["source"]), Vocabulary(self.alphabets["target"])
+
+    def get_config(self):
+        return {**super().get_config(), "alphabets": self.alphabets}
+
+    @classmethod
+    def from_config(cls, config):
+        model = cls(**config)
+        model.create_weights()  # so that saved weights can be loaded into it
+        return model
 
     def call(self, inputs, training=False):
         """inputs: (source (batch, S), decoder_inputs (batch, T)) -> logits (batch, T, vocab)."""

@@ -45,6 +45,7 @@ RNN_CELLS = {"gru": keras.layers.GRUCell, "lstm": keras.layers.LSTMCell}
 PLACEMENTS = ("output", "recurrent")
 
 
+@keras.saving.register_keras_serializable(package="study")
 class Seq2Seq(EncoderDecoder):
     """Character-level encoder-decoder.
 

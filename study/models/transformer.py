@@ -22,6 +22,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from study.models.attention import MASKED_SCORE
 from study.models.base import EncoderDecoder
 from study.vocab import PAD
 
@@ -43,7 +44,7 @@ def _attend(attention, x, keys, values, visible):
     """
     query = attention._query_dense(x) * (1.0 / float(attention._key_dim) ** 0.5)
     scores = ops.einsum("bqhd,bkhd->bhqk", query, keys)
-    weights = ops.softmax(ops.where(visible[:, None, None, :], scores, -1e9), axis=-1)
+    weights = ops.softmax(ops.where(visible[:, None, None, :], scores, MASKED_SCORE), axis=-1)
     return attention._output_dense(ops.einsum("bhqk,bkhd->bqhd", weights, values)), weights
 
 
@@ -81,6 +82,7 @@ class _Block(keras.layers.Layer):
         return self.norms[-1](x + self.ff_out(self.ff_in(x))), (keys, values), weights
 
 
+@keras.saving.register_keras_serializable(package="study")
 class Transformer(EncoderDecoder):
     """Encoder-decoder Transformer with the study's model interface.
 

@@ -84,6 +84,11 @@ class Task(abc.ABC):
         """Identity of the generator: name, version and options (JSON-serialisable)."""
         return {"name": self.name, "version": self.version, "options": dict(sorted(self.options.items()))}
 
+    def target_for(self, source: str) -> str | None:
+        """The target of one source when the task can compute it (None: it cannot, e.g. a
+        task whose target is drawn with its source); `predict` shows it beside the prediction."""
+        return None
+
     def check_length(self, length: int) -> None:
         """Raises ValueError when `length` is outside what the task supports."""
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
@@ -176,6 +181,9 @@ class SymbolTask(Task):
     def transform(self, source: str) -> str:
         """The target for one source string."""
         raise NotImplementedError
+
+    def target_for(self, source: str) -> str | None:
+        return self.transform(source)
 
     def sample(self, rng: np.random.Generator, n: int, length: int) -> tuple[list[str], list[str]]:
         self.check_length(length)

@@ -1,0 +1,272 @@
+"""One cell of a study: its data, model, training, greedy evaluation and record.
+
+    record = run_cell(cell, config)          # trains and evaluates; status "ok" or "failed"
+    record = run_cell_safely(cell, config)   # any error inside the cell becomes a failed record
+
+Executors run `run_cell_safely` wherever cells run (this process, worker
+processes, Ray tasks); the runner writes the records.  A cell's id hashes
+everything its result depends on (`cell_identity`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from study.config import StudyConfig, TaskPlan, config_to_dict
+from study.files import json_digest
+from study.models import effective_model_config
+from study.records import RECORD_SCHEMA, in_training_range
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One trained model: a task plan, a model name, a seed and the lengths it trains on."""
+
+    task: TaskPlan
+    model: str
+    seed: int
+    train_lengths: tuple[int, ...]
+
+    def describe(self) -> str:
+        lengths = f"{self.train_lengths[0]}..{self.train_lengths[-1]}" if len(self.train_lengths) > 1 else str(self.train_lengths[0])
+        return f"{self.task.name}/{self.model}/seed {self.seed}/train {lengths}"
+
+
+def cell_identity(cell: Cell, config: StudyConfig, task_version: int) -> dict:
+    """Everything the cell's result depends on (JSON-serialisable)."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "task": cell.task.name,
+        "task_version": task_version,
+        "task_options": dict(cell.task.options),
+        "model": cell.model,
+        "seed": cell.seed,
+        "regime": config.regime,
+        "train_lengths": list(cell.train_lengths),
+        "eval_lengths": list(cell.task.eval_lengths),
+        "model_config": dataclasses.asdict(effective_model_config(cell.model, config.model)),
+        "train_config": dataclasses.asdict(config.train),
+        "n_test": config.n_test,
+        "backend": config.backend,
+    }
+
+
+def cell_id(identity: dict) -> str:
+    """`<task>-<model>-s<seed>-<12 hex digits of the identity's hash>`."""
+    return f"{identity['task']}-{identity['model']}-s{identity['seed']}-{json_digest(identity, 12)}"
+
+
+def versions() -> dict:
+    """Versions of the packages that decide the numbers."""
+    import babel
+    import keras
+    import numpy
+
+    out = {"python": platform.python_version(), "keras": keras.__version__, "numpy": numpy.__version__, "babel": babel.__version__}
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow
+
+        out["tensorflow"] = tensorflow.__version__
+    elif backend == "jax":
+        import jax
+
+        out["jax"] = jax.__version__
+    return out
+
+
+def device_name() -> str:
+    """The accelerator Keras runs on, or the CPU."""
+    import keras
+
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return str(jax.devices()[0])
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return gpus[0].name if gpus else f"CPU ({os.cpu_count()} cores)"
+    except Exception:  # a device query is informative only
+        return "unknown"
+
+
+def attention_example_length(plan: TaskPlan, lengths: tuple[int, ...]) -> int:
+    """The evaluation length whose first test example is drawn as an attention map:
+    the one nearest the middle of the training range."""
+    middle = (min(lengths) + max(lengths)) / 2
+    return min(plan.eval_lengths, key=lambda length: (abs(length - middle), length))
+
+
+def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
+    """Where a cell keeps its files under the results folder `out` (None: nowhere): its training
+    backup (`backups/<id>/`, removed once its record is written), its trained model
+    (`models/<id>.keras`) and, on request, its TensorBoard logs (`logs/<id>/`)."""
+    if out is None:
+        return {"backup": None, "model": None, "logs": None}
+    out = Path(out)
+    return {"backup": out / "backups" / cid, "model": out / "models" / f"{cid}.keras", "logs": out / "logs" / cid}
+
+
+def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, tv) -> tuple[list[dict], dict | None]:
+    """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
+    returns the per-length metric rows and the attention example (first test example at
+    `map_length`, or None)."""
+    import numpy as np
+
+    from study.evaluate import decode, decode_steps, oracle_exact_match, score
+
+    metrics, example = [], None
+    for length, test in tests.items():
+        Interrupt.check()
+        t0 = time.perf_counter()
+        predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
+        metrics.append({
+            "length": length,
+            "in_training_range": in_training_range(length, train_lengths),
+            **score(predictions, test.targets),
+            "oracle_seq_acc": oracle_exact_match(model, test.sources, test.targets, sv, tv),
+            "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
+            "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
+            "decode_seconds": time.perf_counter() - t0,
+        })
+        if length == map_length:
+            example = {
+                "length": length,
+                "source": test.sources[0],
+                "target": test.targets[0],
+                "prediction": predictions[0],
+                # rows: output steps up to and including END; columns: source characters
+                "weights": None if weights is None else np.round(weights[0, : len(predictions[0]) + 1, : len(test.sources[0])], 4).tolist(),
+            }
+    return metrics, example
+
+
+def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path | None = None) -> dict:
+    """Trains and evaluates one cell; returns its record (status "ok" or "failed").  With a
+    results folder `out`, training keeps a backup there after every epoch (and resumes from
+    one it finds), and the trained model is saved there (`cell_paths`)."""
+    import keras
+
+    from study.data import make_splits
+    from study.evaluate import METRICS_VERSION
+    from study.models import build_model, get_model_spec
+    from study.tasks import get_task
+    from study.train import check_memory, estimate_training_bytes, train_model
+    from study.vocab import Vocabulary
+
+    started = time.perf_counter()
+    task = get_task(cell.task.name, **dict(cell.task.options))
+    identity = cell_identity(cell, config, task.version)
+    cid = cell_id(identity)
+    paths = cell_paths(out, cid)
+    record: dict[str, Any] = {
+        "id": cid,
+        **identity,
+        "attention": get_model_spec(cell.model).attention,
+        "length_unit": task.length_unit,
+        "profile": config.profile,
+        "config": config_to_dict(config),
+        "versions": versions(),
+        "device": device_name(),
+        "worker": {"host": platform.node(), "pid": os.getpid()},
+        "status": "ok",
+    }
+    splits = make_splits(task, cell.train_lengths, cell.task.eval_lengths, config.train.n_train, config.train.n_validation, config.n_test, cell.seed)
+    sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+    longest_source = max(len(s) for s in splits.train.sources)
+    longest_target = max(len(t) for t in splits.train.targets)
+    needed = estimate_training_bytes(effective_model_config(cell.model, config.model), config.train, longest_source, longest_target, tv.size, record["attention"])
+    check_memory(needed, share=1 / config.workers, what=f"{cell.describe()} (sources up to {longest_source} and targets up to {longest_target} characters)")
+    keras.utils.set_random_seed(cell.seed)
+    model = build_model(cell.model, sv.size, tv.size, config.model, alphabets={"source": sv.alphabet, "target": tv.alphabet})
+    record["param_count"] = int(model.count_params())
+    extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
+    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress,
+                         between_batches=Interrupt.check, backup_dir=paths["backup"], extra_callbacks=extra)
+    record.update(
+        history=result.history,
+        stop_reason=result.stop_reason,
+        examples_seen=result.examples_seen,
+        best_epoch=result.best_epoch,
+        best_val_seq_acc=result.best_val_seq_acc,
+        train_seconds=result.seconds,
+    )
+    if result.diverged:
+        record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started)
+        return record
+    if paths["model"] is not None:
+        paths["model"].parent.mkdir(parents=True, exist_ok=True)
+        model.save(paths["model"])
+        record["model_file"] = str(paths["model"].relative_to(Path(out)))
+    eval_started = time.perf_counter()
+    map_length = attention_example_length(cell.task, cell.train_lengths)
+    metrics, example = test_metrics(model, splits.test, cell.train_lengths, map_length, sv, tv)
+    if example is not None:
+        record["attention_example"] = example
+    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - eval_started, wall_seconds=time.perf_counter() - started)
+    return record
+
+
+class Interrupt:
+    """Ctrl-C during a study. Training in this process checks `requested` between batches and
+    stops there: a KeyboardInterrupt raised at an arbitrary point can land in a garbage-collector
+    callback inside TensorFlow and be swallowed. A second Ctrl-C, or one while this process only
+    waits for worker processes (`raise_now`), raises at once."""
+
+    requested = False
+    raise_now = False
+
+    @classmethod
+    def handler(cls, signum, frame) -> None:
+        if cls.requested or cls.raise_now:
+            raise KeyboardInterrupt
+        cls.requested = True
+
+    @classmethod
+    def check(cls) -> None:
+        """Raises KeyboardInterrupt at a safe point once Ctrl-C was pressed."""
+        if cls.requested:
+            raise KeyboardInterrupt
+
+
+def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True, out: Path | None = None) -> dict:
+    """`run_cell`, with any error inside the cell turned into a failed record, so the study goes on."""
+    import traceback
+
+    try:
+        return run_cell(cell, config, progress, out)
+    except Exception as exc:  # a failing cell must not take the study down
+        if Interrupt.requested:  # an interrupt that library code turned into another error
+            raise KeyboardInterrupt from exc
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return failed_record(cell, config, f"{type(exc).__name__}: {message}", traceback.format_exc())
+
+
+def failed_record(cell: Cell, config: StudyConfig, error: str, traceback_text: str = "") -> dict:
+    """The record of a cell that could not finish: its identity, configuration and the error."""
+    from study.tasks import get_task
+
+    try:
+        version = get_task(cell.task.name, **dict(cell.task.options)).version
+    except Exception:
+        version = None
+    identity = cell_identity(cell, config, version)
+    return {
+        "id": cell_id(identity),
+        **identity,
+        "attention": None,
+        "profile": config.profile,
+        "config": config_to_dict(config),
+        "status": "failed",
+        "error": error[:500],
+        "traceback": traceback_text[-4000:],
+        "metrics": [],
+        "history": [],
+    }

@@ -1,0 +1,55 @@
+"""Small file helpers shared by the data cache and the results folder.
+
+    write_atomic(path, lambda f: f.write(b"..."))   # temporary file, fsync, rename
+    write_json_atomic(path, {"a": 1})
+    json_digest({"a": 1}, 12)                          # 'f2b0...' (SHA-256 of sorted-key JSON)
+
+A file written atomically is either absent (or its previous version) or complete:
+a process killed at any point leaves at most a `.<name>.*.tmp` file beside it,
+which no reader takes for the real one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Calls `write` on a temporary binary file in `path`'s folder, syncs it, then renames it
+    over `path`; on any error the temporary file is removed and the error raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """`payload` as indented JSON with sorted keys, written with `write_atomic`, readable by
+    everyone (mode 0644, like every other output; a temporary file starts as 0600)."""
+    data = json.dumps(payload, indent=1, sort_keys=True, allow_nan=True).encode()
+    write_atomic(path, lambda f: (f.write(data), os.fchmod(f.fileno(), 0o644)))
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Removes the temporary files of writers killed before their rename."""
+    for leftover in Path(folder).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def json_digest(payload: Any, length: int = 16) -> str:
+    """The first `length` hex digits of the SHA-256 of `payload` as JSON with sorted keys."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
+

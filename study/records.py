@@ -1,0 +1,75 @@
+"""The results folder's records: schema, validation on read, and the folder lock.
+
+    write_json_atomic(out / "cells" / f"{record['id']}.json", record)   # study.files
+    record = read_record(path)      # None when damaged, incomplete or of another schema
+    with StudyLock(out): ...        # one study per folder
+
+A record (`cells/<id>.json`) holds one cell's full configuration, task version,
+parameter count, training history, stop reason, per-length metrics (with the
+`metrics_version` of `study.evaluate` that computed them), an attention map,
+timings, package versions, backend, device and the worker that ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RECORD_SCHEMA = 1
+
+
+def in_training_range(length: int, train_lengths) -> bool:
+    """Whether an evaluation length lies inside the range a cell was trained on."""
+    return min(train_lengths) <= length <= max(train_lengths)
+
+
+def read_record(path: Path) -> dict | None:
+    """A record, or None when the file is unreadable, belongs to another id, or is incomplete."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA or record.get("id") != path.stem:
+        return None
+    if record.get("status") == "ok":
+        lengths = [m.get("length") for m in record.get("metrics", []) if isinstance(m, dict)]
+        if lengths != record.get("eval_lengths") or any("seq_acc" not in m for m in record["metrics"]):
+            return None
+    elif record.get("status") != "failed":
+        return None
+    return record
+
+
+class StudyLockedError(RuntimeError):
+    """Another process is running a study in the same results folder."""
+
+
+class StudyLock:
+    """An exclusive `flock` on `<out>/.lock`: the kernel drops it when its process dies,
+    so a crashed study never leaves the folder locked."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "StudyLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise StudyLockedError(f"results folder {self.path.parent} is in use by another study (pid {holder}); wait for it or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # closing releases the lock

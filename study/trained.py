@@ -1,0 +1,138 @@
+"""Trained models of a finished study: ask them about new inputs, or score them again.
+
+    rows = predict(Path("results/standard"), "copy", "additive", 0, ["abcdefgh"])
+    # [{"source": "abcdefgh", "prediction": "abcdefgh", "target": "abcdefgh", "exact": True}]
+    rescore(Path("results/standard"))   # every record's test metrics from its saved model
+
+Each finished cell saves its model as `<out>/models/<cell id>.keras` (`study.cell.cell_paths`),
+with its alphabets; `study.models.load_trained` loads one.  Rescoring regenerates each cell's
+test sets from their keys (`study.data`), decodes them with the current metric code and
+rewrites the record with the new `metrics_version`, so a change of metric definitions does not
+cost a new study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from study.files import write_json_atomic
+from study.records import StudyLock
+from study.report import load_records
+
+
+class TrainedModelError(ValueError):
+    """No such trained model in a results folder, or an input it cannot read; one line."""
+
+
+def find_record(out: Path, task: str, model: str, seed: int | None) -> dict:
+    """The finished record of (task, model, seed) in `out` (the lowest seed when None)."""
+    records = [r for r in load_records(out) if r["status"] == "ok"]
+
+    def available(key: str, rows: list[dict]) -> str:
+        return ", ".join(str(v) for v in sorted({r[key] for r in rows}))
+
+    rows = [r for r in records if r["task"] == task]
+    if not rows:
+        raise TrainedModelError(f"no finished cell of task {task!r} in {out}; tasks there: {available('task', records)}")
+    chosen = [r for r in rows if r["model"] == model]
+    if not chosen:
+        raise TrainedModelError(f"no finished cell of model {model!r} for task {task!r} in {out}; models there: {available('model', rows)}")
+    if seed is not None:
+        if not [r for r in chosen if r["seed"] == seed]:
+            raise TrainedModelError(f"no finished cell of {task}/{model} with seed {seed} in {out}; seeds there: {available('seed', chosen)}")
+        chosen = [r for r in chosen if r["seed"] == seed]
+    return min(chosen, key=lambda r: (r["seed"], r["id"]))
+
+
+def load_cell_model(out: Path, record: dict):
+    """The saved model of `record`, or TrainedModelError when the study did not save one."""
+    from study.models import load_trained
+
+    path = Path(out) / record.get("model_file", f"models/{record['id']}.keras")
+    if not path.is_file():
+        raise TrainedModelError(f"cell {record['id']} has no saved model ({path} is missing); run its study again with --fresh to train and save it")
+    return load_trained(path)
+
+
+def predict(out: Path, task: str, model: str, seed: int | None, sources: list[str], attention_map: Path | None = None) -> list[dict]:
+    """Greedy predictions of the (task, model, seed) cell's model for `sources`; each row has the
+    source, the prediction and, when the task can compute it, the target and whether they match.
+    With `attention_map`, draws the first source's attention weights there (PNG)."""
+    from study.tasks import get_task
+
+    record = find_record(out, task, model, seed)  # every check before the backend starts
+    definition = get_task(record["task"], **record["task_options"])
+    for source in sources:
+        bad = sorted(set(source) - set(definition.input_alphabet))
+        if not source or bad:
+            raise TrainedModelError(f"source {source!r} {'is empty' if not source else f'has characters outside the alphabet of {task}: {bad}'}; allowed: {definition.input_alphabet!r}")
+    if attention_map is not None and record["attention"] == "none":
+        raise TrainedModelError(f"model {model!r} has no attention to draw")
+    trained = load_cell_model(out, record)
+    from study.evaluate import decode
+
+    sv, tv = trained.vocabularies()
+    targets = [definition.target_for(s) for s in sources]
+    steps = 2 * max(max(map(len, sources)), max((len(t) for t in targets if t), default=0)) + 2
+    predictions, weights = decode(trained, sources, sv, tv, steps, with_attention=attention_map is not None)
+    if attention_map is not None:
+        _draw_attention(weights[0, : len(predictions[0]) + 1, : len(sources[0])], sources[0], predictions[0], targets[0], f"{task} / {model} / seed {record['seed']}", attention_map)
+    return [{"source": s, "prediction": p, "target": t, "exact": None if t is None else p == t, "cell": record["id"]} for s, p, t in zip(sources, predictions, targets)]
+
+
+def _draw_attention(weights, source: str, prediction: str, target: str | None, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(prediction) + ["</s>"]
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * len(source) + 1.5), max(2.5, 0.3 * len(rows) + 1.2)))
+    image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
+    ax.set_xticks(range(len(source)), [c if c != " " else "␣" for c in source], fontsize=8)
+    ax.set_yticks(range(len(rows[: weights.shape[0]])), [c if c != " " else "␣" for c in rows[: weights.shape[0]]], fontsize=8)
+    verdict = "" if target is None else (" (right)" if prediction == target else f" (target {target!r})")
+    ax.set(title=f"{title}\npredicted {prediction!r}{verdict}", xlabel="source character", ylabel="predicted character")
+    fig.colorbar(image, ax=ax, label="attention weight")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
+    """Recomputes the test metrics of every finished record in `out` from its saved model with
+    the current metric code and rewrites the record; returns (rescored, skipped without a model)."""
+    import time
+
+    from study.cell import attention_example_length, test_metrics
+    from study.config import TaskPlan
+    from study.data import load_split
+    from study.evaluate import METRICS_VERSION
+    from study.tasks import get_task
+
+    out = Path(out)
+    done = skipped = 0
+    with StudyLock(out):
+        for record in load_records(out):
+            if record["status"] != "ok":
+                continue
+            try:
+                trained = load_cell_model(out, record)
+            except TrainedModelError as exc:
+                warn(f"warning: {exc}; its metrics are left as they are")
+                skipped += 1
+                continue
+            sv, tv = trained.vocabularies()
+            task = get_task(record["task"], **record["task_options"])
+            tests = {L: load_split(task, "test", [L], record["n_test"], record["seed"])[1] for L in record["eval_lengths"]}
+            plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
+            started = time.perf_counter()
+            metrics, example = test_metrics(trained, tests, record["train_lengths"], attention_example_length(plan, tuple(record["train_lengths"])), sv, tv)
+            record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - started)
+            if example is not None:
+                record["attention_example"] = example
+            write_json_atomic(out / "cells" / f"{record['id']}.json", record)
+            done += 1
+    return done, skipped

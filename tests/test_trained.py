@@ -1,0 +1,88 @@
+"""Trained models a user can question: saved with every finished cell, reloaded in a fresh
+process with the same greedy outputs, asked with `predict`, and rescored with `rescore`."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow  # reads the smoke study
+
+
+def _record(out, task="copy", model="dot", seed=0):
+    return next(r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json")) if (r["task"], r["model"], r["seed"]) == (task, model, seed))
+
+
+def test_every_finished_cell_saves_its_model_and_drops_its_backup(smoke_run):
+    out, _ = smoke_run
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert all((out / r["model_file"]).is_file() for r in records) and len(records) == 8
+    assert not list((out / "backups").glob("*"))  # training backups go once the record is written
+    assert {r["metrics_version"] for r in records} == {2}
+
+
+def test_a_saved_model_reloads_in_a_fresh_process_and_decodes_the_same(smoke_run):
+    out, _ = smoke_run
+    record = _record(out)
+    code = textwrap.dedent(
+        f"""
+        import json, keras
+        import study.models.seq2seq, study.models.transformer  # register the model classes
+        from study.evaluate import decode
+        model = keras.saving.load_model({str(out / record["model_file"])!r}, compile=False)
+        sv, tv = model.vocabularies()
+        example = json.loads({json.dumps(json.dumps(record["attention_example"]))})
+        predictions, _ = decode(model, [example["source"]], sv, tv, 2 * len(example["target"]) + 2)
+        print(predictions[0] == example["prediction"], repr(predictions[0]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={"PATH": "", "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+    assert result.returncode == 0 and result.stdout.startswith("True"), result.stderr[-2000:]
+
+
+def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_path):
+    out, _ = smoke_run
+    png = tmp_path / "map.png"
+    result = run_cli("predict", str(out), "--task", "copy", "--model", "dot", "--seed", "1", "abcd", "badc", "--attention-map", str(png))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("copy/dot, cell copy-dot-s1-")
+    assert lines[1].startswith("  abcd -> ") and ("right" in lines[1] or "wrong (target abcd)" in lines[1])
+    assert png.stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--task", "copi", "--model", "dot", "ab"], "no finished cell of task 'copi'"),
+        (["--task", "copy", "--model", "additive", "ab"], "models there: dot, none"),
+        (["--task", "copy", "--model", "dot", "--seed", "7", "ab"], "seeds there: 0, 1"),
+        (["--task", "copy", "--model", "dot", "a!b"], "characters outside the alphabet of copy: ['!']"),
+        (["--task", "copy", "--model", "none", "--attention-map", "x.png", "ab"], "has no attention to draw"),
+    ],
+)
+def test_predict_bad_input_is_one_line_exit_2(smoke_run, args, message):
+    out, _ = smoke_run
+    result = run_cli("predict", str(out), *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_predict_on_a_folder_without_results_is_one_line_exit_2(tmp_path):
+    result = run_cli("predict", str(tmp_path / "nowhere"), "--task", "copy", "--model", "dot", "ab")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_rescore_reproduces_the_metrics_when_nothing_changed(smoke_run, tmp_path):
+    copy = tmp_path / "smoke"
+    shutil.copytree(smoke_run[0], copy)
+    before = pd.read_csv(copy / "metrics.csv")
+    result = run_cli("rescore", str(copy))
+    assert result.returncode == 0 and "rescored 8 cells" in result.stdout, result.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "metrics.csv"), before)
