@@ -5,8 +5,8 @@
     python -m study.bench --length-curve 32,64,128,256 --attention none
 
 In one run on one machine it measures
-  (a) the project's training throughput: `study.train`'s bucketed batches and
-      `train_on_batch` on `Seq2Seq`;
+  (a) the project's training throughput: `model.fit` on `study.train`'s bucketed
+      batches (`BucketedBatches`), as a study trains;
   (b) the project's greedy decoding: the compiled `while_loop` decoder, batch 512;
   (c) a plain Keras baseline written the way public examples are: a functional
       model (Embedding, GRU encoder, GRU decoder, Keras AdditiveAttention or
@@ -84,25 +84,19 @@ def measure_project(args, train, test, sv, tv) -> dict:
     from study.config import ModelConfig, TrainConfig
     from study.evaluate import decode_steps
     from study.models import build_model
-    from study.train import EncodedSet, bucketed_batches, compile_model
+    from study.train import BucketedBatches, EncodedSet, compile_model
 
     keras.utils.set_random_seed(0)
     model = build_model(args.attention, sv.size, tv.size, ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size))
     cfg = TrainConfig(batch_size=args.batch_size)
     compile_model(model, cfg)
-    encoded = EncodedSet.build(train, sv, tv)
-    sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
-    batches = bucketed_batches(sizes, args.batch_size, np.random.default_rng(0))
-    warm, timed = batches[:8], batches[8:]
-    for index in warm:  # compiles the step for each batch shape
-        x, y, w = encoded.batch(index, cfg.pad_multiple)
-        model.train_on_batch(x, y, sample_weight=w)
-    tokens = 0
+    warm_examples = 8 * args.batch_size  # the first examples compile the step; the rest are timed
+    warm = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples)), sv, tv), cfg, seed=0)
+    model.fit(warm.for_fit(), epochs=1, verbose=0, shuffle=False)
+    timed = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples, len(train))), sv, tv), cfg, seed=0)
+    tokens = sum(len(s) + len(t) - 1 for s, t in zip(timed.encoded.sources, timed.encoded.targets))
     started = time.perf_counter()
-    for index in timed:
-        x, y, w = encoded.batch(index, cfg.pad_multiple)
-        model.train_on_batch(x, y, sample_weight=w)
-        tokens += sum(len(encoded.sources[i]) + len(encoded.targets[i]) - 1 for i in index)
+    model.fit(timed.for_fit(), epochs=1, verbose=0, shuffle=False)  # the study's training path
     train_seconds = time.perf_counter() - started
 
     source = sv.encode_batch(test.sources)
@@ -115,7 +109,7 @@ def measure_project(args, train, test, sv, tv) -> dict:
     return {
         "model": model,
         "train_tokens_per_s": tokens / train_seconds,
-        "train_examples_timed": int(sum(len(b) for b in timed)),
+        "train_examples_timed": len(timed.encoded.targets),
         "decode_tokens_per_s": tokens_out.size / decode_seconds,
         "decoded": tokens_out,
         "param_count": int(model.count_params()),

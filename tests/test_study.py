@@ -36,7 +36,7 @@ def test_smoke_study_writes_every_file(smoke_run):
         assert column in metrics.columns, column
     assert set(metrics.loc[metrics.length == 8, "in_training_range"]) == {False}
     report = (out / "report.md").read_text()
-    assert "figures/accuracy_vs_length.png" in report and "95% CI" in report
+    assert "figures/accuracy_vs_length.png" in report and "95% interval" in report and "Clopper-Pearson" in report
 
 
 @pytest.mark.slow
