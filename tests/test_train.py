@@ -60,7 +60,7 @@ def test_every_target_character_weighs_the_same_in_every_batch(copy_data):
     assert loss(np.concatenate([short, long, partial])) == pytest.approx(loss(short) + loss(long) + loss(partial), rel=1e-5)
 
 
-def _train(copy_data, cfg, sabotage_from_epoch=None):
+def _train(copy_data, cfg, sabotage_from_epoch=None, backup_dir=None):
     """Trains a tiny `dot` model; from `sabotage_from_epoch` on, its weights are zeroed before
     every update and the learning rate set to 0 (a model that got worse and stays so: all-zero
     logits, so greedy decoding emits END at once)."""
@@ -76,8 +76,20 @@ def _train(copy_data, cfg, sabotage_from_epoch=None):
             model.set_weights([np.zeros_like(w) for w in model.get_weights()])
             model.optimizer.learning_rate.assign(0.0)
 
-    result = train_model(model, splits.train, splits.validation, sv, tv, cfg, seed=0, progress=False, between_batches=between_batches)
+    result = train_model(model, splits.train, splits.validation, sv, tv, cfg, seed=0, progress=False, between_batches=between_batches, backup_dir=backup_dir)
     return model, result
+
+
+@pytest.mark.slow
+def test_a_backup_restores_the_whole_training_state(copy_data, tmp_path):
+    """A run that finds the backup of a finished last epoch trains no further and reports what
+    the first run did: history, best epoch (early-stopping state) and the best weights."""
+    cfg = TrainConfig(n_train=256, max_epochs=2, batch_size=32, learning_rate=1e-2, patience=5)
+    model, first = _train(copy_data, cfg, backup_dir=tmp_path)
+    assert first.best_epoch == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["best-2.npz", "epoch-2.weights.h5", "state.json"]
+    again_model, again = _train(copy_data, cfg, backup_dir=tmp_path)
+    assert (again.history, again.best_epoch, again.stop_reason, again.examples_seen) == (first.history, first.best_epoch, first.stop_reason, first.examples_seen)
+    assert all((a == b).all() for a, b in zip(model.get_weights(), again_model.get_weights()))
 
 
 @pytest.mark.slow
