@@ -247,7 +247,7 @@ class GreedyValidation(keras.callbacks.Callback):
             "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character
             "val_seq_acc": val["seq_acc"],
             "val_char_acc": val["char_acc"],
-            "val_seq_acc_by_length": {int(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)},
+            "val_seq_acc_by_length": {str(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)},  # JSON keys
             "seconds": time.perf_counter() - self.started,
         })
 

@@ -107,9 +107,9 @@ def test_best_validation_weights_are_restored(copy_data):
     splits, sv, tv = copy_data
     for row in result.history:  # exact match per training length, consistent with the whole
         by_length = row["val_seq_acc_by_length"]
-        assert sorted(by_length) == [2, 3]
+        assert sorted(by_length) == ["2", "3"]
         weights = [np.sum(splits.validation.lengths == L) for L in (2, 3)]
-        assert np.average([by_length[2], by_length[3]], weights=weights) == pytest.approx(row["val_seq_acc"])
+        assert np.average([by_length["2"], by_length["3"]], weights=weights) == pytest.approx(row["val_seq_acc"])
 
 
 @pytest.mark.slow
