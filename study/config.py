@@ -57,6 +57,10 @@ class TrainConfig:
     patience: epochs without a better validation exact match (character accuracy
         breaking ties) before stopping.
     target_accuracy: stop once validation exact-match reaches it.
+    schedule: the learning rate over the budget, from `keras.optimizers.schedules`:
+        "constant" (`learning_rate` throughout) or "cosine" (cosine decay to 0 over
+        n_train * max_epochs examples, Loshchilov & Hutter 2017).
+    warmup_examples: with "cosine", a linear warm-up from 0 over this many examples.
     n_validation: validation examples per training length (greedy-decoded after every
         epoch, with exact match per length kept in the history; 64 per length gives
         checkpoint selection a standard error of at most 6 points per length and much less
@@ -72,6 +76,8 @@ class TrainConfig:
     clipnorm: float = 1.0
     patience: int = 3
     target_accuracy: float = 1.0
+    schedule: str = "constant"
+    warmup_examples: int = 0
     n_validation: int = 64
     pad_multiple: int = 8
 
@@ -84,8 +90,15 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be a positive number, got {value!r}")
         if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) or not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if isinstance(self.warmup_examples, bool) or not isinstance(self.warmup_examples, int) or not 0 <= self.warmup_examples < self.n_train * self.max_epochs:
+            raise ConfigError(f"train.warmup_examples must be an integer from 0 to below the budget n_train * max_epochs, got {self.warmup_examples!r}")
+        if self.warmup_examples and self.schedule == "constant":
+            raise ConfigError('train.warmup_examples needs schedule = "cosine"')
 
 
+SCHEDULES = ("constant", "cosine")
 REGIMES = ("mixed", "per_length")
 BACKENDS = ("tensorflow", "jax")
 

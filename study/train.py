@@ -160,12 +160,28 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
-    """Adam with clipping, and cross-entropy summed with the batch's weights (`EncodedSet.batch`
-    gives each target character 1 / tokens_per_batch)."""
+    """Adam with clipping and the config's learning-rate schedule (`learning_rate`), and
+    cross-entropy summed with the batch's weights (`EncodedSet.batch` gives each target
+    character 1 / tokens_per_batch)."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(cfg), clipnorm=cfg.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
     )
+
+
+def learning_rate(cfg: TrainConfig):
+    """`cfg.learning_rate` for schedule "constant"; for "cosine", a
+    `keras.optimizers.schedules.CosineDecay` over the whole budget in updates (n_train / batch_size
+    per epoch, rounded up, times max_epochs) that decays to 0, after a linear warm-up from 0 over
+    `warmup_examples` (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    per_epoch = math.ceil(cfg.n_train / cfg.batch_size)
+    total = per_epoch * cfg.max_epochs
+    warmup = math.ceil(cfg.warmup_examples / cfg.batch_size)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total)
+    return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=cfg.learning_rate, warmup_steps=warmup)
 
 
 class BucketedBatches(keras.utils.PyDataset):

@@ -135,3 +135,22 @@ def test_the_budget_is_n_train_times_max_epochs(copy_data):
     cfg = TrainConfig(n_train=256, max_epochs=2, batch_size=32, learning_rate=1e-6, patience=5)
     _, result = _train(copy_data, cfg)
     assert result.stop_reason == "budget" and result.examples_seen == 2 * 256 and len(result.history) == 2
+
+
+def test_learning_rate_schedules_come_from_keras():
+    from study.config import ConfigError
+    from study.train import learning_rate
+
+    assert learning_rate(TrainConfig(learning_rate=0.003)) == 0.003
+    cfg = TrainConfig(n_train=640, batch_size=64, max_epochs=10, learning_rate=0.002, schedule="cosine", warmup_examples=640)
+    schedule = learning_rate(cfg)  # 100 updates, the first 10 warming up
+    assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+    at = lambda step: float(schedule(step))  # noqa: E731
+    assert at(0) == pytest.approx(0.0) and at(5) == pytest.approx(0.001) and at(10) == pytest.approx(0.002)
+    assert at(55) == pytest.approx(0.001, rel=1e-3) and at(100) == pytest.approx(0.0, abs=1e-9)
+    assert float(learning_rate(TrainConfig(n_train=640, batch_size=64, max_epochs=10, learning_rate=0.002, schedule="cosine"))(50)) == pytest.approx(0.001)
+    for bad, message in ((dict(schedule="linear"), "train.schedule must be one of constant, cosine"),
+                         (dict(warmup_examples=10), 'needs schedule = "cosine"'),
+                         (dict(schedule="cosine", warmup_examples=10**9), "below the budget")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**bad)
