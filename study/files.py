@@ -21,11 +21,13 @@ from typing import Any, BinaryIO, Callable
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Calls `write` on a temporary binary file in `path`'s folder, syncs it, then renames it
-    over `path`; on any error the temporary file is removed and the error raised."""
+    over `path`, readable by everyone (mode 0644, like every other output; a temporary file
+    starts as 0600); on any error the temporary file is removed and the error raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -37,10 +39,9 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """`payload` as indented JSON with sorted keys, written with `write_atomic`, readable by
-    everyone (mode 0644, like every other output; a temporary file starts as 0600)."""
+    """`payload` as indented JSON with sorted keys, written with `write_atomic`."""
     data = json.dumps(payload, indent=1, sort_keys=True, allow_nan=True).encode()
-    write_atomic(path, lambda f: (f.write(data), os.fchmod(f.fileno(), 0o644)))
+    write_atomic(path, lambda f: f.write(data))
 
 
 def remove_leftovers(folder: Path) -> None:

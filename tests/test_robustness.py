@@ -405,3 +405,11 @@ def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), stderr[-2000:]
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-2000:]
+
+
+def test_atomic_writes_are_readable_by_everyone(tmp_path):
+    from study import files
+
+    files.write_json_atomic(tmp_path / "record.json", {"v": 1})
+    files.write_atomic(tmp_path / "data.bin", lambda f: f.write(b"x"))
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
