@@ -135,7 +135,12 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
     def finish(record: dict) -> None:
         write_json_atomic(cells_dir / f"{record['id']}.json", record)
         if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
-            shutil.rmtree(cell_paths(out, record["id"])["backup"], ignore_errors=True)
+            backup = cell_paths(out, record["id"])["backup"]
+            shutil.rmtree(backup, ignore_errors=True)
+            try:
+                backup.parent.rmdir()  # only when empty: no cell in training, no backups/ folder
+            except OSError:
+                pass  # another cell is training (or the folder was never made)
         records[record["id"]] = record
         bar.update(1)
         if on_record is not None:
