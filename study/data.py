@@ -229,5 +229,9 @@ def make_splits(
     train_lengths = sorted(set(train_lengths))
     _, train = load_split(task, "train", train_lengths, n_train, seed, cache_dir=cache_dir)
     _, validation = load_split(task, "validation", train_lengths, n_validation * len(train_lengths), seed, cache_dir=cache_dir)
-    tests = {length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir)[1] for length in sorted(set(eval_lengths))}
-    return Splits(train=train, validation=validation, test=tests)
+    return Splits(train=train, validation=validation, test=test_splits(task, eval_lengths, n_test, seed, cache_dir))
+
+
+def test_splits(task: Task, eval_lengths: Iterable[int], n_test: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> dict[int, Dataset]:
+    """One test set of `n_test` examples per evaluation length, {length: Dataset}, in length order."""
+    return {length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir)[1] for length in sorted(set(eval_lengths))}

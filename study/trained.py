@@ -70,11 +70,11 @@ def predict(out: Path, task: str, model: str, seed: int | None, sources: list[st
     if attention_map is not None and record["attention"] == "none":
         raise TrainedModelError(f"model {model!r} has no attention to draw")
     trained = load_cell_model(out, record)
-    from study.evaluate import decode
+    from study.evaluate import decode, decode_steps
 
     sv, tv = trained.vocabularies()
     targets = [definition.target_for(s) for s in sources]
-    steps = 2 * max(max(map(len, sources)), max((len(t) for t in targets if t), default=0)) + 2
+    steps = decode_steps([*sources, *(t for t in targets if t)])  # room beyond the longest source or known target
     predictions, weights = decode(trained, sources, sv, tv, steps, with_attention=attention_map is not None)
     if attention_map is not None:
         _draw_attention(weights[0, : len(predictions[0]) + 1, : len(sources[0])], sources[0], predictions[0], targets[0], f"{task} / {model} / seed {record['seed']}", attention_map)
@@ -108,7 +108,7 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
 
     from study.cell import attention_example_length, test_metrics
     from study.config import TaskPlan
-    from study.data import load_split
+    from study.data import test_splits
     from study.evaluate import METRICS_VERSION
     from study.tasks import get_task
 
@@ -126,7 +126,7 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
                 continue
             sv, tv = trained.vocabularies()
             task = get_task(record["task"], **record["task_options"])
-            tests = {L: load_split(task, "test", [L], record["n_test"], record["seed"])[1] for L in record["eval_lengths"]}
+            tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
             plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
             started = time.perf_counter()
             metrics, example = test_metrics(trained, tests, record["train_lengths"], attention_example_length(plan, tuple(record["train_lengths"])), sv, tv)

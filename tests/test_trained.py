@@ -34,11 +34,11 @@ def test_a_saved_model_reloads_in_a_fresh_process_and_decodes_the_same(smoke_run
         f"""
         import json, keras
         import study.models.seq2seq, study.models.transformer  # register the model classes
-        from study.evaluate import decode
+        from study.evaluate import decode, decode_steps
         model = keras.saving.load_model({str(out / record["model_file"])!r}, compile=False)
         sv, tv = model.vocabularies()
         example = json.loads({json.dumps(json.dumps(record["attention_example"]))})
-        predictions, _ = decode(model, [example["source"]], sv, tv, 2 * len(example["target"]) + 2)
+        predictions, _ = decode(model, [example["source"]], sv, tv, decode_steps([example["target"]]))
         print(predictions[0] == example["prediction"], repr(predictions[0]))
         """
     )
