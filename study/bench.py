@@ -3,6 +3,7 @@
     python -m study.bench                          # copy at length 32, GRU 128, additive attention
     python -m study.bench --json --backend jax --attention dot --length 64
     python -m study.bench --length-curve 32,64,128,256 --attention none
+    python -m study.bench --time-to-accuracy --json     # seconds and examples to 95% exact match, both sides
 
 In one run on one machine it measures
   (a) the project's training throughput: `model.fit` on `study.train`'s bucketed
@@ -18,6 +19,7 @@ same weights.  Tokens are source plus target positions without padding (training
 and generated tokens (decoding), after a warm-up.  With `--min-length` the training
 examples mix lengths as in the study: the project buckets them, the baseline pads
 every batch to the longest example as the public examples do.  `--json` prints one object;
+`--time-to-accuracy` measures what matters instead (`time_to_accuracy`);
 `--smoke-study` adds the wall time and peak memory of `run_study.py --profile smoke`.
 Both sides see the same number of training examples.
 """
@@ -45,16 +47,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--units", type=int, default=128)
     p.add_argument("--embedding", type=int, default=32)
     p.add_argument("--attention-size", type=int, default=64)
-    p.add_argument("--attention", default="additive", help="model name, e.g. none, additive, dot, general, additive_recurrent")
+    p.add_argument("--attention", help="model name, e.g. none, additive, dot, general, additive_recurrent (default: additive; dot with --time-to-accuracy)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--examples", type=int, default=4096, help="timed training examples (after warm-up)")
     p.add_argument("--decode-examples", type=int, default=2048)
     p.add_argument("--backend", choices=["tensorflow", "jax"], default=os.environ.get("KERAS_BACKEND", "tensorflow"))
     p.add_argument("--no-baseline", action="store_true", help="skip the plain Keras baseline")
     p.add_argument("--smoke-study", action="store_true", help="also time `run_study.py --profile smoke`")
+    p.add_argument("--time-to-accuracy", action="store_true", help="seconds and examples to a greedy exact-match target, project vs baseline")
+    p.add_argument("--target", type=float, default=0.95, help="with --time-to-accuracy: the exact-match target on the held-out examples")
+    p.add_argument("--max-examples", type=int, default=1_000_000, help="with --time-to-accuracy: give up after this many training examples")
     p.add_argument("--length-curve", help="comma-separated lengths: training cost and peak memory per length, each in its own process")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.attention = args.attention or ("dot" if args.time_to_accuracy else "additive")
+    return args
 
 
 def _peak_rss_mb() -> float:
@@ -211,6 +218,125 @@ def measure_baseline(args, train, test, sv, tv) -> dict:
     }
 
 
+def baseline_greedy(encoder, step, source, steps: int):
+    """The public-example decoding loop: one `predict_on_batch` of the one-step model per output
+    token, argmax over every id; rows are cut after their first END (PAD from there)."""
+    import numpy as np
+
+    from study.vocab import END, PAD, START
+
+    out = np.full((len(source), steps), PAD, dtype="int32")
+    for i in range(0, len(source), 512):
+        memory, state = encoder.predict_on_batch(source[i : i + 512])
+        token = np.full((len(memory), 1), START, dtype="int32")
+        finished = np.zeros(len(memory), dtype=bool)
+        for t in range(steps):
+            probs, state = step.predict_on_batch([token, state, memory])
+            token = probs.argmax(-1).astype("int32")
+            out[i : i + len(memory), t] = np.where(finished, PAD, token[:, 0])
+            finished |= token[:, 0] == END
+            if finished.all():
+                break
+    return out
+
+
+class _Clock:
+    """Training seconds: wall time since `start` minus the time spent measuring (`pause`)."""
+
+    def __init__(self) -> None:
+        self.started, self.excluded = time.perf_counter(), 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started - self.excluded
+
+
+def time_to_accuracy(args) -> dict:
+    """Seconds and training examples until greedy exact match (END included, `study.evaluate.score`)
+    on 500 held-out examples at the longest length reaches `args.target`, for
+    (a) the project: `study.train.train_model` with the standard profile's recipe (its own
+        validation after every pass over the pool counts as training time; patience is off, so
+        only the target or `--max-examples` ends it), and
+    (b) the plain baseline (`build_baseline`: functional model, Keras attention, `model.fit` on
+        arrays padded to the longest example, batch 64, Adam 1e-3).
+    Both train on the same pool (the standard profile's `n_train` examples over lengths
+    min-length..length, the training split of the study's data) and are checked on the same
+    held-out examples (the study's test split at the longest length) after every pass over the
+    pool; the check's own time is not counted."""
+    import dataclasses
+
+    import keras
+    import numpy as np
+
+    from study.config import PROFILES, ModelConfig, TrainConfig
+    from study.data import load_split, training_splits
+    from study.evaluate import decode, decode_steps, score
+    from study.models import build_model
+    from study.tasks import get_task
+    from study.train import train_model
+    from study.vocab import Vocabulary
+
+    task = get_task(args.task)
+    lengths = range(args.min_length or 4, args.length + 1)
+    standard = TrainConfig(**PROFILES["standard"]["train"])
+    cfg = dataclasses.replace(standard, max_examples=args.max_examples, patience_examples=args.max_examples, target_accuracy=1.0,
+                              curriculum_examples=min(standard.curriculum_examples, args.max_examples - 1))
+    train, validation = training_splits(task, lengths, cfg.n_train, cfg.n_validation, seed=0)
+    _, held_out = load_split(task, "test", [args.length], 500, seed=0)
+    sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+    steps = decode_steps(held_out.targets)
+    held_source = sv.encode_batch(held_out.sources)
+
+    class HeldOut(keras.callbacks.Callback):
+        def __init__(self, clock):
+            super().__init__()
+            self.clock, self.curve, self.reached = clock, [], None
+
+        def on_epoch_end(self, epoch, logs=None):
+            t0 = time.perf_counter()
+            acc = score(decode(self.model, held_out.sources, sv, tv, steps)[0], held_out.targets)["seq_acc"]
+            self.clock.excluded += time.perf_counter() - t0
+            seen = (epoch + 1) * len(train)
+            self.curve.append({"examples": seen, "seconds": self.clock.elapsed(), "held_out_seq_acc": acc})
+            if acc >= args.target and self.reached is None:
+                self.reached = self.curve[-1]
+                self.model.stop_training = True
+
+    keras.utils.set_random_seed(0)
+    model_cfg = ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size)
+    model = build_model(args.attention, sv.size, tv.size, model_cfg)
+    clock = _Clock()
+    ours = HeldOut(clock)
+    train_model(model, train, validation, sv, tv, cfg, seed=0, progress=False, extra_callbacks=[ours])
+
+    keras.utils.set_random_seed(0)
+    model, encoder, step = build_baseline(args, sv.size, tv.size)
+    x = [sv.encode_batch(train.sources), tv.encode_batch(train.targets, start=True)]
+    y = tv.encode_batch(train.targets, end=True)
+    clock = _Clock()
+    base_curve, base_reached = [], None
+    for epoch in range(-(-args.max_examples // len(train))):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=True)
+        t0 = time.perf_counter()
+        acc = score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)["seq_acc"]
+        clock.excluded += time.perf_counter() - t0
+        base_curve.append({"examples": (epoch + 1) * len(train), "seconds": clock.elapsed(), "held_out_seq_acc": acc})
+        if acc >= args.target:
+            base_reached = base_curve[-1]
+            break
+
+    def side(reached, curve, prefix=""):
+        return {f"{prefix}seconds_to_target": reached and reached["seconds"], f"{prefix}examples_to_target": reached and reached["examples"],
+                f"{prefix}curve": curve}
+
+    report = {**side(ours.reached, ours.curve), **side(base_reached, base_curve, "baseline_"),
+              "target": args.target, "held_out": f"500 test examples of {args.task} at length {args.length}",
+              "train_lengths": f"{lengths.start}..{lengths.stop - 1}", "pool": len(train), "recipe": dataclasses.asdict(cfg)}
+    if ours.reached and base_reached:
+        report["speedup_seconds"] = base_reached["seconds"] / ours.reached["seconds"]
+        report["speedup_examples"] = base_reached["examples"] / ours.reached["examples"]
+    return report
+
+
 def smoke_study() -> dict:
     """Wall time and peak memory of the smoke study in a fresh results folder."""
     root = Path(__file__).resolve().parent.parent
@@ -247,6 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from study.cell import device_name, versions
+
+    if args.time_to_accuracy:
+        report = time_to_accuracy(args)
+        report.update(attention=args.attention, backend=keras.backend.backend(), versions=versions(), device=device_name())
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            for key, value in report.items():
+                if not key.endswith("curve") and key != "recipe":
+                    print(f"{key:>30}: {value}")
+        return 0
 
     if args.length_curve:
         rows = length_curve(args, [int(x) for x in args.length_curve.split(",")])

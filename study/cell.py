@@ -193,6 +193,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
     record.update(
         history=result.history,
         stop_reason=result.stop_reason,
+        converged=result.converged,
+        last_stretch_gain=result.last_stretch_gain,
         examples_seen=result.examples_seen,
         best_epoch=result.best_epoch,
         best_val_seq_acc=result.best_val_seq_acc,

@@ -1,12 +1,13 @@
 """Typed configuration of models and training, with validation that names the bad value.
 
     ModelConfig(units=128, attention_size=64)      # sizes shared by every model of a comparison
-    TrainConfig(n_train=20000, max_epochs=8)        # the budget: at most n_train * max_epochs examples
+    TrainConfig(n_train=10000, max_examples=300000)  # a pool of 10,000, validated after every pass; at most 300,000 examples
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -50,17 +51,28 @@ class ModelConfig:
 class TrainConfig:
     """The training budget and optimiser, identical for every model in a comparison.
 
-    n_train: training examples per epoch (a fixed, cached pool).
-    max_epochs: the budget is at most n_train * max_epochs examples.
+    n_train: the training pool (fixed and cached); one epoch is one pass over it, and the
+        validation set is decoded after every epoch.
+    max_examples: the budget, in training examples (rounded up to whole epochs): training
+        stops here if it has not converged before.
     batch_size: examples per update.
-    learning_rate, clipnorm: Adam's step size and gradient-norm clipping.
-    patience: epochs without a better validation exact match (character accuracy
-        breaking ties) before stopping.
-    target_accuracy: stop once validation exact-match reaches it.
+    learning_rate, clipnorm: Adam's (peak) step size and gradient-norm clipping.
+    patience_examples: training examples without a better validation exact match
+        (character accuracy breaking ties) before training stops as converged (rounded up
+        to whole epochs); the best weights are kept.
+    target_accuracy: stop once validation exact match reaches it.
     schedule: the learning rate over the budget, from `keras.optimizers.schedules`:
-        "constant" (`learning_rate` throughout) or "cosine" (cosine decay to 0 over
-        n_train * max_epochs examples, Loshchilov & Hutter 2017).
+        "constant" (`learning_rate` throughout) or "cosine" (cosine decay to 0 at
+        `max_examples`, Loshchilov & Hutter 2017).
     warmup_examples: with "cosine", a linear warm-up from 0 over this many examples.
+    curriculum_examples: a length curriculum over this many examples (0: none), the
+        "combined" strategy of Zaremba & Sutskever 2014 ("Learning to Execute"): each
+        epoch draws `curriculum_share` of its examples from the whole pool and the rest
+        from examples no longer than a limit that grows linearly from the shortest to the
+        longest training length; after it, epochs are plain passes over the pool.
+    curriculum_share: see `curriculum_examples`.
+    loss_normalisation: "token" (every target character weighs the same) or "sequence"
+        (every example weighs the same: its mean cross-entropy per character).
     n_validation: validation examples per training length (greedy-decoded after every
         epoch, with exact match per length kept in the history; 64 per length gives
         checkpoint selection a standard error of at most 6 points per length and much less
@@ -69,20 +81,23 @@ class TrainConfig:
         compiled step sees few distinct shapes.
     """
 
-    n_train: int = 20000
-    max_epochs: int = 10
+    n_train: int = 10000
+    max_examples: int = 100000
     batch_size: int = 64
     learning_rate: float = 2e-3
     clipnorm: float = 1.0
-    patience: int = 3
+    patience_examples: int = 30000
     target_accuracy: float = 1.0
     schedule: str = "constant"
     warmup_examples: int = 0
+    curriculum_examples: int = 0
+    curriculum_share: float = 0.25
+    loss_normalisation: str = "token"
     n_validation: int = 64
     pad_multiple: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "max_epochs", "batch_size", "patience", "n_validation", "pad_multiple"):
+        for name in ("n_train", "max_examples", "batch_size", "patience_examples", "n_validation", "pad_multiple"):
             _positive_int("train", name, getattr(self, name))
         for name in ("learning_rate", "clipnorm"):
             value = getattr(self, name)
@@ -90,15 +105,32 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be a positive number, got {value!r}")
         if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) or not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
+        if self.loss_normalisation not in LOSS_NORMALISATIONS:
+            raise ConfigError(f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if isinstance(self.warmup_examples, bool) or not isinstance(self.warmup_examples, int) or not 0 <= self.warmup_examples < self.n_train * self.max_epochs:
-            raise ConfigError(f"train.warmup_examples must be an integer from 0 to below the budget n_train * max_epochs, got {self.warmup_examples!r}")
+        for name in ("warmup_examples", "curriculum_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.max_examples:
+                raise ConfigError(f"train.{name} must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}")
         if self.warmup_examples and self.schedule == "constant":
             raise ConfigError('train.warmup_examples needs schedule = "cosine"')
+        if isinstance(self.curriculum_share, bool) or not isinstance(self.curriculum_share, (int, float)) or not 0 <= self.curriculum_share <= 1:
+            raise ConfigError(f"train.curriculum_share must be a number in [0, 1], got {self.curriculum_share!r}")
+
+    @property
+    def max_epochs(self) -> int:
+        """Passes over the pool that the budget allows: max_examples / n_train, rounded up."""
+        return math.ceil(self.max_examples / self.n_train)
+
+    @property
+    def patience(self) -> int:
+        """Epochs without improvement before stopping: patience_examples / n_train, rounded up."""
+        return math.ceil(self.patience_examples / self.n_train)
 
 
 SCHEDULES = ("constant", "cosine")
+LOSS_NORMALISATIONS = ("token", "sequence")
 REGIMES = ("mixed", "per_length")
 BACKENDS = ("tensorflow", "jax")
 
@@ -205,7 +237,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1],
         "n_test": 50,
         "model": {"embedding_dim": 16, "units": 32, "attention_size": 16},
-        "train": {"n_train": 1024, "max_epochs": 3, "batch_size": 32, "learning_rate": 0.01, "n_validation": 16, "patience": 3},
+        "train": {"n_train": 1024, "max_examples": 3072, "batch_size": 32, "learning_rate": 0.01, "n_validation": 16, "patience_examples": 3072},
     },
     # the default: every core task and model, 3 seeds, evaluation beyond the trained range
     "standard": {
@@ -218,7 +250,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "n_test": 1000,
         "model": {},
-        "train": {"n_train": 10000, "max_epochs": 6, "patience": 2},
+        "train": {"n_train": 10000, "max_examples": 300000, "patience_examples": 30000},
     },
     # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget
     "full": {
@@ -235,7 +267,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2, 3, 4],
         "n_test": 1000,
         "model": {},
-        "train": {"n_train": 60000, "max_epochs": 20, "patience": 3},
+        "train": {"n_train": 60000, "max_examples": 1200000, "patience_examples": 180000},
     },
 }
 

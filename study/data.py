@@ -226,10 +226,16 @@ def make_splits(
     """A training set of `n_train` examples over the training lengths, a validation set of
     `n_validation` examples per training length, and a test set of `n_test` examples per
     evaluation length; each depends only on its own settings (see the module docstring)."""
+    train, validation = training_splits(task, train_lengths, n_train, n_validation, seed, cache_dir)
+    return Splits(train=train, validation=validation, test=test_splits(task, eval_lengths, n_test, seed, cache_dir))
+
+
+def training_splits(task: Task, train_lengths: Iterable[int], n_train: int, n_validation: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> tuple[Dataset, Dataset]:
+    """(train, validation): `n_train` examples over the training lengths and `n_validation` per length."""
     train_lengths = sorted(set(train_lengths))
     _, train = load_split(task, "train", train_lengths, n_train, seed, cache_dir=cache_dir)
     _, validation = load_split(task, "validation", train_lengths, n_validation * len(train_lengths), seed, cache_dir=cache_dir)
-    return Splits(train=train, validation=validation, test=test_splits(task, eval_lengths, n_test, seed, cache_dir))
+    return train, validation
 
 
 def test_splits(task: Task, eval_lengths: Iterable[int], n_test: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> dict[int, Dataset]:

@@ -76,6 +76,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
             "cell_id": r["id"],
             "status": r["status"],
             "stop_reason": r.get("stop_reason"),
+            "converged": r.get("converged"),
             "examples_seen": r.get("examples_seen"),
             "param_count": r.get("param_count"),
             "backend": r["backend"],
@@ -464,6 +465,71 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     return _save(fig, figures, "training_curves")
 
 
+def _shown_lengths(lengths: list[int], most: int = 6) -> list[int]:
+    """Up to `most` of `lengths`, evenly spread, always with the shortest and the longest."""
+    if len(lengths) <= most:
+        return lengths
+    picks = np.linspace(0, len(lengths) - 1, most).round().astype(int)
+    return [lengths[i] for i in sorted(set(picks))]
+
+
+def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[str]:
+    """Validation exact match of each training length over training examples, one panel per
+    task (rows) and model (columns), mean over seeds: whether a model's failure at long lengths
+    shrinks with training or stays while its short lengths are learnt."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = [
+        {"task": r["task"], "model": r["model"], "seed": r["seed"], "examples_seen": h["examples_seen"], "length": int(length), "val_seq_acc": 100 * acc}
+        for r in records
+        for h in r.get("history", [])
+        for length, acc in h.get("val_seq_acc_by_length", {}).items()
+    ]
+    if not rows:
+        return []
+    data = pd.DataFrame(rows)
+    tasks = list(dict.fromkeys(data["task"]))
+    models = [m for m in MODEL_ORDER if m in set(data["model"])] + sorted(set(data["model"]) - set(MODEL_ORDER))
+    units = {r["task"]: r.get("length_unit", "length") for r in records}
+    fig, axes = plt.subplots(len(tasks), len(models), figsize=(3.4 * len(models) + 1.6, 2.9 * len(tasks)), squeeze=False, sharey=True)
+    for i, task in enumerate(tasks):
+        d = data[data["task"] == task]
+        shown = _shown_lengths(sorted(set(d["length"])))
+        colours = dict(zip(shown, sns.color_palette("viridis_r", len(shown))))
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            m = d[d["model"] == model]
+            seeds = m["seed"].nunique()
+            for length in shown:
+                curve = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"].mean()
+                ax.plot(curve.index / 1000, curve.values, color=colours[length], marker=".", markersize=3, label=str(length))
+            ax.set(title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", ylim=(-3, 103),
+                   xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "", ylabel="validation exact match (%)" if j == 0 else "")
+        handles, labels = axes[i][0].get_legend_handles_labels()
+        axes[i][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), title=f"trained length\n({units.get(task, 'length')})", fontsize=8)
+    fig.suptitle("Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds")
+    fig.tight_layout()
+    return _save(fig, figures, "learning_curves_by_length")
+
+
+def convergence_lines(records: list[dict]) -> list[str]:
+    """The report's account of how training ended: cells stopped by convergence (target or
+    patience, or at the budget within a point), and each cell that was still improving."""
+    done = [r for r in records if r["status"] == "ok" and "converged" in r]
+    if not done:
+        return []
+    open_cells = [r for r in done if not r["converged"]]
+    lines = [f"{len(done) - len(open_cells)} of {len(done)} cells converged: stopped on reaching the target, on patience "
+             f"({done[0]['train_config'].get('patience_examples', '?')} examples without a better validation exact match), "
+             "or at the budget with less than a point gained over that last stretch."]
+    if open_cells:
+        lines += ["", f"**Not converged** ({len(open_cells)}): stopped by the budget while still improving; their numbers are a lower bound.", ""]
+        lines += [f"- {r['task']}/{r['model']}/seed {r['seed']}: +{100 * (r.get('last_stretch_gain') or 0):.1f} points of validation exact match over the last stretch"
+                  for r in open_cells]
+    return lines + [""]
+
+
 def write_report(out: Path) -> Path:
     """Writes metrics.csv, summary.csv/.md, the figures and report.md into `out`; returns report.md's path."""
     import matplotlib
@@ -483,6 +549,7 @@ def write_report(out: Path) -> Path:
         "Accuracy per output position": plot_position_accuracy(records, figures),
         "Attention maps": plot_attention_maps(records, figures),
         "Training curves": plot_training_curves(records, figures),
+        "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }
     (out / "report.md").write_text(_report_markdown(records, metrics, table, images, read_manifest(out) or {}))
     return out / "report.md"
@@ -514,10 +581,12 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
         if paths:
             lines += [f"## {title}", "", *[f"![{title}]({p})" for p in paths], ""]
     lines += ["## Exact match by length", "", table, ""]
-    lines += ["## Cells", "", "| task | model | seed | parameters | stopped | examples seen | best val exact match | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Cells", "", *convergence_lines(records)]
+    lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        converged = {True: "yes", False: "**no**"}.get(r.get("converged"), "-")
         lines.append(
-            f"| {r['task']} | {r['model']} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | "
+            f"| {r['task']} | {r['model']} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | {converged} | "
             f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {r.get('wall_seconds', 0):.0f} |"
         )
     if failed:

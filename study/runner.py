@@ -185,5 +185,6 @@ def summary_line(record: dict) -> str:
     parts.append(f"exact-match {100 * sum(inside) / max(len(inside), 1):.1f}% in range")
     if beyond:
         parts.append(f"{100 * sum(beyond) / len(beyond):.1f}% beyond")
-    parts.append(f"({record['stop_reason']} after {record['examples_seen']} examples, {record['wall_seconds']:.0f}s)")
+    unfinished = ", not converged" if record.get("converged") is False else ""
+    parts.append(f"({record['stop_reason']}{unfinished} after {record['examples_seen']} examples, {record['wall_seconds']:.0f}s)")
     return " ".join(parts)

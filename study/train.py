@@ -2,26 +2,32 @@
 
     result = train_model(model, splits.train, splits.validation, source_vocab, target_vocab, TrainConfig(), seed=0,
                          backup_dir=Path("results/standard/backups/<cell id>"))
-    result.stop_reason      # "converged", "no_improvement", "budget" or "diverged: ..."
+    result.stop_reason      # "target_reached", "no_improvement", "budget" or "diverged: ..."
+    result.converged        # stopped by the target or patience, or still within a point at the budget
     result.history          # one dict per epoch: loss, val_seq_acc, val_char_acc, val_seq_acc_by_length,
                             # examples_seen, seconds
 
 Teacher forcing with masked sparse cross-entropy, Adam with gradient clipping,
-and a budget of at most `n_train * max_epochs` examples, the same for every
-model of a comparison.  The loss is per target
+and a budget of at most `max_examples` examples, the same for every
+model of a comparison; training stops earlier once the validation measure has not
+improved for `patience_examples` (converged).  The loss is per target
 character (END included) with one fixed weight for the whole run: each batch's
 summed cross-entropy is divided by `tokens_per_batch` = batch_size x the
 training set's mean target length, not by the batch's own count, so every
 character weighs the same in every update whatever the length bucket or the
 size of the epoch's last, partial batch (a batch's own average would weigh the
 characters of short or small batches more, and change the objective with
-`batch_size` and bucketing).
+`batch_size` and bucketing).  `loss_normalisation = "sequence"` weighs every
+example the same instead (its mean cross-entropy per character, Sutskever et al.
+2014's per-sentence log-likelihood), so short examples count as much as long ones.
 
 Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch
 shuffles the examples, cuts the order into pools of `BUCKET_POOL` batches,
 sorts each pool by length and cuts it into batches, so a batch holds examples
 of similar length, padded to a multiple of `pad_multiple` steps; the order of
-epoch e is a pure function of (seed, e).
+epoch e is a pure function of (seed, e).  With a length curriculum
+(`curriculum_examples`) the early epochs draw their examples from the pool with
+a growing length limit instead of passing over all of it (`curriculum_epoch`).
 
 Callbacks do the rest, in this order: `GreedyValidation` decodes the
 validation set greedily after every epoch and puts exact match, character
@@ -99,9 +105,17 @@ def check_memory(needed: int, share: float = 1.0, what: str = "this cell") -> No
         )
 
 
+CONVERGENCE_TOLERANCE = 0.01  # a budget-stopped run whose last stretch gained more than this has not converged
+
+
 @dataclasses.dataclass
 class TrainResult:
-    """What a training run did: per-epoch history, why it stopped, and its budget use."""
+    """What a training run did: per-epoch history, why it stopped, and its budget use.
+
+    last_stretch_gain: how far the best validation exact match moved over the last
+    `patience_examples` of training (best in that stretch minus best before it, in [-1, 1];
+    None with fewer epochs than that).
+    """
 
     history: list[dict]
     stop_reason: str
@@ -109,10 +123,27 @@ class TrainResult:
     best_epoch: int
     best_val_seq_acc: float
     seconds: float
+    last_stretch_gain: float | None = None
 
     @property
     def diverged(self) -> bool:
         return self.stop_reason.startswith("diverged")
+
+    @property
+    def converged(self) -> bool:
+        """Stopped by the target or by patience, or at the budget with the last stretch
+        gaining at most `CONVERGENCE_TOLERANCE` (one point) of exact match."""
+        if self.stop_reason in ("target_reached", "no_improvement"):
+            return True
+        return self.stop_reason == "budget" and self.last_stretch_gain is not None and self.last_stretch_gain <= CONVERGENCE_TOLERANCE
+
+
+def last_stretch_gain(history: list[dict], stretch_epochs: int) -> float | None:
+    """Best validation exact match of the last `stretch_epochs` epochs minus the best before them."""
+    if len(history) <= stretch_epochs:
+        return None
+    accuracies = [row["val_seq_acc"] for row in history]
+    return max(accuracies[-stretch_epochs:]) - max(accuracies[:-stretch_epochs])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,18 +152,21 @@ class EncodedSet:
 
     sources: list[list[int]]
     targets: list[list[int]]
+    lengths: np.ndarray  # (n,) each example's task length (`Dataset.lengths`)
 
     @classmethod
     def build(cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary) -> "EncodedSet":
-        return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), END] for t in data.targets])
+        return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), END] for t in data.targets], np.asarray(data.lengths))
 
     def tokens_per_batch(self, batch_size: int) -> float:
         """The loss normaliser: target characters (END included) in an average full batch."""
-        return batch_size * float(np.mean([len(t) - 1 for t in self.targets]))
+        return batch_size * self.mean_target_length()
 
-    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0, per_sequence: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
         """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to
-        `multiple`; weights are `token_weight` on every target character and END, 0 on padding."""
+        `multiple`; weights are `token_weight` on every target character and END, 0 on padding.
+        With `per_sequence`, a row of n characters gets token_weight x mean length / n on each,
+        so every example weighs the same whatever its length."""
         src = [self.sources[i] for i in index]
         tgt = [self.targets[i] for i in index]
         s_len = _round_up(max(map(len, src)), multiple)
@@ -140,7 +174,15 @@ class EncodedSet:
         source = pad(src, s_len)
         decoder_inputs = pad([t[:-1] for t in tgt], t_len)
         decoder_targets = pad([t[1:] for t in tgt], t_len)
-        return (source, decoder_inputs), decoder_targets, (decoder_targets != PAD).astype("float32") * np.float32(token_weight)
+        weights = (decoder_targets != PAD).astype("float32") * np.float32(token_weight)
+        if per_sequence:
+            characters = np.array([len(t) - 1 for t in tgt], dtype="float32")
+            weights *= (self.mean_target_length() / characters)[:, None]
+        return (source, decoder_inputs), decoder_targets, weights
+
+    def mean_target_length(self) -> float:
+        """Target characters (END included) per example, on average."""
+        return float(np.mean([len(t) - 1 for t in self.targets]))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -157,6 +199,24 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
         chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def curriculum_epoch(lengths: np.ndarray, epoch: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray | None:
+    """The examples (indices into the pool, drawn with replacement, as many as the pool holds)
+    of epoch `epoch` under the length curriculum, or None once it is over (a plain pass).
+
+    Zaremba & Sutskever 2014's "combined" strategy: a `curriculum_share` of the draws come
+    from the whole pool, the rest from examples no longer than a limit that grows linearly
+    from the shortest length (epoch 0) to the longest (at `curriculum_examples`).
+    """
+    seen = epoch * len(lengths)
+    if seen >= cfg.curriculum_examples:
+        return None
+    lo, hi = int(lengths.min()), int(lengths.max())
+    limit = lo + (hi - lo) * (epoch + 1) * len(lengths) / cfg.curriculum_examples
+    eligible = np.flatnonzero(lengths <= limit)
+    whole = rng.random(len(lengths)) < cfg.curriculum_share
+    return np.where(whole, rng.integers(0, len(lengths), len(lengths)), eligible[rng.integers(0, len(eligible), len(lengths))])
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
@@ -192,7 +252,7 @@ class BucketedBatches(keras.utils.PyDataset):
         super().__init__()
         self.encoded = encoded
         self.sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
-        self.batch_size, self.pad_multiple, self.seed = cfg.batch_size, cfg.pad_multiple, seed
+        self.batch_size, self.pad_multiple, self.seed, self.cfg = cfg.batch_size, cfg.pad_multiple, seed, cfg
         self.token_weight = 1 / encoded.tokens_per_batch(cfg.batch_size)
         self.set_epoch(0)
         self.next_epoch = 0  # the epoch the next `tf.data` pass runs; `fit`'s initial_epoch on a resumed run
@@ -200,8 +260,12 @@ class BucketedBatches(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Epoch `epoch` (0-based): the (epoch + 1)-th draw of one generator seeded with `seed`."""
         rng = np.random.default_rng(self.seed)
-        for _ in range(epoch + 1):
-            self.order = bucketed_batches(self.sizes, self.batch_size, rng)
+        for e in range(epoch + 1):
+            drawn = curriculum_epoch(self.encoded.lengths, e, self.cfg, rng)
+            if drawn is None:
+                self.order = bucketed_batches(self.sizes, self.batch_size, rng)
+            else:
+                self.order = [drawn[i] for i in bucketed_batches(self.sizes[drawn], self.batch_size, rng)]
 
     def _one_epoch(self):
         """One pass for `tf.data` (one call per epoch, which may start before the epoch's callbacks)."""
@@ -214,7 +278,7 @@ class BucketedBatches(keras.utils.PyDataset):
         return len(self.order)
 
     def __getitem__(self, index: int):
-        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight)
+        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight, self.cfg.loss_normalisation == "sequence")
 
     def for_fit(self):
         """What `model.fit` takes: this dataset, or on TensorFlow a `tf.data.Dataset` over it
@@ -243,6 +307,8 @@ class GreedyValidation(keras.callbacks.Callback):
         self.started = started
         self.history: list[dict] = []
         self.characters = sum(len(t) - 1 for t in batches.encoded.targets)  # target characters and END per epoch
+        if batches.cfg.loss_normalisation == "sequence":  # each example's mean cross-entropy: the mean over examples
+            self.characters = len(batches.encoded.targets) * batches.encoded.mean_target_length()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)  # the PyDataset path (JAX): Keras reads the batches after this
@@ -256,11 +322,11 @@ class GreedyValidation(keras.callbacks.Callback):
         right = np.array([p == t for p, t in zip(predictions, v.targets)])
         logs["val_seq_acc"], logs["val_char_acc"] = val["seq_acc"], val["char_acc"]
         logs["val_selection"] = val["seq_acc"] + val["char_acc"] / (len(v) + 1)
-        per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)
+        per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)  # logs' loss is a mean over batches
         self.history.append({
             "epoch": epoch + 1,
             "examples_seen": (epoch + 1) * len(self.batches.encoded.targets),
-            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character
+            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character (per example's mean with "sequence")
             "val_seq_acc": val["seq_acc"],
             "val_char_acc": val["char_acc"],
             "val_seq_acc_by_length": {str(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)},  # JSON keys
@@ -432,11 +498,11 @@ def train_model(
     else:
         examples_seen = history[-1]["examples_seen"] if history else 0
         if target.reached:
-            stop_reason = "converged"
+            stop_reason = "target_reached"
         elif early_stopping.stopped_epoch > 0:
             stop_reason = "no_improvement"
         else:
             stop_reason = "budget"
     best_epoch = early_stopping.best_epoch + 1 if history else 0
     best = history[best_epoch - 1]["val_seq_acc"] if history else 0.0
-    return TrainResult(history, stop_reason, examples_seen, best_epoch, best, time.perf_counter() - started)
+    return TrainResult(history, stop_reason, examples_seen, best_epoch, best, time.perf_counter() - started, last_stretch_gain(history, cfg.patience))

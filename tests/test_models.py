@@ -178,7 +178,7 @@ def test_attention_learns_copy_where_no_attention_fails():
     task = get_task("copy", alphabet="abcdefgh")
     splits = make_splits(task, [16], [16], n_train=3000, n_validation=64, n_test=200, seed=0, cache_dir=None)
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
-    cfg = TrainConfig(n_train=3000, max_epochs=3, batch_size=32, learning_rate=5e-3, patience=3)
+    cfg = TrainConfig(n_train=3000, max_examples=9000, batch_size=32, learning_rate=5e-3, patience_examples=9000)
     scores = {}
     for name in ("dot", "none"):
         keras.utils.set_random_seed(0)

@@ -122,3 +122,35 @@ def test_report_with_a_failed_first_cell(tmp_path):
     assert f"- {record['task']}/{record['model']}/seed {record['seed']}: RuntimeError: boom" in report
     metrics = pd.read_csv(copy / "metrics.csv")
     assert metrics.loc[metrics.cell_id == record["id"], "seq_acc"].isna().all()
+
+
+def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are_drawn(tmp_path):
+    """The report counts converged cells, lists each one that hit its budget while still
+    improving with its last-stretch gain, and draws validation exact match per length over training."""
+    import json
+
+    copy = tmp_path / "reference"
+    shutil.copytree(RESULTS / "reference", copy)
+    ids = json.loads((copy / "study.json").read_text())["cells"]
+    for i, cid in enumerate(ids):
+        path = copy / "cells" / f"{cid}.json"
+        record = json.loads(path.read_text())
+        record.update(converged=i != 0, last_stretch_gain=0.123 if i == 0 else 0.0, stop_reason="budget" if i == 0 else "no_improvement")
+        path.write_text(json.dumps(record))
+        if i == 0:
+            first = record
+    write_report(copy)
+    report = (copy / "report.md").read_text()
+    assert f"{len(ids) - 1} of {len(ids)} cells converged" in report
+    assert f"- {first['task']}/{first['model']}/seed {first['seed']}: +12.3 points of validation exact match over the last stretch" in report
+    assert "| budget | **no** |" in report and "| no_improvement | yes |" in report
+    assert (copy / "figures" / "learning_curves_by_length.png").stat().st_size > 10000
+    assert "![Validation exact match per length over training](figures/learning_curves_by_length.png)" in report
+
+
+def test_learning_curves_show_at_most_six_lengths_with_both_ends():
+    from study.report import _shown_lengths
+
+    assert _shown_lengths([1, 2, 3]) == [1, 2, 3]
+    shown = _shown_lengths(list(range(4, 33)))
+    assert len(shown) == 6 and shown[0] == 4 and shown[-1] == 32

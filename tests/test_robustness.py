@@ -28,7 +28,7 @@ TINY = textwrap.dedent(
     eval_lengths = [1]
     [train]
     n_train = 128
-    max_epochs = 1
+    max_examples = 128
     """
 )
 DETERMINISTIC = ["seq_acc", "char_acc", "n_examples", "examples_seen", "param_count", "stop_reason", "cell_id"]
@@ -201,7 +201,7 @@ def test_second_study_on_same_folder_is_refused_and_lock_dies_with_its_process(t
 @pytest.mark.slow
 def test_divergence_is_a_failed_cell_and_the_study_goes_on(tmp_path):
     out = tmp_path / "out"
-    config = _config(tmp_path, TINY.replace("max_epochs = 1", "max_epochs = 1\nlearning_rate = 1e38"))
+    config = _config(tmp_path, TINY.replace("max_examples = 128", "max_examples = 128\nlearning_rate = 1e38"))
     result = run("--config", config, "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
@@ -277,7 +277,7 @@ def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_r
         options = {{ healed = "{healed}" }}
         [train]
         n_train = 64
-        max_epochs = 1
+        max_examples = 64
         '''))
     out = tmp_path / "out"
     args = ("--config", config, "--tasks", "fails_at_three", "--task-module", plugin, "--out", out, "--quiet")
@@ -309,8 +309,8 @@ ONE_CELL = textwrap.dedent(
     eval_lengths = [3, 6]
     [train]
     n_train = 512
-    max_epochs = 4
-    patience = 4
+    max_examples = 2048
+    patience_examples = 2048
     """
 )
 

@@ -99,11 +99,11 @@ def test_report_of_empty_folder_is_refused(tmp_path):
 
 def test_config_file_settings_and_errors(tmp_path):
     good = tmp_path / "study.toml"
-    good.write_text('profile = "smoke"\nmodels = ["none"]\n[train]\nmax_epochs = 1\n[tasks.reverse]\ntrain_lengths = "2..3"\neval_lengths = [3, 6]\n')
+    good.write_text('profile = "smoke"\nmodels = ["none"]\n[train]\nmax_examples = 1024\n[tasks.reverse]\ntrain_lengths = "2..3"\neval_lengths = [3, 6]\n')
     import tomllib
 
     config = build_study_config("smoke", tomllib.loads(good.read_text()))
-    assert config.models == ("none",) and config.train.max_epochs == 1
+    assert config.models == ("none",) and config.train.max_examples == 1024 and config.train.max_epochs == 1
     assert [t.name for t in config.tasks] == ["copy", "date_format", "reverse"]
     with pytest.raises(ConfigError, match=r"unknown setting train.max_epoch \(allowed: "):
         build_study_config("smoke", {"train": {"max_epoch": 3}})

@@ -84,7 +84,7 @@ def _train(copy_data, cfg, sabotage_from_epoch=None, backup_dir=None):
 def test_a_backup_restores_the_whole_training_state(copy_data, tmp_path):
     """A run that finds the backup of a finished last epoch trains no further and reports what
     the first run did: history, best epoch (early-stopping state) and the best weights."""
-    cfg = TrainConfig(n_train=256, max_epochs=2, batch_size=32, learning_rate=1e-2, patience=5)
+    cfg = TrainConfig(n_train=256, max_examples=512, batch_size=32, learning_rate=1e-2, patience_examples=1280)
     model, first = _train(copy_data, cfg, backup_dir=tmp_path)
     assert first.best_epoch == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["best-2.npz", "epoch-2.weights.h5", "state.json"]
     again_model, again = _train(copy_data, cfg, backup_dir=tmp_path)
@@ -95,7 +95,7 @@ def test_a_backup_restores_the_whole_training_state(copy_data, tmp_path):
 @pytest.mark.slow
 def test_best_validation_weights_are_restored(copy_data):
     splits, sv, tv = copy_data
-    cfg = TrainConfig(n_train=256, max_epochs=4, batch_size=32, learning_rate=1e-2, patience=4)
+    cfg = TrainConfig(n_train=256, max_examples=1024, batch_size=32, learning_rate=1e-2, patience_examples=1024)
     model, result = _train(copy_data, cfg, sabotage_from_epoch=3)
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4] and result.stop_reason == "budget"
     assert result.history[-1]["val_char_acc"] == 0.0  # the zeroed model emits END at once
@@ -114,7 +114,7 @@ def test_best_validation_weights_are_restored(copy_data):
 
 @pytest.mark.slow
 def test_patience_stops_after_that_many_epochs_without_improvement(copy_data):
-    cfg = TrainConfig(n_train=256, max_epochs=8, batch_size=32, learning_rate=1e-2, patience=2)
+    cfg = TrainConfig(n_train=256, max_examples=2048, batch_size=32, learning_rate=1e-2, patience_examples=512)
     _, result = _train(copy_data, cfg, sabotage_from_epoch=2)
     assert result.best_epoch == 1
     assert result.stop_reason == "no_improvement" and len(result.history) == 1 + 2
@@ -123,16 +123,16 @@ def test_patience_stops_after_that_many_epochs_without_improvement(copy_data):
 
 @pytest.mark.slow
 def test_reaching_the_target_accuracy_stops_training(copy_data):
-    cfg = TrainConfig(n_train=256, max_epochs=10, batch_size=32, learning_rate=1e-2, patience=10, target_accuracy=0.05)
+    cfg = TrainConfig(n_train=256, max_examples=2560, batch_size=32, learning_rate=1e-2, patience_examples=2560, target_accuracy=0.05)
     _, result = _train(copy_data, cfg)
     accuracies = [row["val_seq_acc"] for row in result.history]
-    assert result.stop_reason == "converged", accuracies
+    assert result.stop_reason == "target_reached" and result.converged, accuracies
     assert accuracies[-1] >= 0.05 and all(a < 0.05 for a in accuracies[:-1])  # the first epoch that reached it
 
 
 @pytest.mark.slow
-def test_the_budget_is_n_train_times_max_epochs(copy_data):
-    cfg = TrainConfig(n_train=256, max_epochs=2, batch_size=32, learning_rate=1e-6, patience=5)
+def test_the_budget_is_max_examples(copy_data):
+    cfg = TrainConfig(n_train=256, max_examples=512, batch_size=32, learning_rate=1e-6, patience_examples=1280)
     _, result = _train(copy_data, cfg)
     assert result.stop_reason == "budget" and result.examples_seen == 2 * 256 and len(result.history) == 2
 
@@ -142,15 +142,94 @@ def test_learning_rate_schedules_come_from_keras():
     from study.train import learning_rate
 
     assert learning_rate(TrainConfig(learning_rate=0.003)) == 0.003
-    cfg = TrainConfig(n_train=640, batch_size=64, max_epochs=10, learning_rate=0.002, schedule="cosine", warmup_examples=640)
+    cfg = TrainConfig(n_train=640, batch_size=64, max_examples=6400, learning_rate=0.002, schedule="cosine", warmup_examples=640)
     schedule = learning_rate(cfg)  # 100 updates, the first 10 warming up
     assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
     at = lambda step: float(schedule(step))  # noqa: E731
     assert at(0) == pytest.approx(0.0) and at(5) == pytest.approx(0.001) and at(10) == pytest.approx(0.002)
     assert at(55) == pytest.approx(0.001, rel=1e-3) and at(100) == pytest.approx(0.0, abs=1e-9)
-    assert float(learning_rate(TrainConfig(n_train=640, batch_size=64, max_epochs=10, learning_rate=0.002, schedule="cosine"))(50)) == pytest.approx(0.001)
+    assert float(learning_rate(TrainConfig(n_train=640, batch_size=64, max_examples=6400, learning_rate=0.002, schedule="cosine"))(50)) == pytest.approx(0.001)
     for bad, message in ((dict(schedule="linear"), "train.schedule must be one of constant, cosine"),
                          (dict(warmup_examples=10), 'needs schedule = "cosine"'),
                          (dict(schedule="cosine", warmup_examples=10**9), "below the budget")):
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**bad)
+
+
+def test_patience_and_budget_are_counted_in_examples_rounded_up_to_epochs():
+    cfg = TrainConfig(n_train=1000, max_examples=2500, patience_examples=1001)
+    assert (cfg.max_epochs, cfg.patience) == (3, 2)
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="curriculum_share must be a number in"):
+        TrainConfig(curriculum_share=1.5)
+    with pytest.raises(ConfigError, match="curriculum_examples must be an integer from 0 to below the budget"):
+        TrainConfig(max_examples=1000, curriculum_examples=1000)
+
+
+def test_the_length_curriculum_grows_its_limit_and_keeps_a_share_from_the_whole_range():
+    from study.train import curriculum_epoch
+
+    lengths = np.repeat(np.arange(1, 11), 1000)  # 10,000 examples of lengths 1..10
+    cfg = TrainConfig(n_train=10000, max_examples=100000, curriculum_examples=50000, curriculum_share=0.25)
+    rng = np.random.default_rng(0)
+    limits = []
+    for epoch in range(5):
+        drawn = curriculum_epoch(lengths, epoch, cfg, rng)
+        assert drawn.shape == (10000,)
+        limit = 1 + 9 * (epoch + 1) / 5
+        beyond = np.mean(lengths[drawn] > limit)
+        # only the whole-range share goes past the limit: 25% of draws, of which the part above it
+        assert beyond == pytest.approx(0.25 * np.mean(lengths > limit), abs=0.02)
+        limits.append(lengths[drawn].mean())
+    assert limits == sorted(limits) and limits[0] < 3 < limits[-1]
+    assert curriculum_epoch(lengths, 5, cfg, rng) is None  # over: plain passes from here
+    assert curriculum_epoch(lengths, 0, TrainConfig(), rng) is None  # no curriculum
+
+
+def test_the_curriculum_epoch_order_is_a_pure_function_of_seed_and_epoch():
+    from study.data import Dataset
+    from study.train import BucketedBatches
+
+    lengths = np.repeat(np.arange(1, 5), 64)
+    data = Dataset(["a" * int(n) for n in lengths], ["a" * int(n) for n in lengths], lengths)
+    sv = Vocabulary("a")
+    encoded = EncodedSet.build(data, sv, sv)
+    cfg = TrainConfig(n_train=256, max_examples=2560, batch_size=16, curriculum_examples=1024)
+    a, b = BucketedBatches(encoded, cfg, seed=3), BucketedBatches(encoded, cfg, seed=3)
+    b.set_epoch(2)
+    a.set_epoch(2)
+    assert all((x == y).all() for x, y in zip(a.order, b.order))
+    assert len(a) == len(BucketedBatches(encoded, TrainConfig(n_train=256, batch_size=16), seed=3))  # same batches per epoch
+    a.set_epoch(0)
+    assert max(lengths[np.concatenate(a.order)]) <= 4 and np.mean(lengths[np.concatenate(a.order)]) < np.mean(lengths)
+
+
+def test_a_run_that_ends_on_its_budget_while_still_improving_is_not_converged():
+    from study.train import TrainResult, last_stretch_gain
+
+    rows = lambda accs: [{"val_seq_acc": a} for a in accs]  # noqa: E731
+    assert last_stretch_gain(rows([0.1, 0.5, 0.6, 0.62]), 2) == pytest.approx(0.12)
+    assert last_stretch_gain(rows([0.1, 0.9, 0.6, 0.905]), 2) == pytest.approx(0.005)
+    assert last_stretch_gain(rows([0.1, 0.5]), 2) is None
+    result = lambda reason, gain: TrainResult([], reason, 0, 0, 0.0, 0.0, gain)  # noqa: E731
+    assert not result("budget", 0.12).converged and result("budget", 0.005).converged
+    assert not result("budget", None).converged and not result("diverged: x", 0.0).converged
+    assert result("no_improvement", None).converged and result("target_reached", None).converged
+
+
+def test_sequence_normalisation_weighs_every_example_the_same(copy_data):
+    """With loss_normalisation = "sequence" each example's weights sum to the same total,
+    1 / batch_size, whatever its length; "token" gives every character the same weight."""
+    splits, sv, tv = copy_data
+    encoded = EncodedSet.build(splits.train, sv, tv)
+    order = np.argsort(splits.train.lengths, kind="stable")
+    index = np.concatenate([order[:16], order[-16:]])  # lengths 2 and 3
+    _, y, w = encoded.batch(index, 8, 1 / encoded.tokens_per_batch(32), per_sequence=True)
+    assert np.allclose(w.sum(axis=1), 1 / 32) and (w[y == 0] == 0).all()
+    _, _, w_token = encoded.batch(index, 8, 1 / encoded.tokens_per_batch(32))
+    assert not np.allclose(w_token.sum(axis=1), 1 / 32)
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.loss_normalisation must be one of token, sequence"):
+        TrainConfig(loss_normalisation="mean")
