@@ -51,8 +51,11 @@ class ModelConfig:
 class TrainConfig:
     """The training budget and optimiser, identical for every model in a comparison.
 
-    n_train: the training pool (fixed and cached); one epoch is one pass over it, and the
-        validation set is decoded after every epoch.
+    n_train: the training pool (fixed and cached), drawn from in passes (each pass a new
+        random order).
+    epoch_examples: training examples per epoch, a consecutive stretch of a pass (n_train
+        must be a multiple of it; default n_train); the validation set is decoded after
+        every epoch.
     max_examples: the budget, in training examples (rounded up to whole epochs): training
         stops here if it has not converged before.
     batch_size: examples per update.
@@ -82,6 +85,7 @@ class TrainConfig:
     """
 
     n_train: int = 10000
+    epoch_examples: int | None = None
     max_examples: int = 100000
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -97,8 +101,12 @@ class TrainConfig:
     pad_multiple: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "max_examples", "batch_size", "patience_examples", "n_validation", "pad_multiple"):
+        if self.epoch_examples is None:
+            object.__setattr__(self, "epoch_examples", self.n_train)
+        for name in ("n_train", "epoch_examples", "max_examples", "batch_size", "patience_examples", "n_validation", "pad_multiple"):
             _positive_int("train", name, getattr(self, name))
+        if self.n_train % self.epoch_examples:
+            raise ConfigError(f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})")
         for name in ("learning_rate", "clipnorm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -120,13 +128,13 @@ class TrainConfig:
 
     @property
     def max_epochs(self) -> int:
-        """Passes over the pool that the budget allows: max_examples / n_train, rounded up."""
-        return math.ceil(self.max_examples / self.n_train)
+        """Epochs that the budget allows: max_examples / epoch_examples, rounded up."""
+        return math.ceil(self.max_examples / self.epoch_examples)
 
     @property
     def patience(self) -> int:
-        """Epochs without improvement before stopping: patience_examples / n_train, rounded up."""
-        return math.ceil(self.patience_examples / self.n_train)
+        """Epochs without improvement before stopping: patience_examples / epoch_examples, rounded up."""
+        return math.ceil(self.patience_examples / self.epoch_examples)
 
 
 SCHEDULES = ("constant", "cosine")

@@ -39,17 +39,23 @@ RECIPES: dict[str, dict] = {
     "cosine4e-3-b128": {"learning_rate": 4e-3, "schedule": "cosine", "warmup_examples": 5000, "batch_size": 128},
     "cosine3e-3-sequence": {"learning_rate": 3e-3, "schedule": "cosine", "warmup_examples": 5000, "batch_size": 64,
                             "loss_normalisation": "sequence"},
+    "cosine3e-3-pool100k": {"learning_rate": 3e-3, "schedule": "cosine", "warmup_examples": 5000, "batch_size": 64,
+                            "n_train": 100000, "epoch_examples": 10000},
+    "cosine4e-3-b128-pool100k": {"learning_rate": 4e-3, "schedule": "cosine", "warmup_examples": 5000, "batch_size": 128,
+                                 "n_train": 100000, "epoch_examples": 10000},
     "cosine3e-3-curriculum": {"learning_rate": 3e-3, "schedule": "cosine", "warmup_examples": 5000, "batch_size": 64,
                               "curriculum_examples": 60000},
 }
 
-# probe name -> (task, model): the cells whose training decides the recipe; lengths, model sizes
-# and validation sets are the standard profile's
-PROBES: dict[str, tuple[str, str]] = {
-    "copy/dot": ("copy", "dot"),
-    "reverse/additive": ("reverse", "additive"),
-    "date_format/dot": ("date_format", "dot"),
-    "date_format/none": ("date_format", "none"),
+# probe name -> (task, model, training lengths): the cells whose training decides the recipe;
+# lengths None: the standard profile's; model sizes and validation sets are the standard profile's
+PROBES: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
+    "copy/dot": ("copy", "dot", None),
+    "reverse/additive": ("reverse", "additive", None),
+    "date_format/dot": ("date_format", "dot", None),
+    "date_format/none": ("date_format", "none", None),
+    # a diagnostic: can the model without attention learn single dates when it sees nothing else?
+    "date_format/none@1": ("date_format", "none", (1,)),
 }
 REACH = 0.9  # the table reports examples and seconds to this validation exact match
 
@@ -65,6 +71,11 @@ def recipe_config(recipe: str, max_examples: int = SWEEP_BUDGET):
     return TrainConfig(**settings)
 
 
+def run_path(out: Path, recipe: str, probe: str, seed: int) -> Path:
+    """`<out>/runs/<recipe>--<probe>--s<seed>.json` (the probe's "/" and "@" as "-")."""
+    return out / "runs" / f"{recipe}--{probe.replace('/', '-').replace('@', '-')}--s{seed}.json"
+
+
 def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int = SWEEP_BUDGET) -> dict:
     """Trains one probe with one recipe (validation only) and writes its run file."""
     import keras
@@ -76,9 +87,9 @@ def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int = 
     from study.train import train_model
     from study.vocab import Vocabulary
 
-    task_name, model_name = PROBES[probe]
+    task_name, model_name, lengths = PROBES[probe]
     cfg = recipe_config(recipe, max_examples)
-    lengths = parse_lengths(PROFILES["standard"]["tasks"][task_name]["train_lengths"], "train_lengths")
+    lengths = lengths or parse_lengths(PROFILES["standard"]["tasks"][task_name]["train_lengths"], "train_lengths")
     task = get_task(task_name)
     train, validation = training_splits(task, lengths, cfg.n_train, cfg.n_validation, seed)
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
@@ -90,7 +101,7 @@ def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int = 
         "train_lengths": list(lengths), "stop_reason": result.stop_reason, "converged": result.converged,
         "examples_seen": result.examples_seen, "seconds": result.seconds, "history": result.history,
     }
-    path = Path(out) / "runs" / f"{recipe}--{probe.replace('/', '-')}--s{seed}.json"
+    path = run_path(Path(out), recipe, probe, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run, indent=1))
     return run
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not args.table:
         todo = [(r, q, s) for r in recipes for q in probes for s in seeds
-                if not (out / "runs" / f"{r}--{q.replace('/', '-')}--s{s}.json").exists()]
+                if not run_path(out, r, q, s).exists()]
         started = time.perf_counter()
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init) as pool:

@@ -202,21 +202,31 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def curriculum_epoch(lengths: np.ndarray, epoch: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray | None:
-    """The examples (indices into the pool, drawn with replacement, as many as the pool holds)
-    of epoch `epoch` under the length curriculum, or None once it is over (a plain pass).
+    """The `epoch_examples` examples (indices into the pool, drawn with replacement) of epoch
+    `epoch` under the length curriculum, or None once it is over (plain passes from then on).
 
     Zaremba & Sutskever 2014's "combined" strategy: a `curriculum_share` of the draws come
     from the whole pool, the rest from examples no longer than a limit that grows linearly
     from the shortest length (epoch 0) to the longest (at `curriculum_examples`).
     """
-    seen = epoch * len(lengths)
-    if seen >= cfg.curriculum_examples:
+    if epoch * cfg.epoch_examples >= cfg.curriculum_examples:
         return None
     lo, hi = int(lengths.min()), int(lengths.max())
-    limit = lo + (hi - lo) * (epoch + 1) * len(lengths) / cfg.curriculum_examples
+    limit = lo + (hi - lo) * (epoch + 1) * cfg.epoch_examples / cfg.curriculum_examples
     eligible = np.flatnonzero(lengths <= limit)
-    whole = rng.random(len(lengths)) < cfg.curriculum_share
-    return np.where(whole, rng.integers(0, len(lengths), len(lengths)), eligible[rng.integers(0, len(eligible), len(lengths))])
+    n = cfg.epoch_examples
+    whole = rng.random(n) < cfg.curriculum_share
+    return np.where(whole, rng.integers(0, len(lengths), n), eligible[rng.integers(0, len(eligible), n)])
+
+
+def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.ndarray:
+    """The pool indices of epoch `epoch` without a curriculum: pass p = epoch // (n_train /
+    epoch_examples) is a permutation of the pool seeded by (seed, p), and the epoch is its
+    next consecutive stretch of `epoch_examples`."""
+    per_pass = pool // cfg.epoch_examples
+    order = np.random.default_rng([seed, epoch // per_pass, 1]).permutation(pool)
+    start = (epoch % per_pass) * cfg.epoch_examples
+    return order[start : start + cfg.epoch_examples]
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
@@ -258,14 +268,13 @@ class BucketedBatches(keras.utils.PyDataset):
         self.next_epoch = 0  # the epoch the next `tf.data` pass runs; `fit`'s initial_epoch on a resumed run
 
     def set_epoch(self, epoch: int) -> None:
-        """Epoch `epoch` (0-based): the (epoch + 1)-th draw of one generator seeded with `seed`."""
-        rng = np.random.default_rng(self.seed)
-        for e in range(epoch + 1):
-            drawn = curriculum_epoch(self.encoded.lengths, e, self.cfg, rng)
-            if drawn is None:
-                self.order = bucketed_batches(self.sizes, self.batch_size, rng)
-            else:
-                self.order = [drawn[i] for i in bucketed_batches(self.sizes[drawn], self.batch_size, rng)]
+        """Epoch `epoch` (0-based): its examples (`curriculum_epoch` or `epoch_examples`) in
+        bucketed batches, all drawn from generators seeded by (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        drawn = curriculum_epoch(self.encoded.lengths, epoch, self.cfg, rng)
+        if drawn is None:
+            drawn = epoch_examples(len(self.sizes), epoch, self.cfg, self.seed)
+        self.order = [drawn[i] for i in bucketed_batches(self.sizes[drawn], self.batch_size, rng)]
 
     def _one_epoch(self):
         """One pass for `tf.data` (one call per epoch, which may start before the epoch's callbacks)."""
@@ -306,9 +315,8 @@ class GreedyValidation(keras.callbacks.Callback):
         self.vocabs = (source_vocab, target_vocab)
         self.started = started
         self.history: list[dict] = []
-        self.characters = sum(len(t) - 1 for t in batches.encoded.targets)  # target characters and END per epoch
-        if batches.cfg.loss_normalisation == "sequence":  # each example's mean cross-entropy: the mean over examples
-            self.characters = len(batches.encoded.targets) * batches.encoded.mean_target_length()
+        # target characters and END per epoch (for "sequence", each example's mean cross-entropy: a mean over examples)
+        self.characters = batches.cfg.epoch_examples * batches.encoded.mean_target_length()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)  # the PyDataset path (JAX): Keras reads the batches after this
@@ -325,7 +333,7 @@ class GreedyValidation(keras.callbacks.Callback):
         per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)  # logs' loss is a mean over batches
         self.history.append({
             "epoch": epoch + 1,
-            "examples_seen": (epoch + 1) * len(self.batches.encoded.targets),
+            "examples_seen": (epoch + 1) * self.batches.cfg.epoch_examples,
             "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character (per example's mean with "sequence")
             "val_seq_acc": val["seq_acc"],
             "val_char_acc": val["char_acc"],
@@ -361,7 +369,7 @@ class Divergence(keras.callbacks.TerminateOnNaN):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            seen = self.epoch * len(self.batches.encoded.targets) + sum(len(i) for i in self.batches.order[: batch + 1])
+            seen = self.epoch * self.batches.cfg.epoch_examples + sum(len(i) for i in self.batches.order[: batch + 1])
             self.reason = f"diverged: loss became {loss} at epoch {self.epoch + 1} after {seen} examples"
             self.examples_seen = seen
             self.model.stop_training = True

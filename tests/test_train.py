@@ -158,8 +158,13 @@ def test_learning_rate_schedules_come_from_keras():
 
 def test_patience_and_budget_are_counted_in_examples_rounded_up_to_epochs():
     cfg = TrainConfig(n_train=1000, max_examples=2500, patience_examples=1001)
+    assert (cfg.epoch_examples, cfg.max_epochs, cfg.patience) == (1000, 3, 2)
+    cfg = TrainConfig(n_train=4000, epoch_examples=1000, max_examples=2500, patience_examples=1001)
     assert (cfg.max_epochs, cfg.patience) == (3, 2)
     from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.n_train \(4000\) must be a multiple of train.epoch_examples \(3000\)"):
+        TrainConfig(n_train=4000, epoch_examples=3000)
 
     with pytest.raises(ConfigError, match="curriculum_share must be a number in"):
         TrainConfig(curriculum_share=1.5)
@@ -171,7 +176,7 @@ def test_the_length_curriculum_grows_its_limit_and_keeps_a_share_from_the_whole_
     from study.train import curriculum_epoch
 
     lengths = np.repeat(np.arange(1, 11), 1000)  # 10,000 examples of lengths 1..10
-    cfg = TrainConfig(n_train=10000, max_examples=100000, curriculum_examples=50000, curriculum_share=0.25)
+    cfg = TrainConfig(n_train=10000, epoch_examples=10000, max_examples=100000, curriculum_examples=50000, curriculum_share=0.25)
     rng = np.random.default_rng(0)
     limits = []
     for epoch in range(5):
@@ -233,3 +238,15 @@ def test_sequence_normalisation_weighs_every_example_the_same(copy_data):
 
     with pytest.raises(ConfigError, match="train.loss_normalisation must be one of token, sequence"):
         TrainConfig(loss_normalisation="mean")
+
+
+def test_epochs_walk_through_the_pool_in_passes_each_example_once_per_pass():
+    from study.train import epoch_examples
+
+    cfg = TrainConfig(n_train=1000, epoch_examples=250)
+    passes = [np.concatenate([epoch_examples(1000, e, cfg, seed=5) for e in range(p * 4, p * 4 + 4)]) for p in range(2)]
+    for indices in passes:
+        assert sorted(indices) == list(range(1000))
+    assert (passes[0] != passes[1]).any()  # a new order each pass
+    assert (epoch_examples(1000, 6, cfg, seed=5) == epoch_examples(1000, 6, cfg, seed=5)).all()
+    assert (epoch_examples(1000, 6, cfg, seed=5) != epoch_examples(1000, 6, cfg, seed=6)).any()
