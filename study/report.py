@@ -321,15 +321,29 @@ def _save(fig, figures: Path, name: str) -> list[str]:
 
 
 def _palette(models: list[str]) -> dict:
+    """One colour per model, the same in every figure of every report: seaborn's colour-blind
+    palette in the registry's order (`study.models.available_models`), extra names after it."""
     import seaborn as sns
 
-    colours = sns.color_palette("colorblind", max(len(models), 4))
-    return {m: colours[i] for i, m in enumerate(models)}
+    from study.models import available_models
+
+    order = list(dict.fromkeys([*MODEL_ORDER, *available_models(), *sorted(models)]))
+    colours = sns.color_palette("colorblind", 10)
+    return {m: colours[order.index(m) % len(colours)] for m in models}
+
+
+def _seeds_and_examples(records: list[dict]) -> str:
+    """'3 seeds, 1,000 test examples per length and seed' for the records shown."""
+    seeds = len({r["seed"] for r in records})
+    n_test = sorted({r.get("n_test") for r in records if r.get("n_test")})
+    examples = f", {n_test[0]:,} test examples per length and seed" if len(n_test) == 1 else ""
+    return f"{seeds} seed{'s' if seeds != 1 else ''}{examples}"
 
 
 def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
-    """Top row: exact match per length, mean and 95% interval band (`accuracy_interval`) per
-    model; bottom row: the oracle-length exact match diagnostic (mean over seeds)."""
+    """Top row: exact match per length, mean over seeds with its 95% interval
+    (`accuracy_interval`) as error bars, per model; bottom row: the oracle-length exact match
+    diagnostic (mean over seeds).  The trained lengths are shaded and labelled on each panel."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -338,23 +352,29 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
     palette = _palette(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
     per_length = any(r.get("regime") == "per_length" for r in records)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.0), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.4), squeeze=False, sharex="col")
     for j, task in enumerate(tasks):
         data = summary[summary["task"] == task]
         lo, hi = data["train_min"].min(), data["train_max"].max()
         if per_length:  # one model per length: each evaluated at its own training length
             data = data[data["length"] == data["train_max"]]
+        lengths = sorted(set(data["length"]))
+        dodge = 0.012 * (max(lengths) - min(lengths) or 1)  # error bars side by side, not on top of each other
         for i, (column, label) in enumerate((("seq_acc_mean", "exact match (%)"), ("oracle_seq_acc_mean", "oracle-length exact match (%)"))):
             ax = axes[i][j]
-            ax.axvspan(lo, hi, color="0.92", zorder=0)
-            for model in models:
+            ax.axvspan(lo - 0.5, hi + 0.5, color="0.93", zorder=0)
+            ax.text((lo + hi) / 2, 100, "trained lengths", ha="center", va="bottom", fontsize=8, color="0.35")
+            for k, model in enumerate(models):
                 d = data[data["model"] == model].groupby("length").mean(numeric_only=True).sort_index()
                 if d.empty or d[column].isna().all():
                     continue
-                ax.plot(d.index, 100 * d[column], marker="o", color=palette[model], label=model)
+                x = d.index + (k - (len(models) - 1) / 2) * dodge
                 if i == 0:
-                    ax.fill_between(d.index, 100 * d["seq_acc_ci_low"], 100 * d["seq_acc_ci_high"], color=palette[model], alpha=0.15, linewidth=0)
-            ax.set(title=task if i == 0 else "", xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 103))
+                    below, above = 100 * (d[column] - d["seq_acc_ci_low"]), 100 * (d["seq_acc_ci_high"] - d[column])
+                    ax.errorbar(x, 100 * d[column], yerr=[below, above], marker="o", markersize=4, capsize=2.5, color=palette[model], label=model)
+                else:
+                    ax.plot(x, 100 * d[column], marker="o", markersize=4, color=palette[model], label=model)
+            ax.set(title=task if i == 0 else "", xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 108))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lengths are whole symbols or dates
     handles, labels = [], []
     for ax in axes.flat:
@@ -363,16 +383,18 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                 handles.append(h)
                 labels.append(l)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    regime = ", one model trained per length" if per_length else ""
-    fig.suptitle(f"Greedy-decoded exact match vs input length (grey: trained lengths; bands: 95% interval over seeds{regime});\n"
-                 "below, the oracle-length diagnostic: END held back until the target's length")
+    regime = "; one model trained per length" if per_length else ""
+    fig.suptitle(f"Greedy-decoded exact match vs input length: mean and 95% interval over {_seeds_and_examples(records)}{regime};\n"
+                 "below, the oracle-length diagnostic: END held back until the target's length (mean over seeds)")
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")
 
 
 def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
-    """Per-position accuracy at each task's longest trained evaluation length (mean over seeds)."""
+    """Per-position character accuracy at each task's longest trained evaluation length: mean
+    over seeds (markers) and the range over seeds (band)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = []
     for r in records:
@@ -381,7 +403,7 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
         inside = [m for m in r["metrics"] if m["in_training_range"]] or r["metrics"]
         m = max(inside, key=lambda m: m["length"])
         for pos, acc in enumerate(m["position_acc"]):
-            rows.append({"task": r["task"], "model": r["model"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
+            rows.append({"task": r["task"], "model": r["model"], "seed": r["seed"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
     if not rows:
         return []
     data = pd.DataFrame(rows)
@@ -389,21 +411,28 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     tasks = list(dict.fromkeys(data["task"]))
     models = list(dict.fromkeys(data["model"]))
     palette = _palette(models)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    units = {r["task"]: r.get("length_unit", "length") for r in records}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         d = data[data["task"] == task]
         for model in models:
-            mean = d[d["model"] == model].groupby("position")["accuracy"].mean()
-            ax.plot(mean.index, mean.values, label=model, color=palette[model])
-        ax.set(title=f"{task}, length {d['length'].max()}", xlabel="output position (characters)", ylabel="character accuracy (%)", ylim=(-3, 103))
+            by_position = d[d["model"] == model].groupby("position")["accuracy"]
+            mean = by_position.mean()
+            ax.fill_between(mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0)
+            ax.plot(mean.index, mean.values, marker="o", markersize=3, label=model, color=palette[model])
+        ax.set(title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')})", xlabel="output position (characters)",
+               ylabel="character accuracy (%)", ylim=(-3, 103))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    fig.suptitle("Where in the output greedy decoding goes wrong (longest trained length, mean over seeds)")
+    fig.suptitle(f"Where in the output greedy decoding goes wrong, at the longest trained length: mean over {_seeds_and_examples(records)}; band: range over seeds")
     fig.tight_layout()
     return _save(fig, figures, "position_accuracy")
 
 
 def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
-    """One test example per task x attention model (lowest seed): output step x source character."""
+    """One test example per task x attention model (lowest seed): attention weight of each
+    output step (rows) on each source character (columns), with a colour bar; each panel names
+    the example's length, seed, target and prediction and marks the prediction right or wrong."""
     import matplotlib.pyplot as plt
 
     chosen: dict[tuple[str, str], dict] = {}
@@ -415,7 +444,8 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
         return []
     tasks = list(dict.fromkeys(t for t, _ in chosen))
     models = list(dict.fromkeys(m for _, m in chosen))
-    fig, axes = plt.subplots(len(tasks), len(models), figsize=(3.8 * len(models), 3.6 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), len(models), figsize=(4.2 * len(models) + 1.0, 4.4 * len(tasks)), squeeze=False, layout="constrained")
+    image = None
     for i, task in enumerate(tasks):
         for j, model in enumerate(models):
             ax = axes[i][j]
@@ -425,16 +455,34 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
                 continue
             ex = r["attention_example"]
             w = np.asarray(ex["weights"])
-            ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            image = ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="equal")  # square cells: a short example is small, not stretched
             src = list(ex["source"])
-            out = list(ex["prediction"]) + ["</s>"]
-            step = max(1, len(src) // 24)
-            ax.set_xticks(range(0, len(src), step), [repr(c)[1:-1] if c != " " else "␣" for c in src[::step]], fontsize=7)
-            ax.set_yticks(range(0, len(out[: w.shape[0]]), step), [c if c != " " else "␣" for c in out[: w.shape[0]]][::step], fontsize=7)
-            ax.set(title=f"{task} / {model}", xlabel="source character", ylabel="predicted character")
-    fig.suptitle("Attention weights of one test example (rows: output steps, columns: source positions)")
-    fig.tight_layout()
+            out = list(ex["prediction"]) + ["END"]
+            out = out[: w.shape[0]]
+            x_step, y_step = max(1, -(-len(src) // 24)), max(1, -(-len(out) // 24))  # at most 24 labels a side
+            ax.set_xticks(range(0, len(src), x_step), [_visible(c) for c in src[::x_step]], fontsize=7)
+            ax.set_yticks(range(0, len(out), y_step), [_visible(c) for c in out[::y_step]], fontsize=7)
+            right = ex["prediction"] == ex["target"]
+            verdict = "right" if right else "WRONG"
+            ax.set_title(f"{task} / {model}, length {ex['length']}, seed {r['seed']}\n"
+                         f"target {_shorten(ex['target'])}\npredicted {_shorten(ex['prediction'])} ({verdict})",
+                         fontsize=8, color="black" if right else "#b2182b")
+            ax.set(xlabel="source character", ylabel="predicted character")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
+    fig.suptitle("Attention weights of one test example per model (rows: output steps, columns: source characters)")
     return _save(fig, figures, "attention_maps")
+
+
+def _visible(c: str) -> str:
+    """A tick label for one character: a space as '␣', other invisible characters as their code point."""
+    if c == " ":
+        return "␣"
+    return c if c.isprintable() else f"U+{ord(c):04X}"
+
+
+def _shorten(text: str, most: int = 34) -> str:
+    return repr(text if len(text) <= most else text[: most - 1] + "…")
 
 
 def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
@@ -455,12 +503,18 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     for j, task in enumerate(tasks):
         d = data[data["task"] == task]
         for i, (column, label) in enumerate((("val_seq_acc", "validation exact match (%)"), ("loss", "training loss (teacher-forced)"))):
-            sns.lineplot(data=d, x="examples_seen", y=column, hue="model", hue_order=models, palette=_palette(models), units="seed", estimator=None, alpha=0.8, ax=axes[i][j], legend=(i, j) == (0, len(tasks) - 1))
+            sns.lineplot(data=d, x="examples_seen", y=column, hue="model", hue_order=models, palette=_palette(models), units="seed", estimator=None,
+                         linewidth=1.0, ax=axes[i][j], legend=(i, j) == (0, len(tasks) - 1))
             axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen", ylabel=label)
+            if i == 0:
+                axes[i][j].set_ylim(-3, 103)
+            else:
+                axes[i][j].set_ylim(bottom=0)
     legend = axes[0][-1].get_legend()
     if legend is not None:
-        legend.set_title("attention")
-    fig.suptitle("Training: validation exact match (greedy) and loss, one line per seed")
+        legend.set_title("model")
+        sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"Training: validation exact match (greedy) and loss, one line per seed ({_seeds_and_examples(records).split(',')[0]})")
     fig.tight_layout()
     return _save(fig, figures, "training_curves")
 
