@@ -36,7 +36,14 @@ class UsageError(ValueError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
+        if message.startswith("unrecognized arguments"):
+            message += "; lists are comma-separated, e.g. --seeds 0,1,2 --models none,dot"
         raise UsageError(f"{message} (see --help)")
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 task', '3 tasks'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _csv(value: str) -> list[str]:
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.__class__ = _Parser
     report.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR", help="a results folder, or several to merge (shards, machines)")
     report.add_argument("--out", type=Path, help="folder for the merged results and report (needed with several folders)")
+    report.add_argument("--all", action="store_true", help="report every record in the folder, not only the latest run's grid")
     ask = sub.add_parser("predict", help="ask a trained model of a finished study about your own inputs")
     ask.__class__ = _Parser
     ask.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
@@ -175,6 +183,10 @@ def prepare(args: argparse.Namespace):
         file_settings.pop("tasks", None)
     config = build_study_config(profile, file_settings, _overrides(args, base_tasks))
     os.environ["KERAS_BACKEND"] = config.backend
+    if config.backend == "tensorflow":
+        from study.executors import start_tensorflow
+
+        start_tensorflow()  # before Keras imports it, so its start-up notices stay out of the output
     from study.models import get_model_spec
 
     for model in config.models:
@@ -210,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         where = f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
         shard = f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them" if args.shard else ""
-        print(f"{config.profile} study: {n_cells} cells ({len(config.tasks)} tasks x {len(config.models)} models x {len(config.seeds)} seeds"
+        print(f"{config.profile} study: {_count(n_cells, 'cell')} ({_count(len(config.tasks), 'task')} x {_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
               f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {out}")
     started = time.perf_counter()
 
@@ -248,7 +260,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _check_output_dir(out)
         records, _ = merge_results(args.results_dirs, out, warn=lambda message: print(message, file=sys.stderr))
         print(f"merged {len(records)} cells from {len(args.results_dirs)} folder(s) into {out}")
-    print(f"report: {write_report(out)}")
+    print(f"report: {write_report(out, every=args.all)}")
     return 0
 
 

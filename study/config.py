@@ -258,7 +258,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "n_test": 1000,
         "model": {},
-        "train": {"n_train": 10000, "max_examples": 300000, "patience_examples": 30000},
+        # the recipe chosen by `python -m study.sweep` (BENCHMARKS.md): a 100,000-example pool,
+        # validation every 10,000, Adam at 3e-3 with a 5,000-example warm-up and cosine decay
+        "train": {"n_train": 100000, "epoch_examples": 10000, "max_examples": 150000, "patience_examples": 40000,
+                  "batch_size": 64, "learning_rate": 0.003, "schedule": "cosine", "warmup_examples": 5000},
     },
     # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget
     "full": {
@@ -275,7 +278,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2, 3, 4],
         "n_test": 1000,
         "model": {},
-        "train": {"n_train": 60000, "max_examples": 1200000, "patience_examples": 180000},
+        "train": {"n_train": 200000, "epoch_examples": 20000, "max_examples": 1000000, "patience_examples": 100000,
+                  "batch_size": 64, "learning_rate": 0.003, "schedule": "cosine", "warmup_examples": 5000},
     },
 }
 

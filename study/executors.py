@@ -15,6 +15,7 @@ can share a card when there are more jobs than GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -41,18 +42,70 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
+# What TensorFlow's native code prints while it starts, whatever TF_CPP_MIN_LOG_LEVEL says:
+# notices about logging, CPU instructions, oneDNN and absent CUDA drivers, not errors.
+START_UP_NOTICES = (
+    "All log messages before absl::InitializeLog()",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+    "rebuild TensorFlow with the appropriate compiler flags",
+    "Unable to register cu",
+    "computation placer already registered",
+    "TF-TRT Warning",
+)
+
+
+@contextlib.contextmanager
+def start_up_notices_filtered():
+    """Runs the block with the process's native stderr (file descriptor 2) captured, then writes
+    back every line except TensorFlow's start-up notices (`START_UP_NOTICES`), so real errors
+    still show and a study's output is not interleaved with them."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(notice in line for notice in START_UP_NOTICES):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def start_tensorflow(threads: int | None = None):
+    """Imports TensorFlow, caps its thread pools at `threads` (None: its defaults) and starts its
+    devices, with the start-up notices filtered out.  In a process whose TensorFlow already
+    runs, the first thread setting stays."""
+    with start_up_notices_filtered():
+        import tensorflow as tf
+
+        if threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:  # TensorFlow is already initialised in this (reused) process
+                pass
+        tf.config.list_physical_devices("GPU")  # device start-up (CUDA probing) prints here
+    return tf
+
+
 def limit_threads(backend: str, threads: int) -> None:
     """Caps this process's math libraries; call before TensorFlow/JAX start.  A second call in a
     process whose TensorFlow already runs keeps the first setting."""
     os.environ.update(thread_env(threads))
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # TensorFlow is already initialised in this (reused) worker
-            pass
+        start_tensorflow(threads)
 
 
 def visible_gpus() -> list[str]:

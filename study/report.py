@@ -46,14 +46,15 @@ def read_manifest(out: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("cells"), list) else None
 
 
-def load_records(out: Path) -> list[dict]:
-    """The records of the latest study in `out` (those named by study.json; all when it is missing)."""
+def load_records(out: Path, every: bool = False) -> list[dict]:
+    """The records of the latest study in `out` (those named by study.json), or every record in
+    `out/cells` (`every`, or when study.json is missing)."""
     out = Path(out)
     cells_dir = out / "cells"
     if not cells_dir.is_dir():
         raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
     manifest = read_manifest(out)
-    paths = [cells_dir / f"{i}.json" for i in manifest["cells"]] if manifest is not None else sorted(cells_dir.glob("*.json"))
+    paths = [cells_dir / f"{i}.json" for i in manifest["cells"]] if manifest is not None and not every else sorted(cells_dir.glob("*.json"))
     records = [r for r in (read_record(p) for p in paths if p.exists()) if r is not None]
     if not records:
         raise NoResultsError(f"{out} holds no finished cell records; run a study with --out {out} first")
@@ -584,13 +585,14 @@ def convergence_lines(records: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def write_report(out: Path) -> Path:
-    """Writes metrics.csv, summary.csv/.md, the figures and report.md into `out`; returns report.md's path."""
+def write_report(out: Path, every: bool = False) -> Path:
+    """Writes metrics.csv, summary.csv/.md, the figures and report.md into `out` from the latest
+    run's records (every record in `out/cells` with `every`); returns report.md's path."""
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out)
-    records = load_records(out)
+    records = load_records(out, every)
     metrics = metrics_frame(records)
     metrics.to_csv(out / "metrics.csv", index=False)
     summary = summary_frame(metrics)

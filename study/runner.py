@@ -130,7 +130,14 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
         else:
             todo.append((cell, cid))
 
-    bar = tqdm(total=len(selected), initial=len(selected) - len(todo), desc="study", unit="cell", disable=not progress, dynamic_ncols=True)
+    done = len(selected) - len(todo)
+    if progress and done:
+        print(f"resuming: {done} of {len(selected)} cells done in {out}; {len(todo)} to run", flush=True)
+    others = sorted(set(p.stem for p in cells_dir.glob("*.json")) - {cid for _, cid in grid})
+    if others:
+        warn(f"note: {out} also holds {len(others)} record(s) of other grids (earlier runs with other settings); "
+             f"this run's report covers its own {len(selected)} cells only; `python run_study.py report {out} --all` reports every record")
+    bar = tqdm(total=len(selected), initial=done, desc="study", unit="cell", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
 
     def finish(record: dict) -> None:
         write_json_atomic(cells_dir / f"{record['id']}.json", record)

@@ -241,12 +241,12 @@ def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
 
 def learning_rate(cfg: TrainConfig):
     """`cfg.learning_rate` for schedule "constant"; for "cosine", a
-    `keras.optimizers.schedules.CosineDecay` over the whole budget in updates (n_train / batch_size
+    `keras.optimizers.schedules.CosineDecay` over the whole budget in updates (epoch_examples / batch_size
     per epoch, rounded up, times max_epochs) that decays to 0, after a linear warm-up from 0 over
     `warmup_examples` (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
     if cfg.schedule == "constant":
         return cfg.learning_rate
-    per_epoch = math.ceil(cfg.n_train / cfg.batch_size)
+    per_epoch = math.ceil(cfg.epoch_examples / cfg.batch_size)
     total = per_epoch * cfg.max_epochs
     warmup = math.ceil(cfg.warmup_examples / cfg.batch_size)
     if not warmup:

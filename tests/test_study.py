@@ -20,14 +20,15 @@ def test_smoke_study_writes_every_file(smoke_run):
     assert f"report: {out / 'report.md'}" in result.stdout
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "study.json"):
         assert (out / name).is_file(), name
-    for figure in ("accuracy_vs_length", "position_accuracy", "attention_maps", "training_curves"):
+    for figure in ("accuracy_vs_length", "position_accuracy", "attention_maps", "training_curves", "learning_curves_by_length"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
         assert (out / "figures" / f"{figure}.svg").is_file()
     config = build_study_config("smoke")
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert len(records) == len(expand_grid(config)) == 8
     record = records[0]
-    for key in ("task_version", "model_config", "train_config", "param_count", "history", "metrics", "versions", "backend", "device", "stop_reason", "wall_seconds"):
+    for key in ("task_version", "model_config", "train_config", "param_count", "history", "metrics", "versions", "backend", "device", "stop_reason",
+                "converged", "last_stretch_gain", "wall_seconds"):
         assert key in record, key
     assert record["versions"]["keras"].startswith("3.")
     metrics = pd.read_csv(out / "metrics.csv")
@@ -44,9 +45,21 @@ def test_rerun_skips_finished_cells_and_report_redraws(smoke_run):
     out, _ = smoke_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     metrics_before = (out / "metrics.csv").read_text()
-    again = run_cli("--profile", "smoke", "--out", str(out), "--quiet")
+    again = run_cli("--profile", "smoke", "--out", str(out))  # output piped, as into a log file
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
+    assert "8 cells (2 tasks x 2 models x 2 seeds)" in again.stdout
+    assert f"resuming: 8 of 8 cells done in {out}; 0 to run" in again.stdout
+    assert "\r" not in again.stdout + again.stderr  # no progress-bar frames in a log
+    # a record of another grid in the folder: said so, and `report --all` includes it
+    record = json.loads(next(iter((out / "cells").glob("*.json"))).read_text())
+    record.update(id="copy-none-s7-000000000000", seed=7)
+    (out / "cells" / "copy-none-s7-000000000000.json").write_text(json.dumps(record))
+    noted = run_cli("--profile", "smoke", "--out", str(out), "--quiet")
+    assert "also holds 1 record(s) of other grids" in noted.stderr and f"report {out} --all" in noted.stderr
+    everything = run_cli("report", str(out), "--all")
+    assert everything.returncode == 0 and 7 in set(pd.read_csv(out / "metrics.csv")["seed"])
+    (out / "cells" / "copy-none-s7-000000000000.json").unlink()
     (out / "metrics.csv").unlink()
     (out / "summary.md").unlink()
     redraw = run_cli("report", str(out))
@@ -70,6 +83,7 @@ def test_list_shows_tasks_models_profiles():
         (["--lengths", "4,-2"], "must hold positive integers, got -2"),
         (["--lengths", "four"], "must be positive integers"),
         (["--seeds", "1,x"], "seeds must be comma-separated integers"),
+        (["--seeds", "0", "1", "2"], "unrecognized arguments: 1 2; lists are comma-separated, e.g. --seeds 0,1,2"),
         (["--models", ""], "the study grid is empty: no models"),
         (["--profile", "smoky"], "unknown profile 'smoky'; did you mean 'smoke'?"),
         (["--train-lengths", "0..3"], "positive integers"),

@@ -250,3 +250,11 @@ def test_epochs_walk_through_the_pool_in_passes_each_example_once_per_pass():
     assert (passes[0] != passes[1]).any()  # a new order each pass
     assert (epoch_examples(1000, 6, cfg, seed=5) == epoch_examples(1000, 6, cfg, seed=5)).all()
     assert (epoch_examples(1000, 6, cfg, seed=5) != epoch_examples(1000, 6, cfg, seed=6)).any()
+
+
+def test_the_cosine_schedule_spans_the_budget_in_updates_whatever_the_pool():
+    from study.train import learning_rate
+
+    cfg = TrainConfig(n_train=100000, epoch_examples=10000, max_examples=150000, batch_size=64, learning_rate=0.003, schedule="cosine")
+    schedule = learning_rate(cfg)  # 15 epochs of ceil(10000 / 64) = 157 updates
+    assert float(schedule(15 * 157 // 2)) == pytest.approx(0.0015, rel=1e-2) and float(schedule(15 * 157)) == pytest.approx(0.0, abs=1e-9)
