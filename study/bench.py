@@ -56,7 +56,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke-study", action="store_true", help="also time `run_study.py --profile smoke`")
     p.add_argument("--time-to-accuracy", action="store_true", help="seconds and examples to a greedy exact-match target, project vs baseline")
     p.add_argument("--target", type=float, default=0.95, help="with --time-to-accuracy: the exact-match target on the held-out examples")
-    p.add_argument("--max-examples", type=int, default=1_000_000, help="with --time-to-accuracy: give up after this many training examples")
+    p.add_argument("--max-examples", type=int, default=400_000, help="with --time-to-accuracy: the baseline gives up after this many training examples")
     p.add_argument("--length-curve", help="comma-separated lengths: training cost and peak memory per length, each in its own process")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -253,15 +253,16 @@ class _Clock:
 def time_to_accuracy(args) -> dict:
     """Seconds and training examples until greedy exact match (END included, `study.evaluate.score`)
     on 500 held-out examples at the longest length reaches `args.target`, for
-    (a) the project: `study.train.train_model` with the standard profile's recipe (its own
-        validation after every pass over the pool counts as training time; patience is off, so
-        only the target or `--max-examples` ends it), and
+    (a) the project: `study.train.train_model` with the standard profile's recipe and budget
+        (its own validation after every epoch counts as training time; patience is off, so
+        only the target or the budget ends it), and
     (b) the plain baseline (`build_baseline`: functional model, Keras attention, `model.fit` on
         arrays padded to the longest example, batch 64, Adam 1e-3).
+        trained for up to `--max-examples`.
     Both train on the same pool (the standard profile's `n_train` examples over lengths
-    min-length..length, the training split of the study's data) and are checked on the same
-    held-out examples (the study's test split at the longest length) after every pass over the
-    pool; the check's own time is not counted."""
+    min-length..length, the training split of the study's data) in epochs of the same size and
+    are checked on the same held-out examples (the study's test split at the longest length)
+    after every epoch; the check's own time is not counted."""
     import dataclasses
 
     import keras
@@ -278,8 +279,7 @@ def time_to_accuracy(args) -> dict:
     task = get_task(args.task)
     lengths = range(args.min_length or 4, args.length + 1)
     standard = TrainConfig(**PROFILES["standard"]["train"])
-    cfg = dataclasses.replace(standard, max_examples=args.max_examples, patience_examples=args.max_examples, target_accuracy=1.0,
-                              curriculum_examples=min(standard.curriculum_examples, args.max_examples - 1))
+    cfg = dataclasses.replace(standard, patience_examples=standard.max_examples, target_accuracy=1.0)
     train, validation = training_splits(task, lengths, cfg.n_train, cfg.n_validation, seed=0)
     _, held_out = load_split(task, "test", [args.length], 500, seed=0)
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
@@ -295,7 +295,7 @@ def time_to_accuracy(args) -> dict:
             t0 = time.perf_counter()
             acc = score(decode(self.model, held_out.sources, sv, tv, steps)[0], held_out.targets)["seq_acc"]
             self.clock.excluded += time.perf_counter() - t0
-            seen = (epoch + 1) * len(train)
+            seen = (epoch + 1) * cfg.epoch_examples
             self.curve.append({"examples": seen, "seconds": self.clock.elapsed(), "held_out_seq_acc": acc})
             if acc >= args.target and self.reached is None:
                 self.reached = self.curve[-1]
@@ -314,12 +314,16 @@ def time_to_accuracy(args) -> dict:
     y = tv.encode_batch(train.targets, end=True)
     clock = _Clock()
     base_curve, base_reached = [], None
-    for epoch in range(-(-args.max_examples // len(train))):
-        model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=True)
+    per_pass = len(train) // cfg.epoch_examples
+    for epoch in range(-(-args.max_examples // cfg.epoch_examples)):  # epochs of the project's size: a shuffled pass in stretches
+        if epoch % per_pass == 0:
+            order = np.random.default_rng(epoch).permutation(len(train))
+        part = order[(epoch % per_pass) * cfg.epoch_examples : (epoch % per_pass + 1) * cfg.epoch_examples]
+        model.fit([a[part] for a in x], y[part], batch_size=64, epochs=1, verbose=0, shuffle=True)
         t0 = time.perf_counter()
         acc = score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)["seq_acc"]
         clock.excluded += time.perf_counter() - t0
-        base_curve.append({"examples": (epoch + 1) * len(train), "seconds": clock.elapsed(), "held_out_seq_acc": acc})
+        base_curve.append({"examples": (epoch + 1) * cfg.epoch_examples, "seconds": clock.elapsed(), "held_out_seq_acc": acc})
         if acc >= args.target:
             base_reached = base_curve[-1]
             break
@@ -330,7 +334,8 @@ def time_to_accuracy(args) -> dict:
 
     report = {**side(ours.reached, ours.curve), **side(base_reached, base_curve, "baseline_"),
               "target": args.target, "held_out": f"500 test examples of {args.task} at length {args.length}",
-              "train_lengths": f"{lengths.start}..{lengths.stop - 1}", "pool": len(train), "recipe": dataclasses.asdict(cfg)}
+              "train_lengths": f"{lengths.start}..{lengths.stop - 1}", "pool": len(train), "project_budget": cfg.max_examples,
+              "baseline_budget": args.max_examples, "recipe": dataclasses.asdict(cfg)}
     if ours.reached and base_reached:
         report["speedup_seconds"] = base_reached["seconds"] / ours.reached["seconds"]
         report["speedup_examples"] = base_reached["examples"] / ours.reached["examples"]

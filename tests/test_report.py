@@ -154,3 +154,80 @@ def test_learning_curves_show_at_most_six_lengths_with_both_ends():
     assert _shown_lengths([1, 2, 3]) == [1, 2, 3]
     shown = _shown_lengths(list(range(4, 33)))
     assert len(shown) == 6 and shown[0] == 4 and shown[-1] == 32
+
+
+@pytest.fixture()
+def drawn(monkeypatch):
+    """Every figure of the committed reference, drawn but not saved: {name: matplotlib figure}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from study import report
+
+    figures = {}
+
+    def keep(fig, folder, name):
+        figures[name] = fig
+        return [f"figures/{name}.png"]
+
+    monkeypatch.setattr(report, "_save", keep)
+    records = report.load_records(RESULTS / "reference")
+    summary = report.summary_frame(report.metrics_frame(records))
+    report.plot_accuracy_vs_length(summary, records, Path("unused"))
+    report.plot_position_accuracy(records, Path("unused"))
+    report.plot_attention_maps(records, Path("unused"))
+    report.plot_training_curves(records, Path("unused"))
+    report.plot_learning_curves_by_length(records, Path("unused"))
+    yield figures
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _integer_ticks(ax) -> bool:
+    return all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
+    fig = drawn["accuracy_vs_length"]
+    assert "3 seeds, 1,000 test examples per length and seed" in fig._suptitle.get_text()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["none", "additive", "dot", "general"]  # models only
+    assert fig.legends[0].get_title().get_text() == "model"
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] >= -5 and ax.get_ylim()[1] <= 110 and _integer_ticks(ax)
+        assert any(t.get_text() == "trained lengths" for t in ax.texts)
+    fig = drawn["position_accuracy"]
+    for ax in fig.axes:
+        assert _integer_ticks(ax) and ax.get_ylim() == (-3, 103) and "length" in ax.get_title()
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+    fig = drawn["training_curves"]
+    accuracy_axes = [ax for ax in fig.axes if "exact match" in ax.get_ylabel()]
+    assert accuracy_axes and all(ax.get_ylim() == (-3, 103) for ax in accuracy_axes)
+    assert [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()] == ["model"]
+
+
+def test_attention_maps_have_a_colour_bar_and_say_right_or_wrong(drawn):
+    fig = drawn["attention_maps"]
+    colour_bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
+    assert len(colour_bars) == 1
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles and all(("(right)" in t) != ("(WRONG)" in t) and "length" in t and "seed" in t and "target" in t for t in titles)
+
+
+def test_one_colour_per_model_in_every_figure(drawn):
+    from study.report import _palette
+
+    assert _palette(["dot"])["dot"] == _palette(["none", "additive", "dot"])["dot"]
+    colours = {}
+    for name in ("accuracy_vs_length", "position_accuracy"):
+        for ax in drawn[name].axes:
+            for line in ax.get_lines():
+                if line.get_label() in ("none", "additive", "dot", "general"):
+                    colours.setdefault(line.get_label(), set()).add(tuple(np.round(matplotlib_rgb(line.get_color()), 3)))
+    assert colours and all(len(c) == 1 for c in colours.values())
+
+
+def matplotlib_rgb(colour):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)
