@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 EXIT_BAD_INPUT = 2
+EXIT_CELLS_FAILED = 3  # the study ran, but some cells of the grid (or shard) failed; they are listed
 
 
 class UsageError(ValueError):
@@ -242,6 +243,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for r in failed:
         print(summary_line(r))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {len(records) - len(failed)} cells ok, {len(failed)} failed; report: {report}")
+    if failed:
+        print(f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them", file=sys.stderr)
+        return EXIT_CELLS_FAILED
     return 0
 
 

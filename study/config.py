@@ -109,8 +109,8 @@ class TrainConfig:
             raise ConfigError(f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})")
         for name in ("learning_rate", "clipnorm"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"train.{name} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+                raise ConfigError(f"train.{name} must be a positive, finite number, got {value!r}")
         if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) or not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
         if self.loss_normalisation not in LOSS_NORMALISATIONS:
@@ -137,6 +137,7 @@ class TrainConfig:
         return math.ceil(self.patience_examples / self.epoch_examples)
 
 
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) accepts 0..2**32 - 1
 SCHEDULES = ("constant", "cosine")
 LOSS_NORMALISATIONS = ("token", "sequence")
 REGIMES = ("mixed", "per_length")
@@ -207,13 +208,13 @@ class StudyConfig:
             empty = [n for n in ("tasks", "models", "seeds") if not getattr(self, n)]
             raise ConfigError(f"the study grid is empty: no {' and no '.join(empty)} selected")
         for s in self.seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ConfigError(f"seeds must be non-negative integers, got {s!r}")
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+                raise ConfigError(f"seeds must be integers from 0 to {MAX_SEED} (the range of keras.utils.set_random_seed and numpy), got {s!r}")
         _positive_int("study", "n_test", self.n_test)
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 0:
             raise ConfigError(f"jobs must be a non-negative integer (0: one per CPU core), got {self.jobs!r}")
         _positive_int("study", "cell_cpus", self.cell_cpus)
-        if isinstance(self.cell_gpus, bool) or not isinstance(self.cell_gpus, (int, float)) or not 0 <= self.cell_gpus:
+        if isinstance(self.cell_gpus, bool) or not isinstance(self.cell_gpus, (int, float)) or not 0 <= self.cell_gpus < math.inf:
             raise ConfigError(f"cell_gpus must be a number >= 0 (a fraction shares a GPU), got {self.cell_gpus!r}")
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"tensorboard must be true or false, got {self.tensorboard!r}")

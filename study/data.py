@@ -37,6 +37,7 @@ import numpy as np
 
 from study.files import json_digest, write_atomic
 from study.tasks import Task
+from study.tasks.base import check_sample
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,10 @@ def _generate(task: Task, key: dict) -> Dataset:
         for _ in range(MAX_REDRAW_ROUNDS):
             if len(got_s) >= count:
                 break
-            s, t = task.sample(rng, int((count - len(got_s)) / (hi - lo)) + 8, length)  # about enough draws for one round
+            draws = int((count - len(got_s)) / (hi - lo)) + 8  # about enough for one round
+            sample = task.sample(rng, draws, length)
+            check_sample(task, sample, draws, length, key["split"])  # every generated example keeps the task contract
+            s, t = sample
             for src, tgt in zip(s, t):
                 if lo <= source_region(src) < hi:
                     got_s.append(src)

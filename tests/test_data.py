@@ -113,3 +113,31 @@ def test_same_data_in_another_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     _, here = data.load_split(get_task("date_format"), "train", [1, 2], 40, seed=5, cache_dir=None)
     assert out == repr(here.sources)
+
+
+@pytest.mark.parametrize("bad,rule", [
+    (lambda n: ([""] * n, ["a"] * n), "every source must be a non-empty str, got ''"),
+    (lambda n: (["ab"] * n, ["Z"] * n), "target 'Z' has characters outside its alphabet: 'Z'"),
+    (lambda n: (["ab"] * (n - 1), ["a"] * (n - 1)), "must return a list of"),
+])
+def test_every_generated_split_keeps_the_task_contract_at_every_length(bad, rule):
+    """A task that is sound at its two shortest lengths (all the start-up check samples) and
+    breaks the contract from length 3 on is stopped where it breaks, naming task, length and rule."""
+    from study.tasks import TaskContractError, check_task
+    from study.tasks.base import SymbolTask
+
+    class BreaksAtThree(SymbolTask):
+        name, version, description = "breaks_at_3", 1, "copy, broken from length 3"
+
+        def sample(self, rng, n, length):
+            if length >= 3:
+                return bad(n)
+            sources = ["".join(rng.choice(list(self.alphabet), length)) for _ in range(n)]
+            return sources, list(sources)
+
+    task = BreaksAtThree()
+    check_task(task)  # the start-up check sees lengths 1 and 2 only
+    data.load_split(task, "train", [1, 2], 20, seed=0, cache_dir=None)
+    with pytest.raises(TaskContractError, match=r"task 'breaks_at_3' violates the task contract at length 3 \(train split\): ") as error:
+        data.load_split(task, "train", [2, 3], 20, seed=0, cache_dir=None)
+    assert rule in str(error.value)

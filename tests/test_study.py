@@ -83,6 +83,7 @@ def test_list_shows_tasks_models_profiles():
         (["--lengths", "4,-2"], "must hold positive integers, got -2"),
         (["--lengths", "four"], "must be positive integers"),
         (["--seeds", "1,x"], "seeds must be comma-separated integers"),
+        (["--seeds", "4294967296"], "seeds must be integers from 0 to 4294967295"),
         (["--seeds", "0", "1", "2"], "unrecognized arguments: 1 2; lists are comma-separated, e.g. --seeds 0,1,2"),
         (["--models", ""], "the study grid is empty: no models"),
         (["--profile", "smoky"], "unknown profile 'smoky'; did you mean 'smoke'?"),

@@ -135,20 +135,35 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
     lengths = sorted({task.min_length, task.min_length + 1 if task.max_length is None else min(task.min_length + 1, task.max_length)})
     for length in lengths:
         first = task.sample(np.random.default_rng(seed), n, length)
-        if not (isinstance(first, tuple) and len(first) == 2):
-            raise fail(f"sample() must return a (sources, targets) tuple, got {type(first).__name__}")
-        for label, strings, alphabet in (("source", first[0], task.input_alphabet), ("target", first[1], task.output_alphabet)):
-            if not isinstance(strings, list) or len(strings) != n:
-                raise fail(f"sample(n={n}) must return a list of {n} {label}s, got {type(strings).__name__} of length {len(strings) if hasattr(strings, '__len__') else '?'}")
-            for s in strings:
-                if not isinstance(s, str) or not s:
-                    raise fail(f"every {label} must be a non-empty str, got {s!r}")
-                stray = set(s) - set(alphabet)
-                if stray:
-                    raise fail(f"{label} {s!r} has characters outside its alphabet: {''.join(sorted(stray))!r}")
+        check_sample(task, first, n, length)
         again = task.sample(np.random.default_rng(seed), n, length)
         if again != first:
             raise fail("sample() is not deterministic for a fixed rng seed (does it use global randomness?)")
+
+
+def check_sample(task: Task, sample: object, n: int, length: int, split: str | None = None) -> None:
+    """Checks one `task.sample(rng, n, length)` result: a (sources, targets) tuple of two lists of
+    `n` non-empty strings whose characters lie in the task's alphabets.  Raises
+    `TaskContractError` naming the task, the length (and split) and the rule broken; the study
+    runs it on every sample it draws, so a task that breaks the contract only at some lengths is
+    caught where it does."""
+    where = f"at length {length}" + (f" ({split} split)" if split else "")
+
+    def fail(rule: str) -> TaskContractError:
+        return TaskContractError(f"task {getattr(task, 'name', type(task).__name__)!r} violates the task contract {where}: {rule}")
+
+    if not (isinstance(sample, tuple) and len(sample) == 2):
+        raise fail(f"sample() must return a (sources, targets) tuple, got {type(sample).__name__}")
+    for label, strings, alphabet in (("source", sample[0], task.input_alphabet), ("target", sample[1], task.output_alphabet)):
+        if not isinstance(strings, list) or len(strings) != n:
+            raise fail(f"sample(n={n}) must return a list of {n} {label}s, got {type(strings).__name__} of length {len(strings) if hasattr(strings, '__len__') else '?'}")
+        allowed = set(alphabet)
+        for s in strings:
+            if not isinstance(s, str) or not s:
+                raise fail(f"every {label} must be a non-empty str, got {s!r}")
+            stray = set(s) - allowed
+            if stray:
+                raise fail(f"{label} {s!r} has characters outside its alphabet: {''.join(sorted(stray))!r}")
 
 
 DEFAULT_SYMBOLS = "abcdefghijklmnop"
