@@ -192,7 +192,9 @@ def test_bad_task_plugins_are_one_line_exit_2(tmp_path, plugin, extra, message):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ('seeds = ["a", 1]\n', "seeds must be non-negative integers, got 'a'"),
+        ('seeds = ["a", 1]\n', "seeds must be integers from 0 to 4294967295 (the range of keras.utils.set_random_seed and numpy), got 'a'"),
+        ('seeds = [4294967296]\n', "seeds must be integers from 0 to 4294967295"),
+        ('[train]\nlearning_rate = inf\n', "train.learning_rate must be a positive, finite number, got inf"),
         ("epochs = 3\n", "unknown setting 'epochs'"),
         ("[tasks.sort]\ntrain_lengths = [4]\n", "tasks.sort.eval_lengths is missing"),
         ('[tasks.date_format.options]\nlocale = "xx_NOPE"\n', "unknown locale 'xx_NOPE'"),
