@@ -21,13 +21,14 @@ from typing import Any, BinaryIO, Callable
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Calls `write` on a temporary binary file in `path`'s folder, syncs it, then renames it
-    over `path`, readable by everyone (mode 0644, like every other output; a temporary file
-    starts as 0600); on any error the temporary file is removed and the error raised."""
+    over `path` with the mode any new file gets (0666 less the umask: 0644 under the usual 022,
+    like every other output; a temporary file would keep 0600); on any error the temporary file
+    is removed and the error raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -36,6 +37,13 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -408,9 +408,17 @@ def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-2000:]
 
 
-def test_atomic_writes_are_readable_by_everyone(tmp_path):
+@pytest.mark.parametrize("umask,mode", [(0o022, "0o644"), (0o002, "0o664"), (0o077, "0o600")])
+def test_atomic_writes_get_the_mode_of_any_new_file(tmp_path, umask, mode):
+    """Records and caches are readable like every other output: 0666 less the umask (a shared
+    cluster's 002 gives the group write access too), never the temporary file's 0600."""
     from study import files
 
-    files.write_json_atomic(tmp_path / "record.json", {"v": 1})
-    files.write_atomic(tmp_path / "data.bin", lambda f: f.write(b"x"))
-    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
+    previous = os.umask(umask)
+    try:
+        files.write_json_atomic(tmp_path / "record.json", {"v": 1})
+        files.write_atomic(tmp_path / "data.bin", lambda f: f.write(b"x"))
+        (tmp_path / "plain.txt").write_text("x")  # what open() gives
+    finally:
+        os.umask(previous)
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {mode}
