@@ -188,6 +188,10 @@ def prepare(args: argparse.Namespace):
         from study.executors import start_tensorflow
 
         start_tensorflow()  # before Keras imports it, so its start-up notices stay out of the output
+    elif config.backend == "jax":
+        from study.executors import enable_jax_compilation_cache
+
+        enable_jax_compilation_cache()
     from study.models import get_model_spec
 
     for model in config.models:

@@ -373,6 +373,10 @@ def length_curve(args, lengths: list[int]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     os.environ["KERAS_BACKEND"] = args.backend
+    if args.backend == "jax":
+        from study.executors import enable_jax_compilation_cache
+
+        enable_jax_compilation_cache()
     # first, while this process is small: a child's peak RSS includes what it inherited at fork
     smoke = smoke_study() if args.smoke_study else {}
     import keras

@@ -100,12 +100,30 @@ def start_tensorflow(threads: int | None = None):
     return tf
 
 
+def jax_cache_dir() -> Path:
+    """Where JAX keeps compiled programs between runs: `$XDG_CACHE_HOME` (or ~/.cache)
+    /seq2seq-length-study/jax."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seq2seq-length-study" / "jax"
+
+
+def enable_jax_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache (`jax_cache_dir()`), so each bucket shape's
+    train step and each decoder compile once per machine, not once per cell and run."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(jax_cache_dir()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def limit_threads(backend: str, threads: int) -> None:
     """Caps this process's math libraries; call before TensorFlow/JAX start.  A second call in a
     process whose TensorFlow already runs keeps the first setting."""
     os.environ.update(thread_env(threads))
     if backend == "tensorflow":
         start_tensorflow(threads)
+    elif backend == "jax":
+        enable_jax_compilation_cache()
 
 
 def visible_gpus() -> list[str]:

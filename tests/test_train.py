@@ -258,3 +258,19 @@ def test_the_cosine_schedule_spans_the_budget_in_updates_whatever_the_pool():
     cfg = TrainConfig(n_train=100000, epoch_examples=10000, max_examples=150000, batch_size=64, learning_rate=0.003, schedule="cosine")
     schedule = learning_rate(cfg)  # 15 epochs of ceil(10000 / 64) = 157 updates
     assert float(schedule(15 * 157 // 2)) == pytest.approx(0.0015, rel=1e-2) and float(schedule(15 * 157)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_jax_keeps_compiled_programs_between_runs(tmp_path):
+    """With the JAX backend the persistent compilation cache is on: a compiled function lands
+    under $XDG_CACHE_HOME/seq2seq-length-study/jax."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    code = ("from study.executors import enable_jax_compilation_cache; enable_jax_compilation_cache()\n"
+            "import jax, jax.numpy as jnp; jax.jit(lambda x: x * 3 - 1)(jnp.arange(5.0)).block_until_ready()")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert any((tmp_path / "seq2seq-length-study" / "jax").iterdir())
