@@ -95,12 +95,13 @@ def measure_project(args, train, test, sv, tv) -> dict:
 
     keras.utils.set_random_seed(0)
     model = build_model(args.attention, sv.size, tv.size, ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size))
-    cfg = TrainConfig(batch_size=args.batch_size)
-    compile_model(model, cfg)
     warm_examples = 8 * args.batch_size  # the first examples compile the step; the rest are timed
+    cfg = TrainConfig(n_train=warm_examples, batch_size=args.batch_size)
+    compile_model(model, cfg)
     warm = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples)), sv, tv), cfg, seed=0)
     model.fit(warm.for_fit(), epochs=1, verbose=0, shuffle=False)
-    timed = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples, len(train))), sv, tv), cfg, seed=0)
+    timed_cfg = TrainConfig(n_train=len(train) - warm_examples, batch_size=args.batch_size)  # one epoch: the whole timed pool
+    timed = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples, len(train))), sv, tv), timed_cfg, seed=0)
     tokens = sum(len(s) + len(t) - 1 for s, t in zip(timed.encoded.sources, timed.encoded.targets))
     started = time.perf_counter()
     model.fit(timed.for_fit(), epochs=1, verbose=0, shuffle=False)  # the study's training path
@@ -255,10 +256,11 @@ def time_to_accuracy(args) -> dict:
     on 500 held-out examples at the longest length reaches `args.target`, for
     (a) the project: `study.train.train_model` with the standard profile's recipe and budget
         (its own validation after every epoch counts as training time; patience is off, so
-        only the target or the budget ends it), and
+        the held-out target, the budget or the recipe's own stop at 100% validation exact
+        match ends it), and
     (b) the plain baseline (`build_baseline`: functional model, Keras attention, `model.fit` on
         arrays padded to the longest example, batch 64, Adam 1e-3).
-        trained for up to `--max-examples`.
+        trained for up to `--max-examples` examples.
     Both train on the same pool (the standard profile's `n_train` examples over lengths
     min-length..length, the training split of the study's data) in epochs of the same size and
     are checked on the same held-out examples (the study's test split at the longest length)

@@ -122,7 +122,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.max_examples:
                 raise ConfigError(f"train.{name} must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}")
         if self.warmup_examples and self.schedule == "constant":
-            raise ConfigError('train.warmup_examples needs schedule = "cosine"')
+            raise ConfigError(f'train.warmup_examples ({self.warmup_examples}, perhaps from the profile) needs schedule = "cosine"; '
+                              'with schedule = "constant" set warmup_examples = 0 too')
         if isinstance(self.curriculum_share, bool) or not isinstance(self.curriculum_share, (int, float)) or not 0 <= self.curriculum_share <= 1:
             raise ConfigError(f"train.curriculum_share must be a number in [0, 1], got {self.curriculum_share!r}")
 

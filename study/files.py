@@ -40,8 +40,15 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def new_file_mode() -> int:
-    """The mode `open()` gives a new file: 0o666 less the process's umask."""
-    mask = os.umask(0)
+    """The mode `open()` gives a new file: 0o666 less the process's umask (read from
+    /proc/self/status where Linux gives it, so the umask is never changed, even briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)  # elsewhere: read it by setting it, and put it back at once
     os.umask(mask)
     return 0o666 & ~mask
 

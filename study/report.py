@@ -323,13 +323,14 @@ def _save(fig, figures: Path, name: str) -> list[str]:
 
 def _palette(models: list[str]) -> dict:
     """One colour per model, the same in every figure of every report: seaborn's colour-blind
-    palette in the registry's order (`study.models.available_models`), extra names after it."""
+    palette in the registry's order (`study.models.available_models`), extra names after it;
+    past its ten colours, seaborn's dark palette (the full profile's twelve models all differ)."""
     import seaborn as sns
 
     from study.models import available_models
 
     order = list(dict.fromkeys([*MODEL_ORDER, *available_models(), *sorted(models)]))
-    colours = sns.color_palette("colorblind", 10)
+    colours = sns.color_palette("colorblind", 10) + sns.color_palette("dark", 10)[::-1]  # 20 before any repeats
     return {m: colours[order.index(m) % len(colours)] for m in models}
 
 
@@ -577,11 +578,13 @@ def convergence_lines(records: list[dict]) -> list[str]:
     open_cells = [r for r in done if not r["converged"]]
     lines = [f"{len(done) - len(open_cells)} of {len(done)} cells converged: stopped on reaching the target, on patience "
              f"({done[0]['train_config'].get('patience_examples', '?')} examples without a better validation exact match), "
-             "or at the budget with less than a point gained over that last stretch."]
+             "or at the budget with at most a point gained over that last stretch."]
     if open_cells:
-        lines += ["", f"**Not converged** ({len(open_cells)}): stopped by the budget while still improving; their numbers are a lower bound.", ""]
-        lines += [f"- {r['task']}/{r['model']}/seed {r['seed']}: +{100 * (r.get('last_stretch_gain') or 0):.1f} points of validation exact match over the last stretch"
-                  for r in open_cells]
+        lines += ["", f"**Not converged** ({len(open_cells)}): stopped by the budget while still improving (with a decaying learning rate part "
+                  "of a late gain is the decay itself); their numbers are likely a lower bound.", ""]
+        lines += [f"- {r['task']}/{r['model']}/seed {r['seed']}: " + (
+                  "too few epochs to judge (the whole run was shorter than the patience stretch)" if r.get("last_stretch_gain") is None
+                  else f"+{100 * r['last_stretch_gain']:.1f} points of validation exact match over the last stretch") for r in open_cells]
     return lines + [""]
 
 

@@ -6,10 +6,10 @@ train the study's models fastest to convergence, judged on validation data only.
     python -m study.sweep --table            # redraw the table from the runs already there
 
 Each run trains one probe cell (task, model, training lengths of the standard profile, seed)
-with one recipe (overrides of the standard profile's `TrainConfig`), exactly as a study
-trains it (`study.train.train_model`: validation after every pass over the pool, patience,
-best weights), and keeps its validation history in `<out>/runs/<recipe>--<probe>.json`; the
-test sets are never generated or decoded.  The table (`<out>/sweep.md`) gives per run the
+with one recipe (overrides of `SWEEP_BASE`), exactly as a study trains it
+(`study.train.train_model`: validation after every epoch, patience, best weights), and keeps
+its validation history in `<out>/runs/<recipe>--<probe>--s<seed>.json`; the test sets are
+never generated or decoded.  The table (`<out>/sweep.md`) gives per run the
 best validation exact match over all training lengths and at the longest one, the examples
 and seconds it took to reach 90% validation exact match, why training stopped, and the
 examples seen.  Runs already in `<out>/runs` are kept, so an interrupted sweep resumes.
@@ -31,7 +31,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SWEEP_BUDGET = 200000  # examples: the most any sweep run trains (`--max-examples`), so a sweep fits an afternoon
 
-# name -> overrides of the standard profile's `train` settings
+# The settings every recipe starts from: the standard profile's before the sweep (a pool of
+# 10,000, validated after every pass, patience 30,000), so the sweep reruns as it was run.
+SWEEP_BASE = {"n_train": 10000, "epoch_examples": 10000, "patience_examples": 30000, "batch_size": 64,
+              "learning_rate": 2e-3, "schedule": "constant", "warmup_examples": 0}
+
+# name -> overrides of SWEEP_BASE
 RECIPES: dict[str, dict] = {
     "base": {"learning_rate": 2e-3, "schedule": "constant", "batch_size": 64},
     "lr1e-3": {"learning_rate": 1e-3, "schedule": "constant", "batch_size": 64},
@@ -61,11 +66,11 @@ REACH = 0.9  # the table reports examples and seconds to this validation exact m
 
 
 def recipe_config(recipe: str, max_examples: int = SWEEP_BUDGET):
-    """The standard profile's `TrainConfig` with the recipe's overrides and a budget of
-    `max_examples` (a curriculum longer than that is cut to fit)."""
-    from study.config import PROFILES, TrainConfig
+    """`SWEEP_BASE` with the recipe's overrides and a budget of `max_examples` (a warm-up or
+    curriculum longer than that is cut to fit)."""
+    from study.config import TrainConfig
 
-    settings = {**PROFILES["standard"]["train"], **RECIPES[recipe], "max_examples": max_examples}
+    settings = {**SWEEP_BASE, **RECIPES[recipe], "max_examples": max_examples}
     settings["curriculum_examples"] = min(settings.get("curriculum_examples", 0), max_examples - 1)
     settings["warmup_examples"] = min(settings.get("warmup_examples", 0), max_examples - 1)
     return TrainConfig(**settings)
@@ -83,6 +88,7 @@ def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int = 
     from study.config import PROFILES, ModelConfig, parse_lengths
     from study.data import training_splits
     from study.models import build_model
+    from study.files import write_json_atomic
     from study.tasks import get_task
     from study.train import train_model
     from study.vocab import Vocabulary
@@ -101,9 +107,7 @@ def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int = 
         "train_lengths": list(lengths), "stop_reason": result.stop_reason, "converged": result.converged,
         "examples_seen": result.examples_seen, "seconds": result.seconds, "history": result.history,
     }
-    path = run_path(Path(out), recipe, probe, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1))
+    write_json_atomic(run_path(Path(out), recipe, probe, seed), run)  # a killed run leaves no half-written file
     return run
 
 

@@ -46,9 +46,11 @@ with the same result; `BetweenBatches` lets Ctrl-C stop between updates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -114,7 +116,7 @@ class TrainResult:
 
     last_stretch_gain: how far the best validation exact match moved over the last
     `patience_examples` of training (best in that stretch minus best before it, in [-1, 1];
-    None with fewer epochs than that).
+    None when training had no more epochs than that stretch: too short to judge).
     """
 
     history: list[dict]
@@ -180,9 +182,13 @@ class EncodedSet:
             weights *= (self.mean_target_length() / characters)[:, None]
         return (source, decoder_inputs), decoder_targets, weights
 
+    @functools.cached_property
+    def _mean_target_length(self) -> float:
+        return float(np.mean([len(t) - 1 for t in self.targets]))
+
     def mean_target_length(self) -> float:
         """Target characters (END included) per example, on average."""
-        return float(np.mean([len(t) - 1 for t in self.targets]))
+        return self._mean_target_length
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -207,7 +213,8 @@ def curriculum_epoch(lengths: np.ndarray, epoch: int, cfg: TrainConfig, rng: np.
 
     Zaremba & Sutskever 2014's "combined" strategy: a `curriculum_share` of the draws come
     from the whole pool, the rest from examples no longer than a limit that grows linearly
-    from the shortest length (epoch 0) to the longest (at `curriculum_examples`).
+    with the examples seen by the end of the epoch, from the shortest length (at 0) to the
+    longest (at `curriculum_examples`).
     """
     if epoch * cfg.epoch_examples >= cfg.curriculum_examples:
         return None
@@ -260,6 +267,9 @@ class BucketedBatches(keras.utils.PyDataset):
 
     def __init__(self, encoded: EncodedSet, cfg: TrainConfig, seed: int) -> None:
         super().__init__()
+        if len(encoded.targets) != cfg.n_train:
+            raise ValueError(f"the training set holds {len(encoded.targets)} examples but train.n_train is {cfg.n_train}; "
+                             "build the TrainConfig with the pool's size")
         self.encoded = encoded
         self.sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
         self.batch_size, self.pad_multiple, self.seed, self.cfg = cfg.batch_size, cfg.pad_multiple, seed, cfg
@@ -330,7 +340,10 @@ class GreedyValidation(keras.callbacks.Callback):
         right = np.array([p == t for p, t in zip(predictions, v.targets)])
         logs["val_seq_acc"], logs["val_char_acc"] = val["seq_acc"], val["char_acc"]
         logs["val_selection"] = val["seq_acc"] + val["char_acc"] / (len(v) + 1)
-        per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)  # logs' loss is a mean over batches
+        # Keras logs the batch losses' mean weighted by batch size; each batch's loss is its summed
+        # cross-entropy / tokens_per_batch, so this is the epoch's cross-entropy per target
+        # character up to the share of partial batches (under 1% here)
+        per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)
         self.history.append({
             "epoch": epoch + 1,
             "examples_seen": (epoch + 1) * self.batches.cfg.epoch_examples,
@@ -394,7 +407,7 @@ class EpochProgress(keras.callbacks.Callback):
         self.epochs, self.total, self.bar = epochs, batches_per_epoch, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.bar = tqdm(total=self.total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False)
+        self.bar = tqdm(total=self.total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=not sys.stderr.isatty())  # no frames in a log
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
