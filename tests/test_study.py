@@ -252,3 +252,15 @@ def test_a_cell_id_changes_with_its_task_plan_and_version_only():
         assert cell_id(cell_identity(R(cell, task=plan), config, task_version=1)) != base
     for same in (R(config, jobs=7), R(config, cell_cpus=3), R(config, models=config.models[::-1]), R(config, seeds=(9, *config.seeds))):
         assert cell_id(cell_identity(cell, same, task_version=1)) == base  # how a study is run, not what a cell is
+
+
+@pytest.mark.slow
+def test_output_piped_into_a_log_has_lines_and_no_bar_frames(tmp_path):
+    """A cell trained in the study's own process (--jobs 1) with output piped, as into a log
+    file: the header and the cell's line, no progress-bar frames (carriage returns)."""
+    out = tmp_path / "out"
+    result = run_cli("--profile", "smoke", "--tasks", "copy", "--models", "dot", "--seeds", "0", "--jobs", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 cell (1 task x 1 model x 1 seed)" in result.stdout and "copy/dot/seed 0: exact-match" in result.stdout
+    assert "\r" not in result.stdout + result.stderr
+    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr  # TensorFlow's start-up notices
