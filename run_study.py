@@ -185,14 +185,6 @@ def prepare(args: argparse.Namespace):
         file_settings.pop("tasks", None)
     config = build_study_config(profile, file_settings, _overrides(args, base_tasks))
     os.environ["KERAS_BACKEND"] = config.backend
-    if config.backend == "tensorflow":
-        from study.executors import start_tensorflow
-
-        start_tensorflow()  # before Keras imports it, so its start-up notices stay out of the output
-    elif config.backend == "jax":
-        from study.executors import enable_jax_compilation_cache
-
-        enable_jax_compilation_cache()
     from study.models import get_model_spec
 
     for model in config.models:
@@ -215,7 +207,21 @@ def prepare(args: argparse.Namespace):
             check_ray_address(args.address)
     out = args.out or Path("results") / profile
     _check_output_dir(out)
+    _start_backend(config.backend)  # after every check: bad input is refused without waiting for it
     return config, out
+
+
+def _start_backend(backend: str) -> None:
+    """Starts TensorFlow with its start-up notices filtered (before Keras imports it), or turns on
+    JAX's compilation cache."""
+    if backend == "tensorflow":
+        from study.executors import start_tensorflow
+
+        start_tensorflow()
+    elif backend == "jax":
+        from study.executors import enable_jax_compilation_cache
+
+        enable_jax_compilation_cache()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -90,11 +90,12 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path):
     for cid in ids[: len(ids) // 2]:  # half the cells, as if run with another learning rate
         path = copy / "cells" / f"{cid}.json"
         record = json.loads(path.read_text())
+        original = record["train_config"]["learning_rate"]
         record["train_config"]["learning_rate"] = 0.5
         path.write_text(json.dumps(record))
     write_report(copy)
     summary = (copy / "summary.md").read_text()
-    assert "train_config.learning_rate = 0.5" in summary and "train_config.learning_rate = 0.002" in summary
+    assert "train_config.learning_rate = 0.5" in summary and f"train_config.learning_rate = {original}" in summary
     import pandas as pd
 
     table = pd.read_csv(copy / "summary.csv")
@@ -126,26 +127,25 @@ def test_report_with_a_failed_first_cell(tmp_path):
 
 def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are_drawn(tmp_path):
     """The report counts converged cells, lists each one that hit its budget while still
-    improving with its last-stretch gain, and draws validation exact match per length over training."""
-    import json
+    improving with its last-stretch gain (or says a run was too short to judge), and draws
+    validation exact match per length over training."""
+    import matplotlib
 
-    copy = tmp_path / "reference"
-    shutil.copytree(RESULTS / "reference", copy)
-    ids = json.loads((copy / "study.json").read_text())["cells"]
-    for i, cid in enumerate(ids):
-        path = copy / "cells" / f"{cid}.json"
-        record = json.loads(path.read_text())
-        record.update(converged=i != 0, last_stretch_gain=0.123 if i == 0 else 0.0, stop_reason="budget" if i == 0 else "no_improvement")
-        path.write_text(json.dumps(record))
-        if i == 0:
-            first = record
-    write_report(copy)
-    report = (copy / "report.md").read_text()
-    assert f"{len(ids) - 1} of {len(ids)} cells converged" in report
-    assert f"- {first['task']}/{first['model']}/seed {first['seed']}: +12.3 points of validation exact match over the last stretch" in report
+    matplotlib.use("Agg")
+    from study.report import _report_markdown, convergence_lines, load_records, metrics_frame, plot_learning_curves_by_length
+
+    records = load_records(RESULTS / "reference")
+    for i, record in enumerate(records):
+        record.update(converged=i > 1, last_stretch_gain=[0.123, None][i] if i < 2 else 0.0, stop_reason="budget" if i < 2 else "no_improvement")
+    lines = "\n".join(convergence_lines(records))
+    assert f"{len(records) - 2} of {len(records)} cells converged" in lines
+    first, second = records[0], records[1]
+    assert f"- {first['task']}/{first['model']}/seed {first['seed']}: +12.3 points of validation exact match over the last stretch" in lines
+    assert f"- {second['task']}/{second['model']}/seed {second['seed']}: too few epochs to judge" in lines
+    report = _report_markdown(records, metrics_frame(records), "", {}, {})
     assert "| budget | **no** |" in report and "| no_improvement | yes |" in report
-    assert (copy / "figures" / "learning_curves_by_length.png").stat().st_size > 10000
-    assert "![Validation exact match per length over training](figures/learning_curves_by_length.png)" in report
+    assert plot_learning_curves_by_length(records, tmp_path / "figures") == ["figures/learning_curves_by_length.png"]
+    assert (tmp_path / "figures" / "learning_curves_by_length.png").stat().st_size > 10000
 
 
 def test_learning_curves_show_at_most_six_lengths_with_both_ends():
@@ -156,9 +156,9 @@ def test_learning_curves_show_at_most_six_lengths_with_both_ends():
     assert len(shown) == 6 and shown[0] == 4 and shown[-1] == 32
 
 
-@pytest.fixture()
-def drawn(monkeypatch):
-    """Every figure of the committed reference, drawn but not saved: {name: matplotlib figure}."""
+@pytest.fixture(scope="module")
+def drawn():
+    """Every figure of the committed reference, drawn once but not saved: {name: matplotlib figure}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,14 +170,15 @@ def drawn(monkeypatch):
         figures[name] = fig
         return [f"figures/{name}.png"]
 
-    monkeypatch.setattr(report, "_save", keep)
-    records = report.load_records(RESULTS / "reference")
-    summary = report.summary_frame(report.metrics_frame(records))
-    report.plot_accuracy_vs_length(summary, records, Path("unused"))
-    report.plot_position_accuracy(records, Path("unused"))
-    report.plot_attention_maps(records, Path("unused"))
-    report.plot_training_curves(records, Path("unused"))
-    report.plot_learning_curves_by_length(records, Path("unused"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "_save", keep)
+        records = report.load_records(RESULTS / "reference")
+        summary = report.summary_frame(report.metrics_frame(records))
+        report.plot_accuracy_vs_length(summary, records, Path("unused"))
+        report.plot_position_accuracy(records, Path("unused"))
+        report.plot_attention_maps(records, Path("unused"))
+        report.plot_training_curves(records, Path("unused"))
+        report.plot_learning_curves_by_length(records, Path("unused"))
     yield figures
     import matplotlib.pyplot as plt
 
