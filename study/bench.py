@@ -242,13 +242,20 @@ def baseline_greedy(encoder, step, source, steps: int):
 
 
 class _Clock:
-    """Training seconds: wall time since `start` minus the time spent measuring (`pause`)."""
+    """Training seconds: wall time since construction minus the time spent in `uncounted` calls."""
 
     def __init__(self) -> None:
         self.started, self.excluded = time.perf_counter(), 0.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started - self.excluded
+
+    def uncounted(self, measure):
+        """`measure()`, its time left out of `elapsed`."""
+        t0 = time.perf_counter()
+        result = measure()
+        self.excluded += time.perf_counter() - t0
+        return result
 
 
 def time_to_accuracy(args) -> dict:
@@ -259,8 +266,8 @@ def time_to_accuracy(args) -> dict:
         the held-out target, the budget or the recipe's own stop at 100% validation exact
         match ends it), and
     (b) the plain baseline (`build_baseline`: functional model, Keras attention, `model.fit` on
-        arrays padded to the longest example, batch 64, Adam 1e-3).
-        trained for up to `--max-examples` examples.
+        arrays padded to the longest example, batch 64, Adam 1e-3), trained for up to
+        `--max-examples` examples.
     Both train on the same pool (the standard profile's `n_train` examples over lengths
     min-length..length, the training split of the study's data) in epochs of the same size and
     are checked on the same held-out examples (the study's test split at the longest length)
@@ -294,9 +301,7 @@ def time_to_accuracy(args) -> dict:
             self.clock, self.curve, self.reached = clock, [], None
 
         def on_epoch_end(self, epoch, logs=None):
-            t0 = time.perf_counter()
-            acc = score(decode(self.model, held_out.sources, sv, tv, steps)[0], held_out.targets)["seq_acc"]
-            self.clock.excluded += time.perf_counter() - t0
+            acc = self.clock.uncounted(lambda: score(decode(self.model, held_out.sources, sv, tv, steps)[0], held_out.targets)["seq_acc"])
             seen = (epoch + 1) * cfg.epoch_examples
             self.curve.append({"examples": seen, "seconds": self.clock.elapsed(), "held_out_seq_acc": acc})
             if acc >= args.target and self.reached is None:
@@ -322,9 +327,7 @@ def time_to_accuracy(args) -> dict:
             order = np.random.default_rng(epoch).permutation(len(train))
         part = order[(epoch % per_pass) * cfg.epoch_examples : (epoch % per_pass + 1) * cfg.epoch_examples]
         model.fit([a[part] for a in x], y[part], batch_size=64, epochs=1, verbose=0, shuffle=True)
-        t0 = time.perf_counter()
-        acc = score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)["seq_acc"]
-        clock.excluded += time.perf_counter() - t0
+        acc = clock.uncounted(lambda: score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)["seq_acc"])
         base_curve.append({"examples": (epoch + 1) * cfg.epoch_examples, "seconds": clock.elapsed(), "held_out_seq_acc": acc})
         if acc >= args.target:
             base_reached = base_curve[-1]
