@@ -288,7 +288,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("tasks:")
     for name in available_tasks():
         task = get_task(name)
-        print(f"  {name:<12} v{task.version}  length = {task.length_unit:<8} {task.description}")
+        data = "".join(f" ({k} {v})" for k, v in task.data_versions.items())
+        print(f"  {name:<12} v{task.version}  length = {task.length_unit:<8} {task.description}{data}")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from study.models import MODELS, available_models
 

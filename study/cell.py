@@ -15,12 +15,15 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study.config import StudyConfig, TaskPlan, config_to_dict
 from study.files import json_digest
 from study.models import effective_model_config
 from study.records import RECORD_SCHEMA, in_training_range
+
+if TYPE_CHECKING:
+    from study.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +40,21 @@ class Cell:
         return f"{self.task.name}/{self.model}/seed {self.seed}/train {lengths}"
 
 
-def cell_identity(cell: Cell, config: StudyConfig, task_version: int) -> dict:
-    """Everything the cell's result depends on (JSON-serialisable)."""
+def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
+    """Everything the cell's result depends on (JSON-serialisable).
+
+    The task part comes from the built `task` (`study.tasks.get_task`): its version, its
+    options as the task normalised them (canonical spelling, defaults filled in) and the
+    versions of the outside data it uses (`Task.data_versions`), so the same task spelled
+    two ways is one cell and the same cell made with other locale data is another.  `task`
+    is None only for a cell whose task could not be built (its failed record keeps the
+    options as written)."""
     return {
         "schema": RECORD_SCHEMA,
         "task": cell.task.name,
-        "task_version": task_version,
-        "task_options": dict(cell.task.options),
+        "task_version": task.version if task is not None else None,
+        "task_options": dict(sorted(task.options.items())) if task is not None else dict(cell.task.options),
+        "task_data": dict(sorted(task.data_versions.items())) if task is not None else {},
         "model": cell.model,
         "seed": cell.seed,
         "regime": config.regime,
@@ -163,7 +174,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
 
     started = time.perf_counter()
     task = get_task(cell.task.name, **dict(cell.task.options))
-    identity = cell_identity(cell, config, task.version)
+    identity = cell_identity(cell, config, task)
     cid = cell_id(identity)
     paths = cell_paths(out, cid)
     record: dict[str, Any] = {
@@ -256,10 +267,10 @@ def failed_record(cell: Cell, config: StudyConfig, error: str, traceback_text: s
     from study.tasks import get_task
 
     try:
-        version = get_task(cell.task.name, **dict(cell.task.options)).version
+        task = get_task(cell.task.name, **dict(cell.task.options))
     except Exception:
-        version = None
-    identity = cell_identity(cell, config, version)
+        task = None
+    identity = cell_identity(cell, config, task)
     return {
         "id": cell_id(identity),
         **identity,

@@ -7,11 +7,14 @@
     splits.test[64]          # a Dataset of 1000 examples of length 64
 
 Every split is a pure function of (task name, task version, task options,
-lengths, size, seed, split name): the random generator is seeded from a SHA-256
-of that key, so the same key gives byte-identical data in any process.  Splits
+the versions of outside data the task uses, lengths, size, seed, split name):
+the random generator is seeded from a SHA-256 of that key (outside-data
+versions aside, `_rng`), so the same key gives byte-identical data in any
+process.  Splits
 are cached under `datasets/` as `.npz` files of plain string arrays (never
 pickle); the file name and a copy of the key inside it include the task
-version, so a changed generator never reads a stale cache, and a checksum of
+version and outside-data versions (e.g. CLDR), so a changed generator or
+locale database never reads a stale cache, and a checksum of
 the contents catches a damaged file, which is then regenerated.
 
 Test sets are per evaluation length.  No source string of a test set appears in
@@ -101,7 +104,11 @@ def key_digest(key: dict) -> str:
 
 
 def _rng(key: dict, *extra: int) -> np.random.Generator:
-    entropy = int.from_bytes(hashlib.sha256((json.dumps(key, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little")
+    """The generator of one split's draws: seeded by its key without the task's outside-data
+    versions, so a locale whose dates two CLDR releases write alike gets the same data under
+    both (the versions still tell the two datasets apart in the cache)."""
+    draws = {**key, "task": {k: v for k, v in key["task"].items() if k != "data"}}
+    entropy = int.from_bytes(hashlib.sha256((json.dumps(draws, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little")
     return np.random.default_rng(entropy)
 
 

@@ -68,6 +68,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
         base = {
             "task": r["task"],
             "task_version": r["task_version"],
+            "task_data": " ".join(f"{k}={v}" for k, v in sorted((r.get("task_data") or {}).items())),
             "model": r["model"],
             "attention": r["attention"],
             "seed": r["seed"],
@@ -173,7 +174,7 @@ def difference_interval(model_acc, baseline_acc, n_examples) -> tuple[float, flo
     return float((a - b).mean()), 2 * lo - 1, 2 * hi - 1
 
 
-SETTING_FIELDS = ("task", "task_version", "task_options", "regime", "train_lengths", "eval_lengths", "train_config", "n_test", "backend")
+SETTING_FIELDS = ("task", "task_version", "task_options", "task_data", "regime", "train_lengths", "eval_lengths", "train_config", "n_test", "backend")
 
 
 def _setting(record: dict) -> str:

@@ -48,8 +48,7 @@ def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
 
     out = []
     for cell in expand_grid(config):
-        version = get_task(cell.task.name, **dict(cell.task.options)).version
-        out.append((cell, cell_id(cell_identity(cell, config, version))))
+        out.append((cell, cell_id(cell_identity(cell, config, get_task(cell.task.name, **dict(cell.task.options))))))
     return out
 
 

@@ -45,6 +45,21 @@ def find_record(out: Path, task: str, model: str, seed: int | None) -> dict:
     return min(chosen, key=lambda r: (r["seed"], r["id"]))
 
 
+def record_task(record: dict):
+    """The task a record was made with, built here; raises TrainedModelError when this machine's
+    outside data (e.g. Babel's CLDR release) differ from the record's, since the task would then
+    write other sources than the model was trained and tested on."""
+    from study.tasks import get_task
+
+    task = get_task(record["task"], **record["task_options"])
+    recorded = record.get("task_data") or {}
+    if recorded and recorded != task.data_versions:
+        raise TrainedModelError(
+            f"cell {record['id']} was made with task data {recorded}, this machine has {task.data_versions}; "
+            "install the package versions of the record's `versions` (e.g. its Babel) to use it here")
+    return task
+
+
 def load_cell_model(out: Path, record: dict):
     """The saved model of `record`, or TrainedModelError when the study did not save one."""
     from study.models import load_trained
@@ -59,10 +74,8 @@ def predict(out: Path, task: str, model: str, seed: int | None, sources: list[st
     """Greedy predictions of the (task, model, seed) cell's model for `sources`; each row has the
     source, the prediction and, when the task can compute it, the target and whether they match.
     With `attention_map`, draws the first source's attention weights there (PNG)."""
-    from study.tasks import get_task
-
     record = find_record(out, task, model, seed)  # every check before the backend starts
-    definition = get_task(record["task"], **record["task_options"])
+    definition = record_task(record)
     for source in sources:
         bad = sorted(set(source) - set(definition.input_alphabet))
         if not source or bad:
@@ -110,7 +123,6 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
     from study.config import TaskPlan
     from study.data import test_splits
     from study.evaluate import METRICS_VERSION
-    from study.tasks import get_task
 
     out = Path(out)
     done = skipped = 0
@@ -119,13 +131,13 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
             if record["status"] != "ok":
                 continue
             try:
+                task = record_task(record)
                 trained = load_cell_model(out, record)
             except TrainedModelError as exc:
                 warn(f"warning: {exc}; its metrics are left as they are")
                 skipped += 1
                 continue
             sv, tv = trained.vocabularies()
-            task = get_task(record["task"], **record["task_options"])
             tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
             plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
             started = time.perf_counter()

@@ -141,3 +141,32 @@ def test_every_generated_split_keeps_the_task_contract_at_every_length(bad, rule
     with pytest.raises(TaskContractError, match=r"task 'breaks_at_3' violates the task contract at length 3 \(train split\): ") as error:
         data.load_split(task, "train", [2, 3], 20, seed=0, cache_dir=None)
     assert rule in str(error.value)
+
+
+def test_the_cldr_version_is_part_of_a_date_task_identity(tmp_path, monkeypatch):
+    """Babel releases ship different CLDR data (Korean `y. M. d.` became `y/M/d`): a dataset
+    written under one CLDR is never read under another, the random draws stay the same, and cells made with the two are different cells that a merge keeps apart."""
+    import dataclasses
+
+    from study.cell import cell_id, cell_identity
+    from study.config import TaskPlan, build_study_config
+    from study.report import _setting
+    from study.runner import expand_grid
+    from study.tasks import date_format
+
+    here = get_task("date_format", locale="ko")
+    key, ours = data.load_split(here, "test", [2], 40, seed=1, cache_dir=tmp_path)
+    monkeypatch.setattr(date_format, "get_cldr_version", lambda: "1")  # another Babel's CLDR
+    monkeypatch.setattr(date_format, "format_date", lambda d, pattern, locale: d.strftime("%Y/%m/%d"))  # which writes dates another way
+    there = get_task("date_format", locale="ko")
+    assert there.spec["data"] == {"cldr": "1"} and here.spec["data"] != there.spec["data"]
+    other_key, theirs = data.load_split(there, "test", [2], 40, seed=1, cache_dir=tmp_path)
+    assert data.cache_path(there, other_key, tmp_path) != data.cache_path(here, key, tmp_path)
+    assert theirs.sources != ours.sources and all("/" in s for s in theirs.sources)  # not the other CLDR's cache
+    assert data._rng(key, 2).integers(2**62) == data._rng(other_key, 2).integers(2**62)  # the same draws, written differently
+
+    config = build_study_config("smoke")
+    cell = dataclasses.replace(expand_grid(config)[0], task=TaskPlan("date_format", (1,), (1, 2), (("locale", "ko"),)))
+    mine, yours = cell_identity(cell, config, here), cell_identity(cell, config, there)
+    assert cell_id(mine) != cell_id(yours) and mine["task_data"] != yours["task_data"]
+    assert _setting(mine) != _setting(yours)  # a report never averages the two together

@@ -10,6 +10,7 @@ import pytest
 from study.config import ConfigError, build_study_config
 from study.cell import cell_id, cell_identity
 from study.runner import expand_grid
+from study.tasks import get_task
 
 from conftest import run_cli
 
@@ -213,9 +214,13 @@ def test_bad_config_files_are_one_line_exit_2(tmp_path, text, message):
     assert not out.exists()
 
 
+def _identity(cell, config, task=None):
+    return cell_identity(cell, config, task or get_task(cell.task.name, **dict(cell.task.options)))
+
+
 def _first_cell_id(config, **cell_changes):
     cell = dataclasses.replace(expand_grid(config)[0], **cell_changes)
-    return cell_id(cell_identity(cell, config, task_version=1))
+    return cell_id(_identity(cell, config))
 
 
 R = dataclasses.replace
@@ -246,12 +251,20 @@ def test_a_cell_id_changes_with_every_setting_its_result_depends_on(config_chang
 def test_a_cell_id_changes_with_its_task_plan_and_version_only():
     config = build_study_config("smoke")
     cell = expand_grid(config)[0]
-    base = cell_id(cell_identity(cell, config, task_version=1))
-    assert cell_id(cell_identity(cell, config, task_version=2)) != base
+    base = cell_id(_identity(cell, config))
+    task = get_task(cell.task.name)
+
+    class NextVersion(type(task)):
+        version = task.version + 1
+
+    assert cell_id(_identity(cell, config, NextVersion())) != base
     for plan in (R(cell.task, eval_lengths=(*cell.task.eval_lengths, 99)), R(cell.task, options=(("alphabet", "xyz"),))):
-        assert cell_id(cell_identity(R(cell, task=plan), config, task_version=1)) != base
+        assert cell_id(_identity(R(cell, task=plan), config)) != base
     for same in (R(config, jobs=7), R(config, cell_cpus=3), R(config, models=config.models[::-1]), R(config, seeds=(9, *config.seeds))):
-        assert cell_id(cell_identity(cell, same, task_version=1)) == base  # how a study is run, not what a cell is
+        assert cell_id(_identity(cell, same)) == base  # how a study is run, not what a cell is
+    # the default options written out are the same task, so the same cell
+    default = R(cell.task, options=(("alphabet", task.options["alphabet"]),))
+    assert cell_id(_identity(R(cell, task=default), config)) == base
 
 
 @pytest.mark.slow

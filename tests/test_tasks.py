@@ -153,3 +153,69 @@ def test_contract_violations_name_task_and_rule():
     np.random.seed(0)
     with pytest.raises(TaskContractError, match=r"task 'nondeterministic_for_test'.*not deterministic"):
         check_task(_Nondeterministic(), n=64)
+
+
+@pytest.mark.parametrize("spelling", ["en_US", "en_us", "EN_us", "en-US", "en-us"])
+def test_one_task_has_one_identity_however_its_options_are_spelled(spelling):
+    """Options are normalised before they enter cache keys, cell ids and records: a locale in
+    any spelling CLDR accepts, and default options left out or written out, are one task."""
+    assert get_task("date_format", locale=spelling).spec == get_task("date_format", locale="en_US").spec
+    assert get_task("date_format", locale=spelling).options == {"locale": "en_US"}
+    assert get_task("date_format").spec == get_task("date_format", locale="en").spec
+    assert get_task("copy").spec == get_task("copy", alphabet="abcdefghijklmnop").spec
+    assert get_task("copy").options == {"alphabet": "abcdefghijklmnop"}
+
+
+def test_one_study_cell_however_its_task_options_are_spelled():
+    """Three spellings of one locale in three configs give the same grid of cell ids."""
+    from study.config import build_study_config
+    from study.runner import study_cells
+
+    ids = []
+    for spelling in ("en_US", "en_us", "EN_us"):
+        plan = {"train_lengths": [1], "eval_lengths": [1, 2], "options": {"locale": spelling}}
+        ids.append([cid for _, cid in study_cells(build_study_config("smoke", {"tasks": {"date_format": plan}}))])
+    assert ids[0] == ids[1] == ids[2] and ids[0]
+
+
+class _Unrecorded(Task):
+    name, version, description, length_unit = "unrecorded_for_test", 1, "forgets its option", "symbols"
+    output_alphabet = "ab"
+
+    def __init__(self, letters: str = "ab") -> None:
+        super().__init__()  # `letters` never reaches `options`, so never a cache key
+        self.letters = letters
+
+    @property
+    def input_alphabet(self):
+        return self.letters
+
+    def sample(self, rng, n, length):
+        return ["a" * length] * n, ["a" * length] * n
+
+
+class _Unrebuildable(_Unrecorded):
+    name = "unrebuildable_for_test"
+
+    def __init__(self, letters: str = "ab") -> None:
+        if not isinstance(letters, str):
+            raise ValueError(f"letters must be a string, got {letters!r}")
+        Task.__init__(self, letters=sorted(letters))  # recorded in a form its own constructor refuses
+        self.letters = letters
+
+
+class _Drifting(_Unrecorded):
+    name = "drifting_for_test"
+
+    def __init__(self, letters: str = "ab") -> None:
+        Task.__init__(self, letters=letters + "b")  # each rebuild records another value
+        self.letters = letters
+
+
+def test_options_that_miss_identity_break_the_contract():
+    with pytest.raises(TaskContractError, match=r"task 'unrecorded_for_test'.*record every constructor argument.*missing: letters"):
+        check_task(_Unrecorded())
+    with pytest.raises(TaskContractError, match=r"task 'unrebuildable_for_test'.*cannot be built again from its own options"):
+        check_task(_Unrebuildable())
+    with pytest.raises(TaskContractError, match=r"task 'drifting_for_test'.*options are not normalised"):
+        check_task(_Drifting())

@@ -86,3 +86,16 @@ def test_rescore_reproduces_the_metrics_when_nothing_changed(smoke_run, tmp_path
     result = run_cli("rescore", str(copy))
     assert result.returncode == 0 and "rescored 8 cells" in result.stdout, result.stderr[-2000:]
     pd.testing.assert_frame_equal(pd.read_csv(copy / "metrics.csv"), before)
+
+
+def test_a_model_made_with_other_locale_data_is_refused_with_both_versions():
+    """`predict` and `rescore` build the record's task here; with another CLDR release it would
+    write other sources than the model saw, so the record is refused, naming both versions."""
+    from study.tasks import get_task
+    from study.trained import TrainedModelError, record_task
+
+    here = get_task("date_format", locale="ko")
+    record = {"id": "date_format-dot-s0-x", "task": "date_format", "task_options": {"locale": "ko"}}
+    assert record_task({**record, "task_data": here.data_versions}).spec == here.spec
+    with pytest.raises(TrainedModelError, match=rf"task data {{'cldr': '1'}}, this machine has {{'cldr': '{here.cldr}'}}"):
+        record_task({**record, "task_data": {"cldr": "1"}})

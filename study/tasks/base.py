@@ -20,6 +20,7 @@ sample whenever a task is loaded.
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,7 +43,15 @@ class Task(abc.ABC):
             (`max_length=None` means unbounded).
 
     Options (e.g. an alphabet or a locale) are keyword arguments of the
-    constructor; they are recorded in `options` so that they enter cache keys.
+    constructor.  The constructor records every one of them in `options`, in its
+    canonical spelling and with defaults filled in (`locale="EN_us"` is recorded
+    as "en_US", a missing alphabet as the default one), so that one task has one
+    identity in cache keys, cell ids and records; `check_task` verifies this.
+
+    A task whose output depends on data outside its code (a locale database, a
+    word list) names their versions in `data_versions`; they are part of its
+    identity too, so data generated with other versions are never read from the
+    cache nor merged with these results.
     """
 
     name: ClassVar[str]
@@ -80,9 +89,20 @@ class Task(abc.ABC):
         """
 
     @property
+    def data_versions(self) -> dict[str, str]:
+        """Versions of the data outside the task's code that shape its output, e.g.
+        `{"cldr": "47"}` for a task whose strings come from the Unicode CLDR through
+        Babel; empty for a task that depends on its code alone (the default)."""
+        return {}
+
+    @property
     def spec(self) -> dict[str, Any]:
-        """Identity of the generator: name, version and options (JSON-serialisable)."""
-        return {"name": self.name, "version": self.version, "options": dict(sorted(self.options.items()))}
+        """Identity of the generator (JSON-serialisable): name, version, normalised options
+        and, when the task has any, the versions of the outside data it uses (`data`)."""
+        spec = {"name": self.name, "version": self.version, "options": dict(sorted(self.options.items()))}
+        if self.data_versions:
+            spec["data"] = dict(sorted(self.data_versions.items()))
+        return spec
 
     def target_for(self, source: str) -> str | None:
         """The target of one source when the task can compute it (None: it cannot, e.g. a
@@ -108,9 +128,12 @@ class Task(abc.ABC):
 def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
     """Checks the task contract on a small sample; raises `TaskContractError` naming the rule broken.
 
-    Rules: declared metadata has the right types; alphabets are non-empty strings
-    without repeats; `sample` returns two lists of `n` non-empty strings whose
-    characters lie in the alphabets; the same seed gives the same data.
+    Rules: declared metadata has the right types; `options` records every
+    constructor argument and building the task again from its `options` gives the
+    same identity (options are normalised once, defaults filled in);
+    `data_versions` maps names to strings; alphabets are non-empty strings without
+    repeats; `sample` returns two lists of `n` non-empty strings whose characters
+    lie in the alphabets; the same seed gives the same data.
     """
     name = getattr(task, "name", type(task).__name__)
 
@@ -121,6 +144,7 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
         value = getattr(task, attr, None)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise fail(f"{attr} must be of type {kind.__name__}, got {value!r}")
+    _check_identity(task, fail)
     if task.min_length < 1:
         raise fail(f"min_length must be >= 1, got {task.min_length}")
     if task.max_length is not None and (not isinstance(task.max_length, int) or task.max_length < task.min_length):
@@ -139,6 +163,29 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
         again = task.sample(np.random.default_rng(seed), n, length)
         if again != first:
             raise fail("sample() is not deterministic for a fixed rng seed (does it use global randomness?)")
+
+
+def _check_identity(task: Task, fail) -> None:
+    """The identity rules of `check_task`: options complete and normalised, data versions strings."""
+    options = getattr(task, "options", None)
+    if not isinstance(options, dict):
+        raise fail(f"options must be a dict, got {options!r}")
+    params = [p for p in list(inspect.signature(type(task).__init__).parameters.values())[1:]
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unrecorded = [p.name for p in params if p.name not in options]
+    if unrecorded:
+        raise fail(f"options must record every constructor argument, defaults included (they enter cache keys and "
+                   f"cell ids); missing: {', '.join(unrecorded)}")
+    data = task.data_versions
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise fail(f"data_versions must map names to version strings, got {data!r}")
+    try:
+        again = type(task)(**options).spec
+    except (TypeError, ValueError) as exc:
+        raise fail(f"the task cannot be built again from its own options {options!r}: {exc}") from None
+    if again != task.spec:
+        raise fail(f"options are not normalised: building the task from its options {options!r} gives the identity "
+                   f"{again!r}, not {task.spec!r}")
 
 
 def check_sample(task: Task, sample: object, n: int, length: int, split: str | None = None) -> None:

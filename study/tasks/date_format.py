@@ -9,7 +9,11 @@ as YYYY-MM-DD joined by single spaces.
 
 Month and weekday names and the locale's own date patterns come from Babel (CLDR
 data).  Option `locale` (default "en", i.e. US English) selects another locale,
-e.g. "en_GB", "de", "ko" or "ja".  Conventions that make every source date
+e.g. "en_GB", "de", "ko" or "ja"; it is recorded in CLDR's spelling ("en-us" and
+"EN_us" become "en_US").  CLDR releases change some patterns (Korean
+`y. M. d.` became `y/M/d` between Babel 2.14 and 2.19), so the CLDR version
+is part of the task's identity (`data_versions`): a dataset or result made with
+another CLDR is never read or merged as this one.  Conventions that make every source date
 unambiguous:
   * numeric formats use the locale's own day/month order (en: month first,
     3/17/2021; en_GB and de: day first, 17/03/2021 and 17.3.2021);
@@ -26,6 +30,7 @@ import re
 
 import numpy as np
 from babel import Locale, UnknownLocaleError
+from babel.core import get_cldr_version
 from babel.dates import format_date, match_skeleton
 
 from study.tasks import register_task
@@ -61,6 +66,16 @@ def _widen_day_month(pattern: str) -> str:
     """Writes single-letter d and M fields as dd and MM (outside quoted literals)."""
     parts = re.split(r"('[^']*')", pattern)
     return "".join(p if p.startswith("'") else re.sub(r"(?<![dM])([dM])(?![dM])", r"\1\1", p) for p in parts)
+
+
+def canonical_locale(name: str) -> str:
+    """`name` in CLDR's spelling: "en-us", "EN_us" -> "en_US"; raises ValueError for an unknown locale."""
+    if not isinstance(name, str):
+        raise ValueError(f"task 'date_format': locale must be a string, got {name!r}")
+    try:
+        return str(Locale.parse(name.replace("-", "_")))
+    except (UnknownLocaleError, ValueError, TypeError) as exc:
+        raise ValueError(f"task 'date_format': unknown locale {name!r} ({exc})") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,9 +127,15 @@ class DateFormatTask(Task):
     min_length = 1
 
     def __init__(self, locale: str = "en") -> None:
+        locale = canonical_locale(locale)
         super().__init__(locale=locale)
         self.locale = locale
         self.patterns = _resolve_patterns(locale)
+        self.cldr = str(get_cldr_version())  # the CLDR release Babel ships, e.g. "47"
+
+    @property
+    def data_versions(self) -> dict[str, str]:
+        return {"cldr": self.cldr}
 
     @property
     def input_alphabet(self) -> str:
