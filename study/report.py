@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from study.files import json_digest
+from study.fonts import add_marks_note, character_ticks, readable, use_fonts
 from study.records import in_training_range, read_record
 
 CONFIDENCE = 0.95
@@ -438,6 +439,7 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
     the example's length, seed, target and prediction and marks the prediction right or wrong."""
     import matplotlib.pyplot as plt
 
+    use_fonts()
     chosen: dict[tuple[str, str], dict] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
         ex = r.get("attention_example")
@@ -449,6 +451,7 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
     models = list(dict.fromkeys(m for _, m in chosen))
     fig, axes = plt.subplots(len(tasks), len(models), figsize=(4.2 * len(models) + 1.0, 4.4 * len(tasks)), squeeze=False, layout="constrained")
     image = None
+    shown_text = ""
     for i, task in enumerate(tasks):
         for j, model in enumerate(models):
             ax = axes[i][j]
@@ -463,8 +466,9 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
             out = list(ex["prediction"]) + ["END"]
             out = out[: w.shape[0]]
             x_step, y_step = max(1, -(-len(src) // 24)), max(1, -(-len(out) // 24))  # at most 24 labels a side
-            ax.set_xticks(range(0, len(src), x_step), [_visible(c) for c in src[::x_step]], fontsize=7)
-            ax.set_yticks(range(0, len(out), y_step), [_visible(c) for c in out[::y_step]], fontsize=7)
+            character_ticks(ax, "x", src, x_step)
+            character_ticks(ax, "y", out, y_step)
+            shown_text += ex["source"] + ex["prediction"] + ex["target"]
             right = ex["prediction"] == ex["target"]
             verdict = "right" if right else "WRONG"
             ax.set_title(f"{task} / {model}, length {ex['length']}, seed {r['seed']}\n"
@@ -474,18 +478,13 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
     fig.suptitle("Attention weights of one test example per model (rows: output steps, columns: source characters)")
+    add_marks_note(fig, shown_text)
     return _save(fig, figures, "attention_maps")
 
 
-def _visible(c: str) -> str:
-    """A tick label for one character: a space as '␣', other invisible characters as their code point."""
-    if c == " ":
-        return "␣"
-    return c if c.isprintable() else f"U+{ord(c):04X}"
-
-
 def _shorten(text: str, most: int = 34) -> str:
-    return repr(text if len(text) <= most else text[: most - 1] + "…")
+    """`text` quoted for a title, cut to `most` characters, marks as `study.fonts.readable` writes them."""
+    return "'" + readable(text if len(text) <= most else text[: most - 1] + "…") + "'"
 
 
 def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
@@ -595,6 +594,7 @@ def write_report(out: Path, every: bool = False) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    use_fonts()
     out = Path(out)
     records = load_records(out, every)
     metrics = metrics_frame(records)

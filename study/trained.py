@@ -100,17 +100,21 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(prediction) + ["</s>"]
+    from study.fonts import add_marks_note, character_ticks, readable, use_fonts
+
+    use_fonts()
+    rows = (list(prediction) + ["END"])[: weights.shape[0]]
     fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * len(source) + 1.5), max(2.5, 0.3 * len(rows) + 1.2)))
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
-    ax.set_xticks(range(len(source)), [c if c != " " else "␣" for c in source], fontsize=8)
-    ax.set_yticks(range(len(rows[: weights.shape[0]])), [c if c != " " else "␣" for c in rows[: weights.shape[0]]], fontsize=8)
-    verdict = "" if target is None else (" (right)" if prediction == target else f" (target {target!r})")
-    ax.set(title=f"{title}\npredicted {prediction!r}{verdict}", xlabel="source character", ylabel="predicted character")
+    character_ticks(ax, "x", list(source), fontsize=8)
+    character_ticks(ax, "y", rows, fontsize=8)
+    verdict = "" if target is None else (" (right)" if prediction == target else f" (target '{readable(target)}')")
+    ax.set(title=f"{title}\npredicted '{readable(prediction)}'{verdict}", xlabel="source character", ylabel="predicted character")
+    add_marks_note(fig, source + prediction + (target or ""))
     fig.colorbar(image, ax=ax, label="attention weight")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

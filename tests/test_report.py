@@ -232,3 +232,51 @@ def matplotlib_rgb(colour):
     from matplotlib.colors import to_rgb
 
     return to_rgb(colour)
+
+
+def test_every_character_of_the_advertised_locales_is_drawn_readably(tmp_path):
+    """Attention maps of date_format examples in Korean, Japanese, Thai and Hindi draw every
+    glyph from an installed font (matplotlib warns 'Glyph ... missing from font' otherwise), and
+    characters that print nothing or that no font has are labelled marks, explained under the figure."""
+    import io
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from study import report
+    from study.tasks import get_task
+
+    records = []
+    for i, locale in enumerate(["ko", "ja", "th", "hi"]):
+        task = get_task("date_format", locale=locale)
+        sources, targets = task.sample(np.random.default_rng(0), 40, 1)
+        source = "".join(sorted(set("".join(sources))))  # every character the 40 dates use
+        records.append({"status": "ok", "seed": 0, "task": f"date_format ({locale})", "model": "dot",
+                        "attention_example": {"source": source, "target": targets[0], "prediction": targets[0], "length": 1,
+                                              "weights": np.full((len(targets[0]) + 1, len(source)), 1 / len(source)).tolist()}})
+    odd = "7\u202f3\u200f\u1200"  # a narrow no-break space, a right-to-left mark, an Ethiopic letter no bundled font has
+    records.append({"status": "ok", "seed": 0, "task": "odd", "model": "dot",
+                    "attention_example": {"source": odd, "target": "73", "prediction": "7\u1200", "length": 1, "weights": np.full((3, 4), 0.25).tolist()}})
+    figures = {}
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patch.setattr(report, "_save", lambda fig, folder, name: figures.setdefault(name, fig) and [])
+        report.plot_attention_maps(records, tmp_path)
+        figures["attention_maps"].savefig(io.BytesIO(), format="png")
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[:3]
+    fig = figures["attention_maps"]
+    for ax in fig.axes:
+        if ax.get_title().startswith("date_format"):  # Hangul, kana, kanji, Thai, Devanagari drawn as themselves
+            assert not [t.get_text() for t in ax.get_xticklabels() if t.get_text().startswith("U+")], ax.get_title()
+    odd_axis = next(ax for ax in fig.axes if ax.get_title().startswith("odd"))
+    assert [t.get_text() for t in odd_axis.get_xticklabels()] == ["7", "NNBSP", "3", "RLM", "U+1200"]
+    assert all(t.get_rotation() == 90 for t in odd_axis.get_xticklabels() if len(t.get_text()) > 1)
+    assert "predicted '7[U+1200]'" in odd_axis.get_title()
+    note = " ".join(t.get_text() for t in fig.texts)
+    for expected in ("NNBSP = U+202F NARROW NO-BREAK SPACE", "RLM = U+200F RIGHT-TO-LEFT MARK", "U+1200 = ETHIOPIC SYLLABLE HA (no installed font has it)"):
+        assert expected in note
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
