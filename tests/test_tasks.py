@@ -212,6 +212,14 @@ class _Drifting(_Unrecorded):
         self.letters = letters
 
 
+class _Tupled(_Unrecorded):
+    name = "tupled_for_test"
+
+    def __init__(self, letters: str = "ab") -> None:
+        Task.__init__(self, letters=tuple(letters))  # a tuple comes back from the JSON cache key as a list
+        self.letters = "".join(letters)
+
+
 def test_options_that_miss_identity_break_the_contract():
     with pytest.raises(TaskContractError, match=r"task 'unrecorded_for_test'.*record every constructor argument.*missing: letters"):
         check_task(_Unrecorded())
@@ -219,3 +227,5 @@ def test_options_that_miss_identity_break_the_contract():
         check_task(_Unrebuildable())
     with pytest.raises(TaskContractError, match=r"task 'drifting_for_test'.*options are not normalised"):
         check_task(_Drifting())
+    with pytest.raises(TaskContractError, match=r"task 'tupled_for_test'.*plain JSON values"):
+        check_task(_Tupled())

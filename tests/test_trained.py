@@ -97,5 +97,6 @@ def test_a_model_made_with_other_locale_data_is_refused_with_both_versions():
     here = get_task("date_format", locale="ko")
     record = {"id": "date_format-dot-s0-x", "task": "date_format", "task_options": {"locale": "ko"}}
     assert record_task({**record, "task_data": here.data_versions}).spec == here.spec
-    with pytest.raises(TrainedModelError, match=rf"task data {{'cldr': '1'}}, this machine has {{'cldr': '{here.cldr}'}}"):
+    with pytest.raises(TrainedModelError) as refused:
         record_task({**record, "task_data": {"cldr": "1"}})
+    assert f"made with task data {{'cldr': '1'}}, this machine has {here.data_versions}" in str(refused.value)

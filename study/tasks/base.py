@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import json
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,10 +44,12 @@ class Task(abc.ABC):
             (`max_length=None` means unbounded).
 
     Options (e.g. an alphabet or a locale) are keyword arguments of the
-    constructor.  The constructor records every one of them in `options`, in its
-    canonical spelling and with defaults filled in (`locale="EN_us"` is recorded
+    constructor.  The constructor records every one of them in `options` as plain
+    JSON values, in its canonical spelling and with defaults filled in (`locale="EN_us"` is recorded
     as "en_US", a missing alphabet as the default one), so that one task has one
-    identity in cache keys, cell ids and records; `check_task` verifies this.
+    identity in cache keys, cell ids and records; `check_task` verifies what it
+    can (every named parameter recorded, a rebuild from `options` the same task),
+    the canonical spelling is the task's own job.
 
     A task whose output depends on data outside its code (a locale database, a
     word list) names their versions in `data_versions`; they are part of its
@@ -128,9 +131,10 @@ class Task(abc.ABC):
 def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
     """Checks the task contract on a small sample; raises `TaskContractError` naming the rule broken.
 
-    Rules: declared metadata has the right types; `options` records every
-    constructor argument and building the task again from its `options` gives the
-    same identity (options are normalised once, defaults filled in);
+    Rules: declared metadata has the right types; `options` records every named
+    constructor parameter (a `**kwargs` constructor must fill in its own defaults)
+    and building the task again from its `options` gives the same identity, which
+    survives a JSON round trip (the cache stores it as JSON);
     `data_versions` maps names to strings; alphabets are non-empty strings without
     repeats; `sample` returns two lists of `n` non-empty strings whose characters
     lie in the alphabets; the same seed gives the same data.
@@ -176,12 +180,19 @@ def _check_identity(task: Task, fail) -> None:
     if unrecorded:
         raise fail(f"options must record every constructor argument, defaults included (they enter cache keys and "
                    f"cell ids); missing: {', '.join(unrecorded)}")
+    try:
+        stored = json.loads(json.dumps(task.spec))
+    except (TypeError, ValueError) as exc:
+        raise fail(f"options and data_versions must be JSON values (str, int, float, bool, None, lists, dicts): {exc}") from None
+    if stored != task.spec:
+        raise fail(f"options must be plain JSON values (no tuples or sets), so the identity read back from the cache is the "
+                   f"same: {task.spec!r} reads back as {stored!r}")
     data = task.data_versions
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise fail(f"data_versions must map names to version strings, got {data!r}")
     try:
         again = type(task)(**options).spec
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # any failure of the task's own constructor
         raise fail(f"the task cannot be built again from its own options {options!r}: {exc}") from None
     if again != task.spec:
         raise fail(f"options are not normalised: building the task from its options {options!r} gives the identity "

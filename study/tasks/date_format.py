@@ -12,7 +12,9 @@ data).  Option `locale` (default "en", i.e. US English) selects another locale,
 e.g. "en_GB", "de", "ko" or "ja"; it is recorded in CLDR's spelling ("en-us" and
 "EN_us" become "en_US").  CLDR releases change some patterns (Korean
 `y. M. d.` became `y/M/d` between Babel 2.14 and 2.19), so the CLDR version
-is part of the task's identity (`data_versions`): a dataset or result made with
+is part of the task's identity (`data_versions`, with a fingerprint of how
+this Babel writes the locale's dates, which a change in Babel's own code would
+also move): a dataset or result made with
 another CLDR is never read or merged as this one.  Conventions that make every source date
 unambiguous:
   * numeric formats use the locale's own day/month order (en: month first,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import re
 
 import numpy as np
@@ -106,16 +109,26 @@ def _resolve_patterns(locale_name: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _source_alphabet(locale_name: str) -> str:
-    """Every character any format can produce: every day of a leap year in every format, plus the separator."""
+def _leap_year_rendering(locale_name: str) -> tuple[str, str]:
+    """(every character any format can produce, a fingerprint of how the locale writes dates):
+    every day of a leap year in every format; the alphabet adds the separator and all digits,
+    the fingerprint is 12 hex digits of the SHA-256 of all those strings."""
     patterns = _resolve_patterns(locale_name)
     chars = set(SEPARATOR) | set("0123456789")
+    digest = hashlib.sha256()
     day = dt.date(2020, 1, 1)
     while day.year == 2020:
         for pattern in patterns:
-            chars.update(format_date(day, pattern, locale=locale_name))
+            text = format_date(day, pattern, locale=locale_name)
+            chars.update(text)
+            digest.update(text.encode() + b"\x00")
         day += dt.timedelta(days=1)
-    return "".join(sorted(chars))
+    return "".join(sorted(chars)), digest.hexdigest()[:12]
+
+
+def _source_alphabet(locale_name: str) -> str:
+    """Every character any format can produce (`_leap_year_rendering`)."""
+    return _leap_year_rendering(locale_name)[0]
 
 
 @register_task
@@ -132,10 +145,13 @@ class DateFormatTask(Task):
         self.locale = locale
         self.patterns = _resolve_patterns(locale)
         self.cldr = str(get_cldr_version())  # the CLDR release Babel ships, e.g. "47"
+        self.rendering = _leap_year_rendering(locale)[1]  # how this Babel writes the locale's dates
 
     @property
     def data_versions(self) -> dict[str, str]:
-        return {"cldr": self.cldr}
+        """The CLDR release, and a fingerprint of every day of a leap year in every format, which
+        also catches a change in Babel's own formatting code under the same CLDR."""
+        return {"cldr": self.cldr, "rendering": self.rendering}
 
     @property
     def input_alphabet(self) -> str:
