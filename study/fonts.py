@@ -81,26 +81,33 @@ def _register() -> tuple[str, ...]:
 
 
 def use_fonts() -> tuple[str, ...]:
-    """Registers the installed fallback fonts with matplotlib and sets `font.family` to DejaVu
-    Sans followed by them; returns the families in use (DejaVu Sans first)."""
+    """Registers the installed fallback fonts with matplotlib and appends DejaVu Sans and them to
+    `font.family` (after any family the user chose); returns the families in use, in order."""
     import matplotlib
 
-    families = (BASE_FAMILY, *_register())
+    ours = (BASE_FAMILY, *_register())
+    chosen = [f for f in matplotlib.rcParams["font.family"] if f not in ours]
+    families = (*chosen, *ours)
     matplotlib.rcParams["font.family"] = list(families)
     return families
 
 
-@functools.lru_cache(maxsize=1)
-def _covered() -> frozenset[int]:
-    """Code points some font of `use_fonts` has a glyph for."""
+@functools.lru_cache(maxsize=None)
+def _coverage(families: tuple[str, ...]) -> frozenset[int]:
+    """Code points some font of `families` has a glyph for."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
     points: set[int] = set()
-    for family in (BASE_FAMILY, *_register()):
-        path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+    for family in families:
+        path = font_manager.findfont(font_manager.FontProperties(family=[family]), fallback_to_default=False)
         points.update(FT2Font(path).get_charmap())
     return frozenset(points)
+
+
+def _covered() -> frozenset[int]:
+    """Code points the fonts of `use_fonts` have glyphs for."""
+    return _coverage(use_fonts())
 
 
 def _invisible(c: str) -> bool:

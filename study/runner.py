@@ -16,15 +16,16 @@ the records alone.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
-from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, run_cell_safely
+from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, failed_record, run_cell_safely
 from study.config import StudyConfig, config_to_dict
 from study.executors import run_local, run_ray
-from study.files import remove_leftovers, write_json_atomic
+from study.files import json_digest, remove_leftovers, write_json_atomic
 from study.records import StudyLock, read_record
 
 RECORD_SCHEMA = 1
@@ -52,6 +53,11 @@ def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
     return out
 
 
+def _cell_key(task: str, model: str, seed: int, train_lengths) -> tuple:
+    """What tells a grid's cells apart, as both a `Cell` and its record hold it."""
+    return task, model, int(seed), tuple(int(x) for x in train_lengths)
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C during a study; finished cells are saved."""
 
@@ -62,13 +68,16 @@ class StudyInterrupted(KeyboardInterrupt):
 
 def select_shard(grid: list[tuple[Cell, str]], shard: tuple[int, int] | None) -> list[tuple[Cell, str]]:
     """The cells of shard (I, N): those whose index i has i mod N == I, where i is the cell's rank
-    among the grid's cell ids sorted.  The ids hash each cell's whole configuration, so the
-    split is the same on every machine and run, and shards differ in size by at most one."""
+    among the grid's cells sorted by a hash of the cell as the command states it (task, lengths,
+    options as written, model, seed).  Nothing of the machine enters it (cell ids hold the task's
+    data versions, which another Babel changes), so the split is the same on every machine and
+    run, whatever order the grid is listed in, and shards differ in size by at most one."""
     if shard is None:
         return grid
     index, count = shard
-    rank = {cid: i for i, cid in enumerate(sorted(cid for _, cid in grid))}
-    return [(cell, cid) for cell, cid in grid if rank[cid] % count == index]
+    keys = [json_digest(dataclasses.asdict(cell), 16) for cell, _ in grid]
+    rank = {key: i for i, key in enumerate(sorted(keys))}
+    return [pair for pair, key in zip(grid, keys) if rank[key] % count == index]
 
 
 def run_study(
@@ -138,7 +147,14 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
              f"this run's report covers its own {len(selected)} cells only; `python run_study.py report {out} --all` reports every record")
     bar = tqdm(total=len(selected), initial=done, desc="study", unit="cell", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
 
+    asked = {_cell_key(cell.task.name, cell.model, cell.seed, cell.train_lengths): (cell, cid) for cell, cid in todo}
+
     def finish(record: dict) -> None:
+        cell, cid = asked.get(_cell_key(record["task"], record["model"], record["seed"], record["train_lengths"]), (None, record["id"]))
+        if record["id"] != cid:  # a worker whose packages give the task another identity made another cell
+            record = failed_record(cell, config, f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of "
+                                   f"{cid}: its package versions (e.g. Babel) differ from this machine's; run every worker with the same "
+                                   f"versions. {record.get('error') or ''}".strip(), record.get("traceback", ""))
         write_json_atomic(cells_dir / f"{record['id']}.json", record)
         if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
             backup = cell_paths(out, record["id"])["backup"]

@@ -42,7 +42,7 @@ def find_record(out: Path, task: str, model: str, seed: int | None) -> dict:
         if not [r for r in chosen if r["seed"] == seed]:
             raise TrainedModelError(f"no finished cell of {task}/{model} with seed {seed} in {out}; seeds there: {available('seed', chosen)}")
         chosen = [r for r in chosen if r["seed"] == seed]
-    return min(chosen, key=lambda r: (r["seed"], r["id"]))
+    return min(chosen, key=lambda r: (r["seed"], not _usable_here(r), r["id"]))  # of a seed, one this machine can rebuild
 
 
 def record_task(record: dict):
@@ -51,13 +51,25 @@ def record_task(record: dict):
     write other sources than the model was trained and tested on."""
     from study.tasks import get_task
 
-    task = get_task(record["task"], **record["task_options"])
+    try:
+        task = get_task(record["task"], **record["task_options"])
+    except ValueError as exc:  # an unknown task (a plugin not loaded), options it refuses, a broken contract
+        raise TrainedModelError(f"cell {record['id']}: {exc}") from None
     recorded = record.get("task_data") or {}
     if recorded and recorded != task.data_versions:
         raise TrainedModelError(
             f"cell {record['id']} was made with task data {recorded}, this machine has {task.data_versions}; "
             "install the package versions of the record's `versions` (e.g. its Babel) to use it here")
     return task
+
+
+def _usable_here(record: dict) -> bool:
+    """Whether this machine can rebuild the record's task as it was (`record_task`)."""
+    try:
+        record_task(record)
+    except TrainedModelError:
+        return False
+    return True
 
 
 def load_cell_model(out: Path, record: dict):

@@ -228,3 +228,27 @@ def test_ray_retries_a_cell_whose_worker_died(tmp_path):
     assert marker.exists()  # a worker did die
     (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert record["status"] == "ok" and record["task"] == "dies_once"
+
+
+def test_a_worker_with_other_locale_data_fails_its_cell_under_the_asked_id(tmp_path, monkeypatch):
+    """A worker (a Ray node, say) whose Babel ships another CLDR computes another cell id for a
+    date_format cell; the driver records the cell it asked for as failed, naming the cause and
+    keeping the worker's own error, instead of saving a record the grid never asked for."""
+    from study import runner
+    from study.cell import failed_record
+    from study.tasks import date_format
+
+    config = build_study_config("smoke", {"tasks": {"date_format": {"train_lengths": [1], "eval_lengths": [1]}}, "models": ["none"], "seeds": [0], "jobs": 1})
+    config = dataclasses.replace(config, tasks=tuple(t for t in config.tasks if t.name == "date_format"))
+    ((_, asked),) = study_cells(config)
+
+    def other_machine(cell, config, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(date_format, "get_cldr_version", lambda: "1")
+            return failed_record(cell, config, "RuntimeError: boom")
+
+    monkeypatch.setattr(runner, "run_cell_safely", other_machine)
+    (record,) = runner.run_study(config, tmp_path / "out", progress=False, warn=lambda m: None)
+    assert record["id"] == asked and record["status"] == "failed"
+    assert "instead of" in record["error"] and "package versions (e.g. Babel) differ" in record["error"] and "boom" in record["error"]
+    assert [p.stem for p in (tmp_path / "out" / "cells").glob("*.json")] == [asked]

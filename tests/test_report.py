@@ -280,3 +280,37 @@ def test_every_character_of_the_advertised_locales_is_drawn_readably(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_without_a_font_package_its_characters_become_labelled_code_points(monkeypatch, request):
+    """A font package that is not installed is no error: the characters only it covers are drawn
+    as code points, named under the figure, and matplotlib never draws a missing glyph."""
+    import io
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from study import fonts
+
+    def forget():
+        fonts._register.cache_clear()
+        fonts._coverage.cache_clear()
+
+    monkeypatch.setattr(fonts, "FALLBACK_FONTS", (("NanumGothic", ("no_such_font_package", "fonts/NanumGothic.ttf")),))
+    monkeypatch.setitem(matplotlib.rcParams, "font.family", ["sans-serif"])  # as in a fresh process
+    forget()
+    request.addfinalizer(forget)  # later tests register the real fonts again
+    assert fonts.use_fonts()[-1] == "DejaVu Sans"  # nothing after it
+    assert [fonts.label(c) for c in "3월"] == ["3", "U+C6D4"]
+    assert fonts.marks_note("3월") == "U+C6D4 = HANGUL SYLLABLE WEOL (no installed font has it)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig, ax = plt.subplots()
+        fonts.character_ticks(ax, "x", list("3월"))
+        ax.set_title(fonts.readable("2021년 3월"))
+        fig.savefig(io.BytesIO(), format="png")
+        plt.close(fig)
+    assert not [w for w in caught if "missing from font" in str(w.message)]

@@ -100,3 +100,18 @@ def test_a_model_made_with_other_locale_data_is_refused_with_both_versions():
     with pytest.raises(TrainedModelError) as refused:
         record_task({**record, "task_data": {"cldr": "1"}})
     assert f"made with task data {{'cldr': '1'}}, this machine has {here.data_versions}" in str(refused.value)
+
+
+def test_predict_picks_a_record_this_machine_can_rebuild_and_refuses_one_it_cannot(smoke_run, tmp_path):
+    """A merged folder may hold the same cell made under two CLDR releases: `predict` uses the
+    one whose task this machine rebuilds as it was, and refuses, naming both, when none is."""
+    out = tmp_path / "merged"
+    shutil.copytree(smoke_run[0], out)
+    own = _record(out, "date_format", "dot", 0)
+    foreign = {**own, "id": own["id"][:-12] + "0" * 12, "task_data": {**own["task_data"], "cldr": "1"}}
+    (out / "cells" / f"{foreign['id']}.json").write_text(json.dumps(foreign))  # sorts before the own record
+    result = run_cli("predict", str(out), "--task", "date_format", "--model", "dot", "3/17/2021")
+    assert result.returncode == 0 and f"cell {own['id']}" in result.stdout, result.stderr[-2000:]
+    (out / "cells" / f"{own['id']}.json").unlink()
+    result = run_cli("predict", str(out), "--task", "date_format", "--model", "dot", "--seed", "0", "3/17/2021")
+    assert result.returncode == 2 and "made with task data" in result.stderr and "this machine has" in result.stderr, result.stderr[-2000:]
