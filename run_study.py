@@ -334,7 +334,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     out = _results_folder(args)
     done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
-    print(f"rescored {done} cells ({skipped} without a saved model left as they were); report: {write_report(out)}")
+    print(f"rescored {done} cells ({skipped} without a saved model or a task this machine can rebuild left as they were); report: {write_report(out)}")
     return 0
 
 

@@ -132,7 +132,9 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
 
 def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
     """Recomputes the test metrics of every finished record in `out` from its saved model with
-    the current metric code and rewrites the record; returns (rescored, skipped without a model)."""
+    the current metric code and rewrites the record; returns (rescored, skipped): a record is
+    skipped, with a warning, when its model is missing or this machine cannot rebuild its task
+    as it was (`record_task`)."""
     import time
 
     from study.cell import attention_example_length, test_metrics

@@ -3,6 +3,7 @@ failures as failed cells, and resumes to the same metrics as an uninterrupted ru
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,14 +92,21 @@ def reference(tmp_path_factory):
     out = tmp / "out"
     result = run("--config", _config(tmp), "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
-    return metrics(out)
+    frame = metrics(out)
+    frame.attrs["out"] = out  # the folder, for a test that re-runs finished cells
+    return frame
 
 
 @pytest.mark.slow
 def test_fresh_rerun_reproduces_metrics(tmp_path, reference):
+    """`--fresh` recomputes finished cells (here the `dot` half of the grid, the same cells) to the same metrics."""
     out = tmp_path / "out"
-    assert run("--config", _config(tmp_path), "--out", out, "--quiet", "--fresh").returncode == 0
-    pd.testing.assert_frame_equal(metrics(out), reference)
+    shutil.copytree(reference.attrs["out"], out, copy_function=shutil.copy)  # new times: a recomputed record shows
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert run("--config", _config(tmp_path), "--out", out, "--quiet", "--models", "dot", "--fresh").returncode == 0
+    changed = {name for name, mtime in first.items() if (out / "cells" / name).stat().st_mtime_ns != mtime}
+    assert len(changed) == 2 and all(name.split("-")[1] == "dot" for name in changed)  # the dot cells, recomputed
+    pd.testing.assert_frame_equal(metrics(out), reference[reference["model"] == "dot"].reset_index(drop=True))
 
 
 @pytest.mark.slow
