@@ -106,8 +106,9 @@ def _coverage(families: tuple[str, ...]) -> frozenset[int]:
 
 
 def _covered() -> frozenset[int]:
-    """Code points the fonts of `use_fonts` have glyphs for."""
-    return _coverage(use_fonts())
+    """Code points DejaVu Sans or an installed fallback font has glyphs for (a font the user put
+    first in `font.family` may have more; these are the ones `use_fonts` guarantees)."""
+    return _coverage((BASE_FAMILY, *_register()))
 
 
 def _invisible(c: str) -> bool:
