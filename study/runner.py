@@ -151,10 +151,12 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
 
     def finish(record: dict) -> None:
         cell, cid = asked.get(_cell_key(record["task"], record["model"], record["seed"], record["train_lengths"]), (None, record["id"]))
-        if record["id"] != cid:  # a worker whose packages give the task another identity made another cell
-            record = failed_record(cell, config, f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of "
-                                   f"{cid}: its package versions (e.g. Babel) differ from this machine's; run every worker with the same "
-                                   f"versions. {record.get('error') or ''}".strip(), record.get("traceback", ""))
+        if record["id"] != cid:  # the worker could not build the task, or its packages give it another identity
+            unbuilt = record["status"] == "failed" and record.get("task_version") is None
+            cause = record["error"] if unbuilt else (
+                f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of {cid}: its package versions "
+                f"(e.g. Babel) differ from this machine's; run every worker with the same versions. {record.get('error') or ''}").strip()
+            record = failed_record(cell, config, cause, record.get("traceback", ""))
         write_json_atomic(cells_dir / f"{record['id']}.json", record)
         if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
             backup = cell_paths(out, record["id"])["backup"]
