@@ -166,31 +166,7 @@ def test_an_address_without_a_cluster_is_a_one_line_error(tmp_path):
 needs_ray = pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install -r requirements-ray.txt); the Ray executor tests need it")
 
 
-@pytest.mark.slow
-@needs_ray
-def test_ray_executor_gives_the_local_executors_metrics(smoke_run, tmp_path):
-    """The smoke profile's seed-0 cells as Ray tasks on a local instance (ray.init(num_cpus=2))."""
-    out = tmp_path / "ray"
-    driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--seeds", "0", "--executor", "ray", "--jobs", "2", "--out", str(out)],
-                              cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = driver.communicate(timeout=900)
-    assert driver.returncode == 0, stderr[-3000:]
-    assert "Ray (local instance)" in stdout and stdout.count("exact-match") == 4  # progress: a line per cell
-    _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv", seeds=[0])
-    workers = [json.loads(p.read_text())["worker"] for p in (out / "cells").glob("*.json")]
-    assert len(workers) == 4 and all(w["pid"] != driver.pid for w in workers)  # trained outside the driver
-    assert len({w["ray_task_id"] for w in workers}) == 4  # each cell one Ray task, by Ray's own ids
-    local = [json.loads(p.read_text())["worker"] for p in (smoke_run[0] / "cells").glob("*.json")]
-    assert not any("ray_task_id" in w for w in local)
-
-
-@pytest.mark.slow
-@needs_ray
-def test_ray_retries_a_cell_whose_worker_died(tmp_path):
-    """A worker process that exits mid-cell (here: while generating the cell's data) is replaced
-    and the cell runs again, to a finished record."""
-    plugin = tmp_path / "dies_once.py"
-    plugin.write_text(textwrap.dedent('''
+DIES_ONCE = textwrap.dedent('''
         import os
         from pathlib import Path
 
@@ -217,17 +193,37 @@ def test_ray_retries_a_cell_whose_worker_died(tmp_path):
                     Path(self.marker).write_text(str(os.getpid()))
                     os._exit(1)
                 return super().sample(rng, n, length)
-    '''))
-    marker = tmp_path / "died"
-    config = tmp_path / "study.toml"
-    config.write_text(f'[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')  # noqa: E501
-    out = tmp_path / "out"
-    result = run_cli("--profile", "smoke", "--config", str(config), "--tasks", "dies_once", "--models", "none", "--seeds", "0",
-                     "--task-module", str(plugin), "--executor", "ray", "--jobs", "1", "--out", str(out), "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert marker.exists()  # a worker did die
-    (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    assert record["status"] == "ok" and record["task"] == "dies_once"
+    ''')
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ray_executor_gives_the_local_executors_metrics_and_retries_a_dead_worker(smoke_run, tmp_path):
+    """The smoke profile's seed-0 cells as Ray tasks on a local instance (ray.init(num_cpus=2))
+    give the local executor's metrics; beside them, a task whose first worker process exits
+    mid-cell (while generating the cell's data): Ray replaces the worker and the cell runs again,
+    to a finished record."""
+    plugin, marker, config = tmp_path / "dies_once.py", tmp_path / "died", tmp_path / "study.toml"
+    plugin.write_text(DIES_ONCE)
+    config.write_text(f'[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')
+    out = tmp_path / "ray"
+    driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--config", str(config), "--seeds", "0",
+                               "--task-module", str(plugin), "--executor", "ray", "--jobs", "2", "--out", str(out)],
+                              cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert "Ray (local instance)" in stdout and stdout.count("exact-match") == 6  # progress: a line per cell
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert marker.exists() and {r["status"] for r in records if r["task"] == "dies_once"} == {"ok"}  # a worker did die; its cell finished
+    smoke = out / "smoke-tasks.csv"
+    frame = pd.read_csv(out / "metrics.csv")
+    frame[frame["task"] != "dies_once"].to_csv(smoke, index=False)
+    _same_metrics(smoke, smoke_run[0] / "metrics.csv", seeds=[0])
+    workers = [r["worker"] for r in records]
+    assert len(workers) == 6 and all(w["pid"] != driver.pid for w in workers)  # trained outside the driver
+    assert len({w["ray_task_id"] for w in workers}) == 6  # each cell one Ray task, by Ray's own ids
+    local = [json.loads(p.read_text())["worker"] for p in (smoke_run[0] / "cells").glob("*.json")]
+    assert not any("ray_task_id" in w for w in local)
 
 
 def test_a_worker_with_other_locale_data_fails_its_cell_under_the_asked_id(tmp_path, monkeypatch):

@@ -118,6 +118,9 @@ def test_predict_picks_a_record_this_machine_can_rebuild_and_refuses_one_it_cann
     own = _record(out, "date_format", "dot", 0)
     foreign = {**own, "id": own["id"][:-12] + "0" * 12, "task_data": {**own["task_data"], "cldr": "1"}}
     (out / "cells" / f"{foreign['id']}.json").write_text(json.dumps(foreign))  # sorts before the own record
+    manifest = json.loads((out / "study.json").read_text())
+    manifest["cells"].append(foreign["id"])  # as a merge of two folders names both
+    (out / "study.json").write_text(json.dumps(manifest))
     result = run_cli("predict", str(out), "--task", "date_format", "--model", "dot", "3/17/2021")
     assert result.returncode == 0 and f"cell {own['id']}" in result.stdout, result.stderr[-2000:]
     (out / "cells" / f"{own['id']}.json").unlink()
