@@ -207,21 +207,10 @@ def prepare(args: argparse.Namespace):
             check_ray_address(args.address)
     out = args.out or Path("results") / profile
     _check_output_dir(out)
-    _start_backend(config.backend)  # after every check: bad input is refused without waiting for it
+    from study.executors import start_backend
+
+    start_backend(config.backend)  # after every check: bad input is refused without waiting for it
     return config, out
-
-
-def _start_backend(backend: str) -> None:
-    """Starts TensorFlow with its start-up notices filtered (before Keras imports it), or turns on
-    JAX's compilation cache."""
-    if backend == "tensorflow":
-        from study.executors import start_tensorflow
-
-        start_tensorflow()
-    elif backend == "jax":
-        from study.executors import enable_jax_compilation_cache
-
-        enable_jax_compilation_cache()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -116,14 +116,21 @@ def enable_jax_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def limit_threads(backend: str, threads: int) -> None:
-    """Caps this process's math libraries; call before TensorFlow/JAX start.  A second call in a
-    process whose TensorFlow already runs keeps the first setting."""
-    os.environ.update(thread_env(threads))
+def start_backend(backend: str, threads: int | None = None) -> None:
+    """Starts the Keras backend before Keras imports it: TensorFlow with its start-up notices
+    filtered and its thread pools capped at `threads` (None: its defaults), or JAX with its
+    compilation cache on."""
     if backend == "tensorflow":
         start_tensorflow(threads)
     elif backend == "jax":
         enable_jax_compilation_cache()
+
+
+def limit_threads(backend: str, threads: int) -> None:
+    """Caps this process's math libraries; call before TensorFlow/JAX start.  A second call in a
+    process whose TensorFlow already runs keeps the first setting."""
+    os.environ.update(thread_env(threads))
+    start_backend(backend, threads)
 
 
 def visible_gpus() -> list[str]:
