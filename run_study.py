@@ -242,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = [r for r in records if r["status"] != "ok"]
     for r in failed:
         print(summary_line(r))
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {len(records) - len(failed)} cells ok, {len(failed)} failed; report: {report}")
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(len(records) - len(failed), 'cell')} ok, {len(failed)} failed; report: {report}")
     if failed:
         print(f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them", file=sys.stderr)
         return EXIT_CELLS_FAILED
