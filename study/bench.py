@@ -249,6 +249,17 @@ class _Clock:
         return result
 
 
+def bench_recipe():
+    """The standard profile's recipe with convergence stopping off (patience = the budget), so
+    the held-out target, the budget or 100% validation exact match ends a time-to-accuracy run."""
+    import dataclasses
+
+    from study.config import PROFILES, TrainConfig
+
+    standard = TrainConfig(**PROFILES["standard"]["train"])
+    return dataclasses.replace(standard, patience_examples=standard.max_examples, target_accuracy=1.0)
+
+
 def time_to_accuracy(args) -> dict:
     """Seconds and training examples until greedy exact match (END included, `study.evaluate.score`)
     on 500 held-out examples at the longest length reaches `args.target`, for
@@ -268,21 +279,18 @@ def time_to_accuracy(args) -> dict:
     import keras
     import numpy as np
 
-    from study.config import PROFILES, ModelConfig, TrainConfig
-    from study.data import load_split, training_splits
+    from study.config import ModelConfig
     from study.evaluate import decode, decode_steps, score
-    from study.models import build_model
+    from study.experiment import prepare, train
     from study.tasks import get_task
-    from study.train import train_model
-    from study.vocab import Vocabulary
 
     task = get_task(args.task)
     lengths = range(args.min_length or 4, args.length + 1)
-    standard = TrainConfig(**PROFILES["standard"]["train"])
-    cfg = dataclasses.replace(standard, patience_examples=standard.max_examples, target_accuracy=1.0)
-    train, validation = training_splits(task, lengths, cfg.n_train, cfg.n_validation, seed=0)
-    _, held_out = load_split(task, "test", [args.length], 500, seed=0)
-    sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+    cfg = bench_recipe()
+    model_cfg = ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size)
+    run = prepare(task, args.attention, lengths, [args.length], model_cfg, cfg, n_test=500, seed=0)
+    train_set, validation, held_out = run.splits.train, run.splits.validation, run.splits.test[args.length]
+    sv, tv = run.source_vocab, run.target_vocab
     steps = decode_steps(held_out.targets)
     held_source = sv.encode_batch(held_out.sources)
 
@@ -299,23 +307,20 @@ def time_to_accuracy(args) -> dict:
                 self.reached = self.curve[-1]
                 self.model.stop_training = True
 
-    keras.utils.set_random_seed(0)
-    model_cfg = ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size)
-    model = build_model(args.attention, sv.size, tv.size, model_cfg)
     clock = _Clock()
     ours = HeldOut(clock)
-    train_model(model, train, validation, sv, tv, cfg, seed=0, progress=False, extra_callbacks=[ours])
+    train(run, cfg, seed=0, progress=False, extra_callbacks=[ours])
 
     keras.utils.set_random_seed(0)
     model, encoder, step = build_baseline(args, sv.size, tv.size)
-    x = [sv.encode_batch(train.sources), tv.encode_batch(train.targets, start=True)]
-    y = tv.encode_batch(train.targets, end=True)
+    x = [sv.encode_batch(train_set.sources), tv.encode_batch(train_set.targets, start=True)]
+    y = tv.encode_batch(train_set.targets, end=True)
     clock = _Clock()
     base_curve, base_reached = [], None
-    per_pass = len(train) // cfg.epoch_examples
+    per_pass = len(train_set) // cfg.epoch_examples
     for epoch in range(-(-args.max_examples // cfg.epoch_examples)):  # epochs of the project's size: a shuffled pass in stretches
         if epoch % per_pass == 0:
-            order = np.random.default_rng(epoch).permutation(len(train))
+            order = np.random.default_rng(epoch).permutation(len(train_set))
         part = order[(epoch % per_pass) * cfg.epoch_examples : (epoch % per_pass + 1) * cfg.epoch_examples]
         model.fit([a[part] for a in x], y[part], batch_size=64, epochs=1, verbose=0, shuffle=True)
         acc = clock.uncounted(lambda: score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)["seq_acc"])
@@ -330,7 +335,7 @@ def time_to_accuracy(args) -> dict:
 
     report = {**side(ours.reached, ours.curve), **side(base_reached, base_curve, "baseline_"),
               "target": args.target, "held_out": f"500 test examples of {args.task} at length {args.length}",
-              "train_lengths": f"{lengths.start}..{lengths.stop - 1}", "pool": len(train), "project_budget": cfg.max_examples,
+              "train_lengths": f"{lengths.start}..{lengths.stop - 1}", "pool": len(train_set), "project_budget": cfg.max_examples,
               "baseline_budget": args.max_examples, "recipe": dataclasses.asdict(cfg)}
     if ours.reached and base_reached:
         report["speedup_seconds"] = base_reached["seconds"] / ours.reached["seconds"]

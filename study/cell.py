@@ -165,12 +165,10 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
     one it finds), and the trained model is saved there (`cell_paths`)."""
     import keras
 
-    from study.data import make_splits
     from study.evaluate import METRICS_VERSION
-    from study.models import build_model, get_model_spec
+    from study.experiment import prepare, train
+    from study.models import get_model_spec
     from study.tasks import get_task
-    from study.train import check_memory, estimate_training_bytes, train_model
-    from study.vocab import Vocabulary
 
     started = time.perf_counter()
     task = get_task(cell.task.name, **dict(cell.task.options))
@@ -189,27 +187,24 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         "worker": {"host": platform.node(), "pid": os.getpid()},
         "status": "ok",
     }
-    splits = make_splits(task, cell.train_lengths, cell.task.eval_lengths, config.train.n_train, config.train.n_validation, config.n_test, cell.seed)
-    sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
-    longest_source = max(len(s) for s in splits.train.sources)
-    longest_target = max(len(t) for t in splits.train.targets)
-    needed = estimate_training_bytes(effective_model_config(cell.model, config.model), config.train, longest_source, longest_target, tv.size, record["attention"])
-    check_memory(needed, share=1 / config.workers, what=f"{cell.describe()} (sources up to {longest_source} and targets up to {longest_target} characters)")
-    keras.utils.set_random_seed(cell.seed)
-    model = build_model(cell.model, sv.size, tv.size, config.model, alphabets={"source": sv.alphabet, "target": tv.alphabet})
+    run = prepare(task, cell.model, cell.train_lengths, cell.task.eval_lengths, config.model, config.train, config.n_test, cell.seed,
+                  memory_share=1 / config.workers, what=cell.describe())
+    model, sv, tv = run.model, run.source_vocab, run.target_vocab
     record["param_count"] = int(model.count_params())
     extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
-    result = train_model(model, splits.train, splits.validation, sv, tv, config.train, seed=cell.seed, progress=progress,
-                         between_batches=Interrupt.check, backup_dir=paths["backup"], extra_callbacks=extra)
+    result = train(run, config.train, cell.seed, progress=progress, between_batches=Interrupt.check, backup_dir=paths["backup"], extra_callbacks=extra)
     record.update(
         history=result.history,
         stop_reason=result.stop_reason,
         converged=result.converged,
-        last_stretch_gain=result.last_stretch_gain,
+        last_stretch=result.last_stretch,
+        selected_by=result.selected_by,
+        stop_learning_rate=result.stop_learning_rate,
         examples_seen=result.examples_seen,
         best_epoch=result.best_epoch,
         best_val_seq_acc=result.best_val_seq_acc,
         train_seconds=result.seconds,
+        seconds={"data": run.data_seconds, **result.times},
     )
     if result.diverged:
         record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started)
@@ -220,10 +215,11 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         record["model_file"] = str(paths["model"].relative_to(Path(out)))
     eval_started = time.perf_counter()
     map_length = attention_example_length(cell.task, cell.train_lengths)
-    metrics, example = test_metrics(model, splits.test, cell.train_lengths, map_length, sv, tv)
+    metrics, example = test_metrics(model, run.splits.test, cell.train_lengths, map_length, sv, tv)
     if example is not None:
         record["attention_example"] = example
-    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - eval_started, wall_seconds=time.perf_counter() - started)
+    record["seconds"]["test_decoding"] = time.perf_counter() - eval_started
+    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=record["seconds"]["test_decoding"], wall_seconds=time.perf_counter() - started)
     return record
 
 

@@ -56,26 +56,21 @@ class TrainConfig:
     epoch_examples: training examples per epoch, a consecutive stretch of a pass (n_train
         must be a multiple of it; default n_train); the validation set is decoded after
         every epoch.
-    max_examples: the budget, in training examples (rounded up to whole epochs): training
-        stops here if it has not converged before.
+    max_examples: the budget, in training examples (rounded up to whole epochs): a ceiling,
+        the same for every model; a cell that reaches it has not converged.
     batch_size: examples per update.
     learning_rate, clipnorm: Adam's (peak) step size and gradient-norm clipping.
-    patience_examples: training examples without a better validation exact match
-        (character accuracy breaking ties) before training stops as converged (rounded up
-        to whole epochs); the best weights are kept.
+    warmup_examples: a linear warm-up of the learning rate over this many examples (0: none).
+    schedule: the learning rate after the warm-up: "constant", or "plateau"
+        (`keras.callbacks.ReduceLROnPlateau` on the validation loss: multiplied by
+        `lr_factor` after `lr_patience_examples` without a fall of `loss_tolerance`, never
+        below `min_learning_rate`).
+    patience_examples: the stretch over which convergence is judged (rounded up to whole
+        epochs): training stops as converged once, over the last stretch, neither the
+        validation loss per target character fell by more than `loss_tolerance` (nats)
+        nor validation exact match at any training length rose by more than
+        `accuracy_tolerance` (a share); the best weights are kept.
     target_accuracy: stop once validation exact match reaches it.
-    schedule: the learning rate over the budget, from `keras.optimizers.schedules`:
-        "constant" (`learning_rate` throughout) or "cosine" (cosine decay to 0 at
-        `max_examples`, Loshchilov & Hutter 2017).
-    warmup_examples: with "cosine", a linear warm-up from 0 over this many examples.
-    curriculum_examples: a length curriculum over this many examples (0: none), the
-        "combined" strategy of Zaremba & Sutskever 2014 ("Learning to Execute"): each
-        epoch draws `curriculum_share` of its examples from the whole pool and the rest
-        from examples no longer than a limit that grows linearly from the shortest to the
-        longest training length; after it, epochs are plain passes over the pool.
-    curriculum_share: see `curriculum_examples`.
-    loss_normalisation: "token" (every target character weighs the same) or "sequence"
-        (every example weighs the same: its mean cross-entropy per character).
     n_validation: validation examples per training length (greedy-decoded after every
         epoch, with exact match per length kept in the history; 64 per length gives
         checkpoint selection a standard error of at most 6 points per length and much less
@@ -91,41 +86,43 @@ class TrainConfig:
     learning_rate: float = 2e-3
     clipnorm: float = 1.0
     patience_examples: int = 30000
+    loss_tolerance: float = 0.005
+    accuracy_tolerance: float = 0.05
     target_accuracy: float = 1.0
     schedule: str = "constant"
     warmup_examples: int = 0
-    curriculum_examples: int = 0
-    curriculum_share: float = 0.25
-    loss_normalisation: str = "token"
+    lr_patience_examples: int = 20000
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-4
     n_validation: int = 64
     pad_multiple: int = 8
 
     def __post_init__(self) -> None:
         if self.epoch_examples is None:
             object.__setattr__(self, "epoch_examples", self.n_train)
-        for name in ("n_train", "epoch_examples", "max_examples", "batch_size", "patience_examples", "n_validation", "pad_multiple"):
+        for name in ("n_train", "epoch_examples", "max_examples", "batch_size", "patience_examples", "lr_patience_examples", "n_validation", "pad_multiple"):
             _positive_int("train", name, getattr(self, name))
         if self.n_train % self.epoch_examples:
             raise ConfigError(f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})")
-        for name in ("learning_rate", "clipnorm"):
+        for name in ("learning_rate", "clipnorm", "min_learning_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
                 raise ConfigError(f"train.{name} must be a positive, finite number, got {value!r}")
         if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) or not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
-        if self.loss_normalisation not in LOSS_NORMALISATIONS:
-            raise ConfigError(f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}")
+        for name in ("loss_tolerance", "accuracy_tolerance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"train.{name} must be a number in [0, 1), got {value!r}")
+        if isinstance(self.lr_factor, bool) or not isinstance(self.lr_factor, (int, float)) or not 0 < self.lr_factor < 1:
+            raise ConfigError(f"train.lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
+        if self.schedule == "plateau" and self.min_learning_rate > self.learning_rate:
+            raise ConfigError(f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for name in ("warmup_examples", "curriculum_examples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.max_examples:
-                raise ConfigError(f"train.{name} must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}")
-        if self.warmup_examples and self.schedule == "constant":
-            raise ConfigError(f'train.warmup_examples ({self.warmup_examples}, perhaps from the profile) needs schedule = "cosine"; '
-                              'with schedule = "constant" set warmup_examples = 0 too')
-        if isinstance(self.curriculum_share, bool) or not isinstance(self.curriculum_share, (int, float)) or not 0 <= self.curriculum_share <= 1:
-            raise ConfigError(f"train.curriculum_share must be a number in [0, 1], got {self.curriculum_share!r}")
+        value = self.warmup_examples
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.max_examples:
+            raise ConfigError(f"train.warmup_examples must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}")
 
     @property
     def max_epochs(self) -> int:
@@ -134,13 +131,18 @@ class TrainConfig:
 
     @property
     def patience(self) -> int:
-        """Epochs without improvement before stopping: patience_examples / epoch_examples, rounded up."""
+        """Epochs over which convergence is judged: patience_examples / epoch_examples, rounded up."""
         return math.ceil(self.patience_examples / self.epoch_examples)
+
+    @property
+    def lr_patience(self) -> int:
+        """Epochs without a fall of the validation loss before the learning rate drops (schedule
+        "plateau"): lr_patience_examples / epoch_examples, rounded up."""
+        return math.ceil(self.lr_patience_examples / self.epoch_examples)
 
 
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) accepts 0..2**32 - 1
-SCHEDULES = ("constant", "cosine")
-LOSS_NORMALISATIONS = ("token", "sequence")
+SCHEDULES = ("constant", "plateau")
 REGIMES = ("mixed", "per_length")
 BACKENDS = ("tensorflow", "jax")
 
@@ -261,9 +263,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_test": 1000,
         "model": {},
         # the recipe chosen by `python -m study.sweep` (BENCHMARKS.md): a 100,000-example pool,
-        # validation every 10,000, Adam at 3e-3 with a 5,000-example warm-up and cosine decay
+        # validation every 10,000, Adam at 3e-3 with a 5,000-example warm-up, halved when the
+        # validation loss stalls for 20,000 examples; converged when 40,000 examples gain neither
+        # 0.005 nats per character nor 5 points at any training length; the budget a ceiling
         "train": {"n_train": 100000, "epoch_examples": 10000, "max_examples": 150000, "patience_examples": 40000,
-                  "batch_size": 64, "learning_rate": 0.003, "schedule": "cosine", "warmup_examples": 5000},
+                  "batch_size": 64, "learning_rate": 0.003, "schedule": "plateau", "warmup_examples": 5000},
     },
     # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget
     "full": {
@@ -281,7 +285,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_test": 1000,
         "model": {},
         "train": {"n_train": 200000, "epoch_examples": 20000, "max_examples": 1000000, "patience_examples": 100000,
-                  "batch_size": 64, "learning_rate": 0.003, "schedule": "cosine", "warmup_examples": 5000},
+                  "lr_patience_examples": 40000, "batch_size": 64, "learning_rate": 0.003, "schedule": "plateau", "warmup_examples": 5000},
     },
 }
 

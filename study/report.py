@@ -569,23 +569,48 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
     return _save(fig, figures, "learning_curves_by_length")
 
 
+CONVERGED_DEFINITION = ("A cell converged when validation exact match reached the target, or when over the last {patience} training "
+                        "examples neither its validation loss fell by more than {loss} nats per character nor its validation exact match "
+                        "at any training length rose by more than {acc:g} points, at a learning rate that only a plateau lowers; "
+                        "a cell that reached the {budget}-example budget did not converge.")
+
+
 def convergence_lines(records: list[dict]) -> list[str]:
-    """The report's account of how training ended: cells stopped by convergence (target or
-    patience, or at the budget within a point), and each cell that was still improving."""
+    """The report's account of how training ended: the definition of converged, and each cell
+    that was not, with how far its measures still moved over its last stretch."""
     done = [r for r in records if r["status"] == "ok" and "converged" in r]
     if not done:
         return []
+    cfg = done[0]["train_config"]
     open_cells = [r for r in done if not r["converged"]]
-    lines = [f"{len(done) - len(open_cells)} of {len(done)} cells converged: stopped on reaching the target, on patience "
-             f"({done[0]['train_config'].get('patience_examples', '?')} examples without a better validation exact match), "
-             "or at the budget with at most a point gained over that last stretch."]
+    lines = [CONVERGED_DEFINITION.format(patience=cfg.get("patience_examples", "?"), loss=cfg.get("loss_tolerance", "?"),
+                                         acc=100 * cfg.get("accuracy_tolerance", 0), budget=cfg.get("max_examples", "?")),
+             "", f"{len(done) - len(open_cells)} of {len(done)} cells converged."]
     if open_cells:
-        lines += ["", f"**Not converged** ({len(open_cells)}): stopped by the budget while still improving (with a decaying learning rate part "
-                  "of a late gain is the decay itself); their numbers are likely a lower bound.", ""]
-        lines += [f"- {r['task']}/{r['model']}/seed {r['seed']}: " + (
-                  "too few epochs to judge (the whole run was shorter than the patience stretch)" if r.get("last_stretch_gain") is None
-                  else f"+{100 * r['last_stretch_gain']:.1f} points of validation exact match over the last stretch") for r in open_cells]
+        lines += ["", f"**Not converged** ({len(open_cells)}): stopped by the budget while still learning; their numbers are likely a lower bound.", ""]
+        for r in open_cells:
+            stretch = r.get("last_stretch")
+            lines.append(f"- {r['task']}/{r['model']}/seed {r['seed']}: " + (
+                "too few epochs to judge (the whole run was shorter than the stretch)" if not stretch
+                else f"validation loss fell {stretch['val_loss']:.3f} nats per character and exact match at length {stretch['length']} "
+                     f"rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last stretch, learning rate {r.get('stop_learning_rate', 0):.2g}"))
     return lines + [""]
+
+
+def time_lines(records: list[dict]) -> list[str]:
+    """Where the cells' time went, summed over cells: data, the first update (mostly compilation),
+    the other update steps, greedy validation, test decoding (seconds and shares)."""
+    parts = {"data": "data", "first_update": "first update (compilation)", "train_steps": "update steps",
+             "validation": "greedy validation", "test_decoding": "test decoding"}
+    timed = [r["seconds"] for r in records if r["status"] == "ok" and isinstance(r.get("seconds"), dict)]
+    if not timed:
+        return []
+    sums = {k: sum(t.get(k, 0.0) for t in timed) for k in parts}
+    wall = sum(r.get("wall_seconds", 0.0) for r in records if r["status"] == "ok" and isinstance(r.get("seconds"), dict))
+    other = max(wall - sum(sums.values()), 0.0)
+    shares = ", ".join(f"{name} {sums[k]:.0f} s ({100 * sums[k] / wall:.0f}%)" for k, name in parts.items()) if wall else ""
+    return [f"Where the time went, summed over {len(timed)} cells ({wall / 60:.1f} min): {shares}, other {other:.0f} s "
+            "(callbacks, saving, the epoch loop).", ""]
 
 
 def write_report(out: Path, every: bool = False) -> Path:
@@ -641,13 +666,16 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
         if paths:
             lines += [f"## {title}", "", *[f"![{title}]({p})" for p in paths], ""]
     lines += ["## Exact match by length", "", table, ""]
-    lines += ["## Cells", "", *convergence_lines(records)]
-    lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Cells", "", *convergence_lines(records), *time_lines(records)]
+    lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | wall time (s) | "
+              "update steps / compilation / validation / test decoding (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         converged = {True: "yes", False: "**no**"}.get(r.get("converged"), "-")
+        t = r.get("seconds") if isinstance(r.get("seconds"), dict) else None
+        split = " / ".join(f"{t.get(k, 0):.0f}" for k in ("train_steps", "first_update", "validation", "test_decoding")) if t else "-"
         lines.append(
             f"| {r['task']} | {r['model']} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | {converged} | "
-            f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {r.get('wall_seconds', 0):.0f} |"
+            f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {r.get('wall_seconds', 0):.0f} | {split} |"
         )
     if failed:
         lines += ["", f"**{len(failed)} failed cells** (shown as missing in tables and figures):", ""]

@@ -2,45 +2,44 @@
 
     result = train_model(model, splits.train, splits.validation, source_vocab, target_vocab, TrainConfig(), seed=0,
                          backup_dir=Path("results/standard/backups/<cell id>"))
-    result.stop_reason      # "target_reached", "no_improvement", "budget" or "diverged: ..."
-    result.converged        # stopped by the target or patience, or still within a point at the budget
-    result.history          # one dict per epoch: loss, val_seq_acc, val_char_acc, val_seq_acc_by_length,
-                            # examples_seen, seconds
+    result.stop_reason      # "target_reached", "converged", "budget" or "diverged: ..."
+    result.converged        # stopped by the target, or because learning stopped (see `Convergence`)
+    result.last_stretch     # how far each convergence measure moved over the last patience stretch
+    result.history          # one dict per epoch: loss, val_loss, val_seq_acc, val_char_acc,
+                            # val_seq_acc_by_length, learning_rate, examples_seen, seconds
 
 Teacher forcing with masked sparse cross-entropy, Adam with gradient clipping,
-and a budget of at most `max_examples` examples, the same for every
-model of a comparison; training stops earlier once the validation measure has not
-improved for `patience_examples` (converged).  The loss is per target
-character (END included) with one fixed weight for the whole run: each batch's
-summed cross-entropy is divided by `tokens_per_batch` = batch_size x the
-training set's mean target length, not by the batch's own count, so every
-character weighs the same in every update whatever the length bucket or the
-size of the epoch's last, partial batch (a batch's own average would weigh the
-characters of short or small batches more, and change the objective with
-`batch_size` and bucketing).  `loss_normalisation = "sequence"` weighs every
-example the same instead (its mean cross-entropy per character, Sutskever et al.
-2014's per-sentence log-likelihood), so short examples count as much as long ones.
+and a budget of at most `max_examples` examples, a ceiling that is the same for every
+model of a comparison.  The loss is per target character (END included) with one fixed
+weight for the whole run: each batch's summed cross-entropy is divided by
+`tokens_per_batch` = batch_size x the training set's mean target length, not by the
+batch's own count, so every character weighs the same in every update whatever the
+length bucket or the size of the epoch's last, partial batch.
 
 Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch
 shuffles the examples, cuts the order into pools of `BUCKET_POOL` batches,
 sorts each pool by length and cuts it into batches, so a batch holds examples
 of similar length, padded to a multiple of `pad_multiple` steps; the order of
-epoch e is a pure function of (seed, e).  With a length curriculum
-(`curriculum_examples`) the early epochs draw their examples from the pool with
-a growing length limit instead of passing over all of it (`curriculum_epoch`).
+epoch e is a pure function of (seed, e).
 
-Callbacks do the rest, in this order: `GreedyValidation` decodes the
-validation set greedily after every epoch and puts exact match, character
-accuracy and their combination `val_selection` into the epoch's logs (exact
-match per length goes into the history); `TargetReached` stops once exact
-match reaches `target_accuracy`; `keras.callbacks.EarlyStopping` on
-`val_selection` (exact match, character accuracy breaking ties: a model still
-at 0% exact match but learning is not cut short, and never stopping is not
-rewarded) stops after `patience` epochs without improvement and restores the
-best weights; `Divergence` (a `keras.callbacks.TerminateOnNaN`) stops on a
-non-finite loss and says where; `EpochBackup` saves the whole training state
-after every epoch so that a killed run resumes from its last finished epoch
-with the same result; `BetweenBatches` lets Ctrl-C stop between updates.
+The learning rate: a linear warm-up over `warmup_examples` (`Warmup`, Goyal et al. 2017),
+then, with schedule "plateau", `keras.callbacks.ReduceLROnPlateau` on the validation loss
+(halved after `lr_patience_examples` without a gain of `loss_tolerance`, never below
+`min_learning_rate`), so the rate falls only when learning stalls and never because the
+budget is running out.
+
+Callbacks do the rest, in this order: `GreedyValidation` decodes the validation set
+greedily after every epoch and puts exact match, character accuracy, their combination
+`val_selection` and the teacher-forced validation loss per target character (`val_loss`,
+the training loss's weighting) into the epoch's logs; `TargetReached` stops once exact
+match reaches `target_accuracy`; `Convergence` stops once neither the validation loss nor
+exact match at any training length improved by more than its tolerance over the last
+`patience_examples`, and restores the best weights; `Divergence` (a
+`keras.callbacks.TerminateOnNaN`) stops on a non-finite loss and says where; `EpochBackup`
+saves the whole training state after every epoch so that a killed run resumes from its last
+finished epoch with the same result; `BetweenBatches` lets Ctrl-C stop between updates;
+`StepTimes` splits the time into update steps, the first update (mostly compilation) and
+validation.
 """
 
 from __future__ import annotations
@@ -107,16 +106,18 @@ def check_memory(needed: int, share: float = 1.0, what: str = "this cell") -> No
         )
 
 
-CONVERGENCE_TOLERANCE = 0.01  # a budget-stopped run whose last stretch gained more than this has not converged
-
-
 @dataclasses.dataclass
 class TrainResult:
     """What a training run did: per-epoch history, why it stopped, and its budget use.
 
-    last_stretch_gain: how far the best validation exact match moved over the last
-    `patience_examples` of training (best in that stretch minus best before it, in [-1, 1];
-    None when training had no more epochs than that stretch: too short to judge).
+    stop_reason: "target_reached", "converged" (`Convergence`), "budget" or "diverged: ...".
+    last_stretch: how far each convergence measure moved over the last `patience` epochs
+        (`last_stretch`); None when the run had no more epochs than that stretch.
+    selected_by: "exact match" (best validation exact match, character accuracy breaking
+        ties) or "validation loss" (a model whose exact match never rose above the tolerance).
+    stop_learning_rate: the learning rate of the last epoch.
+    times: seconds spent in update steps, in the first update (mostly tracing and
+        compilation) and in greedy validation (`StepTimes`).
     """
 
     history: list[dict]
@@ -125,7 +126,10 @@ class TrainResult:
     best_epoch: int
     best_val_seq_acc: float
     seconds: float
-    last_stretch_gain: float | None = None
+    last_stretch: dict | None = None
+    selected_by: str = "exact match"
+    stop_learning_rate: float | None = None
+    times: dict = dataclasses.field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -133,19 +137,28 @@ class TrainResult:
 
     @property
     def converged(self) -> bool:
-        """Stopped by the target or by patience, or at the budget with the last stretch
-        gaining at most `CONVERGENCE_TOLERANCE` (one point) of exact match."""
-        if self.stop_reason in ("target_reached", "no_improvement"):
-            return True
-        return self.stop_reason == "budget" and self.last_stretch_gain is not None and self.last_stretch_gain <= CONVERGENCE_TOLERANCE
+        """Stopped because validation exact match reached the target, or because neither the
+        validation loss nor exact match at any training length moved by more than its
+        tolerance over the last patience stretch (`Convergence`); never at the budget."""
+        return self.stop_reason in ("target_reached", "converged")
 
 
-def last_stretch_gain(history: list[dict], stretch_epochs: int) -> float | None:
-    """Best validation exact match of the last `stretch_epochs` epochs minus the best before them."""
+def last_stretch(history: list[dict], stretch_epochs: int) -> dict | None:
+    """How far the convergence measures moved over the last `stretch_epochs` epochs: the best of
+    those epochs against the best before them.
+
+    Returns {"val_loss": the fall of the best validation loss in nats per target character
+    (positive: it improved), "val_seq_acc_by_length": the largest rise of best exact match at
+    one training length (a share; positive: it improved), "length": that length}, or None
+    when the history is not longer than the stretch."""
     if len(history) <= stretch_epochs:
         return None
-    accuracies = [row["val_seq_acc"] for row in history]
-    return max(accuracies[-stretch_epochs:]) - max(accuracies[:-stretch_epochs])
+    before, stretch = history[:-stretch_epochs], history[-stretch_epochs:]
+    loss_gain = min(r["val_loss"] for r in before) - min(r["val_loss"] for r in stretch)
+    gains = {L: max(r["val_seq_acc_by_length"][L] for r in stretch) - max(r["val_seq_acc_by_length"][L] for r in before)
+             for L in history[-1]["val_seq_acc_by_length"]}
+    length = max(gains, key=lambda L: (gains[L], -int(L)))
+    return {"val_loss": float(loss_gain), "val_seq_acc_by_length": float(gains[length]), "length": int(length)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,11 +177,9 @@ class EncodedSet:
         """The loss normaliser: target characters (END included) in an average full batch."""
         return batch_size * self.mean_target_length()
 
-    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0, per_sequence: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
         """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to
-        `multiple`; weights are `token_weight` on every target character and END, 0 on padding.
-        With `per_sequence`, a row of n characters gets token_weight x mean length / n on each,
-        so every example weighs the same whatever its length."""
+        `multiple`; weights are `token_weight` on every target character and END, 0 on padding."""
         src = [self.sources[i] for i in index]
         tgt = [self.targets[i] for i in index]
         s_len = _round_up(max(map(len, src)), multiple)
@@ -177,9 +188,6 @@ class EncodedSet:
         decoder_inputs = pad([t[:-1] for t in tgt], t_len)
         decoder_targets = pad([t[1:] for t in tgt], t_len)
         weights = (decoder_targets != PAD).astype("float32") * np.float32(token_weight)
-        if per_sequence:
-            characters = np.array([len(t) - 1 for t in tgt], dtype="float32")
-            weights *= (self.mean_target_length() / characters)[:, None]
         return (source, decoder_inputs), decoder_targets, weights
 
     @functools.cached_property
@@ -207,27 +215,8 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def curriculum_epoch(lengths: np.ndarray, epoch: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray | None:
-    """The `epoch_examples` examples (indices into the pool, drawn with replacement) of epoch
-    `epoch` under the length curriculum, or None once it is over (plain passes from then on).
-
-    Zaremba & Sutskever 2014's "combined" strategy: a `curriculum_share` of the draws come
-    from the whole pool, the rest from examples no longer than a limit that grows linearly
-    with the examples seen by the end of the epoch, from the shortest length (at 0) to the
-    longest (at `curriculum_examples`).
-    """
-    if epoch * cfg.epoch_examples >= cfg.curriculum_examples:
-        return None
-    lo, hi = int(lengths.min()), int(lengths.max())
-    limit = lo + (hi - lo) * (epoch + 1) * cfg.epoch_examples / cfg.curriculum_examples
-    eligible = np.flatnonzero(lengths <= limit)
-    n = cfg.epoch_examples
-    whole = rng.random(n) < cfg.curriculum_share
-    return np.where(whole, rng.integers(0, len(lengths), n), eligible[rng.integers(0, len(eligible), n)])
-
-
 def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.ndarray:
-    """The pool indices of epoch `epoch` without a curriculum: pass p = epoch // (n_train /
+    """The pool indices of epoch `epoch`: pass p = epoch // (n_train /
     epoch_examples) is a permutation of the pool seeded by (seed, p), and the epoch is its
     next consecutive stretch of `epoch_examples`."""
     per_pass = pool // cfg.epoch_examples
@@ -237,28 +226,33 @@ def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.nda
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
-    """Adam with clipping and the config's learning-rate schedule (`learning_rate`), and
-    cross-entropy summed with the batch's weights (`EncodedSet.batch` gives each target
-    character 1 / tokens_per_batch)."""
+    """Adam with clipping at `cfg.learning_rate` (`Warmup` and `ReduceLROnPlateau` move it during
+    training), and cross-entropy summed with the batch's weights (`EncodedSet.batch` gives each
+    target character 1 / tokens_per_batch)."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(cfg), clipnorm=cfg.clipnorm),
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
     )
 
 
-def learning_rate(cfg: TrainConfig):
-    """`cfg.learning_rate` for schedule "constant"; for "cosine", a
-    `keras.optimizers.schedules.CosineDecay` over the whole budget in updates (epoch_examples / batch_size
-    per epoch, rounded up, times max_epochs) that decays to 0, after a linear warm-up from 0 over
-    `warmup_examples` (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
-    if cfg.schedule == "constant":
-        return cfg.learning_rate
-    per_epoch = math.ceil(cfg.epoch_examples / cfg.batch_size)
-    total = per_epoch * cfg.max_epochs
-    warmup = math.ceil(cfg.warmup_examples / cfg.batch_size)
-    if not warmup:
-        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total)
-    return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=cfg.learning_rate, warmup_steps=warmup)
+def warmup_updates(cfg: TrainConfig) -> int:
+    """Updates of the linear warm-up: warmup_examples / batch_size, rounded up."""
+    return math.ceil(cfg.warmup_examples / cfg.batch_size)
+
+
+class Warmup(keras.callbacks.Callback):
+    """A linear warm-up of the learning rate from peak / n to `peak` over the first `n` updates
+    (Goyal et al. 2017); afterwards it leaves the rate alone (a resumed run, already past
+    the warm-up, keeps the rate it saved)."""
+
+    def __init__(self, peak: float, updates: int) -> None:
+        super().__init__()
+        self.peak, self.updates = peak, updates
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step < self.updates:
+            self.model.optimizer.learning_rate = self.peak * (step + 1) / self.updates
 
 
 class BucketedBatches(keras.utils.PyDataset):
@@ -278,12 +272,10 @@ class BucketedBatches(keras.utils.PyDataset):
         self.next_epoch = 0  # the epoch the next `tf.data` pass runs; `fit`'s initial_epoch on a resumed run
 
     def set_epoch(self, epoch: int) -> None:
-        """Epoch `epoch` (0-based): its examples (`curriculum_epoch` or `epoch_examples`) in
-        bucketed batches, all drawn from generators seeded by (seed, epoch)."""
+        """Epoch `epoch` (0-based): its examples (`epoch_examples`) in bucketed batches, all drawn
+        from generators seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
-        drawn = curriculum_epoch(self.encoded.lengths, epoch, self.cfg, rng)
-        if drawn is None:
-            drawn = epoch_examples(len(self.sizes), epoch, self.cfg, self.seed)
+        drawn = epoch_examples(len(self.sizes), epoch, self.cfg, self.seed)
         self.order = [drawn[i] for i in bucketed_batches(self.sizes[drawn], self.batch_size, rng)]
 
     def _one_epoch(self):
@@ -297,7 +289,7 @@ class BucketedBatches(keras.utils.PyDataset):
         return len(self.order)
 
     def __getitem__(self, index: int):
-        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight, self.cfg.loss_normalisation == "sequence")
+        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight)
 
     def for_fit(self):
         """What `model.fit` takes: this dataset, or on TensorFlow a `tf.data.Dataset` over it
@@ -314,32 +306,46 @@ class BucketedBatches(keras.utils.PyDataset):
 
 
 class GreedyValidation(keras.callbacks.Callback):
-    """Greedy decoding of the validation set after every epoch: puts `val_seq_acc`,
+    """After every epoch: greedy decoding of the validation set, which puts `val_seq_acc`,
     `val_char_acc` and `val_selection` = exact match + character accuracy / (n + 1) (exact
-    match first, ties broken by character accuracy) into the epoch's logs and appends the
-    epoch's history row (with exact match per training length)."""
+    match first, ties broken by character accuracy) into the epoch's logs, and the
+    teacher-forced validation loss `val_loss` (cross-entropy per target character, END
+    included, the training loss's weighting); appends the epoch's history row (with exact
+    match per training length and the epoch's learning rate)."""
 
     def __init__(self, batches: BucketedBatches, validation: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary, started: float) -> None:
         super().__init__()
         self.batches, self.validation = batches, validation
         self.vocabs = (source_vocab, target_vocab)
         self.started = started
+        self.seconds = 0.0  # spent validating
         self.history: list[dict] = []
-        # target characters and END per epoch (for "sequence", each example's mean cross-entropy: a mean over examples)
+        # target characters and END per epoch
         self.characters = batches.cfg.epoch_examples * batches.encoded.mean_target_length()
+        encoded = EncodedSet.build(validation, source_vocab, target_vocab)
+        # the whole validation set as one batch, every target character weighing 1 / their number
+        self.loss_batch = encoded.batch(np.arange(len(validation)), batches.pad_multiple, 1 / sum(len(t) - 1 for t in encoded.targets))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)  # the PyDataset path (JAX): Keras reads the batches after this
 
+    def validation_loss(self) -> float:
+        """Teacher-forced cross-entropy per target character (END included) on the validation set."""
+        x, y, w = self.loss_batch
+        return float(keras.ops.convert_to_numpy(self.model.loss(y, self.model.predict_on_batch(x), sample_weight=w)))
+
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(float(logs.get("loss", 0.0))):  # diverged (`Divergence`): nothing to validate
             return
+        t0 = time.perf_counter()
         v = self.validation
         predictions, _ = decode(self.model, v.sources, *self.vocabs, decode_steps(v.targets))
         val = score(predictions, v.targets)
         right = np.array([p == t for p, t in zip(predictions, v.targets)])
         logs["val_seq_acc"], logs["val_char_acc"] = val["seq_acc"], val["char_acc"]
         logs["val_selection"] = val["seq_acc"] + val["char_acc"] / (len(v) + 1)
+        logs["val_loss"] = self.validation_loss()
+        self.seconds += time.perf_counter() - t0
         # Keras logs the batch losses' mean weighted by batch size; each batch's loss is its summed
         # cross-entropy / tokens_per_batch, so this is the epoch's cross-entropy per target
         # character up to the share of partial batches (under 1% here)
@@ -347,10 +353,12 @@ class GreedyValidation(keras.callbacks.Callback):
         self.history.append({
             "epoch": epoch + 1,
             "examples_seen": (epoch + 1) * self.batches.cfg.epoch_examples,
-            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character (per example's mean with "sequence")
+            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character
+            "val_loss": logs["val_loss"],
             "val_seq_acc": val["seq_acc"],
             "val_char_acc": val["char_acc"],
             "val_seq_acc_by_length": {str(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)},  # JSON keys
+            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "seconds": time.perf_counter() - self.started,
         })
 
@@ -366,6 +374,75 @@ class TargetReached(keras.callbacks.Callback):
         if logs.get("val_seq_acc", -1.0) >= self.target:
             self.reached = True
             self.model.stop_training = True
+
+
+class Convergence(keras.callbacks.Callback):
+    """Stops training once it has stopped learning, and keeps the best weights.
+
+    Converged: over the last `patience` epochs neither the validation loss per target
+    character fell by more than `loss_tolerance` (nats) nor exact match at any training
+    length rose by more than `accuracy_tolerance` (a share), each against its best before
+    that stretch (`last_stretch`).  Both measures move while a model learns, also a model
+    still at 0% exact match; one lucky validation example moves exact match at its length
+    by 1/n_validation, below the tolerance.  (`keras.callbacks.EarlyStopping` watches one
+    measure; this watches two, with a tolerance each.)
+
+    Best weights: those of the epoch with the best `val_selection` (exact match, character
+    accuracy breaking ties), or, for a model whose validation exact match never rose above
+    `accuracy_tolerance` (0%, or a lucky example or two), of the epoch with the lowest
+    validation loss; restored when training ends.
+    """
+
+    def __init__(self, validation: GreedyValidation, patience: int, loss_tolerance: float, accuracy_tolerance: float) -> None:
+        super().__init__()
+        self.validation, self.patience = validation, patience
+        self.loss_tolerance, self.accuracy_tolerance = loss_tolerance, accuracy_tolerance
+        self.reset()
+
+    def reset(self) -> None:
+        self.stopped = False
+        self.best = {"selection": (-math.inf, 0, None), "loss": (math.inf, 0, None)}  # measure -> (value, epoch (1-based), weights)
+
+    def on_train_begin(self, logs=None):
+        self.reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "val_loss" not in logs:  # diverged
+            return
+        if logs["val_selection"] > self.best["selection"][0]:
+            self.best["selection"] = (logs["val_selection"], epoch + 1, self.model.get_weights())
+        if logs["val_loss"] < self.best["loss"][0]:
+            self.best["loss"] = (logs["val_loss"], epoch + 1, self.model.get_weights())
+        stretch = last_stretch(self.validation.history, self.patience)
+        if stretch and stretch["val_loss"] <= self.loss_tolerance and stretch["val_seq_acc_by_length"] <= self.accuracy_tolerance:
+            self.stopped = True
+            self.model.stop_training = True
+
+    @property
+    def selected_by(self) -> str:
+        """"exact match", or "validation loss" when validation exact match never rose above
+        `accuracy_tolerance` (so a lucky example or two never picks the weights)."""
+        return "validation loss" if all(r["val_seq_acc"] <= self.accuracy_tolerance for r in self.validation.history) else "exact match"
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch (1-based) whose weights are kept; 0 before the first."""
+        return self.best["loss" if self.selected_by == "validation loss" else "selection"][1]
+
+    def on_train_end(self, logs=None):
+        weights = self.best["loss" if self.selected_by == "validation loss" else "selection"][2]
+        if weights is not None:
+            self.model.set_weights(weights)
+
+    def get_state(self) -> dict:
+        """What `EpochBackup` saves besides the weights: the best values and their epochs."""
+        return {measure: [value, epoch] for measure, (value, epoch, _) in self.best.items()}
+
+    def weights(self) -> dict[str, list]:
+        return {measure: weights for measure, (_, _, weights) in self.best.items() if weights is not None}
+
+    def set_state(self, state: dict, weights: dict[str, list]) -> None:
+        self.best = {measure: (value, epoch, weights.get(measure)) for measure, (value, epoch) in state.items()}
 
 
 class Divergence(keras.callbacks.TerminateOnNaN):
@@ -399,6 +476,25 @@ class BetweenBatches(keras.callbacks.Callback):
         self.hook()
 
 
+class StepTimes(keras.callbacks.Callback):
+    """Seconds spent in update steps (from a batch's start to its end, data included), the first
+    update of this process apart (it traces and compiles the step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps, self.first, self.t0 = 0.0, None, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        seconds = time.perf_counter() - self.t0
+        if self.first is None:
+            self.first = seconds
+        else:
+            self.steps += seconds
+
+
 class EpochProgress(keras.callbacks.Callback):
     """A tqdm bar per epoch over its batches, with the loss."""
 
@@ -420,14 +516,15 @@ class EpochProgress(keras.callbacks.Callback):
 
 class EpochBackup(keras.callbacks.Callback):
     """Saves the training state after every epoch under `folder` and restores it when a run
-    starts: weights with the optimizer's state (`model.save_weights`), the best weights and
-    counters of `early_stopping`, and the history so far, with the epoch in `state.json`
-    (written last and atomically, so a backup is complete or the previous one stands).
-    `resume_epoch()` tells `fit` where to start."""
+    starts: weights with the optimizer's state (`model.save_weights`), the learning rate and
+    the counters of `ReduceLROnPlateau`, the best weights and values of `Convergence`, and the
+    history so far, with the epoch in `state.json` (written last and atomically, so a backup
+    is complete or the previous one stands).  `resume_epoch()` tells `fit` where to start;
+    a resumed run's clock continues from the saved history's."""
 
-    def __init__(self, folder: Path, early_stopping: keras.callbacks.EarlyStopping, validation: GreedyValidation) -> None:
+    def __init__(self, folder: Path, convergence: Convergence, validation: GreedyValidation, plateau: keras.callbacks.ReduceLROnPlateau | None, timing: StepTimes) -> None:
         super().__init__()
-        self.folder, self.early_stopping, self.validation = Path(folder), early_stopping, validation
+        self.folder, self.convergence, self.validation, self.plateau, self.timing = Path(folder), convergence, validation, plateau, timing
 
     def _state(self) -> dict | None:
         try:
@@ -439,30 +536,45 @@ class EpochBackup(keras.callbacks.Callback):
         state = self._state()
         return state["epoch"] if state else 0
 
-    def on_train_begin(self, logs=None):  # after EarlyStopping's own reset
+    def on_train_begin(self, logs=None):  # after Convergence's and ReduceLROnPlateau's own resets
         state = self._state()
         if not state:
             return
         if not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(self.folder / f"epoch-{state['epoch']}.weights.h5")
-        es = self.early_stopping
-        es.wait, es.best, es.best_epoch = state["wait"], state["best"], state["best_epoch"]
-        with np.load(self.folder / f"best-{state['epoch']}.npz") as f:
-            es.best_weights = [f[f"w{i}"] for i in range(len(f.files))]
+        self.model.optimizer.learning_rate = state["learning_rate"]
+        if self.plateau is not None:
+            self.plateau.best, self.plateau.wait, self.plateau.cooldown_counter = state["plateau"]
+        weights = {}
+        for measure in state["convergence"]:
+            path = self.folder / f"best-{measure}-{state['epoch']}.npz"
+            if path.exists():
+                with np.load(path) as f:
+                    weights[measure] = [f[f"w{i}"] for i in range(len(f.files))]
+        self.convergence.set_state(state["convergence"], weights)
         self.validation.history[:] = state["history"]
+        self.validation.seconds = state["validation_seconds"]
+        self.timing.steps, self.timing.first = state["step_seconds"]
+        self.validation.started -= state["history"][-1]["seconds"] if state["history"] else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        es = self.early_stopping
         done = epoch + 1
-        if "val_selection" not in logs:  # a diverged epoch is not worth resuming from
+        if "val_loss" not in logs:  # a diverged epoch is not worth resuming from
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         self.model.save_weights(self.folder / f"epoch-{done}.weights.h5")
-        write_atomic(self.folder / f"best-{done}.npz", lambda f: np.savez(f, **{f"w{i}": w for i, w in enumerate(es.best_weights)}))
-        write_json_atomic(self.folder / "state.json", {"epoch": done, "wait": es.wait, "best": es.best, "best_epoch": es.best_epoch, "history": self.validation.history})
+        keep = {f"epoch-{done}.weights.h5"}
+        for measure, weights in self.convergence.weights().items():
+            keep.add(f"best-{measure}-{done}.npz")
+            write_atomic(self.folder / f"best-{measure}-{done}.npz", lambda f, weights=weights: np.savez(f, **{f"w{i}": w for i, w in enumerate(weights)}))
+        plateau = [float(self.plateau.best), self.plateau.wait, self.plateau.cooldown_counter] if self.plateau is not None else None
+        write_json_atomic(self.folder / "state.json", {
+            "epoch": done, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "plateau": plateau,
+            "convergence": self.convergence.get_state(), "history": self.validation.history, "validation_seconds": self.validation.seconds,
+            "step_seconds": [self.timing.steps, self.timing.first]})
         for old in self.folder.glob("*-*.*"):
-            if old.name not in (f"epoch-{done}.weights.h5", f"best-{done}.npz"):
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
 
 
@@ -484,9 +596,10 @@ def train_model(
 
     Args:
         train, validation: datasets of the task (validation is decoded greedily each epoch).
-        cfg: budget and optimiser; the same for every model of a comparison.
+        cfg: budget, optimiser, schedule and stopping; the same for every model of a comparison.
         seed: seeds the batch order (seed Keras with `keras.utils.set_random_seed` before
-            building the model for reproducible initial weights).
+            building the model for reproducible initial weights; `study.experiment.prepare`
+            does both).
         progress: show a progress bar over the batches of each epoch.
         between_batches: called before every update (it may raise to stop training,
             e.g. on Ctrl-C).
@@ -499,12 +612,19 @@ def train_model(
     compile_model(model, cfg)
     validating = GreedyValidation(batches, validation, source_vocab, target_vocab, started)
     target = TargetReached(cfg.target_accuracy)
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_selection", mode="max", patience=cfg.patience, restore_best_weights=True)
+    convergence = Convergence(validating, cfg.patience, cfg.loss_tolerance, cfg.accuracy_tolerance)
+    plateau = None
+    if cfg.schedule == "plateau":
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                                    min_delta=cfg.loss_tolerance, min_lr=cfg.min_learning_rate, verbose=0)
     diverging = Divergence(batches)
-    callbacks: list[keras.callbacks.Callback] = [validating, target, early_stopping, diverging]
+    timing = StepTimes()
+    callbacks: list[keras.callbacks.Callback] = [timing, validating, target, *([plateau] if plateau else []), convergence, diverging]
+    if cfg.warmup_examples:
+        callbacks.append(Warmup(cfg.learning_rate, warmup_updates(cfg)))
     initial_epoch = 0
     if backup_dir is not None:
-        backup = EpochBackup(backup_dir, early_stopping, validating)
+        backup = EpochBackup(backup_dir, convergence, validating, plateau, timing)
         initial_epoch = backup.resume_epoch()
         callbacks.append(backup)
     batches.next_epoch = initial_epoch
@@ -518,12 +638,10 @@ def train_model(
         stop_reason, examples_seen = diverging.reason, diverging.examples_seen
     else:
         examples_seen = history[-1]["examples_seen"] if history else 0
-        if target.reached:
-            stop_reason = "target_reached"
-        elif early_stopping.stopped_epoch > 0:
-            stop_reason = "no_improvement"
-        else:
-            stop_reason = "budget"
-    best_epoch = early_stopping.best_epoch + 1 if history else 0
-    best = history[best_epoch - 1]["val_seq_acc"] if history else 0.0
-    return TrainResult(history, stop_reason, examples_seen, best_epoch, best, time.perf_counter() - started, last_stretch_gain(history, cfg.patience))
+        stop_reason = "target_reached" if target.reached else "converged" if convergence.stopped else "budget"
+    best_epoch = convergence.best_epoch if history else 0
+    best = history[best_epoch - 1]["val_seq_acc"] if best_epoch else 0.0
+    seconds = history[-1]["seconds"] if history and not diverging.reason else time.perf_counter() - started
+    times = {"train_steps": timing.steps, "first_update": timing.first or 0.0, "validation": validating.seconds}
+    return TrainResult(history, stop_reason, examples_seen, best_epoch, best, seconds, last_stretch(history, cfg.patience),
+                       convergence.selected_by, history[-1]["learning_rate"] if history else None, times)

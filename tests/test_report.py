@@ -150,14 +150,16 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
 
     records = load_records(RESULTS / "reference")
     for i, record in enumerate(records):
-        record.update(converged=i > 1, last_stretch_gain=[0.123, None][i] if i < 2 else 0.0, stop_reason="budget" if i < 2 else "no_improvement")
+        record.update(converged=i > 1, last_stretch=[{"val_loss": 0.1234, "val_seq_acc_by_length": 0.123, "length": 16}, None][i] if i < 2 else None,
+                      stop_learning_rate=0.0015, stop_reason="budget" if i < 2 else "converged")
     lines = "\n".join(convergence_lines(records))
-    assert f"{len(records) - 2} of {len(records)} cells converged" in lines
+    assert f"{len(records) - 2} of {len(records)} cells converged" in lines and "A cell converged when" in lines
     first, second = records[0], records[1]
-    assert f"- {first['task']}/{first['model']}/seed {first['seed']}: +12.3 points of validation exact match over the last stretch" in lines
+    assert (f"- {first['task']}/{first['model']}/seed {first['seed']}: validation loss fell 0.123 nats per character and exact match at length 16 "
+            "rose 12.3 points over the last stretch, learning rate 0.0015") in lines
     assert f"- {second['task']}/{second['model']}/seed {second['seed']}: too few epochs to judge" in lines
     report = _report_markdown(records, metrics_frame(records), "", {}, {})
-    assert "| budget | **no** |" in report and "| no_improvement | yes |" in report
+    assert "| budget | **no** |" in report and "| converged | yes |" in report
     assert plot_learning_curves_by_length(records, tmp_path / "figures") == ["figures/learning_curves_by_length.png"]
     assert (tmp_path / "figures" / "learning_curves_by_length.png").stat().st_size > 10000
 

@@ -29,7 +29,7 @@ def test_smoke_study_writes_every_file(smoke_run):
     assert len(records) == len(expand_grid(config)) == 8
     record = records[0]
     for key in ("task_version", "model_config", "train_config", "param_count", "history", "metrics", "versions", "backend", "device", "stop_reason",
-                "converged", "last_stretch_gain", "wall_seconds"):
+                "converged", "last_stretch", "selected_by", "stop_learning_rate", "seconds", "wall_seconds"):
         assert key in record, key
     assert record["versions"]["keras"].startswith("3.")
     metrics = pd.read_csv(out / "metrics.csv")

@@ -7,30 +7,50 @@ import pytest
 from study import sweep
 
 
+TINY_STANDARD = {
+    "tasks": {"date_format": {"train_lengths": "1..2", "eval_lengths": [1, 2]}},
+    "models": ["dot"], "seeds": [0], "n_test": 8,
+    "model": {"embedding_dim": 8, "units": 16, "attention_size": 8},
+    "train": {"n_train": 512, "epoch_examples": 256, "max_examples": 768, "patience_examples": 512, "batch_size": 32,
+              "learning_rate": 0.003, "schedule": "plateau", "warmup_examples": 64, "lr_patience_examples": 256, "n_validation": 16},
+}
+
+
 @pytest.mark.slow
-def test_a_sweep_run_trains_a_probe_on_validation_data_and_tabulates_it(tmp_path, monkeypatch):
-    assert sweep.main(["--recipes", "base", "--probes", "date_format/dot", "--jobs", "1", "--max-examples", "10000", "--out", str(tmp_path)]) == 0
-    (run_file,) = (tmp_path / "runs").glob("*.json")
-    run = json.loads(run_file.read_text())
-    assert run["train_config"]["max_examples"] == 10000 and run["train_config"]["learning_rate"] == sweep.RECIPES["base"]["learning_rate"]
-    assert run["examples_seen"] == 10000 and len(run["history"]) == 1
-    assert sorted(run["history"][0]["val_seq_acc_by_length"]) == ["1", "2", "3", "4"]  # the standard profile's training lengths
-    table = (tmp_path / "sweep.md").read_text()
-    assert "| date_format/dot | base | 0 |" in table
-    # a second call finds the run and trains nothing (the file is not rewritten)
-    before = run_file.stat().st_mtime_ns
-    assert sweep.main(["--recipes", "base", "--probes", "date_format/dot", "--jobs", "1", "--max-examples", "10000", "--out", str(tmp_path)]) == 0
-    assert run_file.stat().st_mtime_ns == before
+def test_a_sweep_probe_trains_exactly_what_a_study_cell_trains(tmp_path, monkeypatch):
+    """The sweep, the bench and the study train through `study.experiment`: a probe run with the
+    standard recipe and the study's cell of the same task, model and seed have the same history
+    (losses, validation, learning rates, stop) to the last digit.  The sweep's run file holds
+    the recipe and tabulates."""
+    import dataclasses
+
+    from study.bench import bench_recipe
+    from study.cell import run_cell
+    from study.config import PROFILES, build_study_config
+    from study.runner import expand_grid
+
+    monkeypatch.setitem(PROFILES, "standard", TINY_STANDARD)
+    monkeypatch.setitem(sweep.RECIPES, "standard", {})
+    monkeypatch.setitem(sweep.PROBES, "date_format/dot", ("date_format", "dot", None))
+    run = sweep.run_probe("standard", "date_format/dot", 0, str(tmp_path))
+    (cell,) = expand_grid(build_study_config("standard"))
+    record = run_cell(cell, build_study_config("standard"), progress=False)
+    drop = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert drop(run["history"]) == drop(record["history"]) and len(run["history"]) == 3
+    assert (run["stop_reason"], run["examples_seen"], run["train_config"]) == (record["stop_reason"], record["examples_seen"], record["train_config"])
+    assert dataclasses.replace(bench_recipe(), patience_examples=512) == build_study_config("standard").train  # the bench's recipe: the study's, patience off
+    assert "| date_format/dot | standard | 0 |" in sweep.table(tmp_path)
 
 
-def test_the_sweep_table_reports_time_to_90_percent_and_the_longest_length():
-    run = {"recipe": "r", "probe": "copy/dot", "seed": 0, "train_lengths": [4, 8], "stop_reason": "no_improvement", "examples_seen": 30, "seconds": 9.0,
-           "history": [{"examples_seen": 10, "seconds": 3.0, "val_seq_acc": 0.5, "val_seq_acc_by_length": {"4": 0.9, "8": 0.1}},
-                       {"examples_seen": 20, "seconds": 6.0, "val_seq_acc": 0.95, "val_seq_acc_by_length": {"4": 1.0, "8": 0.9}},
-                       {"examples_seen": 30, "seconds": 9.0, "val_seq_acc": 0.9, "val_seq_acc_by_length": {"4": 0.85, "8": 0.95}}]}
+def test_the_sweep_table_reports_convergence_and_the_longest_length():
+    history = [{"examples_seen": 10, "seconds": 3.0, "val_loss": 0.5, "val_seq_acc": 0.5, "val_seq_acc_by_length": {"4": 0.9, "8": 0.1}},
+               {"examples_seen": 20, "seconds": 6.0, "val_loss": 0.2, "val_seq_acc": 0.95, "val_seq_acc_by_length": {"4": 1.0, "8": 0.9}},
+               {"examples_seen": 30, "seconds": 9.0, "val_loss": 0.3, "val_seq_acc": 0.9, "val_seq_acc_by_length": {"4": 0.85, "8": 0.95}}]
+    run = {"recipe": "r", "probe": "copy/dot", "seed": 0, "train_lengths": [4, 8], "stop_reason": "converged", "converged": True,
+           "last_stretch": {"val_loss": 0.001, "val_seq_acc_by_length": 0.0, "length": 4}, "examples_seen": 30, "seconds": 9.0, "history": history}
     row = sweep.summarize(run)
-    assert row["best_val_seq_acc"] == 0.95 and row["best_val_seq_acc_longest"] == 0.95 and row["worst_length_at_best"] == 0.9
-    assert (row["examples_to_90"], row["seconds_to_90"]) == (20, 6.0)
+    assert row["best_val_seq_acc"] == 0.95 and row["best_val_seq_acc_longest"] == 0.95 and row["best_val_loss"] == 0.2
+    assert row["converged"] and row["last_stretch_loss"] == 0.001
 
 
 def test_unknown_recipes_and_probes_are_one_line_errors(capsys):

@@ -1,6 +1,7 @@
 """The training loop: bucketed batches, a loss in which every target character weighs the same,
-the best validation weights restored, each stop reason (target reached, patience, budget) at
-the epoch its definition gives, and validation exact match per length in the history."""
+the best validation weights restored, each stop reason (target reached, convergence, budget) at
+the epoch its definition gives, a learning rate that falls only on a plateau, and validation
+exact match per length and validation loss in the history."""
 
 import keras
 import numpy as np
@@ -86,9 +87,10 @@ def test_a_backup_restores_the_whole_training_state(copy_data, tmp_path):
     the first run did: history, best epoch (early-stopping state) and the best weights."""
     cfg = TrainConfig(n_train=256, max_examples=512, batch_size=32, learning_rate=1e-2, patience_examples=1280)
     model, first = _train(copy_data, cfg, backup_dir=tmp_path)
-    assert first.best_epoch == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["best-2.npz", "epoch-2.weights.h5", "state.json"]
+    assert first.best_epoch == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["best-loss-2.npz", "best-selection-2.npz", "epoch-2.weights.h5", "state.json"]
     again_model, again = _train(copy_data, cfg, backup_dir=tmp_path)
     assert (again.history, again.best_epoch, again.stop_reason, again.examples_seen) == (first.history, first.best_epoch, first.stop_reason, first.examples_seen)
+    assert again.seconds == first.seconds and again.times["train_steps"] == first.times["train_steps"]  # times add up across a resume
     assert all((a == b).all() for a, b in zip(model.get_weights(), again_model.get_weights()))
 
 
@@ -113,12 +115,27 @@ def test_best_validation_weights_are_restored(copy_data):
 
 
 @pytest.mark.slow
-def test_patience_stops_after_that_many_epochs_without_improvement(copy_data):
+def test_a_model_that_stops_learning_stops_as_converged(copy_data):
+    """From epoch 2 on the model is zeroed and its learning rate 0: nothing moves, so after the
+    patience stretch (2 epochs) it stops as converged, keeping epoch 1's weights."""
     cfg = TrainConfig(n_train=256, max_examples=2048, batch_size=32, learning_rate=1e-2, patience_examples=512)
     _, result = _train(copy_data, cfg, sabotage_from_epoch=2)
     assert result.best_epoch == 1
-    assert result.stop_reason == "no_improvement" and len(result.history) == 1 + 2
+    assert result.stop_reason == "converged" and result.converged and len(result.history) == 1 + 2
     assert result.examples_seen == 3 * 256
+    assert result.last_stretch["val_loss"] <= cfg.loss_tolerance and result.last_stretch["val_seq_acc_by_length"] <= cfg.accuracy_tolerance
+
+
+@pytest.mark.slow
+def test_a_model_still_learning_at_the_budget_is_flagged_not_converged(copy_data):
+    """A model whose validation loss still falls when the budget ends has not converged, and its
+    record says by how much the loss fell over the last stretch."""
+    cfg = TrainConfig(n_train=256, max_examples=1024, batch_size=32, learning_rate=3e-3, patience_examples=512)
+    _, result = _train(copy_data, cfg)
+    losses = [row["val_loss"] for row in result.history]
+    assert losses[-1] < losses[-3] - cfg.loss_tolerance, losses  # still learning
+    assert result.stop_reason == "budget" and not result.converged
+    assert result.last_stretch["val_loss"] == pytest.approx(min(losses[:2]) - min(losses[2:]))
 
 
 @pytest.mark.slow
@@ -137,23 +154,47 @@ def test_the_budget_is_max_examples(copy_data):
     assert result.stop_reason == "budget" and result.examples_seen == 2 * 256 and len(result.history) == 2
 
 
-def test_learning_rate_schedules_come_from_keras():
-    from study.config import ConfigError
-    from study.train import learning_rate
+def test_the_learning_rate_warms_up_then_halves_only_on_a_plateau_of_the_validation_loss(copy_data):
+    """Warm-up: linear over the first updates; "plateau": `keras.callbacks.ReduceLROnPlateau` on
+    the validation loss, with the config's factor, patience, tolerance and floor."""
+    from study.train import Warmup, warmup_updates
 
-    assert learning_rate(TrainConfig(learning_rate=0.003)) == 0.003
-    cfg = TrainConfig(n_train=640, batch_size=64, max_examples=6400, learning_rate=0.002, schedule="cosine", warmup_examples=640)
-    schedule = learning_rate(cfg)  # 100 updates, the first 10 warming up
-    assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
-    at = lambda step: float(schedule(step))  # noqa: E731
-    assert at(0) == pytest.approx(0.0) and at(5) == pytest.approx(0.001) and at(10) == pytest.approx(0.002)
-    assert at(55) == pytest.approx(0.001, rel=1e-3) and at(100) == pytest.approx(0.0, abs=1e-9)
-    assert float(learning_rate(TrainConfig(n_train=640, batch_size=64, max_examples=6400, learning_rate=0.002, schedule="cosine"))(50)) == pytest.approx(0.001)
-    for bad, message in ((dict(schedule="linear"), "train.schedule must be one of constant, cosine"),
-                         (dict(warmup_examples=10), 'needs schedule = "cosine"'),
-                         (dict(schedule="cosine", warmup_examples=10**9), "below the budget")):
+    splits, sv, tv = copy_data
+    cfg = TrainConfig(n_train=256, batch_size=32, max_examples=512, learning_rate=0.002, warmup_examples=64)
+    assert warmup_updates(cfg) == 2
+    keras.utils.set_random_seed(0)
+    model = build_model("dot", sv.size, tv.size, ModelConfig(embedding_dim=8, units=16))
+    compile_model(model, cfg)
+    warm = Warmup(cfg.learning_rate, warmup_updates(cfg))
+    warm.set_model(model)
+    seen = []
+    for step in range(3):
+        warm.on_train_batch_begin(step)
+        seen.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        model.optimizer.iterations.assign(step + 1)
+    assert seen == pytest.approx([0.001, 0.002, 0.002])
+
+    from study.config import ConfigError
+
+    assert TrainConfig(n_train=1000, lr_patience_examples=1500).lr_patience == 2
+    for bad, message in ((dict(schedule="cosine"), "train.schedule must be one of constant, plateau"),
+                         (dict(warmup_examples=10**9), "below the budget"),
+                         (dict(schedule="plateau", min_learning_rate=1.0), "must not exceed train.learning_rate"),
+                         (dict(lr_factor=1.5), "lr_factor must be a number in"),
+                         (dict(loss_tolerance=-1), "loss_tolerance must be a number in")):
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**bad)
+
+
+@pytest.mark.slow
+def test_the_plateau_schedule_halves_the_rate_only_when_the_validation_loss_stalls(copy_data):
+    plateau = dict(n_train=256, max_examples=1024, batch_size=32, patience_examples=1024, schedule="plateau", lr_patience_examples=256)
+    _, stalled = _train(copy_data, TrainConfig(learning_rate=1e-7, min_learning_rate=1e-8, **plateau))  # too small a step to move the loss
+    assert [row["learning_rate"] for row in stalled.history] == pytest.approx([1e-7, 1e-7, 5e-8, 2.5e-8])
+    _, learning = _train(copy_data, TrainConfig(learning_rate=1e-2, **plateau))
+    losses = [row["val_loss"] for row in learning.history]
+    assert all(b < a - 0.005 for a, b in zip(losses, losses[1:3])), losses  # falling in the first epochs
+    assert [row["learning_rate"] for row in learning.history[:3]] == pytest.approx([1e-2] * 3)
 
 
 def test_patience_and_budget_are_counted_in_examples_rounded_up_to_epochs():
@@ -166,79 +207,61 @@ def test_patience_and_budget_are_counted_in_examples_rounded_up_to_epochs():
     with pytest.raises(ConfigError, match=r"train.n_train \(4000\) must be a multiple of train.epoch_examples \(3000\)"):
         TrainConfig(n_train=4000, epoch_examples=3000)
 
-    with pytest.raises(ConfigError, match="curriculum_share must be a number in"):
-        TrainConfig(curriculum_share=1.5)
-    with pytest.raises(ConfigError, match="curriculum_examples must be an integer from 0 to below the budget"):
-        TrainConfig(max_examples=1000, curriculum_examples=1000)
 
 
-def test_the_length_curriculum_grows_its_limit_and_keeps_a_share_from_the_whole_range():
-    from study.train import curriculum_epoch
+def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_example():
+    """`Convergence` on scripted epochs: a model at 0% exact match whose loss still falls is not
+    stopped, however flat its exact match; one lucky validation example (1 of 64 at a length)
+    neither chooses its weights nor keeps it training (a model whose exact match never rose
+    above the tolerance keeps the weights of its lowest validation loss); a loss that stops
+    falling stops it."""
+    from study.train import Convergence, TrainResult, last_stretch
 
-    lengths = np.repeat(np.arange(1, 11), 1000)  # 10,000 examples of lengths 1..10
-    cfg = TrainConfig(n_train=10000, epoch_examples=10000, max_examples=100000, curriculum_examples=50000, curriculum_share=0.25)
-    rng = np.random.default_rng(0)
-    limits = []
-    for epoch in range(5):
-        drawn = curriculum_epoch(lengths, epoch, cfg, rng)
-        assert drawn.shape == (10000,)
-        limit = 1 + 9 * (epoch + 1) / 5
-        beyond = np.mean(lengths[drawn] > limit)
-        # only the whole-range share goes past the limit: 25% of draws, of which the part above it
-        assert beyond == pytest.approx(0.25 * np.mean(lengths > limit), abs=0.02)
-        limits.append(lengths[drawn].mean())
-    assert limits == sorted(limits) and limits[0] < 3 < limits[-1]
-    assert curriculum_epoch(lengths, 5, cfg, rng) is None  # over: plain passes from here
-    assert curriculum_epoch(lengths, 0, TrainConfig(), rng) is None  # no curriculum
+    class Model:  # what the callback touches of a Keras model: weights and stop_training
+        stop_training = False
 
+        def __init__(self):
+            self.epoch = 0
 
-def test_the_curriculum_epoch_order_is_a_pure_function_of_seed_and_epoch():
-    from study.data import Dataset
-    from study.train import BucketedBatches
+        def get_weights(self):
+            return [np.array(self.epoch)]
 
-    lengths = np.repeat(np.arange(1, 5), 64)
-    data = Dataset(["a" * int(n) for n in lengths], ["a" * int(n) for n in lengths], lengths)
-    sv = Vocabulary("a")
-    encoded = EncodedSet.build(data, sv, sv)
-    cfg = TrainConfig(n_train=256, max_examples=2560, batch_size=16, curriculum_examples=1024)
-    a, b = BucketedBatches(encoded, cfg, seed=3), BucketedBatches(encoded, cfg, seed=3)
-    b.set_epoch(2)
-    a.set_epoch(2)
-    assert all((x == y).all() for x, y in zip(a.order, b.order))
-    assert len(a) == len(BucketedBatches(encoded, TrainConfig(n_train=256, batch_size=16), seed=3))  # same batches per epoch
-    a.set_epoch(0)  # the limit after 256 of 1,024 curriculum examples: 1 + 3 / 4 -> length 1, plus a quarter from everywhere
-    drawn = lengths[np.concatenate(a.order)]
-    assert 0.6 < np.mean(drawn == 1) < 0.9 and np.mean(drawn > 1) > 0.05
+        def set_weights(self, weights):
+            self.kept = int(weights[0])
 
+    class History:
+        history: list = []
 
-def test_a_run_that_ends_on_its_budget_while_still_improving_is_not_converged():
-    from study.train import TrainResult, last_stretch_gain
+    def run(losses, accuracies, patience=2):
+        validation = History()
+        validation.history = []
+        model = Model()
+        callback = Convergence(validation, patience, loss_tolerance=0.005, accuracy_tolerance=0.05)
+        callback.set_model(model)
+        callback.on_train_begin()
+        for epoch, (loss, acc) in enumerate(zip(losses, accuracies)):
+            model.epoch = epoch + 1
+            validation.history.append({"val_loss": loss, "val_seq_acc": acc, "val_seq_acc_by_length": {"4": acc, "8": 0.0}})
+            callback.on_epoch_end(epoch, {"val_loss": loss, "val_selection": acc})
+            if model.stop_training:
+                break
+        callback.on_train_end()
+        return callback, model
 
-    rows = lambda accs: [{"val_seq_acc": a} for a in accs]  # noqa: E731
-    assert last_stretch_gain(rows([0.1, 0.5, 0.6, 0.62]), 2) == pytest.approx(0.12)
-    assert last_stretch_gain(rows([0.1, 0.9, 0.6, 0.905]), 2) == pytest.approx(0.005)
-    assert last_stretch_gain(rows([0.1, 0.5]), 2) is None
-    result = lambda reason, gain: TrainResult([], reason, 0, 0, 0.0, 0.0, gain)  # noqa: E731
-    assert not result("budget", 0.12).converged and result("budget", 0.005).converged
-    assert not result("budget", None).converged and not result("diverged: x", 0.0).converged
-    assert result("no_improvement", None).converged and result("target_reached", None).converged
-
-
-def test_sequence_normalisation_weighs_every_example_the_same(copy_data):
-    """With loss_normalisation = "sequence" each example's weights sum to the same total,
-    1 / batch_size, whatever its length; "token" gives every character the same weight."""
-    splits, sv, tv = copy_data
-    encoded = EncodedSet.build(splits.train, sv, tv)
-    order = np.argsort(splits.train.lengths, kind="stable")
-    index = np.concatenate([order[:16], order[-16:]])  # lengths 2 and 3
-    _, y, w = encoded.batch(index, 8, 1 / encoded.tokens_per_batch(32), per_sequence=True)
-    assert np.allclose(w.sum(axis=1), 1 / 32) and (w[y == 0] == 0).all()
-    _, _, w_token = encoded.batch(index, 8, 1 / encoded.tokens_per_batch(32))
-    assert not np.allclose(w_token.sum(axis=1), 1 / 32)
-    from study.config import ConfigError
-
-    with pytest.raises(ConfigError, match="train.loss_normalisation must be one of token, sequence"):
-        TrainConfig(loss_normalisation="mean")
+    falling = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    lucky = [0.0, 1 / 64, 0.0, 0.0, 0.0, 0.0]
+    callback, model = run(falling, lucky)
+    assert not callback.stopped and model.epoch == 6  # the loss falls 0.2 per stretch: still learning
+    assert callback.selected_by == "validation loss" and model.kept == 6  # not epoch 2, picked by one example
+    callback, model = run(falling, [0.0, 0.1, 0.2, 0.3, 0.2, 0.1])
+    assert callback.selected_by == "exact match" and model.kept == 4
+    callback, model = run([0.9, 0.5, 0.498, 0.497, 0.499, 0.3], [0.0, 1 / 64, 0.0, 1 / 64, 0.0, 0.0])
+    assert callback.stopped and model.epoch == 4  # 0.003 nats over two epochs and one example: converged
+    assert last_stretch([{"val_loss": v, "val_seq_acc_by_length": {"4": 0.0}} for v in (0.9, 0.5, 0.498, 0.497)], 2)["val_loss"] == pytest.approx(0.003)
+    assert last_stretch([{"val_loss": 0.5, "val_seq_acc_by_length": {"4": 0.0}}], 2) is None
+    result = lambda reason: TrainResult([], reason, 0, 0, 0.0, 0.0)  # noqa: E731
+    assert result("converged").converged and result("target_reached").converged
+    assert not result("budget").converged and not result("diverged: x").converged
 
 
 def test_epochs_walk_through_the_pool_in_passes_each_example_once_per_pass():
@@ -251,14 +274,6 @@ def test_epochs_walk_through_the_pool_in_passes_each_example_once_per_pass():
     assert (passes[0] != passes[1]).any()  # a new order each pass
     assert (epoch_examples(1000, 6, cfg, seed=5) == epoch_examples(1000, 6, cfg, seed=5)).all()
     assert (epoch_examples(1000, 6, cfg, seed=5) != epoch_examples(1000, 6, cfg, seed=6)).any()
-
-
-def test_the_cosine_schedule_spans_the_budget_in_updates_whatever_the_pool():
-    from study.train import learning_rate
-
-    cfg = TrainConfig(n_train=100000, epoch_examples=10000, max_examples=150000, batch_size=64, learning_rate=0.003, schedule="cosine")
-    schedule = learning_rate(cfg)  # 15 epochs of ceil(10000 / 64) = 157 updates
-    assert float(schedule(15 * 157 // 2)) == pytest.approx(0.0015, rel=1e-2) and float(schedule(15 * 157)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_jax_keeps_compiled_programs_between_runs(tmp_path):
