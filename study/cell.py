@@ -207,7 +207,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         seconds={"data": run.data_seconds, **result.times},
     )
     if result.diverged:
-        record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started)
+        record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started + result.times["before_resume"])
         return record
     if paths["model"] is not None:
         paths["model"].parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +219,9 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
     if example is not None:
         record["attention_example"] = example
     record["seconds"]["test_decoding"] = time.perf_counter() - eval_started
-    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=record["seconds"]["test_decoding"], wall_seconds=time.perf_counter() - started)
+    # a resumed cell's wall time includes the training done before the resume
+    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=record["seconds"]["test_decoding"],
+                  wall_seconds=time.perf_counter() - started + result.times["before_resume"])
     return record
 
 

@@ -610,7 +610,7 @@ def time_lines(records: list[dict]) -> list[str]:
     other = max(wall - sum(sums.values()), 0.0)
     shares = ", ".join(f"{name} {sums[k]:.0f} s ({100 * sums[k] / wall:.0f}%)" for k, name in parts.items()) if wall else ""
     return [f"Where the time went, summed over {len(timed)} cells ({wall / 60:.1f} min): {shares}, other {other:.0f} s "
-            "(callbacks, saving, the epoch loop).", ""]
+            "(building the model, saving it, the epoch loop).", ""]
 
 
 def write_report(out: Path, every: bool = False) -> Path:

@@ -87,7 +87,8 @@ def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int | 
     record = {
         "recipe": recipe, "probe": probe, "seed": seed, "train_config": dataclasses.asdict(cfg),
         "train_lengths": list(lengths), "stop_reason": result.stop_reason, "converged": result.converged,
-        "last_stretch": result.last_stretch, "examples_seen": result.examples_seen, "seconds": result.seconds, "history": result.history,
+        "last_stretch": result.last_stretch, "examples_seen": result.examples_seen, "seconds": result.seconds, "times": result.times,
+        "history": result.history,
     }
     write_json_atomic(run_path(Path(out), recipe, probe, seed), record)  # a killed run leaves no half-written file
     return record

@@ -117,7 +117,8 @@ class TrainResult:
         ties) or "validation loss" (a model whose exact match never rose above the tolerance).
     stop_learning_rate: the learning rate of the last epoch.
     times: seconds spent in update steps, in the first update (mostly tracing and
-        compilation) and in greedy validation (`StepTimes`).
+        compilation) and in greedy validation (`StepTimes`), all summed across resumes, and
+        the training seconds spent before this run resumed ("before_resume").
     """
 
     history: list[dict]
@@ -525,6 +526,7 @@ class EpochBackup(keras.callbacks.Callback):
     def __init__(self, folder: Path, convergence: Convergence, validation: GreedyValidation, plateau: keras.callbacks.ReduceLROnPlateau | None, timing: StepTimes) -> None:
         super().__init__()
         self.folder, self.convergence, self.validation, self.plateau, self.timing = Path(folder), convergence, validation, plateau, timing
+        self.resumed_seconds = 0.0  # training seconds before this run resumed
 
     def _state(self) -> dict | None:
         try:
@@ -556,7 +558,8 @@ class EpochBackup(keras.callbacks.Callback):
         self.validation.history[:] = state["history"]
         self.validation.seconds = state["validation_seconds"]
         self.timing.steps, self.timing.first = state["step_seconds"]
-        self.validation.started -= state["history"][-1]["seconds"] if state["history"] else 0.0
+        self.resumed_seconds = state["history"][-1]["seconds"] if state["history"] else 0.0
+        self.validation.started -= self.resumed_seconds
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
@@ -622,7 +625,7 @@ def train_model(
     callbacks: list[keras.callbacks.Callback] = [timing, validating, target, *([plateau] if plateau else []), convergence, diverging]
     if cfg.warmup_examples:
         callbacks.append(Warmup(cfg.learning_rate, warmup_updates(cfg)))
-    initial_epoch = 0
+    initial_epoch, backup = 0, None
     if backup_dir is not None:
         backup = EpochBackup(backup_dir, convergence, validating, plateau, timing)
         initial_epoch = backup.resume_epoch()
@@ -642,6 +645,7 @@ def train_model(
     best_epoch = convergence.best_epoch if history else 0
     best = history[best_epoch - 1]["val_seq_acc"] if best_epoch else 0.0
     seconds = history[-1]["seconds"] if history and not diverging.reason else time.perf_counter() - started
-    times = {"train_steps": timing.steps, "first_update": timing.first or 0.0, "validation": validating.seconds}
+    times = {"train_steps": timing.steps, "first_update": timing.first or 0.0, "validation": validating.seconds,
+             "before_resume": backup.resumed_seconds if backup else 0.0}
     return TrainResult(history, stop_reason, examples_seen, best_epoch, best, seconds, last_stretch(history, cfg.patience),
                        convergence.selected_by, history[-1]["learning_rate"] if history else None, times)
