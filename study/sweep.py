@@ -117,6 +117,52 @@ def summarize(run: dict) -> dict:
     }
 
 
+PATIENCES = (20000, 30000, 40000)  # examples: the stretches `patience_table` replays (at most a run's own)
+
+
+def replay_stop(run: dict, patience_examples: int) -> dict:
+    """When `run` would have stopped with another convergence stretch, its tolerances unchanged:
+    replays `study.train.Convergence`'s rule on the recorded history (exact, since the rule
+    only decides when to stop; the learning rate and the updates do not depend on it), and
+    the validation exact match of the weights it would have kept then (best `val_selection`
+    epoch so far).  Only stretches up to the run's own can be replayed: a longer one would
+    need epochs the run never trained."""
+    import math
+
+    from study.train import last_stretch
+
+    cfg, history = run["train_config"], run["history"]
+    epochs = math.ceil(patience_examples / cfg["epoch_examples"])
+    stop = len(history)
+    for n in range(1, len(history) + 1):
+        stretch = last_stretch(history[:n], epochs)
+        if stretch and stretch["val_loss"] <= cfg["loss_tolerance"] and stretch["val_seq_acc_by_length"] <= cfg["accuracy_tolerance"]:
+            stop = n
+            break
+    converged = stop < len(history) or run["converged"]
+    kept = max(history[:stop], key=lambda r: r["val_seq_acc"] + r["val_char_acc"] / 10**6)
+    longest = str(max(run["train_lengths"]))
+    return {"examples": history[stop - 1]["examples_seen"], "seconds": history[stop - 1]["seconds"], "converged": converged,
+            "val_seq_acc": kept["val_seq_acc"], "val_seq_acc_longest": kept["val_seq_acc_by_length"][longest]}
+
+
+def patience_table(runs: list[dict]) -> str:
+    """Markdown: per probe, recipe and convergence stretch (`PATIENCES`), the mean examples,
+    seconds and kept validation exact match (all lengths; longest) at the replayed stop."""
+    import pandas as pd
+
+    rows = pd.DataFrame([{"probe": r["probe"], "recipe": r["recipe"], "patience": p, **replay_stop(r, p)}
+                         for r in runs for p in PATIENCES if p <= r["train_config"]["patience_examples"]])
+    if rows.empty:
+        return ""
+    lines = ["| probe | recipe | stretch (examples) | converged | examples (mean) | seconds (mean) | kept val exact match % (mean) | at the longest length % (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (probe, recipe, patience), g in rows.groupby(["probe", "recipe", "patience"], sort=True):
+        lines.append(f"| {probe} | {recipe} | {patience} | {int(g.converged.sum())} of {len(g)} | {g.examples.mean():.0f} | {g.seconds.mean():.0f} | "
+                     f"{100 * g.val_seq_acc.mean():.1f} | {100 * g.val_seq_acc_longest.mean():.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(out: Path) -> str:
     """Markdown: one row per recipe and probe (means over its seeds), then every run."""
     import pandas as pd
@@ -137,6 +183,7 @@ def table(out: Path) -> str:
         fall = "-" if r.last_stretch_loss is None or pd.isna(r.last_stretch_loss) else f"{r.last_stretch_loss:.4f}"
         lines.append(f"| {r.probe} | {r.recipe} | {r.seed} | {pct(r.best_val_seq_acc)} | {pct(r.best_val_seq_acc_longest)} | {r.best_val_loss:.4f} | "
                      f"{fall} | {r.stop_reason} | {r.examples_seen} | {r.seconds:.0f} |")
+    lines += ["", "The same runs replayed with a shorter or longer convergence stretch (`replay_stop`):", "", patience_table(runs)]
     return "\n".join(lines) + "\n"
 
 

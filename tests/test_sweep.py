@@ -58,3 +58,16 @@ def test_unknown_recipes_and_probes_are_one_line_errors(capsys):
     assert "unknown recipe 'nope'" in capsys.readouterr().err
     assert sweep.main(["--probes", "copy/nope"]) == 2
     assert "unknown probe 'copy/nope'" in capsys.readouterr().err
+
+
+def test_replaying_a_shorter_convergence_stretch_stops_where_the_rule_would_have():
+    losses = [0.9, 0.5, 0.498, 0.497, 0.496, 0.2]
+    history = [{"examples_seen": 10000 * (i + 1), "seconds": float(i + 1), "val_loss": v, "val_seq_acc": 0.1 * i, "val_char_acc": 0.5,
+                "val_seq_acc_by_length": {"4": 0.0, "8": 0.0}} for i, v in enumerate(losses)]
+    run = {"probe": "copy/dot", "recipe": "r", "train_lengths": [4, 8], "converged": False, "history": history,
+           "train_config": {"epoch_examples": 10000, "patience_examples": 30000, "loss_tolerance": 0.005, "accuracy_tolerance": 0.05}}
+    two, three = sweep.replay_stop(run, 20000), sweep.replay_stop(run, 30000)
+    assert (two["examples"], two["converged"], two["val_seq_acc"]) == (40000, True, pytest.approx(0.3))
+    assert (three["examples"], three["converged"]) == (50000, True)
+    table = sweep.patience_table([run])
+    assert "| copy/dot | r | 20000 | 1 of 1 | 40000 |" in table and "| r | 40000 |" not in table  # no replay beyond the run's own stretch
