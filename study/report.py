@@ -583,6 +583,12 @@ def convergence_lines(records: list[dict]) -> list[str]:
         return []
     cfg = done[0]["train_config"]
     open_cells = [r for r in done if not r["converged"]]
+    if "loss_tolerance" not in cfg:  # records of the earlier rule (exact match only; a budget stop within a point counted)
+        lines = [f"These cells were trained under an earlier rule: converged meant no better validation exact match for "
+                 f"{cfg.get('patience_examples', '?')} examples, the target reached, or at most a point gained over that "
+                 f"stretch at the budget (with a learning rate decaying to 0 there). {len(done) - len(open_cells)} of {len(done)} "
+                 "cells converged by that rule."]
+        return lines + [""]
     lines = [CONVERGED_DEFINITION.format(patience=cfg.get("patience_examples", "?"), loss=cfg.get("loss_tolerance", "?"),
                                          acc=100 * cfg.get("accuracy_tolerance", 0), budget=cfg.get("max_examples", "?")),
              "", f"{len(done) - len(open_cells)} of {len(done)} cells converged."]

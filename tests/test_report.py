@@ -149,7 +149,10 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     from study.report import _report_markdown, convergence_lines, load_records, metrics_frame, plot_learning_curves_by_length
 
     records = load_records(RESULTS / "reference")
+    legacy = [{**r, "train_config": {k: v for k, v in r["train_config"].items() if k != "loss_tolerance"}} for r in records]
+    assert "trained under an earlier rule" in "\n".join(convergence_lines(legacy))  # records made before loss-based convergence
     for i, record in enumerate(records):
+        record["train_config"] = {**record["train_config"], "loss_tolerance": 0.005, "accuracy_tolerance": 0.05}
         record.update(converged=i > 1, last_stretch=[{"val_loss": 0.1234, "val_seq_acc_by_length": 0.123, "length": 16}, None][i] if i < 2 else None,
                       stop_learning_rate=0.0015, stop_reason="budget" if i < 2 else "converged")
     lines = "\n".join(convergence_lines(records))
