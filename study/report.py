@@ -588,6 +588,9 @@ def convergence_lines(records: list[dict]) -> list[str]:
                  f"{cfg.get('patience_examples', '?')} examples, the target reached, or at most a point gained over that "
                  f"stretch at the budget (with a learning rate decaying to 0 there). {len(done) - len(open_cells)} of {len(done)} "
                  "cells converged by that rule."]
+        gain = lambda r: "too few epochs to judge" if r.get("last_stretch_gain") is None else f"+{100 * r['last_stretch_gain']:.1f} points of validation exact match over the last stretch"  # noqa: E731
+        if open_cells:
+            lines += ["", f"**Not converged** ({len(open_cells)}), by that rule:", "", *[f"- {r['task']}/{r['model']}/seed {r['seed']}: {gain(r)}" for r in open_cells]]
         return lines + [""]
     lines = [CONVERGED_DEFINITION.format(patience=cfg.get("patience_examples", "?"), loss=cfg.get("loss_tolerance", "?"),
                                          acc=100 * cfg.get("accuracy_tolerance", 0), budget=cfg.get("max_examples", "?")),
