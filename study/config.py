@@ -277,7 +277,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "date_format": {"train_lengths": "1..6", "eval_lengths": [1, 2, 3, 4, 6, 8, 10, 12]},
         },
         "models": [
-            "none", "additive", "dot", "general",
+            "none", "none_context", "additive", "dot", "general",
             "additive_recurrent", "dot_recurrent", "general_recurrent", "transformer",
             "none_lstm", "additive_lstm", "none_bidirectional", "additive_bidirectional",
         ],

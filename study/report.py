@@ -30,7 +30,7 @@ from study.fonts import add_marks_note, character_ticks, readable, use_fonts
 from study.records import in_training_range, read_record
 
 CONFIDENCE = 0.95
-MODEL_ORDER = ["none", "additive", "dot", "general"]
+MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
 
 
 class NoResultsError(ValueError):
@@ -326,7 +326,7 @@ def _save(fig, figures: Path, name: str) -> list[str]:
 def _palette(models: list[str]) -> dict:
     """One colour per model, the same in every figure of every report: seaborn's colour-blind
     palette in the registry's order (`study.models.available_models`), extra names after it;
-    past its ten colours, seaborn's dark palette (the full profile's twelve models all differ)."""
+    past its ten colours, seaborn's dark palette (the full profile's thirteen models all differ)."""
     import seaborn as sns
 
     from study.models import available_models

@@ -154,16 +154,23 @@ def test_shapes_and_parameter_counts(name, config):
         assert 0.9 < build_model(name, 19, 19).count_params() / build_model("additive", 19, 19).count_params() < 1.1
         return
     attention = spec.attention
-    decoder_input = e + u if spec.placement == "recurrent" else e  # the context is fed into the cell
+    decoder_input = e + u if spec.placement in ("recurrent", "every_step") else e  # the context is fed into the cell
     expected = 11 * e + 13 * e + rnn(e) * (2 if config.bidirectional else 1) + rnn(decoder_input) + u * 13 + 13
     n_states = 2 if config.cell == "lstm" else 1
     if config.bidirectional:
         expected += n_states * (2 * u * u + u)
         if attention != "none":
             expected += 2 * u * u + u
-    expected += (2 * u * u + u) if attention != "none" else (u * u + u)
+    expected += (2 * u * u + u) if attention != "none" or spec.placement == "every_step" else (u * u + u)  # read-out of [c; s] or s
     expected += {"none": 0, "dot": 0, "general": u * u, "additive": 2 * u * a + a + a}[attention]
     assert model.count_params() == expected
+
+
+def test_the_context_at_every_step_is_for_a_model_without_attention():
+    from study.models.seq2seq import Seq2Seq
+
+    with pytest.raises(ValueError, match="every_step"):
+        Seq2Seq(11, 13, attention="dot", placement="every_step")
 
 
 def test_unknown_model_suggests_a_name():

@@ -2,7 +2,7 @@
 
     >>> from study.models import available_models, build_model
     >>> available_models()
-    ['additive', 'additive_bidirectional', 'additive_lstm', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none', 'none_bidirectional', 'none_lstm', 'transformer']
+    ['additive', 'additive_bidirectional', 'additive_lstm', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none', 'none_bidirectional', 'none_context', 'none_lstm', 'transformer']
     >>> model = build_model("additive", source_vocab_size=19, target_vocab_size=19, config=ModelConfig())
 
 Every RNN name maps to the one builder with a different `attention` argument, so the
@@ -34,7 +34,8 @@ class ModelSpec:
     """A registered model: its name, the attention it uses and a one-line description.
 
     placement: where an RNN decoder reads the context ("output": after the RNN,
-        Luong; "recurrent": fed into the cell, Bahdanau).
+        Luong; "recurrent": fed into the cell, Bahdanau; "every_step": without
+        attention, the encoder's final state fed into every step, Cho et al. 2014).
     family: key of BUILDERS.
     variant: ModelConfig fields this model overrides, as (field, value) pairs.
     """
@@ -51,6 +52,7 @@ MODELS: Registry[ModelSpec] = Registry("model")
 
 for _spec in (
     ModelSpec("none", "none", "RNN encoder-decoder; the encoder's final state is the decoder's only view of the input"),
+    ModelSpec("none_context", "none", "Cho et al. (2014): no attention; the encoder's final state is fed to every decoder step and the read-out", "every_step"),
     ModelSpec("additive", "additive", "Bahdanau scoring v^T tanh(W1 h + W2 s), attention after the decoder RNN"),
     ModelSpec("dot", "dot", "Luong dot scoring s^T h, attention after the decoder RNN"),
     ModelSpec("general", "general", "Luong general scoring s^T W h, attention after the decoder RNN"),

@@ -16,8 +16,14 @@ Architecture (identical for every attention type; only the scorer differs):
         scores weighs the memory into a context c_t, and
         h~_t = tanh(W_c [c_t; s_t]);  logits_t = W_o h~_t
     without attention ("none") the decoder state alone is read out:
-        h~_t = tanh(W_c s_t), so the encoder's final state is the decoder's only
-        view of the input (Sutskever et al. 2014; Cho et al. 2014).
+        h~_t = tanh(W_c s_t), so the encoder's final state, the decoder's initial
+        state, is its only view of the input (Sutskever et al. 2014).
+
+    with `placement="every_step"` (no attention) the encoder's final state c is
+        also fed, beside the previous character, into every decoder step and into
+        the read-out, as in Cho et al. (2014), "Learning Phrase Representations
+        using RNN Encoder-Decoder for Statistical Machine Translation":
+        s_t = cell([y_{t-1}; c], s_{t-1});  logits_t = W_o tanh(W_c [c; s_t])
 
     with `placement="recurrent"` attention sits *inside* the recurrence instead
         (Bahdanau et al. 2014, with Luong's input feeding): at step t the previous
@@ -42,7 +48,7 @@ from study.vocab import PAD
 
 RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
 RNN_CELLS = {"gru": keras.layers.GRUCell, "lstm": keras.layers.LSTMCell}
-PLACEMENTS = ("output", "recurrent")
+PLACEMENTS = ("output", "recurrent", "every_step")
 
 
 @keras.saving.register_keras_serializable(package="study")
@@ -89,6 +95,9 @@ class Seq2Seq(EncoderDecoder):
         )
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        if placement == "every_step" and attention != "none":
+            raise ValueError(f"placement 'every_step' feeds the encoder's final state to every step, a model without attention; got attention {attention!r}")
+        self.context_fed = placement == "every_step"
         self.recurrent_attention = placement == "recurrent" and attention != "none"
         self.units = units
         rnn = RNN_LAYERS[cell]
@@ -155,6 +164,11 @@ class Seq2Seq(EncoderDecoder):
         decoder's inputs (START followed by the previous target characters)."""
         memory, keys, mask, states = self.encode(source)
         embedded = self.target_embedding(decoder_inputs)
+        if self.context_fed:  # the encoder's final state beside every character, and in the read-out
+            steps = ops.shape(decoder_inputs)[1]
+            context = ops.repeat(ops.expand_dims(states[0], 1), steps, axis=1)  # (batch, T, units)
+            outputs = self.decoder(ops.concatenate([embedded, context], axis=-1), initial_state=states)
+            return self._logits(context, outputs[0]), None
         if not self.recurrent_attention:
             outputs = self.decoder(embedded, initial_state=states)
             return self._read_out(outputs[0], memory, keys, mask)
@@ -178,15 +192,19 @@ class Seq2Seq(EncoderDecoder):
     # -- greedy decoding ------------------------------------------------------------------
 
     def start_decoding(self, source, max_steps: int):
-        """context (memory, keys, mask) and the first decoder states, from `encode`."""
+        """context (memory, keys, mask, the encoder's final state) and the first decoder states,
+        from `encode`."""
         memory, keys, mask, states = self.encode(source)
-        return (memory, keys, mask), states
+        return (memory, keys, mask, states[0]), states
 
     def decode_step(self, i, previous, states, context):
         """One decoder step with the trained cell: previous (batch,) int ids, states as from
         `start_decoding` -> logits (batch, vocab), weights (batch, S) or None, new states."""
-        memory, keys, mask = context
+        memory, keys, mask, final = context
         embedded = self.target_embedding(previous)
+        if self.context_fed:
+            output, new_states = self.decoder_cell(ops.concatenate([embedded, final], axis=-1), states)
+            return self._logits(final, output), None, list(new_states)
         if self.recurrent_attention:
             output, new_states, context, weights = self._input_fed_step(embedded, states, memory, keys, mask)
             return self._logits(context, output), weights, new_states
