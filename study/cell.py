@@ -40,6 +40,11 @@ class Cell:
         return f"{self.task.name}/{self.model}/seed {self.seed}/train {lengths}"
 
 
+# training settings added after studies had been run: left out of a cell's identity while at
+# these values (the behaviour before they existed), so the cells of those studies keep their ids
+IDENTITY_DEFAULTS = {"loss_normalisation": "token"}
+
+
 def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
     """Everything the cell's result depends on (JSON-serialisable).
 
@@ -61,7 +66,7 @@ def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
         "train_lengths": list(cell.train_lengths),
         "eval_lengths": list(cell.task.eval_lengths),
         "model_config": dataclasses.asdict(effective_model_config(cell.model, config.model)),
-        "train_config": dataclasses.asdict(config.train),
+        "train_config": {k: v for k, v in dataclasses.asdict(config.train).items() if IDENTITY_DEFAULTS.get(k, object()) != v},
         "n_test": config.n_test,
         "backend": config.backend,
     }

@@ -77,6 +77,10 @@ class TrainConfig:
         over the whole set).
     pad_multiple: batches are padded to a multiple of this many steps, so the
         compiled step sees few distinct shapes.
+    loss_normalisation: "token" (every target character weighs the same, the study's
+        choice) or "sequence" (every example weighs the same: its mean cross-entropy per
+        character, Sutskever et al. 2014's per-sentence log-likelihood), so short examples
+        count as much as long ones; the validation loss stays per character either way.
     """
 
     n_train: int = 10000
@@ -96,6 +100,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-4
     n_validation: int = 64
     pad_multiple: int = 8
+    loss_normalisation: str = "token"
 
     def __post_init__(self) -> None:
         if self.epoch_examples is None:
@@ -118,6 +123,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
         if self.schedule == "plateau" and self.min_learning_rate > self.learning_rate:
             raise ConfigError(f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})")
+        if self.loss_normalisation not in LOSS_NORMALISATIONS:
+            raise ConfigError(f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         value = self.warmup_examples
@@ -143,6 +150,7 @@ class TrainConfig:
 
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) accepts 0..2**32 - 1
 SCHEDULES = ("constant", "plateau")
+LOSS_NORMALISATIONS = ("token", "sequence")
 REGIMES = ("mixed", "per_length")
 BACKENDS = ("tensorflow", "jax")
 

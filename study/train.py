@@ -14,7 +14,10 @@ model of a comparison.  The loss is per target character (END included) with one
 weight for the whole run: each batch's summed cross-entropy is divided by
 `tokens_per_batch` = batch_size x the training set's mean target length, not by the
 batch's own count, so every character weighs the same in every update whatever the
-length bucket or the size of the epoch's last, partial batch.
+length bucket or the size of the epoch's last, partial batch.  `loss_normalisation =
+"sequence"` weighs every example the same instead (its mean cross-entropy per character,
+Sutskever et al. 2014's per-sentence log-likelihood), so short examples count as much as
+long ones.
 
 Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch
 shuffles the examples, cuts the order into pools of `BUCKET_POOL` batches,
@@ -178,9 +181,11 @@ class EncodedSet:
         """The loss normaliser: target characters (END included) in an average full batch."""
         return batch_size * self.mean_target_length()
 
-    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0, per_sequence: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
         """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to
-        `multiple`; weights are `token_weight` on every target character and END, 0 on padding."""
+        `multiple`; weights are `token_weight` on every target character and END, 0 on padding.
+        With `per_sequence`, a row of n characters gets token_weight x mean length / n on each,
+        so every example weighs the same whatever its length."""
         src = [self.sources[i] for i in index]
         tgt = [self.targets[i] for i in index]
         s_len = _round_up(max(map(len, src)), multiple)
@@ -189,6 +194,9 @@ class EncodedSet:
         decoder_inputs = pad([t[:-1] for t in tgt], t_len)
         decoder_targets = pad([t[1:] for t in tgt], t_len)
         weights = (decoder_targets != PAD).astype("float32") * np.float32(token_weight)
+        if per_sequence:
+            characters = np.array([len(t) - 1 for t in tgt], dtype="float32")
+            weights *= (self.mean_target_length() / characters)[:, None]
         return (source, decoder_inputs), decoder_targets, weights
 
     @functools.cached_property
@@ -290,7 +298,7 @@ class BucketedBatches(keras.utils.PyDataset):
         return len(self.order)
 
     def __getitem__(self, index: int):
-        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight)
+        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight, self.cfg.loss_normalisation == "sequence")
 
     def for_fit(self):
         """What `model.fit` takes: this dataset, or on TensorFlow a `tf.data.Dataset` over it
@@ -321,7 +329,7 @@ class GreedyValidation(keras.callbacks.Callback):
         self.started = started
         self.seconds = 0.0  # spent validating
         self.history: list[dict] = []
-        # target characters and END per epoch
+        # target characters and END per epoch (with "sequence", the loss is a mean over examples of their mean per character)
         self.characters = batches.cfg.epoch_examples * batches.encoded.mean_target_length()
         encoded = EncodedSet.build(validation, source_vocab, target_vocab)
         # the whole validation set as one batch, every target character weighing 1 / their number
@@ -354,7 +362,7 @@ class GreedyValidation(keras.callbacks.Callback):
         self.history.append({
             "epoch": epoch + 1,
             "examples_seen": (epoch + 1) * self.batches.cfg.epoch_examples,
-            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character
+            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character (per example's mean with "sequence")
             "val_loss": logs["val_loss"],
             "val_seq_acc": val["seq_acc"],
             "val_char_acc": val["char_acc"],

@@ -264,6 +264,23 @@ def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_exa
     assert not result("budget").converged and not result("diverged: x").converged
 
 
+def test_sequence_normalisation_weighs_every_example_the_same(copy_data):
+    """With loss_normalisation = "sequence" each example's weights sum to the same total,
+    1 / batch_size, whatever its length; "token" gives every character the same weight."""
+    splits, sv, tv = copy_data
+    encoded = EncodedSet.build(splits.train, sv, tv)
+    order = np.argsort(splits.train.lengths, kind="stable")
+    index = np.concatenate([order[:16], order[-16:]])  # lengths 2 and 3
+    _, y, w = encoded.batch(index, 8, 1 / encoded.tokens_per_batch(32), per_sequence=True)
+    assert np.allclose(w.sum(axis=1), 1 / 32) and (w[y == 0] == 0).all()
+    _, _, w_token = encoded.batch(index, 8, 1 / encoded.tokens_per_batch(32))
+    assert not np.allclose(w_token.sum(axis=1), 1 / 32)
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.loss_normalisation must be one of token, sequence"):
+        TrainConfig(loss_normalisation="mean")
+
+
 def test_epochs_walk_through_the_pool_in_passes_each_example_once_per_pass():
     from study.train import epoch_examples
 
