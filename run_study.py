@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -169,22 +170,44 @@ def _check_output_dir(out: Path) -> None:
         raise UsageError(f"output folder {out} is not writable (nearest existing folder: {probe})")
 
 
-def prepare(args: argparse.Namespace):
-    """Validates everything a run needs before anything is written; returns (config, out)."""
-    from study.config import PROFILES, build_study_config
-    from study.tasks import get_task, load_task_module
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-    for module in args.task_module:
-        load_task_module(module)
-    file_settings = _load_config_file(args.config) if args.config else {}
-    profile = file_settings.pop("profile", None) or args.profile
-    if profile not in PROFILES:
-        build_study_config(profile)  # raises the unknown-profile error
+
+def _variants(file_settings: dict) -> dict[str, dict]:
+    """The config file's `[variants.NAME]` tables, taken out of `file_settings`: each a table of
+    study settings that its own study merges over the rest of the file ({} when there are none)."""
+    variants = file_settings.pop("variants", None)
+    if variants is None:
+        return {}
+    if not isinstance(variants, dict) or not variants:
+        raise UsageError("variants must be one or more tables [variants.NAME] of study settings")
+    for name, settings in variants.items():
+        if not VARIANT_NAME.fullmatch(name):
+            raise UsageError(f"variant name {name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
+        if not isinstance(settings, dict):
+            raise UsageError(f"variants.{name} must be a table of settings, got {settings!r}")
+        if "profile" in settings or "variants" in settings:
+            raise UsageError(f"variants.{name} cannot set profile or variants; set the profile at the top of the file")
+    return variants
+
+
+def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, selected_tasks: dict | None = None):
+    """The validated configuration of one study: the profile, then `file_settings`, then the
+    command line; `selected_tasks` (a variant's own tasks) replaces the task list unless
+    `--tasks` gives one."""
+    from study.config import PROFILES, build_study_config
+    from study.tasks import get_task
+
+    file_settings = dict(file_settings)
     base_tasks = {**PROFILES[profile]["tasks"], **(file_settings.get("tasks") or {})}
     if args.tasks is not None:
         file_settings.pop("tasks", None)
-    config = build_study_config(profile, file_settings, _overrides(args, base_tasks))
-    os.environ["KERAS_BACKEND"] = config.backend
+    overrides = _overrides(args, base_tasks)
+    if selected_tasks is not None and "tasks" not in overrides:
+        if not isinstance(selected_tasks, dict):
+            raise UsageError(f"a variant's tasks must be a table of task name -> settings, got {selected_tasks!r}")
+        overrides["tasks"] = {name: {**base_tasks.get(name, {}), **(plan or {})} for name, plan in selected_tasks.items()}
+    config = build_study_config(profile, file_settings, overrides)
     from study.models import get_model_spec
 
     for model in config.models:
@@ -196,6 +219,43 @@ def prepare(args: argparse.Namespace):
                 task.check_length(length)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+    return config
+
+
+def prepare(args: argparse.Namespace):
+    """Validates everything a run needs before anything is written.
+
+    Returns (studies, out): `studies` a list of (config, folder), one per `[variants.NAME]`
+    table of the config file (each in `<out>/<NAME>`, reported together in `out`), or the one
+    study, in `out` itself."""
+    import dataclasses
+
+    from study.config import PROFILES, build_study_config
+    from study.tasks import load_task_module
+
+    for module in args.task_module:
+        load_task_module(module)
+    file_settings = _load_config_file(args.config) if args.config else {}
+    profile = file_settings.pop("profile", None) or args.profile
+    if profile not in PROFILES:
+        build_study_config(profile)  # raises the unknown-profile error
+    variants = _variants(file_settings)
+    out = args.out or Path("results") / profile
+    if variants:
+        from study.config import merge_settings
+
+        studies = []
+        for name, settings in variants.items():
+            settings = dict(settings)
+            selected = settings.pop("tasks", None)
+            config = _study_config(args, profile, merge_settings(file_settings, settings), selected)
+            studies.append((dataclasses.replace(config, variant=name), out / name))
+    else:
+        studies = [(_study_config(args, profile, file_settings), out)]
+    backends = {config.backend for config, _ in studies}
+    if len(backends) > 1:
+        raise UsageError(f"the variants of one config file run on one backend, got {', '.join(sorted(backends))}")
+    os.environ["KERAS_BACKEND"] = studies[0][0].backend
     if args.address and args.executor != "ray":
         raise UsageError("--address is for --executor ray")
     if args.executor == "ray":
@@ -205,26 +265,18 @@ def prepare(args: argparse.Namespace):
             raise UsageError("--executor ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
         if args.address:
             check_ray_address(args.address)
-    out = args.out or Path("results") / profile
     _check_output_dir(out)
     from study.executors import start_backend
 
-    start_backend(config.backend)  # after every check: bad input is refused without waiting for it
-    return config, out
+    start_backend(studies[0][0].backend)  # after every check: bad input is refused without waiting for it
+    return studies, out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config, out = prepare(args)
+    studies, out = prepare(args)
     from study.report import write_report
     from study.runner import StudyInterrupted, run_study, select_shard, study_cells, summary_line
 
-    grid = study_cells(config)
-    n_cells = len(grid)
-    if not args.quiet:
-        where = f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
-        shard = f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them" if args.shard else ""
-        print(f"{config.profile} study: {_count(n_cells, 'cell')} ({_count(len(config.tasks), 'task')} x {_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
-              f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {out}")
     started = time.perf_counter()
 
     def on_record(record: dict) -> None:
@@ -233,16 +285,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             tqdm.write(summary_line(record))
 
-    try:
-        records = run_study(config, out, fresh=args.fresh, progress=not args.quiet, on_record=on_record, shard=args.shard, executor=args.executor, address=args.address)
-    except StudyInterrupted as stop:
-        print(f"\ninterrupted: {stop.done} of {stop.total} cells are done and saved in {out}; run the same command again to resume", file=sys.stderr)
-        return 130
-    report = write_report(out)
-    failed = [r for r in records if r["status"] != "ok"]
+    failed = []
+    n_ok = 0
+    for config, folder in studies:
+        grid = study_cells(config)
+        if not args.quiet:
+            where = f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
+            shard = f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them" if args.shard else ""
+            name = f"variant {config.variant} of the " if config.variant else ""
+            print(f"{name}{config.profile} study: {_count(len(grid), 'cell')} ({_count(len(config.tasks), 'task')} x {_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
+                  f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {folder}")
+        try:
+            records = run_study(config, folder, fresh=args.fresh, progress=not args.quiet, on_record=on_record, shard=args.shard, executor=args.executor, address=args.address)
+        except StudyInterrupted as stop:
+            print(f"\ninterrupted: {stop.done} of {stop.total} cells are done and saved in {folder}; run the same command again to resume", file=sys.stderr)
+            return 130
+        report = write_report(folder)
+        failed += [r for r in records if r["status"] != "ok"]
+        n_ok += sum(r["status"] == "ok" for r in records)
+    if studies[0][1] != out:  # variants: one report over all of them
+        from study.merge import merge_results
+
+        merge_results([folder for _, folder in studies], out, warn=lambda message: print(message, file=sys.stderr))
+        report = write_report(out)
     for r in failed:
         print(summary_line(r))
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(len(records) - len(failed), 'cell')} ok, {len(failed)} failed; report: {report}")
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(n_ok, 'cell')} ok, {len(failed)} failed; report: {report}")
     if failed:
         print(f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them", file=sys.stderr)
         return EXIT_CELLS_FAILED

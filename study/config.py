@@ -193,7 +193,9 @@ class StudyConfig:
     error of one seed's exact match is at most 50/sqrt(1000) = 1.6 points); backend: Keras
     backend; jobs: cells trained in parallel processes, each with an equal share
     of the CPU cores (0: one process per core); cell_cpus, cell_gpus: what each
-    cell asks of a Ray cluster (`--executor ray`; cell_cpus also caps its threads).
+    cell asks of a Ray cluster (`--executor ray`; cell_cpus also caps its threads);
+    variant: the name of the config file's `[variants.NAME]` table this study runs (None when
+    the file has none); it names the study in reports and is not part of any cell's identity.
     """
 
     profile: str
@@ -209,6 +211,7 @@ class StudyConfig:
     cell_cpus: int = 1
     cell_gpus: float = 0.0
     tensorboard: bool = False
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
@@ -327,11 +330,11 @@ def parse_lengths(value: Any, where: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_settings(base: dict, override: dict) -> dict:
     """Recursive dict merge; `override` wins."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_settings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -359,10 +362,10 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         close = difflib.get_close_matches(str(profile), PROFILES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown profile {profile!r}{hint} (available: {', '.join(PROFILES)})")
-    raw = _merge(PROFILES[profile], file_settings or {})
+    raw = merge_settings(PROFILES[profile], file_settings or {})
     overrides = dict(overrides or {})
     selected_tasks = overrides.pop("tasks", None)
-    raw = _merge(raw, overrides)
+    raw = merge_settings(raw, overrides)
     if selected_tasks is not None:  # a command line's task list selects; it does not add to the profile's
         raw["tasks"] = selected_tasks
     unknown = sorted(set(raw) - _STUDY_KEYS - {"profile"})

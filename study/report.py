@@ -62,9 +62,25 @@ def load_records(out: Path, every: bool = False) -> list[dict]:
     return records
 
 
+def series_names(records: list[dict]) -> dict[str, str]:
+    """Record id -> the name its line, bar or panel carries in the figures: the model, or, for a
+    task run under several settings, the model and its setting (the config file's variant name,
+    else the setting's hash), so that figures keep apart what the tables keep apart."""
+    settings: dict[str, set] = {}
+    for r in records:
+        settings.setdefault(r["task"], set()).add(_setting(r))
+    names = {}
+    for r in records:
+        variant = (r.get("config") or {}).get("variant")
+        names[r["id"]] = r["model"] if len(settings[r["task"]]) == 1 else f"{r['model']} · {variant or 'setting ' + _setting(r)}"
+    return names
+
+
 def metrics_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per (cell, evaluation length); failed cells appear with NaN accuracies."""
+    """One row per (cell, evaluation length); failed cells appear with NaN accuracies; `series`
+    names the cell's model (and setting, `series_names`) as the figures show it."""
     rows = []
+    series = series_names(records)
     for r in records:
         base = {
             "task": r["task"],
@@ -84,6 +100,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
             "param_count": r.get("param_count"),
             "backend": r["backend"],
             "setting": _setting(r),
+            "series": series[r["id"]],
         }
         if r["status"] != "ok":
             for length in r["eval_lengths"]:
@@ -189,7 +206,7 @@ def _setting(record: dict) -> str:
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per task x setting x model x (training range) x length: the seeds behind the row, mean
     exact match and its 95% interval (`accuracy_interval`), and the means of the diagnostics."""
-    keys = ["task", "setting", "model", "train_min", "train_max", "length", "in_training_range"]
+    keys = ["task", "setting", "model", "series", "train_min", "train_max", "length", "in_training_range"]
     rows = []
     for key, group in metrics.groupby(keys, sort=False):
         n = group["n_examples"] if "n_examples" in group else pd.Series(np.nan, index=group.index)
@@ -258,7 +275,8 @@ def _setting_names(summary: pd.DataFrame, records_by_setting: dict[str, dict]) -
         flat = {s: _flatten({f: records_by_setting[s].get(f) for f in SETTING_FIELDS}) if s in records_by_setting else {} for s in settings}
         differing = sorted(k for k in set().union(*flat.values()) if len({json.dumps(flat[s].get(k), default=str) for s in settings}) > 1)
         for s in settings:
-            names[s] = f"setting {s}: " + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4])
+            variant = ((records_by_setting.get(s) or {}).get("config") or {}).get("variant")
+            names[s] = f"{'variant ' + variant if variant else 'setting ' + s}: " + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4])
     return names
 
 
@@ -352,7 +370,7 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
     from matplotlib.ticker import MaxNLocator
 
     tasks = list(dict.fromkeys(summary["task"]))
-    models = list(dict.fromkeys(summary["model"]))
+    models = list(dict.fromkeys(summary["series"]))  # a model, or a model under one of several settings
     palette = _palette(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
     per_length = any(r.get("regime") == "per_length" for r in records)
@@ -369,7 +387,7 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
             ax.axvspan(lo - 0.5, hi + 0.5, color="0.93", zorder=0)
             ax.text((lo + hi) / 2, 100, "trained lengths", ha="center", va="bottom", fontsize=8, color="0.35")
             for k, model in enumerate(models):
-                d = data[data["model"] == model].groupby("length").mean(numeric_only=True).sort_index()
+                d = data[data["series"] == model].groupby("length").mean(numeric_only=True).sort_index()
                 if d.empty or d[column].isna().all():
                     continue
                 x = d.index + (k - (len(models) - 1) / 2) * dodge
@@ -401,13 +419,14 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     from matplotlib.ticker import MaxNLocator
 
     rows = []
+    series = series_names(records)
     for r in records:
         if r["status"] != "ok":
             continue
         inside = [m for m in r["metrics"] if m["in_training_range"]] or r["metrics"]
         m = max(inside, key=lambda m: m["length"])
         for pos, acc in enumerate(m["position_acc"]):
-            rows.append({"task": r["task"], "model": r["model"], "seed": r["seed"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
+            rows.append({"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
     if not rows:
         return []
     data = pd.DataFrame(rows)
@@ -488,11 +507,18 @@ def _shorten(text: str, most: int = 34) -> str:
 
 
 def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
+    """Validation exact match and the loss per target character (validation, teacher-forced:
+    the convergence measure; the training loss for records that predate it), on a log scale,
+    over training examples (log scale), one line per seed."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    with_validation_loss = all("val_loss" in h for r in records for h in r.get("history", []))
+
+    series = series_names(records)
     rows = [
-        {"task": r["task"], "model": r["model"], "seed": r["seed"], "examples_seen": h["examples_seen"], "val_seq_acc": 100 * h["val_seq_acc"], "loss": h["loss"]}
+        {"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "examples_seen": h["examples_seen"], "val_seq_acc": 100 * h["val_seq_acc"],
+         "loss": h.get("val_loss", h["loss"]) if with_validation_loss else h["loss"]}
         for r in records
         for h in r.get("history", [])
     ]
@@ -504,14 +530,15 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False)
     for j, task in enumerate(tasks):
         d = data[data["task"] == task]
-        for i, (column, label) in enumerate((("val_seq_acc", "validation exact match (%)"), ("loss", "training loss (teacher-forced)"))):
+        loss_label = "validation loss (nats/char, teacher-forced)" if with_validation_loss else "training loss (nats/char, teacher-forced)"
+        for i, (column, label) in enumerate((("val_seq_acc", "validation exact match (%)"), ("loss", loss_label))):
             sns.lineplot(data=d, x="examples_seen", y=column, hue="model", hue_order=models, palette=_palette(models), units="seed", estimator=None,
                          linewidth=1.0, ax=axes[i][j], legend=(i, j) == (0, len(tasks) - 1))
-            axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen", ylabel=label)
+            axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen", ylabel=label, xscale="log")
             if i == 0:
                 axes[i][j].set_ylim(-3, 103)
             else:
-                axes[i][j].set_ylim(bottom=0)
+                axes[i][j].set_yscale("log")
     legend = axes[0][-1].get_legend()
     if legend is not None:
         legend.set_title("model")
@@ -536,8 +563,9 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    series = series_names(records)
     rows = [
-        {"task": r["task"], "model": r["model"], "seed": r["seed"], "examples_seen": h["examples_seen"], "length": int(length), "val_seq_acc": 100 * acc}
+        {"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "examples_seen": h["examples_seen"], "length": int(length), "val_seq_acc": 100 * acc}
         for r in records
         for h in r.get("history", [])
         for length, acc in h.get("val_seq_acc_by_length", {}).items()
@@ -556,13 +584,16 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
         for j, model in enumerate(models):
             ax = axes[i][j]
             m = d[d["model"] == model]
+            if m.empty:  # a model (or variant) this task was not run with
+                ax.axis("off")
+                continue
             seeds = m["seed"].nunique()
             for length in shown:
                 curve = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"].mean()
                 ax.plot(curve.index / 1000, curve.values, color=colours[length], marker=".", markersize=3, label=str(length))
-            ax.set(title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", ylim=(-3, 103),
+            ax.set(title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", ylim=(-3, 103), xscale="log",
                    xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "", ylabel="validation exact match (%)" if j == 0 else "")
-        handles, labels = axes[i][0].get_legend_handles_labels()
+        handles, labels = max((ax.get_legend_handles_labels() for ax in axes[i]), key=lambda hl: len(hl[1]))
         axes[i][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), title=f"trained length\n({units.get(task, 'length')})", fontsize=8)
     fig.suptitle("Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds")
     fig.tight_layout()
@@ -676,15 +707,21 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
             lines += [f"## {title}", "", *[f"![{title}]({p})" for p in paths], ""]
     lines += ["## Exact match by length", "", table, ""]
     lines += ["## Cells", "", *convergence_lines(records), *time_lines(records)]
-    lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | wall time (s) | "
-              "update steps / compilation / validation / test decoding (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
+              "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "
+              "update steps / compilation / validation / test decoding (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    series = series_names(records)
     for r in records:
         converged = {True: "yes", False: "**no**"}.get(r.get("converged"), "-")
         t = r.get("seconds") if isinstance(r.get("seconds"), dict) else None
         split = " / ".join(f"{t.get(k, 0):.0f}" for k in ("train_steps", "first_update", "validation", "test_decoding")) if t else "-"
+        stretch = r.get("last_stretch") or {}
+        moved = (f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({stretch['length']})"
+                 if {"val_loss", "val_seq_acc_by_length", "length"} <= set(stretch) else "-")
+        rate = f"{r['stop_learning_rate']:.2g}" if isinstance(r.get("stop_learning_rate"), (int, float)) else "-"
         lines.append(
-            f"| {r['task']} | {r['model']} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | {converged} | "
-            f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {r.get('wall_seconds', 0):.0f} | {split} |"
+            f"| {r['task']} | {series[r['id']]} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | {converged} | "
+            f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {moved} | {rate} | {r.get('wall_seconds', 0):.0f} | {split} |"
         )
     if failed:
         lines += ["", f"**{len(failed)} failed cells** (shown as missing in tables and figures):", ""]

@@ -115,6 +115,28 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path):
     table = pd.read_csv(copy / "summary.csv")
     assert table.groupby(["task", "model", "length"])["setting"].nunique().max() == 2
     assert table["seeds"].max() == 3  # never 6
+    # the figures keep them apart too: one line per model and setting, each at its own table's values
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from study import report
+
+    records = report.load_records(copy)
+    summary = report.summary_frame(report.metrics_frame(records))
+    fig = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.plot_accuracy_vs_length(summary, records, Path("unused"))
+    labels = [t.get_text() for t in fig["accuracy_vs_length"].legends[0].get_texts()]
+    assert len(labels) == summary["series"].nunique() and len(labels) > summary["model"].nunique()
+    ax = fig["accuracy_vs_length"].axes[0]  # exact match of the first task
+    task = summary["task"].iloc[0]
+    drawn = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar containers: label -> data line
+    assert len(drawn) == summary[summary["task"] == task]["series"].nunique()
+    for label, line in drawn.items():
+        rows = summary[(summary["task"] == task) & (summary["series"] == label)]
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), 100 * rows.sort_values("length")["seq_acc_mean"].to_numpy())
+    plt_close(fig["accuracy_vs_length"])
 
 
 def test_report_with_a_failed_first_cell(tmp_path):

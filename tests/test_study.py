@@ -139,8 +139,31 @@ def test_tasks_flag_selects_tasks_rather_than_adding_to_the_profiles(tmp_path):
         (["--profile", "smoke", "--config", str(toml), "--tasks", "copy,reverse"], ["copy", "reverse"]),
         (["--profile", "smoke", "--config", str(toml)], ["copy", "date_format", "reverse"]),
     ):
-        config, _ = run_study.prepare(run_study.build_parser().parse_args(["run", *argv, "--out", str(tmp_path / "o")]))
+        [(config, _)], _ = run_study.prepare(run_study.build_parser().parse_args(["run", *argv, "--out", str(tmp_path / "o")]))
         assert [t.name for t in config.tasks] == expected, argv
+
+
+def test_a_config_file_with_variants_runs_one_study_per_variant_in_its_own_folder(tmp_path):
+    """Each `[variants.NAME]` table merges over the rest of the file; its `tasks` select (with
+    the file's or profile's lengths unless it gives its own); the studies go to <out>/<NAME>."""
+    import run_study
+
+    toml = tmp_path / "study.toml"
+    toml.write_text('profile = "smoke"\nmodels = ["none"]\n[train]\nlearning_rate = 0.01\n'
+                    '[variants.slow]\ntrain = { learning_rate = 0.001 }\ntasks = { copy = {} }\n'
+                    '[variants.cho]\nmodels = ["none_context"]\ntasks = { date_format = { train_lengths = [1], eval_lengths = [1, 2] } }\n')
+    out = tmp_path / "o"
+    studies, folder = run_study.prepare(run_study.build_parser().parse_args(["run", "--config", str(toml), "--out", str(out)]))
+    assert folder == out and [f for _, f in studies] == [out / "slow", out / "cho"]
+    (slow, _), (cho, _) = studies
+    assert (slow.variant, slow.models, slow.train.learning_rate, [t.name for t in slow.tasks]) == ("slow", ("none",), 0.001, ["copy"])
+    assert slow.tasks[0].train_lengths == build_study_config("smoke").tasks[0].train_lengths
+    assert (cho.variant, cho.models, cho.train.learning_rate) == ("cho", ("none_context",), 0.01)
+    assert [(t.name, t.train_lengths, t.eval_lengths) for t in cho.tasks] == [("date_format", (1,), (1, 2))]
+    assert cell_id(_identity(expand_grid(slow)[0], slow)) == cell_id(_identity(expand_grid(slow)[0], dataclasses.replace(slow, variant=None)))
+    toml.write_text('profile = "smoke"\n[variants."a b"]\nseeds = [1]\n')
+    result = run_cli("--config", str(toml), "--out", str(out))
+    assert result.returncode == 2 and "variant name 'a b'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_per_length_regime_makes_one_cell_per_training_length():
