@@ -4,6 +4,8 @@ to convergence, judged on validation data only.
     python -m study.sweep                    # every recipe x probe x seed, 2 in parallel, into results/sweep
     python -m study.sweep --recipes b64,b128 --probes copy/dot --seeds 0 --jobs 1
     python -m study.sweep --table            # redraw the tables from the runs already there
+    python -m study.sweep --recipes b64-lr1e-3,b64,b64-lr1e-2 --probes copy/none,reverse/none --seeds 0,1
+                                             # the learning rate of the model without attention
 
 Each run trains one probe cell (task, model, training lengths and sizes of the standard
 profile, seed) with one recipe (overrides of the standard profile's `[train]`) through
@@ -38,6 +40,7 @@ RECIPES: dict[str, dict] = {
     "b128": {"batch_size": 128, "learning_rate": 4.2e-3},
     "b256": {"batch_size": 256, "learning_rate": 6e-3},
     "b64-lr1e-3": {"batch_size": 64, "learning_rate": 1e-3},
+    "b64-lr1e-2": {"batch_size": 64, "learning_rate": 1e-2},
 }
 DEFAULT_RECIPES = ("b64", "b128", "b256")
 
@@ -46,6 +49,7 @@ DEFAULT_RECIPES = ("b64", "b128", "b256")
 # validation sets are the standard profile's
 PROBES: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
     "copy/none": ("copy", "none", None),
+    "reverse/none": ("reverse", "none", None),
     "copy/dot": ("copy", "dot", None),
     "reverse/additive": ("reverse", "additive", None),
     "date_format/general": ("date_format", "general", None),
