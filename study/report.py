@@ -2,9 +2,12 @@
 
     write_report(Path("results/standard"))   # reads study.json + cells/*.json, writes:
       metrics.csv            one row per cell x evaluation length (tidy: pandas/seaborn ready)
-      summary.csv/.md        mean exact match per task x setting x model x length with its 95% interval
-                             (INTERVAL_METHOD), the oracle-length and right-length diagnostics;
-                             summary.md adds each attention model's difference from `none`, paired by seed
+      summary.csv/.md        mean exact match per task x setting x model x length, its lowest and highest
+                             seed and its 95% interval (INTERVAL_METHOD), the oracle-length and
+                             right-length diagnostics; summary.md adds each attention model's
+                             difference from `none`, paired by seed
+      comparisons.csv        every pair of models at every length: paired t-test over seeds,
+                             Holm-corrected (COMPARISON_METHOD), and the seeds a separation would need
       figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded;
                                              a second row with the oracle-length exact match
       figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained length
@@ -134,6 +137,8 @@ INTERVAL_METHOD = (
     "95% interval: Student-t over seeds on the logit scale, its half-width at least the test-set sampling error "
     "(binomial, delta method), joined with the Clopper-Pearson interval of the pooled counts; one seed: Clopper-Pearson only"
 )
+INTERVAL_CENTRE = ("the interval contains the printed mean but is not centred on it: its centre is the seeds' mean logit, "
+                   "which one seed near 0 or 100 pulls towards itself when the seeds disagree; read such a row by its seeds")
 DIFFERENCE_METHOD = (
     "95% interval: Student-t over the per-seed differences on the logit scale of (difference + 1) / 2, its half-width "
     "at least the test-set sampling error of both models; one seed: that sampling error only"
@@ -205,7 +210,8 @@ def _setting(record: dict) -> str:
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per task x setting x model x (training range) x length: the seeds behind the row, mean
-    exact match and its 95% interval (`accuracy_interval`), and the means of the diagnostics."""
+    exact match, the lowest and highest seed's, its 95% interval (`accuracy_interval`), and the
+    means of the diagnostics."""
     keys = ["task", "setting", "model", "series", "train_min", "train_max", "length", "in_training_range"]
     rows = []
     for key, group in metrics.groupby(keys, sort=False):
@@ -213,7 +219,8 @@ def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
         mean, lo, hi = accuracy_interval(group["seq_acc"], n)
         extra = {f"{c}_mean": float(group[c].mean()) if c in group and group[c].notna().any() else math.nan for c in ("oracle_seq_acc", "length_acc", "char_acc")}
         rows.append({**dict(zip(keys, key)), "seeds": int(group["seq_acc"].notna().sum()), "n_examples": n.max(),
-                     "seq_acc_mean": mean, "seq_acc_ci_low": lo, "seq_acc_ci_high": hi, **extra})
+                     "seq_acc_mean": mean, "seq_acc_min": group["seq_acc"].min(), "seq_acc_max": group["seq_acc"].max(),
+                     "seq_acc_ci_low": lo, "seq_acc_ci_high": hi, **extra})
     return pd.DataFrame(rows)
 
 
@@ -236,11 +243,102 @@ def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: str, signed: bool, missing: str, interval: bool = True) -> list[str]:
+COMPARISON_METHOD = ("paired t-test over seeds of the per-seed differences in exact match (each seed's models share its data and "
+                     "test set), two-sided; p-values corrected for multiplicity by Holm's method over every comparison of the report; "
+                     "a pair is separated when its corrected p is below 0.05")
+
+
+SEED_COUNTS = np.arange(2, 100_001)  # the seed counts `comparison_frame` considers for a separation
+
+
+def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of models (`series`) of a task, setting and training range, at every length:
+    the mean, lowest and highest per-seed difference in exact match (first minus second, paired
+    by seed), the paired t-test's p-value, its Holm-corrected value over all rows
+    (`COMPARISON_METHOD`), whether the pair is separated, and `seeds_needed`: the seeds a paired
+    t-test would need to separate a difference of the observed mean and spread with 80% power
+    at 5% (two-sided, before correction; NaN when every seed gave the same difference, or
+    beyond 100,000 seeds)."""
+    import itertools
+
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.power import TTestPower
+
+    keys = ["task", "setting", "train_min", "train_max", "length", "in_training_range"]
+    rows = []
+    for key, group in metrics.groupby(keys, sort=False):
+        by_model = group.pivot_table(index="seed", columns="series", values="seq_acc", aggfunc="first", dropna=False)
+        order = list(dict.fromkeys(group["series"]))
+        for a, b in itertools.combinations([m for m in order if m in by_model.columns], 2):
+            d = (by_model[a] - by_model[b]).dropna().to_numpy()
+            row = {**dict(zip(keys, key)), "first": a, "second": b, "seeds": len(d), "diff_mean": d.mean() if len(d) else math.nan,
+                   "diff_min": d.min() if len(d) else math.nan, "diff_max": d.max() if len(d) else math.nan, "p": math.nan, "seeds_needed": math.nan}
+            if len(d) > 1:
+                sd = float(np.std(d, ddof=1))
+                if sd > 0:
+                    row["p"] = float(stats.ttest_rel(by_model[a].loc[~np.isnan(by_model[a] - by_model[b])], by_model[b].loc[~np.isnan(by_model[a] - by_model[b])]).pvalue)
+                    if abs(d.mean()) > 0:
+                        power = TTestPower().power(effect_size=abs(d.mean()) / sd, nobs=SEED_COUNTS, alpha=0.05, alternative="two-sided")
+                        enough = np.flatnonzero(power >= 0.8)
+                        row["seeds_needed"] = int(SEED_COUNTS[enough[0]]) if len(enough) else math.nan  # NaN: more than SEED_COUNTS holds
+                else:  # every seed gave the same difference: none at all, or the same one each time
+                    row["p"] = 1.0 if d.mean() == 0 else 0.0
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    tested = frame["p"].notna()
+    frame["p_holm"] = math.nan
+    if tested.any():
+        frame.loc[tested, "p_holm"] = multipletests(frame.loc[tested, "p"], method="holm")[1]
+    frame["separated"] = frame["p_holm"] < 0.05
+    return frame
+
+
+def comparisons_markdown(comparisons: pd.DataFrame) -> str:
+    """One table per task, setting and training range: a row per pair of models, a column per
+    length, each cell the mean difference in points and the corrected p-value, in bold where
+    the pair is separated; then how many comparisons separate and how many seeds the others
+    would need."""
+    if comparisons.empty:
+        return ""
+    parts = [f"Every pair of models at every length ({COMPARISON_METHOD}). A cell gives the first model's exact match minus the "
+             f"second's, in points (mean over seeds), and the corrected p; bold: separated. {int(comparisons['separated'].sum())} of "
+             f"{len(comparisons)} comparisons are separated.", ""]
+    for (task, setting, lo, hi), group in comparisons.groupby(["task", "setting", "train_min", "train_max"], sort=False):
+        lengths = sorted(group["length"].unique())
+        lines = [f"#### {task} (trained on lengths {lo}..{hi})", "",
+                 "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+        for (a, b), rows in group.groupby(["first", "second"], sort=False):
+            by_length = rows.set_index("length")
+            cells = []
+            for L in lengths:
+                if L not in by_length.index or math.isnan(by_length.loc[L, "diff_mean"]):
+                    cells.append("n/a")
+                    continue
+                r = by_length.loc[L]
+                diff = f"{round(100 * r['diff_mean'], 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
+                text = f"{diff} (p {r['p_holm']:.2g})" if not math.isnan(r["p_holm"]) else diff
+                cells.append(f"**{text}**" if r["separated"] else text)
+            lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+        open_pairs = group[~group["separated"] & group["in_training_range"] & group["seeds_needed"].notna()]
+        if len(open_pairs):
+            need = open_pairs["seeds_needed"]
+            lines += ["", f"Not separated inside the trained range: {len(open_pairs)} comparisons with a nonzero spread; at their observed "
+                      f"mean and spread a paired t-test would need {int(need.min())}-{int(need.max())} seeds (median {int(need.median())}) "
+                      "to separate them with 80% power at 5% before correction."]
+        parts += lines + [""]
+    return "\n".join(parts)
+
+
+def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: str, signed: bool, missing: str, interval: bool = True,
+                  spread: bool = False) -> list[str]:
     """Markdown rows: one per model with the seeds behind it, one column per length (* marks
     trained lengths), each cell 'mean [low, high]' in percent from the columns `<prefix>_mean`,
     `_ci_low`, `_ci_high` ('mean' alone without `interval`, or for a one-seed row with
-    `signed`, whose interval holds sampling error only and is still shown)."""
+    `signed`, whose interval holds sampling error only and is still shown); with `spread`,
+    'mean (lowest-highest seed) [low, high]' from `_min` and `_max` too."""
     pattern = "{:+.1f} [{:+.1f}, {:+.1f}]" if signed else "{:.1f} [{:.1f}, {:.1f}]"
     lines = ["| model | seeds | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 2) + "|"]
     for model, rows in frame.groupby("model", sort=False):
@@ -252,7 +350,11 @@ def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: 
                 continue
             parts = ("mean", "ci_low", "ci_high") if interval else ("mean",)
             values = [round(100 * by_length.loc[L, f"{prefix}_{part}"], 1) + 0.0 for part in parts]  # + 0.0: no "-0.0"
-            cells.append(pattern.format(*values) if interval else f"{values[0]:.1f}")
+            cell = pattern.format(*values) if interval else f"{values[0]:.1f}"
+            if spread and by_length.loc[L, "seeds"] > 1:  # every seed visible: the lowest and highest
+                low, high = (100 * by_length.loc[L, f"{prefix}_{part}"] for part in ("min", "max"))
+                cell = cell.replace(" [", f" ({low:.1f}-{high:.1f}) [", 1)
+            cells.append(cell)
         seeds = sorted(set(int(x) for x in rows["seeds"]))
         lines.append(f"| {model} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |")
     return lines
@@ -300,9 +402,10 @@ def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = N
         lengths = sorted(group["length"].unique())
         label = f"; {names[setting]}" if setting in names else ""
         lines = [f"### {task} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)", ""]
-        lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed")
+        lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
         n = group["n_examples"].max()
-        lines += ["", f"{_examples_note(n)}; {INTERVAL_METHOD}; * = inside the trained range.", ""]
+        lines += ["", f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(n)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
+                  "* = inside the trained range.", ""]
         if group["oracle_seq_acc_mean"].notna().any():
             lines += ["Diagnostics (means over seeds): oracle-length exact match %, END held back until the target's length "
                       "(Newman et al. 2020) / share of predictions of the right length %:", ""]
@@ -364,13 +467,17 @@ def _seeds_and_examples(records: list[dict]) -> str:
 
 def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
     """Top row: exact match per length, mean over seeds with its 95% interval
-    (`accuracy_interval`) as error bars, per model; bottom row: the oracle-length exact match
+    (`accuracy_interval`) as error bars and each seed's own as an open circle, per model; bottom row: the oracle-length exact match
     diagnostic (mean over seeds).  The trained lengths are shaded and labelled on each panel."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     tasks = list(dict.fromkeys(summary["task"]))
     models = list(dict.fromkeys(summary["series"]))  # a model, or a model under one of several settings
+    series = series_names(records)
+    seeds = pd.DataFrame([{"task": r["task"], "series": series[r["id"]], "length": m["length"], "train_max": max(r["train_lengths"]), "seq_acc": m["seq_acc"]}
+                          for r in records if r["status"] == "ok" for m in r["metrics"]],
+                         columns=["task", "series", "length", "train_max", "seq_acc"])
     palette = _palette(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
     per_length = any(r.get("regime") == "per_length" for r in records)
@@ -394,6 +501,11 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                 if i == 0:
                     below, above = 100 * (d[column] - d["seq_acc_ci_low"]), 100 * (d["seq_acc_ci_high"] - d[column])
                     ax.errorbar(x, 100 * d[column], yerr=[below, above], marker="o", markersize=4, capsize=2.5, color=palette[model], label=model)
+                    points = seeds[(seeds["task"] == task) & (seeds["series"] == model) & seeds["length"].isin(d.index)]
+                    if per_length:
+                        points = points[points["length"] == points["train_max"]]
+                    ax.scatter(points["length"] + (k - (len(models) - 1) / 2) * dodge, 100 * points["seq_acc"], s=14, facecolors="none",
+                               edgecolors=palette[model], linewidths=0.8, zorder=3, gid="seed")  # every seed's own exact match
                 else:
                     ax.plot(x, 100 * d[column], marker="o", markersize=4, color=palette[model], label=model)
             ax.set(title=task if i == 0 else "", xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 108))
@@ -406,7 +518,7 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                 labels.append(l)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
     regime = "; one model trained per length" if per_length else ""
-    fig.suptitle(f"Greedy-decoded exact match vs input length: mean and 95% interval over {_seeds_and_examples(records)}{regime};\n"
+    fig.suptitle(f"Greedy-decoded exact match vs input length: mean and 95% interval over {_seeds_and_examples(records)} (circles: each seed){regime};\n"
                  "below, the oracle-length diagnostic: END held back until the target's length (mean over seeds)")
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")
@@ -668,6 +780,8 @@ def write_report(out: Path, every: bool = False) -> Path:
     summary.to_csv(out / "summary.csv", index=False)
     table = summary_markdown(summary, difference_frame(metrics), records)
     (out / "summary.md").write_text(table)
+    comparisons = comparison_frame(metrics)
+    comparisons.to_csv(out / "comparisons.csv", index=False)
     figures = out / "figures"
     images = {
         "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
@@ -676,7 +790,7 @@ def write_report(out: Path, every: bool = False) -> Path:
         "Training curves": plot_training_curves(records, figures),
         "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }
-    (out / "report.md").write_text(_report_markdown(records, metrics, table, images, read_manifest(out) or {}))
+    (out / "report.md").write_text(_report_markdown(records, metrics, table, images, read_manifest(out) or {}, comparisons_markdown(comparisons)))
     return out / "report.md"
 
 
@@ -691,7 +805,7 @@ def _provenance(manifest: dict, n_records: int) -> list[str]:
     return lines + [""] if lines else []
 
 
-def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]], manifest: dict) -> str:
+def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]], manifest: dict, comparisons: str = "") -> str:
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
     failed = [r for r in records if r["status"] != "ok"]
@@ -706,6 +820,8 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
         if paths:
             lines += [f"## {title}", "", *[f"![{title}]({p})" for p in paths], ""]
     lines += ["## Exact match by length", "", table, ""]
+    if comparisons:
+        lines += ["## Which models differ", "", comparisons, ""]
     lines += ["## Cells", "", *convergence_lines(records), *time_lines(records)]
     lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
               "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "

@@ -355,3 +355,43 @@ def test_without_a_font_package_its_characters_become_labelled_code_points(monke
         fig.savefig(io.BytesIO(), format="png")
         plt.close(fig)
     assert not [w for w in caught if "missing from font" in str(w.message)]
+
+
+def test_every_seed_is_drawn_and_tabled():
+    """Each seed's exact match is an open circle on the accuracy figure at its own value, and the
+    tables give the lowest and highest seed beside the mean."""
+    from study import report
+
+    records = report.load_records(RESULTS / "reference")
+    fig = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.plot_accuracy_vs_length(report.summary_frame(report.metrics_frame(records)), records, Path("unused"))
+    ax = fig["accuracy_vs_length"].axes[0]
+    task = records and sorted({r["task"] for r in records}, key=[r["task"] for r in records].index)[0]
+    circles = [c for c in ax.collections if c.get_gid() == "seed"]
+    drawn = sorted(round(y, 6) for c in circles for y in c.get_offsets()[:, 1])
+    expected = sorted(round(100 * m["seq_acc"], 6) for r in records if r["task"] == task for m in r["metrics"])
+    assert drawn == expected
+    plt_close(fig["accuracy_vs_length"])
+    summary = (RESULTS / "reference" / "summary.md").read_text()
+    assert "(lowest-highest seed)" in summary and "not centred on it" in summary
+
+
+def test_comparisons_separate_only_what_the_seeds_support():
+    """A consistent gap over seeds is separated after Holm's correction; a gap the seeds disagree
+    on is not, and says how many seeds it would need; corrected p-values are never below the raw."""
+    from study.report import comparison_frame
+
+    rows = []
+    for seed, (a, b, c) in enumerate([(0.99, 0.10, 0.95), (0.98, 0.12, 0.60), (0.99, 0.11, 0.99)]):
+        for model, acc in (("x", a), ("y", b), ("z", c)):
+            rows.append({"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True,
+                         "seed": seed, "series": model, "seq_acc": acc})
+    import pandas as pd
+
+    frame = comparison_frame(pd.DataFrame(rows)).set_index(["first", "second"])
+    assert frame.loc[("x", "y"), "separated"] and not frame.loc[("x", "z"), "separated"]
+    assert frame.loc[("x", "z"), "seeds_needed"] > 3
+    assert (frame["p_holm"] >= frame["p"]).all()
+    assert frame.loc[("x", "y"), "diff_mean"] == pytest.approx(np.mean([0.89, 0.86, 0.88]))
