@@ -444,6 +444,18 @@ def _save(fig, figures: Path, name: str) -> list[str]:
     return [f"figures/{name}.png"]
 
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "8"]
+
+
+def _markers(models: list[str]) -> dict:
+    """One marker per model in the registry's order, like `_palette`'s colours, so that models are
+    told apart without colour too."""
+    from study.models import available_models
+
+    order = list(dict.fromkeys([*MODEL_ORDER, *available_models(), *sorted(models)]))
+    return {m: MARKERS[order.index(m) % len(MARKERS)] for m in models}
+
+
 def _palette(models: list[str]) -> dict:
     """One colour per model, the same in every figure of every report: seaborn's colour-blind
     palette in the registry's order (`study.models.available_models`), extra names after it;
@@ -467,49 +479,65 @@ def _seeds_and_examples(records: list[dict]) -> str:
 
 def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures: Path) -> list[str]:
     """Top row: exact match per length, mean over seeds with its 95% interval
-    (`accuracy_interval`) as error bars and each seed's own as an open circle, per model; bottom row: the oracle-length exact match
-    diagnostic (mean over seeds).  The trained lengths are shaded and labelled on each panel."""
+    (`accuracy_interval`) as error bars and each seed's own as an open circle; bottom row: the
+    oracle-length exact match diagnostic, mean over seeds with the range over seeds as bars.  One
+    colour and marker per model (`_palette`, `_markers`); ticks at the measured lengths only;
+    a solid line joins lengths inside the trained range, a dotted one the lengths beyond it
+    (nothing was measured in between); the trained lengths, side-by-side points included, are
+    shaded and named above each panel."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib import transforms
 
     tasks = list(dict.fromkeys(summary["task"]))
     models = list(dict.fromkeys(summary["series"]))  # a model, or a model under one of several settings
     series = series_names(records)
-    seeds = pd.DataFrame([{"task": r["task"], "series": series[r["id"]], "length": m["length"], "train_max": max(r["train_lengths"]), "seq_acc": m["seq_acc"]}
+    seeds = pd.DataFrame([{"task": r["task"], "series": series[r["id"]], "length": m["length"], "train_max": max(r["train_lengths"]),
+                           "seq_acc": m["seq_acc"], "oracle_seq_acc": m.get("oracle_seq_acc", math.nan)}
                           for r in records if r["status"] == "ok" for m in r["metrics"]],
-                         columns=["task", "series", "length", "train_max", "seq_acc"])
-    palette = _palette(models)
+                         columns=["task", "series", "length", "train_max", "seq_acc", "oracle_seq_acc"])
+    palette, markers = _palette(models), _markers(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
     per_length = any(r.get("regime") == "per_length" for r in records)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.4), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.6), squeeze=False, sharex="col")
     for j, task in enumerate(tasks):
         data = summary[summary["task"] == task]
         lo, hi = data["train_min"].min(), data["train_max"].max()
+        points_here = seeds[seeds["task"] == task]
         if per_length:  # one model per length: each evaluated at its own training length
             data = data[data["length"] == data["train_max"]]
+            points_here = points_here[points_here["length"] == points_here["train_max"]]
         lengths = sorted(set(data["length"]))
         dodge = 0.012 * (max(lengths) - min(lengths) or 1)  # error bars side by side, not on top of each other
-        for i, (column, label) in enumerate((("seq_acc_mean", "exact match (%)"), ("oracle_seq_acc_mean", "oracle-length exact match (%)"))):
+        offsets = {model: (k - (len(models) - 1) / 2) * dodge for k, model in enumerate(models)}
+        reach = max(map(abs, offsets.values()), default=0.0)
+        for i, (column, label) in enumerate((("seq_acc", "exact match (%)"), ("oracle_seq_acc", "oracle-length exact match (%)"))):
             ax = axes[i][j]
-            ax.axvspan(lo - 0.5, hi + 0.5, color="0.93", zorder=0)
-            ax.text((lo + hi) / 2, 100, "trained lengths", ha="center", va="bottom", fontsize=8, color="0.35")
-            for k, model in enumerate(models):
+            ax.axvspan(lo - 0.5 - reach, hi + 0.5 + reach, color="0.93", zorder=0, gid="trained")  # holds every dodged point
+            above = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+            ax.text((lo + hi) / 2, 1.01, "trained lengths", transform=above, ha="center", va="bottom", fontsize=8, color="0.35")
+            for model in models:
                 d = data[data["series"] == model].groupby("length").mean(numeric_only=True).sort_index()
-                if d.empty or d[column].isna().all():
+                mean = d[f"{column}_mean"] if len(d) else pd.Series(dtype=float)
+                if d.empty or mean.isna().all():
                     continue
-                x = d.index + (k - (len(models) - 1) / 2) * dodge
+                x = d.index + offsets[model]
+                points = points_here[(points_here["series"] == model) & points_here["length"].isin(d.index)]
                 if i == 0:
-                    below, above = 100 * (d[column] - d["seq_acc_ci_low"]), 100 * (d["seq_acc_ci_high"] - d[column])
-                    ax.errorbar(x, 100 * d[column], yerr=[below, above], marker="o", markersize=4, capsize=2.5, color=palette[model], label=model)
-                    points = seeds[(seeds["task"] == task) & (seeds["series"] == model) & seeds["length"].isin(d.index)]
-                    if per_length:
-                        points = points[points["length"] == points["train_max"]]
-                    ax.scatter(points["length"] + (k - (len(models) - 1) / 2) * dodge, 100 * points["seq_acc"], s=14, facecolors="none",
+                    bars = [100 * (mean - d["seq_acc_ci_low"]), 100 * (d["seq_acc_ci_high"] - mean)]
+                else:  # the range over seeds
+                    spread = points.groupby("length")[column].agg(["min", "max"]).reindex(d.index)
+                    bars = [100 * (mean - spread["min"]), 100 * (spread["max"] - mean)]
+                ax.errorbar(x, 100 * mean, yerr=bars, marker=markers[model], markersize=4.5, capsize=2.5, color=palette[model], linestyle="none", label=model)
+                xs, ys, measured = np.asarray(x), 100 * mean.to_numpy(), list(d.index)
+                for a in range(len(xs) - 1):  # solid inside the trained range, dotted where a segment leaves it
+                    style = "-" if lo <= measured[a] and measured[a + 1] <= hi else ":"
+                    ax.plot(xs[a:a + 2], ys[a:a + 2], linestyle=style, linewidth=1.2, color=palette[model], gid="inside" if style == "-" else "beyond")
+                if i == 0:
+                    ax.scatter(points["length"] + offsets[model], 100 * points["seq_acc"], s=14, facecolors="none",
                                edgecolors=palette[model], linewidths=0.8, zorder=3, gid="seed")  # every seed's own exact match
-                else:
-                    ax.plot(x, 100 * d[column], marker="o", markersize=4, color=palette[model], label=model)
-            ax.set(title=task if i == 0 else "", xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 108))
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lengths are whole symbols or dates
+            ax.set(xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 105))
+            ax.set_title(task if i == 0 else "", pad=16)  # above the "trained lengths" label
+            ax.set_xticks(lengths)  # only what was measured
     handles, labels = [], []
     for ax in axes.flat:
         for h, l in zip(*ax.get_legend_handles_labels()):
@@ -519,47 +547,78 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
     regime = "; one model trained per length" if per_length else ""
     fig.suptitle(f"Greedy-decoded exact match vs input length: mean and 95% interval over {_seeds_and_examples(records)} (circles: each seed){regime};\n"
-                 "below, the oracle-length diagnostic: END held back until the target's length (mean over seeds)")
+                 "below, the oracle-length diagnostic: END held back until the target's length (mean, bars: range over seeds); "
+                 "dotted: beyond the trained lengths")
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")
 
 
+def _chance(record: dict) -> float | None:
+    """1 / the size of the task's output alphabet (a uniform guess per position), or None when
+    the task cannot be built here (a plugin not loaded)."""
+    from study.tasks import get_task
+
+    try:
+        return 1 / len(get_task(record["task"], **record.get("task_options", {})).output_alphabet)
+    except Exception:  # noqa: BLE001 - any task that cannot be rebuilt only loses its chance line
+        return None
+
+
 def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
-    """Per-position character accuracy at each task's longest trained evaluation length: mean
-    over seeds (markers) and the range over seeds (band)."""
+    """Per-position character accuracy at each task's longest trained length (top row) and its
+    first length beyond the trained range (bottom row, when evaluated): mean over seeds
+    (markers), the range over seeds (band), and chance, a uniform guess over the output
+    alphabet (dashed)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     rows = []
     series = series_names(records)
+    chance = {}
     for r in records:
         if r["status"] != "ok":
             continue
+        chance.setdefault(r["task"], _chance(r))
         inside = [m for m in r["metrics"] if m["in_training_range"]] or r["metrics"]
-        m = max(inside, key=lambda m: m["length"])
-        for pos, acc in enumerate(m["position_acc"]):
-            rows.append({"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
+        beyond = [m for m in r["metrics"] if not m["in_training_range"] and m["length"] > max(r["train_lengths"])]
+        for where, m in (("longest trained", max(inside, key=lambda m: m["length"])), ("first beyond", min(beyond, key=lambda m: m["length"]) if beyond else None)):
+            if m is None:
+                continue
+            for pos, acc in enumerate(m["position_acc"]):
+                rows.append({"task": r["task"], "where": where, "model": series[r["id"]], "seed": r["seed"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
     if not rows:
         return []
     data = pd.DataFrame(rows)
-    data = data[data["length"] == data.groupby("task")["length"].transform("max")]  # one length per task
     tasks = list(dict.fromkeys(data["task"]))
+    places = [w for w in ("longest trained", "first beyond") if w in set(data["where"])]
     models = list(dict.fromkeys(data["model"]))
-    palette = _palette(models)
+    palette, markers = _palette(models), _markers(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        d = data[data["task"] == task]
-        for model in models:
-            by_position = d[d["model"] == model].groupby("position")["accuracy"]
-            mean = by_position.mean()
-            ax.fill_between(mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0)
-            ax.plot(mean.index, mean.values, marker="o", markersize=3, label=model, color=palette[model])
-        ax.set(title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')})", xlabel="output position (characters)",
-               ylabel="character accuracy (%)", ylim=(-3, 103))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    fig.suptitle(f"Where in the output greedy decoding goes wrong, at the longest trained length: mean over {_seeds_and_examples(records)}; band: range over seeds")
+    fig, axes = plt.subplots(len(places), len(tasks), figsize=(4.6 * len(tasks), 3.6 * len(places)), squeeze=False)
+    for i, where in enumerate(places):
+        for ax, task in zip(axes[i], tasks):
+            d = data[(data["task"] == task) & (data["where"] == where)]
+            if d.empty:
+                ax.axis("off")
+                continue
+            d = d[d["length"] == d["length"].max()]  # one length per panel
+            for model in models:
+                by_position = d[d["model"] == model].groupby("position")["accuracy"]
+                mean = by_position.mean()
+                if mean.empty:
+                    continue
+                ax.fill_between(mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0)
+                ax.plot(mean.index, mean.values, marker=markers[model], markersize=3, label=model, color=palette[model])
+            if chance.get(task):
+                ax.axhline(100 * chance[task], color="0.4", linestyle="--", linewidth=0.8, gid="chance")
+                ax.text(1.0, 100 * chance[task], " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.4")
+            ax.set(title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}", xlabel="output position (characters)",
+                   ylabel="character accuracy (%)", ylim=(-3, 103))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
+    fig.suptitle(f"Where in the output greedy decoding goes wrong: mean over {_seeds_and_examples(records)}; band: range over seeds; "
+                 "dashed: chance (a uniform guess over the output alphabet)")
     fig.tight_layout()
     return _save(fig, figures, "position_accuracy")
 
@@ -608,7 +667,9 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
             ax.set(xlabel="source character", ylabel="predicted character")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
-    fig.suptitle("Attention weights of one test example per model (rows: output steps, columns: source characters)")
+    without = sorted({r["model"] for r in records if r.get("attention") == "none"}, key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m))
+    note = f"; {', '.join(without)}: no attention, so no weights to show" if without else ""
+    fig.suptitle(f"Attention weights of one test example per model (rows: output steps, columns: source characters){note}")
     add_marks_note(fig, shown_text)
     return _save(fig, figures, "attention_maps")
 
@@ -619,18 +680,18 @@ def _shorten(text: str, most: int = 34) -> str:
 
 
 def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
-    """Validation exact match and the loss per target character (validation, teacher-forced:
-    the convergence measure; the training loss for records that predate it), on a log scale,
-    over training examples (log scale), one line per seed."""
+    """Over training examples (log scale), one line per seed: validation exact match over all
+    trained lengths pooled; the loss per target character on a log scale (validation,
+    teacher-forced: the convergence measure; the training loss for records that predate it);
+    and the learning rate (log scale)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     with_validation_loss = all("val_loss" in h for r in records for h in r.get("history", []))
-
     series = series_names(records)
     rows = [
         {"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "examples_seen": h["examples_seen"], "val_seq_acc": 100 * h["val_seq_acc"],
-         "loss": h.get("val_loss", h["loss"]) if with_validation_loss else h["loss"]}
+         "loss": h.get("val_loss", h["loss"]) if with_validation_loss else h["loss"], "learning_rate": h.get("learning_rate", math.nan)}
         for r in records
         for h in r.get("history", [])
     ]
@@ -639,15 +700,18 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     data = pd.DataFrame(rows)
     tasks = list(dict.fromkeys(data["task"]))
     models = list(dict.fromkeys(data["model"]))
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False)
+    panels = [("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
+              ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)")]
+    if data["learning_rate"].notna().any():
+        panels.append(("learning_rate", "learning rate"))
+    fig, axes = plt.subplots(len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col")
     for j, task in enumerate(tasks):
         d = data[data["task"] == task]
-        loss_label = "validation loss (nats/char, teacher-forced)" if with_validation_loss else "training loss (nats/char, teacher-forced)"
-        for i, (column, label) in enumerate((("val_seq_acc", "validation exact match (%)"), ("loss", loss_label))):
+        for i, (column, label) in enumerate(panels):
             sns.lineplot(data=d, x="examples_seen", y=column, hue="model", hue_order=models, palette=_palette(models), units="seed", estimator=None,
                          linewidth=1.0, ax=axes[i][j], legend=(i, j) == (0, len(tasks) - 1))
-            axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen", ylabel=label, xscale="log")
-            if i == 0:
+            axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen" if i == len(panels) - 1 else "", ylabel=label, xscale="log")
+            if column == "val_seq_acc":
                 axes[i][j].set_ylim(-3, 103)
             else:
                 axes[i][j].set_yscale("log")
@@ -655,7 +719,7 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     if legend is not None:
         legend.set_title("model")
         sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Training: validation exact match (greedy) and loss, one line per seed ({_seeds_and_examples(records).split(',')[0]})")
+    fig.suptitle(f"Training: validation exact match (greedy), loss and learning rate, one line per seed ({_seeds_and_examples(records).split(',')[0]})")
     fig.tight_layout()
     return _save(fig, figures, "training_curves")
 
@@ -701,13 +765,21 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
                 continue
             seeds = m["seed"].nunique()
             for length in shown:
-                curve = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"].mean()
-                ax.plot(curve.index / 1000, curve.values, color=colours[length], marker=".", markersize=3, label=str(length))
+                by_point = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"]
+                curve, present = by_point.mean(), by_point.count()
+                every = present == seeds  # points every seed reached; later ones rest on the seeds still training
+                ax.plot(curve.index[every] / 1000, curve.values[every], color=colours[length], marker=".", markersize=3, label=str(length), gid="all seeds")
+                if not every.all():
+                    tail = curve.index >= curve.index[every].max() if every.any() else np.ones(len(curve), bool)
+                    ax.plot(curve.index[tail] / 1000, curve.values[tail], color=colours[length], linestyle=":", linewidth=1.0, gid="fewer seeds")
             ax.set(title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", ylim=(-3, 103), xscale="log",
                    xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "", ylabel="validation exact match (%)" if j == 0 else "")
         handles, labels = max((ax.get_legend_handles_labels() for ax in axes[i]), key=lambda hl: len(hl[1]))
         axes[i][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), title=f"trained length\n({units.get(task, 'length')})", fontsize=8)
-    fig.suptitle("Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds")
+    n_validation = sorted({(r.get("train_config") or {}).get("n_validation") for r in records} - {None})
+    per_point = f"{n_validation[0]} validation examples per length and seed (standard error up to {50 / math.sqrt(n_validation[0]):.0f} points)" if len(n_validation) == 1 else "validation examples per length and seed as configured"
+    fig.suptitle("Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds;\n"
+                 f"dotted: after the first seed stopped, the mean of those still training; {per_point}")
     fig.tight_layout()
     return _save(fig, figures, "learning_curves_by_length")
 

@@ -1,5 +1,6 @@
 """The report layer: confidence intervals, and the committed reference redrawn from its records."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -239,17 +240,27 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
         assert ax.get_ylim()[0] >= -5 and ax.get_ylim()[1] <= 110 and _integer_ticks(ax)
         assert any(t.get_text() == "trained lengths" for t in ax.texts)
     fig = drawn["position_accuracy"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("longest trained" in t for t in titles) and any("first beyond" in t for t in titles)
     for ax in fig.axes:
         assert _integer_ticks(ax) and ax.get_ylim() == (-3, 103) and "length" in ax.get_title()
-        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+        chance = [line for line in ax.get_lines() if line.get_gid() == "chance"]
+        assert len(chance) == 1 and chance[0].get_linestyle() == "--"
+        if ax.get_title().startswith(("copy", "reverse")):
+            assert chance[0].get_ydata()[0] == pytest.approx(100 / 16)  # 16 symbols
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines() if line.get_gid() != "chance")
     fig = drawn["training_curves"]
     accuracy_axes = [ax for ax in fig.axes if "exact match" in ax.get_ylabel()]
-    assert accuracy_axes and all(ax.get_ylim() == (-3, 103) for ax in accuracy_axes)
+    assert accuracy_axes and all(ax.get_ylim() == (-3, 103) and "pooled" in ax.get_ylabel() for ax in accuracy_axes)
+    for name in ("loss", "learning rate"):  # both on log scales, over examples on a log scale
+        shown = [ax for ax in fig.axes if name in ax.get_ylabel()]
+        assert shown and all(ax.get_yscale() == "log" and ax.get_xscale() == "log" for ax in shown)
     assert [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()] == ["model"]
 
 
 def test_attention_maps_have_a_colour_bar_and_say_right_or_wrong(drawn):
     fig = drawn["attention_maps"]
+    assert "none: no attention, so no weights to show" in fig._suptitle.get_text()
     colour_bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
     assert len(colour_bars) == 1
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
@@ -395,3 +406,85 @@ def test_comparisons_separate_only_what_the_seeds_support():
     assert frame.loc[("x", "z"), "seeds_needed"] > 3
     assert (frame["p_holm"] >= frame["p"]).all()
     assert frame.loc[("x", "y"), "diff_mean"] == pytest.approx(np.mean([0.89, 0.86, 0.88]))
+
+
+def test_accuracy_figure_marks_what_was_measured_and_what_was_trained(drawn):
+    """Ticks only at measured lengths; the shaded trained range holds every side-by-side point of
+    a trained length and no other, and is named above the panel, not among the points; lines
+    that leave the range are dotted; every model has its own marker; both rows have bars."""
+    from study import report
+
+    summary = report.summary_frame(report.metrics_frame(report.load_records(RESULTS / "reference")))
+    tasks = list(dict.fromkeys(summary["task"]))
+    panels = [ax for ax in drawn["accuracy_vs_length"].axes if ax.get_ylabel()]
+    assert len(panels) == 2 * len(tasks)
+    for n, ax in enumerate(panels):
+        rows = summary[summary["task"] == tasks[n % len(tasks)]]
+        first, last = rows["train_min"].min(), rows["train_max"].max()
+        measured = sorted(rows["length"].unique())
+        assert [round(t) for t in ax.get_xticks()] == measured
+        box = next(p for p in ax.patches if p.get_gid() == "trained")
+        lo, hi = box.get_x(), box.get_x() + box.get_width()
+        for container in ax.containers:
+            for x in container.lines[0].get_xdata():
+                nearest = min(measured, key=lambda length: abs(length - x))
+                assert (lo <= x <= hi) == (first <= nearest <= last)
+        label = next(t for t in ax.texts if t.get_text() == "trained lengths")
+        assert label.get_position()[1] >= 1.0  # in axes coordinates: above the data
+        joins = [line for line in ax.get_lines() if line.get_gid() in ("inside", "beyond")]
+        assert joins
+        for line in joins:
+            xs = line.get_xdata()
+            leaves = max(min(measured, key=lambda length: abs(length - x)) for x in xs) > last
+            assert line.get_linestyle() == (":" if leaves else "-")
+        markers = {c.get_label(): c.lines[0].get_marker() for c in ax.containers}
+        assert len(markers) == rows["series"].nunique() and len(set(markers.values())) == len(markers)
+        assert all(c.has_yerr for c in ax.containers)
+
+
+def test_learning_curves_average_only_the_seeds_still_training(drawn):
+    """A solid curve point averages every seed; after the first seed stopped the curve goes on
+    dotted, and the title says so and how many validation examples stand behind a point."""
+    fig = drawn["learning_curves_by_length"]
+    assert "dotted: after the first seed stopped" in fig._suptitle.get_text() and "64 validation examples" in fig._suptitle.get_text()
+    records = [json.loads(p.read_text()) for p in sorted((RESULTS / "reference" / "cells").glob("*.json"))]
+    ends = {}
+    for r in records:
+        ends.setdefault((r["task"], r["model"]), []).append(r["history"][-1]["examples_seen"])
+    for ax in fig.axes:
+        if " / " not in ax.get_title():
+            continue
+        task, model = ax.get_title().split(" (")[0].split(" / ")
+        solid = [line for line in ax.get_lines() if line.get_gid() == "all seeds"]
+        assert solid and all(max(line.get_xdata()) * 1000 <= min(ends[(task, model)]) for line in solid)
+        if len(set(ends[(task, model)])) > 1:
+            assert any(line.get_gid() == "fewer seeds" and line.get_linestyle() == ":" for line in ax.get_lines())
+
+
+def _table_numbers(folder: Path) -> set[str]:
+    """Every number the committed tables of `folder` hold, in percent with one decimal as the
+    README writes them: means, seeds' extremes, intervals, diagnostics, per-seed values and
+    differences between models."""
+    import pandas as pd
+
+    summary, metrics = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "metrics.csv")
+    values = [summary[c] for c in summary.columns if c.endswith(("_mean", "_min", "_max", "_ci_low", "_ci_high")) and c.startswith(("seq_acc", "oracle", "length_acc", "char_acc"))]
+    values += [metrics[c] for c in ("seq_acc", "oracle_seq_acc", "char_acc", "length_acc")]
+    if (folder / "comparisons.csv").exists():
+        values.append(pd.read_csv(folder / "comparisons.csv")["diff_mean"].abs())
+    return {f"{100 * x:.1f}" for column in values for x in column.dropna()}
+
+
+@pytest.mark.parametrize("section,folder", [("## What the study shows", "reference"), ("[`results/reference-models/`]", "reference-models")])
+def test_the_readme_findings_are_numbers_of_the_committed_tables(section, folder):
+    """Every number with one decimal in the README's account of a reference study is one its
+    committed tables hold, so a regenerated reference cannot leave a stale claim behind."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index(section)
+    text = readme[start:readme.index("\n## ", start + 1) if section.startswith("## ") else readme.index("The comparison is fair", start)]
+    numbers = re.findall(r"(?<![\d.])(\d{1,3}\.\d)(?![\d.])", text)
+    assert numbers
+    known = _table_numbers(RESULTS / folder)
+    assert [n for n in numbers if n not in known] == []
