@@ -42,7 +42,7 @@ class Cell:
 
 # training settings added after studies had been run: left out of a cell's identity while at
 # these values (the behaviour before they existed), so the cells of those studies keep their ids
-IDENTITY_DEFAULTS = {"loss_normalisation": "token"}
+IDENTITY_DEFAULTS = {"loss_normalisation": "token", "end_token": True}
 
 
 def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
@@ -130,24 +130,33 @@ def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
     return {"backup": out / "backups" / cid, "model": out / "models" / f"{cid}.keras", "logs": out / "logs" / cid}
 
 
-def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, tv) -> tuple[list[dict], dict | None]:
+def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, tv, end_token: bool = True) -> tuple[list[dict], dict | None]:
     """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
     returns the per-length metric rows and the attention example (first test example at
-    `map_length`, or None)."""
+    `map_length`, or None).  A model trained without END (`end_token` False) is decoded at each
+    target's length, so its exact match is its oracle-length exact match."""
     import numpy as np
 
-    from study.evaluate import decode, decode_steps, oracle_exact_match, score
+    from study.evaluate import decode, decode_at_target_length, decode_steps, oracle_exact_match, score
 
     metrics, example = [], None
     for length, test in tests.items():
         Interrupt.check()
         t0 = time.perf_counter()
-        predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
+        if end_token:
+            predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
+            oracle = oracle_exact_match(model, test.sources, test.targets, sv, tv)
+        else:
+            predictions = decode_at_target_length(model, test.sources, test.targets, sv, tv)
+            oracle = sum(p == t for p, t in zip(predictions, test.targets)) / len(test.targets)
+            steps = len(test.targets[0])
+            weights = (model.greedy_decoder(steps, with_attention=True, min_steps=steps).predict(sv.encode_batch(test.sources[:1]), verbose=0).get("attention")
+                       if length == map_length else None)
         metrics.append({
             "length": length,
             "in_training_range": in_training_range(length, train_lengths),
             **score(predictions, test.targets),
-            "oracle_seq_acc": oracle_exact_match(model, test.sources, test.targets, sv, tv),
+            "oracle_seq_acc": oracle,
             "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
             "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
             "decode_seconds": time.perf_counter() - t0,
@@ -220,7 +229,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         record["model_file"] = str(paths["model"].relative_to(Path(out)))
     eval_started = time.perf_counter()
     map_length = attention_example_length(cell.task, cell.train_lengths)
-    metrics, example = test_metrics(model, run.splits.test, cell.train_lengths, map_length, sv, tv)
+    metrics, example = test_metrics(model, run.splits.test, cell.train_lengths, map_length, sv, tv, config.train.end_token)
     if example is not None:
         record["attention_example"] = example
     record["seconds"]["test_decoding"] = time.perf_counter() - eval_started

@@ -81,6 +81,9 @@ class TrainConfig:
         choice) or "sequence" (every example weighs the same: its mean cross-entropy per
         character, Sutskever et al. 2014's per-sentence log-likelihood), so short examples
         count as much as long ones; the validation loss stays per character either way.
+    end_token: train the decoder to emit END after each target (True, the study's models), or
+        leave END out of the targets (False): such a model is always decoded for exactly its
+        target's length, the control of Newman et al. (2020) for the oracle-length diagnostic.
     """
 
     n_train: int = 10000
@@ -101,6 +104,7 @@ class TrainConfig:
     n_validation: int = 64
     pad_multiple: int = 8
     loss_normalisation: str = "token"
+    end_token: bool = True
 
     def __post_init__(self) -> None:
         if self.epoch_examples is None:
@@ -123,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
         if self.schedule == "plateau" and self.min_learning_rate > self.learning_rate:
             raise ConfigError(f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})")
+        if not isinstance(self.end_token, bool):
+            raise ConfigError(f"train.end_token must be true or false, got {self.end_token!r}")
         if self.loss_normalisation not in LOSS_NORMALISATIONS:
             raise ConfigError(f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}")
         if self.schedule not in SCHEDULES:

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from study.models.base import EncoderDecoder
-from study.vocab import Vocabulary
+from study.vocab import END, Vocabulary
 
 # bump whenever a metric's definition changes; every record names the version that computed it
 # (1: before the decode cap, length shares, oracle-length exact match and extra-character counting)
@@ -97,23 +97,41 @@ def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
     }
 
 
-def oracle_exact_match(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> float:
-    """Share of examples whose first len(target) greedy characters equal the target when END
-    is held back for exactly that many steps (Newman et al. 2020); targets of each length
-    are decoded together."""
+def decode_at_target_length(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary,
+                            batch_size: int = 1024) -> list[str]:
+    """Greedy predictions of exactly len(target) characters each: END is held back for that many
+    steps and decoding stops there (Newman et al. 2020); targets of each length are decoded
+    together.  The decoding of a model trained without END (`TrainConfig.end_token`), and the
+    oracle-length diagnostic of one trained with it."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(targets):
         by_length[len(t)].append(i)
-    right = 0
+    predictions = [""] * len(targets)
     for length, index in by_length.items():
         source_ids = source_vocab.encode_batch([sources[i] for i in index])
         tokens = model.greedy_decoder(length, min_steps=length).predict(source_ids, batch_size=batch_size, verbose=0)["tokens"]
-        right += int((tokens == target_vocab.encode_batch([targets[i] for i in index])).all(axis=1).sum())
-    return right / len(targets)
+        ended = np.concatenate([tokens, np.full((len(tokens), 1), END, dtype=tokens.dtype)], axis=1)  # the decoder was stopped here
+        for i, text in zip(index, target_vocab.decode_batch(ended)):
+            predictions[i] = text
+    return predictions
 
 
-def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> dict:
+def oracle_exact_match(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> float:
+    """Share of examples whose first len(target) greedy characters equal the target when END
+    is held back for exactly that many steps (`decode_at_target_length`)."""
+    predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
+    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
+
+
+def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024,
+             end_token: bool = True) -> dict:
     """Decodes `sources` greedily and scores the predictions against `targets` (`score`), with
-    the oracle-length exact match beside (`oracle_exact_match`)."""
+    the oracle-length exact match beside (`oracle_exact_match`).  A model trained without END
+    (`end_token` False) is decoded at the target's length (`decode_at_target_length`), so its
+    exact match and oracle-length exact match are one number."""
+    if not end_token:
+        predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
+        scored = score(predictions, targets)
+        return {**scored, "oracle_seq_acc": scored["seq_acc"]}
     predictions, _ = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size)
     return {**score(predictions, targets), "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size)}

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from study.config import ModelConfig, TrainConfig
 from study.data import Dataset
-from study.evaluate import decode, decode_steps, score
+from study.evaluate import decode, decode_at_target_length, decode_steps, score
 from study.files import write_atomic, write_json_atomic
 from study.models.base import EncoderDecoder
 from study.vocab import END, PAD, START, Vocabulary, pad
@@ -174,8 +174,10 @@ class EncodedSet:
     lengths: np.ndarray  # (n,) each example's task length (`Dataset.lengths`)
 
     @classmethod
-    def build(cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary) -> "EncodedSet":
-        return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), END] for t in data.targets], np.asarray(data.lengths))
+    def build(cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary, end_token: bool = True) -> "EncodedSet":
+        """`end_token` False: targets without END (`TrainConfig.end_token`)."""
+        end = [END] if end_token else []
+        return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), *end] for t in data.targets], np.asarray(data.lengths))
 
     def tokens_per_batch(self, batch_size: int) -> float:
         """The loss normaliser: target characters (END included) in an average full batch."""
@@ -331,7 +333,7 @@ class GreedyValidation(keras.callbacks.Callback):
         self.history: list[dict] = []
         # target characters and END per epoch (with "sequence", the loss is a mean over examples of their mean per character)
         self.characters = batches.cfg.epoch_examples * batches.encoded.mean_target_length()
-        encoded = EncodedSet.build(validation, source_vocab, target_vocab)
+        encoded = EncodedSet.build(validation, source_vocab, target_vocab, batches.cfg.end_token)
         # the whole validation set as one batch, every target character weighing 1 / their number
         self.loss_batch = encoded.batch(np.arange(len(validation)), batches.pad_multiple, 1 / sum(len(t) - 1 for t in encoded.targets))
 
@@ -348,7 +350,10 @@ class GreedyValidation(keras.callbacks.Callback):
             return
         t0 = time.perf_counter()
         v = self.validation
-        predictions, _ = decode(self.model, v.sources, *self.vocabs, decode_steps(v.targets))
+        if self.batches.cfg.end_token:
+            predictions, _ = decode(self.model, v.sources, *self.vocabs, decode_steps(v.targets))
+        else:  # trained without END: decoded for exactly each target's length
+            predictions = decode_at_target_length(self.model, v.sources, v.targets, *self.vocabs)
         val = score(predictions, v.targets)
         right = np.array([p == t for p, t in zip(predictions, v.targets)])
         logs["val_seq_acc"], logs["val_char_acc"] = val["seq_acc"], val["char_acc"]
@@ -619,7 +624,7 @@ def train_model(
         extra_callbacks: more Keras callbacks (e.g. `keras.callbacks.TensorBoard`).
     """
     started = time.perf_counter()
-    batches = BucketedBatches(EncodedSet.build(train, source_vocab, target_vocab), cfg, seed)
+    batches = BucketedBatches(EncodedSet.build(train, source_vocab, target_vocab, cfg.end_token), cfg, seed)
     compile_model(model, cfg)
     validating = GreedyValidation(batches, validation, source_vocab, target_vocab, started)
     target = TargetReached(cfg.target_accuracy)

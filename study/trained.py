@@ -94,13 +94,20 @@ def predict(out: Path, task: str, model: str, seed: int | None, sources: list[st
             raise TrainedModelError(f"source {source!r} {'is empty' if not source else f'has characters outside the alphabet of {task}: {bad}'}; allowed: {definition.input_alphabet!r}")
     if attention_map is not None and record["attention"] == "none":
         raise TrainedModelError(f"model {model!r} has no attention to draw")
+    targets = [definition.target_for(s) for s in sources]
+    end_token = record["train_config"].get("end_token", True)
+    if not end_token and (None in targets or attention_map is not None):
+        raise TrainedModelError(f"cell {record['id']} was trained without END (train.end_token = false): it is decoded for its target's length, "
+                                f"which task {task!r} cannot give for these inputs" if None in targets else "attention maps are drawn for models trained with END")
     trained = load_cell_model(out, record)
-    from study.evaluate import decode, decode_steps
+    from study.evaluate import decode, decode_at_target_length, decode_steps
 
     sv, tv = trained.vocabularies()
-    targets = [definition.target_for(s) for s in sources]
-    steps = decode_steps([*sources, *(t for t in targets if t)])  # room beyond the longest source or known target
-    predictions, weights = decode(trained, sources, sv, tv, steps, with_attention=attention_map is not None)
+    if end_token:
+        steps = decode_steps([*sources, *(t for t in targets if t)])  # room beyond the longest source or known target
+        predictions, weights = decode(trained, sources, sv, tv, steps, with_attention=attention_map is not None)
+    else:
+        predictions, weights = decode_at_target_length(trained, sources, targets, sv, tv), None
     if attention_map is not None:
         _draw_attention(weights[0, : len(predictions[0]) + 1, : len(sources[0])], sources[0], predictions[0], targets[0], f"{task} / {model} / seed {record['seed']}", attention_map)
     return [{"source": s, "prediction": p, "target": t, "exact": None if t is None else p == t, "cell": record["id"]} for s, p, t in zip(sources, predictions, targets)]
@@ -159,7 +166,8 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
             tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
             plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
             started = time.perf_counter()
-            metrics, example = test_metrics(trained, tests, record["train_lengths"], attention_example_length(plan, tuple(record["train_lengths"])), sv, tv)
+            metrics, example = test_metrics(trained, tests, record["train_lengths"], attention_example_length(plan, tuple(record["train_lengths"])), sv, tv,
+                                           record["train_config"].get("end_token", True))
             record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - started)
             if example is not None:
                 record["attention_example"] = example

@@ -152,3 +152,19 @@ def test_min_steps_keeps_end_out_until_then():
     assert tokens.tolist() == [[A, B, END, PAD]] * 2
     tokens = model.greedy_decoder(4, min_steps=4).predict(np.ones((1, 1), "int32"), verbose=0)["tokens"]
     assert tokens.tolist() == [[A, B, C, D]]
+
+
+def test_a_model_trained_without_end_is_decoded_at_the_targets_length():
+    """`end_token` False: every prediction has exactly its target's length (END never chosen,
+    decoding stopped there), a wrong character still counts, and exact match is the
+    oracle-length exact match; its training targets carry no END."""
+    model = Scripted(_script([END, A], [END, B], [END, C], [END, D]))
+    result = evaluate(model, ["a"] * 3, ["abc", "ab", "abd"], VOCAB, VOCAB, end_token=False)
+    assert result["length_acc"] == 1.0 and result["seq_acc"] == pytest.approx(2 / 3) == result["oracle_seq_acc"]
+    assert result["char_acc"] == pytest.approx(7 / 8)  # "abd" written as "abc": one wrong character
+    from study.data import Dataset
+    from study.train import EncodedSet
+
+    data = Dataset(["ab"], ["abc"], np.array([2]))
+    assert EncodedSet.build(data, VOCAB, VOCAB, end_token=False).targets == [[START, A, B, C]]
+    assert EncodedSet.build(data, VOCAB, VOCAB).targets == [[START, A, B, C, END]]

@@ -263,8 +263,10 @@ R = dataclasses.replace
         (lambda c: R(c, train=R(c.train, n_validation=c.train.n_validation + 1)), {}),
         (lambda c: R(c, train=R(c.train, pad_multiple=c.train.pad_multiple + 1)), {}),
         (lambda c: R(c, train=R(c.train, loss_normalisation="sequence")), {}),
+        (lambda c: R(c, train=R(c.train, end_token=False)), {}),
     ],
-    ids=["seed", "model", "train_lengths", "regime", "n_test", "backend", "units", "cell", "learning_rate", "n_validation", "pad_multiple", "loss_normalisation"],
+    ids=["seed", "model", "train_lengths", "regime", "n_test", "backend", "units", "cell", "learning_rate", "n_validation", "pad_multiple", "loss_normalisation",
+         "end_token"],
 )
 def test_a_cell_id_changes_with_every_setting_its_result_depends_on(config_change, cell_change):
     config = build_study_config("smoke")
@@ -272,11 +274,11 @@ def test_a_cell_id_changes_with_every_setting_its_result_depends_on(config_chang
 
 
 def test_a_setting_added_later_leaves_the_ids_of_earlier_cells_alone():
-    """`loss_normalisation` came after studies had been run: at its default ("token", what
-    those cells did) it is not part of the identity, so their ids and resumes still hold."""
+    """`loss_normalisation` and `end_token` came after studies had been run: at their defaults
+    (what those cells did) they are not part of the identity, so their ids and resumes still hold."""
     config = build_study_config("smoke")
     identity = _identity(expand_grid(config)[0], config)
-    assert "loss_normalisation" not in identity["train_config"] and "learning_rate" in identity["train_config"]
+    assert {"loss_normalisation", "end_token"}.isdisjoint(identity["train_config"]) and "learning_rate" in identity["train_config"]
 
 
 def test_a_cell_id_changes_with_its_task_plan_and_version_only():
