@@ -558,22 +558,25 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
     return _save(fig, figures, "accuracy_vs_length")
 
 
-def _chance(record: dict) -> float | None:
-    """1 / the size of the task's output alphabet (a uniform guess per position), or None when
-    the task cannot be built here (a plugin not loaded)."""
+def _output_shape(record: dict) -> tuple[float | None, int | None]:
+    """(chance, unit width) of the record's task: 1 / the size of its output alphabet (a uniform
+    guess per position) and its `output_unit_width`; (None, None) when the task cannot be built
+    here (a plugin not loaded)."""
     from study.tasks import get_task
 
     try:
-        return 1 / len(get_task(record["task"], **record.get("task_options", {})).output_alphabet)
-    except Exception:  # noqa: BLE001 - any task that cannot be rebuilt only loses its chance line
-        return None
+        task = get_task(record["task"], **record.get("task_options", {}))
+    except Exception:  # noqa: BLE001 - a task that cannot be rebuilt only loses these marks
+        return None, None
+    return 1 / len(task.output_alphabet), getattr(task, "output_unit_width", None)
 
 
 def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     """Per-position character accuracy at each task's longest trained length (top row) and its
     first length beyond the trained range (bottom row, when evaluated): mean over seeds
-    (markers), the range over seeds (band), and chance, a uniform guess over the output
-    alphabet (dashed)."""
+    (markers), the range over seeds (band), chance, a uniform guess over the output alphabet
+    (dashed), and where each unit of the output begins for tasks with a fixed
+    `output_unit_width` (grey lines: one per date)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -583,7 +586,7 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     for r in records:
         if r["status"] != "ok":
             continue
-        chance.setdefault(r["task"], _chance(r))
+        chance.setdefault(r["task"], _output_shape(r))
         inside = [m for m in r["metrics"] if m["in_training_range"]] or r["metrics"]
         beyond = [m for m in r["metrics"] if not m["in_training_range"] and m["length"] > max(r["train_lengths"])]
         for where, m in (("longest trained", max(inside, key=lambda m: m["length"])), ("first beyond", min(beyond, key=lambda m: m["length"]) if beyond else None)):
@@ -614,16 +617,20 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
                     continue
                 ax.fill_between(mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0)
                 ax.plot(mean.index, mean.values, marker=markers[model], markersize=3, label=model, color=palette[model])
-            if chance.get(task):
-                ax.axhline(100 * chance[task], color="0.4", linestyle="--", linewidth=0.8, gid="chance")
-                ax.text(1.0, 100 * chance[task], " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.4")
+            guess, width = chance.get(task, (None, None))
+            if guess:
+                ax.axhline(100 * guess, color="0.4", linestyle="--", linewidth=0.8, gid="chance")
+                ax.text(1.0, 100 * guess, " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.4")
+            if width and width > 1:  # where each unit of the output (a date) begins
+                for start in range(width, int(d["position"].max()), width):
+                    ax.axvline(start + 0.5, color="0.75", linewidth=0.7, linestyle="-", zorder=0, gid="unit boundary")
             ax.set(title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}", xlabel="output position (characters)",
                    ylabel="character accuracy (%)", ylim=(-3, 103))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
     fig.suptitle(f"Where in the output greedy decoding goes wrong: mean over {_seeds_and_examples(records)}; band: range over seeds; "
-                 "dashed: chance (a uniform guess over the output alphabet)")
+                 "dashed: chance (a uniform guess over the output alphabet); grey lines: where each date begins")
     fig.tight_layout()
     return _save(fig, figures, "position_accuracy")
 

@@ -266,7 +266,10 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
         assert len(chance) == 1 and chance[0].get_linestyle() == "--"
         if ax.get_title().startswith(("copy", "reverse")):
             assert chance[0].get_ydata()[0] == pytest.approx(100 / 16)  # 16 symbols
-        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines() if line.get_gid() != "chance")
+        bounds = [line.get_xdata()[0] for line in ax.get_lines() if line.get_gid() == "unit boundary"]
+        assert bounds == ([11 * k + 0.5 for k in range(1, len(bounds) + 1)] if ax.get_title().startswith("date_format") else [])
+        assert bounds or not ax.get_title().startswith("date_format")
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines() if line.get_gid() not in ("chance", "unit boundary"))
     fig = drawn["training_curves"]
     accuracy_axes = [ax for ax in fig.axes if "exact match" in ax.get_ylabel()]
     assert accuracy_axes and all(ax.get_ylim() == (-3, 103) and "pooled" in ax.get_ylabel() for ax in accuracy_axes)

@@ -43,6 +43,11 @@ class Task(abc.ABC):
         min_length / max_length: the range of lengths the task supports
             (`max_length=None` means unbounded).
 
+    Optional:
+        output_unit_width: characters of output per length unit, separator included, when
+            that is fixed (a date written as YYYY-MM-DD and a space: 11), so figures can mark
+            where each unit of the output begins; None (the default) for tasks without.
+
     Options (e.g. an alphabet or a locale) are keyword arguments of the
     constructor.  The constructor records every one of them in `options` as plain
     JSON values, in its canonical spelling and with defaults filled in (`locale="EN_us"` is recorded
@@ -63,6 +68,7 @@ class Task(abc.ABC):
     length_unit: ClassVar[str]
     min_length: ClassVar[int] = 1
     max_length: ClassVar[int | None] = None
+    output_unit_width: ClassVar[int | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
@@ -153,6 +159,9 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
         raise fail(f"min_length must be >= 1, got {task.min_length}")
     if task.max_length is not None and (not isinstance(task.max_length, int) or task.max_length < task.min_length):
         raise fail(f"max_length must be None or an integer >= min_length, got {task.max_length!r}")
+    width = getattr(task, "output_unit_width", None)
+    if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
+        raise fail(f"output_unit_width must be None or a positive integer, got {width!r}")
     for attr in ("input_alphabet", "output_alphabet"):
         alphabet = getattr(task, attr)
         if not isinstance(alphabet, str) or not alphabet:

@@ -137,6 +137,7 @@ class DateFormatTask(Task):
     version = 1
     description = "Rewrite K dates written in assorted human formats as ISO 8601 (YYYY-MM-DD)."
     length_unit = "dates"
+    output_unit_width = 11  # YYYY-MM-DD and the space before the next date
     min_length = 1
 
     def __init__(self, locale: str = "en") -> None:
