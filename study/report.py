@@ -249,7 +249,7 @@ def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFr
 
 
 COMPARISON_METHOD = ("paired t-test over seeds of the per-seed differences in exact match (each seed's models share its data and "
-                     "test set), two-sided; p-values corrected for multiplicity by Holm's method over every comparison of the report; "
+                     "test set), two-sided, their spread at least the test-set sampling error of a difference; p-values corrected for multiplicity by Holm's method over every comparison of the report; "
                      "a pair is separated when its corrected p is below 0.05")
 
 
@@ -259,10 +259,12 @@ SEED_COUNTS = np.arange(2, 100_001)  # the seed counts `comparison_frame` consid
 def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     """Every pair of models (`series`) of a task, setting and training range, at every length:
     the mean, lowest and highest per-seed difference in exact match (first minus second, paired
-    by seed), the paired t-test's p-value, its Holm-corrected value over all rows
+    by seed), the paired t-test's p-value (the differences' standard deviation never below the
+    binomial sampling error of one seed's difference, so seeds that agree to the example are not
+    certainty), its Holm-corrected value over all rows
     (`COMPARISON_METHOD`), whether the pair is separated, and `seeds_needed`: the seeds a paired
     t-test would need to separate a difference of the observed mean and spread with 80% power
-    at 5% (two-sided, before correction; NaN when every seed gave the same difference, or
+    at 5% (two-sided, before correction; NaN when the mean difference is 0, or
     beyond 100,000 seeds)."""
     import itertools
 
@@ -275,20 +277,27 @@ def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     for key, group in metrics.groupby(keys, sort=False):
         by_model = group.pivot_table(index="seed", columns="series", values="seq_acc", aggfunc="first", dropna=False)
         order = list(dict.fromkeys(group["series"]))
+        counts = group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False) if "n_examples" in group else None
         for a, b in itertools.combinations([m for m in order if m in by_model.columns], 2):
-            d = (by_model[a] - by_model[b]).dropna().to_numpy()
+            keep = (by_model[a] - by_model[b]).notna()
+            pa, pb = by_model[a][keep].to_numpy(), by_model[b][keep].to_numpy()
+            d = pa - pb
             row = {**dict(zip(keys, key)), "first": a, "second": b, "seeds": len(d), "diff_mean": d.mean() if len(d) else math.nan,
                    "diff_min": d.min() if len(d) else math.nan, "diff_max": d.max() if len(d) else math.nan, "p": math.nan, "seeds_needed": math.nan}
             if len(d) > 1:
-                sd = float(np.std(d, ddof=1))
-                if sd > 0:
-                    row["p"] = float(stats.ttest_rel(by_model[a].loc[~np.isnan(by_model[a] - by_model[b])], by_model[b].loc[~np.isnan(by_model[a] - by_model[b])]).pvalue)
-                    if abs(d.mean()) > 0:
-                        power = TTestPower().power(effect_size=abs(d.mean()) / sd, nobs=SEED_COUNTS, alpha=0.05, alternative="two-sided")
+                n = counts[a][keep].to_numpy(dtype=float) if counts is not None else np.full(len(d), np.nan)
+                sa, sb = ((np.round(q * n) + 0.5) / (n + 1) for q in (pa, pb))  # smoothed: never exactly 0 or 1
+                floor = math.sqrt(np.nanmean((sa * (1 - sa) + sb * (1 - sb)) / n)) if np.isfinite(n).all() else 0.0
+                spread = max(float(np.std(d, ddof=1)), floor)  # seeds that agree to the example still carry test-set noise
+                if spread > 0:
+                    t = d.mean() / (spread / math.sqrt(len(d)))
+                    row["p"] = float(2 * stats.t.sf(abs(t), len(d) - 1))
+                    if d.mean() != 0:
+                        power = TTestPower().power(effect_size=abs(d.mean()) / spread, nobs=SEED_COUNTS, alpha=0.05, alternative="two-sided")
                         enough = np.flatnonzero(power >= 0.8)
                         row["seeds_needed"] = int(SEED_COUNTS[enough[0]]) if len(enough) else math.nan  # NaN: more than SEED_COUNTS holds
-                else:  # every seed gave the same difference: none at all, or the same one each time
-                    row["p"] = 1.0 if d.mean() == 0 else 0.0
+                else:
+                    row["p"] = 1.0  # no spread and no test-set sizes: nothing to test against
             rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:

@@ -419,7 +419,7 @@ def test_comparisons_separate_only_what_the_seeds_support():
     for seed, (a, b, c) in enumerate([(0.99, 0.10, 0.95), (0.98, 0.12, 0.60), (0.99, 0.11, 0.99)]):
         for model, acc in (("x", a), ("y", b), ("z", c)):
             rows.append({"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True,
-                         "seed": seed, "series": model, "seq_acc": acc})
+                         "seed": seed, "series": model, "seq_acc": acc, "n_examples": 1000})
     import pandas as pd
 
     frame = comparison_frame(pd.DataFrame(rows)).set_index(["first", "second"])
@@ -509,3 +509,16 @@ def test_the_readme_findings_are_numbers_of_the_committed_tables(section, folder
     assert numbers
     known = _table_numbers(RESULTS / folder)
     assert [n for n in numbers if n not in known] == []
+
+
+def test_seeds_that_agree_to_the_example_are_not_certainty():
+    """Three seeds each one test example apart (99.9 against 100.0) have no spread, but the test
+    set's sampling error remains: the pair is not separated."""
+    import pandas as pd
+
+    from study.report import comparison_frame
+
+    rows = [{"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True, "seed": seed,
+             "series": model, "seq_acc": acc, "n_examples": 1000} for seed in range(3) for model, acc in (("x", 0.999), ("y", 1.0))]
+    frame = comparison_frame(pd.DataFrame(rows))
+    assert not frame["separated"].any() and frame["p"].iloc[0] > 0.05
