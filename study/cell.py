@@ -145,18 +145,19 @@ def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, 
         t0 = time.perf_counter()
         if end_token:
             predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
-            oracle = oracle_exact_match(model, test.sources, test.targets, sv, tv)
-        else:
+            scored = score(predictions, test.targets)
+            scored["oracle_seq_acc"] = oracle_exact_match(model, test.sources, test.targets, sv, tv)
+        else:  # decoded at the target's length: exact match is the oracle-length exact match
             predictions = decode_at_target_length(model, test.sources, test.targets, sv, tv)
-            oracle = sum(p == t for p, t in zip(predictions, test.targets)) / len(test.targets)
+            scored = score(predictions, test.targets)
+            scored["oracle_seq_acc"] = scored["seq_acc"]
             steps = len(test.targets[0])
             weights = (model.greedy_decoder(steps, with_attention=True, min_steps=steps).predict(sv.encode_batch(test.sources[:1]), verbose=0).get("attention")
                        if length == map_length else None)
         metrics.append({
             "length": length,
             "in_training_range": in_training_range(length, train_lengths),
-            **score(predictions, test.targets),
-            "oracle_seq_acc": oracle,
+            **scored,
             "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
             "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
             "decode_seconds": time.perf_counter() - t0,
