@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.config import StudyConfig, TaskPlan, config_to_dict
+from study.config import StudyConfig, TaskPlan, TrainConfig, config_to_dict
 from study.files import json_digest
 from study.models import effective_model_config
 from study.records import RECORD_SCHEMA, in_training_range
@@ -45,6 +45,12 @@ class Cell:
 IDENTITY_DEFAULTS = {"loss_normalisation": "token", "end_token": True}
 
 
+def identity_train_config(train: TrainConfig) -> dict:
+    """The training settings as a cell's identity holds them: every field of `train` except
+    those at their `IDENTITY_DEFAULTS` value."""
+    return {k: v for k, v in dataclasses.asdict(train).items() if IDENTITY_DEFAULTS.get(k, object()) != v}
+
+
 def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
     """Everything the cell's result depends on (JSON-serialisable).
 
@@ -66,7 +72,7 @@ def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
         "train_lengths": list(cell.train_lengths),
         "eval_lengths": list(cell.task.eval_lengths),
         "model_config": dataclasses.asdict(effective_model_config(cell.model, config.model)),
-        "train_config": {k: v for k, v in dataclasses.asdict(config.train).items() if IDENTITY_DEFAULTS.get(k, object()) != v},
+        "train_config": identity_train_config(config.train),
         "n_test": config.n_test,
         "backend": config.backend,
     }
