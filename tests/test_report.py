@@ -93,6 +93,15 @@ def plt_close(fig) -> None:
     plt.close(fig)
 
 
+@pytest.fixture
+def figures_not_saved(monkeypatch):
+    """Reports drawn with every figure built but none rendered to a file (the slow part), for
+    tests about tables; the `drawn` fixture's tests check the saved figures."""
+    from study import report
+
+    monkeypatch.setattr(report, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
+
+
 def test_differences_from_none_are_paired_by_seed():
     import pandas as pd
 
@@ -112,7 +121,7 @@ def test_differences_from_none_are_paired_by_seed():
     assert unpaired.iloc[0].diff_ci_high - unpaired.iloc[0].diff_ci_low > row.diff_ci_high - row.diff_ci_low
 
 
-def test_rows_of_different_settings_are_never_averaged(tmp_path):
+def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_saved):
     """Two folders with the same task and model under different budgets merge into two labelled
     tables, each with its own seeds, not into one row with twice the seeds."""
     import json
@@ -158,7 +167,7 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path):
     plt_close(fig["accuracy_vs_length"])
 
 
-def test_report_with_a_failed_first_cell(tmp_path):
+def test_report_with_a_failed_first_cell(tmp_path, figures_not_saved):
     """A cell that failed with an exception has no metrics or device details; the report still
     renders, shows it as missing and lists it."""
     import json
