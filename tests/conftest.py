@@ -2,8 +2,8 @@
 the `slow` marker, the command line as a subprocess, and one smoke study shared by every test
 that reads it.
 
-    python -m pytest -q -rs                 # everything (what CI runs)
-    python -m pytest -q -rs -m "not slow"   # the fast tier: no training runs or end-to-end studies
+    python -m pytest -q -rs -n 2 --dist loadgroup                 # everything (what CI runs)
+    python -m pytest -q -rs -n 2 --dist loadgroup -m "not slow"   # the fast tier: no training runs or end-to-end studies
 """
 
 import os
@@ -21,6 +21,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains models or runs a study end to end (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "xdist_group(name): tests that share an expensive fixture run in one pytest-xdist worker")
+
+
+SHARED_FIXTURES = ("smoke_run", "reference", "trained", "drawn")  # session- or module-scoped, each costing seconds to minutes
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N --dist loadgroup` (pytest-xdist) tests go to workers one by one, except
+    that the tests sharing one of `SHARED_FIXTURES` (per module and parameter) stay in one worker,
+    so it is computed once."""
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in item.fixturenames:
+                param = getattr(item, "callspec", None) and item.callspec.params.get(name)
+                where = "" if name == "smoke_run" else item.module.__name__
+                item.add_marker(pytest.mark.xdist_group(f"{name}-{where}-{param!r}"))
+                break
 
 
 def run_cli(*args, cwd=ROOT, env=None):

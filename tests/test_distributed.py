@@ -21,11 +21,14 @@ from conftest import ROOT, run_cli
 SLURM = ROOT / "examples" / "slurm"
 
 
-def _same_metrics(a, b, seeds=None) -> None:
-    """Two metrics.csv files hold the same rows (order aside), `b` only those of `seeds` if given."""
+def _same_metrics(a, b, seeds=None, models=None) -> None:
+    """Two metrics.csv files hold the same rows (order aside), `b` only those of `seeds` and
+    `models` if given."""
     left, right = (pd.read_csv(p).sort_values(["cell_id", "length"]).reset_index(drop=True) for p in (a, b))
     if seeds is not None:
         right = right[right["seed"].isin(seeds)].reset_index(drop=True)
+    if models is not None:
+        right = right[right["model"].isin(models)].reset_index(drop=True)
     pd.testing.assert_frame_equal(left, right)
 
 
@@ -57,21 +60,21 @@ def test_bad_shard_is_refused_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_slurm_array_shards_then_merge_reproduce_the_single_machine_study(smoke_run, tmp_path):
     """The example job-array scripts, run as SLURM would run them, give the smoke study's metrics
-    (its seed-0 half: the same cells, as ids do not depend on the rest of the grid)."""
+    (its seed-0 `dot` cells: the same cells, as ids do not depend on the rest of the grid)."""
     out = tmp_path / "smoke"
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "PROFILE": "smoke", "OUT": str(out),
-           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_ARRAY_TASK_COUNT": "2", "STUDY_ARGS": "--seeds 0"}
+           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_ARRAY_TASK_COUNT": "2", "STUDY_ARGS": "--seeds 0 --models dot"}
     shards = [subprocess.Popen(["bash", str(SLURM / "study_shard.sbatch")], env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for i in range(2)]
     for shard in shards:
         _, err = shard.communicate(timeout=900)
         assert shard.returncode == 0, err[-3000:]
     shard_cells = [json.loads((out / f"shard-{i}" / "study.json").read_text())["cells"] for i in range(2)]
-    assert len(shard_cells[0]) == len(shard_cells[1]) == 2 and not set(shard_cells[0]) & set(shard_cells[1])
+    assert len(shard_cells[0]) == len(shard_cells[1]) == 1 and not set(shard_cells[0]) & set(shard_cells[1])
     merged = subprocess.run(["bash", str(SLURM / "report.sbatch")], env=env, capture_output=True, text=True, timeout=900)
     assert merged.returncode == 0, merged.stderr[-3000:]
-    assert "merged 4 cells from 2 folder(s)" in merged.stdout and "warning" not in merged.stderr
-    _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv", seeds=[0])
+    assert "merged 2 cells from 2 folder(s)" in merged.stdout and "warning" not in merged.stderr
+    _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv", seeds=[0], models=["dot"])
     assert (out / "report.md").is_file()
 
 
@@ -199,7 +202,7 @@ DIES_ONCE = textwrap.dedent('''
 @pytest.mark.slow
 @needs_ray
 def test_ray_executor_gives_the_local_executors_metrics_and_retries_a_dead_worker(smoke_run, tmp_path):
-    """The smoke profile's seed-0 cells as Ray tasks on a local instance (ray.init(num_cpus=2))
+    """The smoke profile's seed-0 `dot` cells as Ray tasks on a local instance (ray.init(num_cpus=2))
     give the local executor's metrics; beside them, a task whose first worker process exits
     mid-cell (while generating the cell's data): Ray replaces the worker and the cell runs again,
     to a finished record."""
@@ -207,21 +210,21 @@ def test_ray_executor_gives_the_local_executors_metrics_and_retries_a_dead_worke
     plugin.write_text(DIES_ONCE)
     config.write_text(f'[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')
     out = tmp_path / "ray"
-    driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--config", str(config), "--seeds", "0",
+    driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--config", str(config), "--seeds", "0", "--models", "dot",
                                "--task-module", str(plugin), "--executor", "ray", "--jobs", "2", "--out", str(out)],
                               cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = driver.communicate(timeout=900)
     assert driver.returncode == 0, stderr[-3000:]
-    assert "Ray (local instance)" in stdout and stdout.count("exact-match") == 6  # progress: a line per cell
+    assert "Ray (local instance)" in stdout and stdout.count("exact-match") == 3  # progress: a line per cell
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert marker.exists() and {r["status"] for r in records if r["task"] == "dies_once"} == {"ok"}  # a worker did die; its cell finished
     smoke = out / "smoke-tasks.csv"
     frame = pd.read_csv(out / "metrics.csv")
     frame[frame["task"] != "dies_once"].to_csv(smoke, index=False)
-    _same_metrics(smoke, smoke_run[0] / "metrics.csv", seeds=[0])
+    _same_metrics(smoke, smoke_run[0] / "metrics.csv", seeds=[0], models=["dot"])
     workers = [r["worker"] for r in records]
-    assert len(workers) == 6 and all(w["pid"] != driver.pid for w in workers)  # trained outside the driver
-    assert len({w["ray_task_id"] for w in workers}) == 6  # each cell one Ray task, by Ray's own ids
+    assert len(workers) == 3 and all(w["pid"] != driver.pid for w in workers)  # trained outside the driver
+    assert len({w["ray_task_id"] for w in workers}) == 3  # each cell one Ray task, by Ray's own ids
     local = [json.loads(p.read_text())["worker"] for p in (smoke_run[0] / "cells").glob("*.json")]
     assert not any("ray_task_id" in w for w in local)
 

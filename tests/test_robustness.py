@@ -249,10 +249,11 @@ FAILS_AT_LENGTH_3 = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs", [1, 2], ids=["in-process", "worker-processes"])
-def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_retried(tmp_path, jobs):
-    """Cells of training lengths 2, 3 and 4 in that order: the middle one fails, the last one
-    still runs; the next run retries exactly the failed cell."""
+def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_retried(tmp_path):
+    """Cells of training lengths 2, 3 and 4 in that order, in worker processes: the middle one
+    fails, the last one still runs; the next run retries exactly the failed cell.  (A cell that
+    fails in the study's own process: the divergence test.)"""
+    jobs = 2
     plugin = tmp_path / "fails_at_three.py"
     plugin.write_text(FAILS_AT_LENGTH_3)
     healed = tmp_path / "healed"
@@ -385,7 +386,7 @@ def test_workers_exit_when_the_study_process_is_killed(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [1.0, 4.0, 7.0, 10.0])
+@pytest.mark.parametrize("delay", [1.0, 7.0])  # workers starting; a cell training or handing back its record
 def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
     """Ctrl-C while workers start, train or hand back records: exit 130 (or 0 when the study had
     finished) within 60 s, with no traceback and nothing printed about ignored exceptions."""
