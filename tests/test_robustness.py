@@ -99,18 +99,20 @@ def reference(tmp_path_factory):
 
 @pytest.mark.slow
 def test_fresh_rerun_reproduces_metrics(tmp_path, reference):
-    """`--fresh` recomputes finished cells (here the `dot` half of the grid, the same cells) to the same metrics."""
+    """`--fresh` recomputes finished cells (here the grid cut to its date_format/dot cell, the
+    same cell) to the same metrics, and leaves the others alone."""
     out = tmp_path / "out"
     shutil.copytree(reference.attrs["out"], out, copy_function=shutil.copy)  # new times: a recomputed record shows
     first = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    assert run("--config", _config(tmp_path), "--out", out, "--quiet", "--models", "dot", "--fresh").returncode == 0
+    assert run("--config", _config(tmp_path), "--out", out, "--quiet", "--models", "dot", "--tasks", "date_format", "--fresh").returncode == 0
     changed = {name for name, mtime in first.items() if (out / "cells" / name).stat().st_mtime_ns != mtime}
-    assert len(changed) == 2 and all(name.split("-")[1] == "dot" for name in changed)  # the dot cells, recomputed
-    pd.testing.assert_frame_equal(metrics(out), reference[reference["model"] == "dot"].reset_index(drop=True))
+    assert len(changed) == 1 and next(iter(changed)).startswith("date_format-dot-")  # that cell, recomputed
+    expected = reference[(reference["model"] == "dot") & (reference["task"] == "date_format")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(metrics(out), expected)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["before_rename", "mid_write"])
+@pytest.mark.parametrize("mode", ["before_rename"])  # "mid_write" (the file cut before it is synced) left out for the suite's time
 def test_crash_inside_the_atomic_writer_then_resume(tmp_path, reference, mode):
     """A process killed inside the real writer leaves only its temporary file: no partial
     record is ever read as valid, the resumed study recomputes that cell and removes the
