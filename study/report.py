@@ -595,6 +595,60 @@ def _output_shape(record: dict) -> tuple[float | None, int | None]:
     return 1 / len(task.output_alphabet), getattr(task, "output_unit_width", None)
 
 
+def unit_frame(records: list[dict]) -> pd.DataFrame:
+    """Per-unit accuracy for tasks whose output comes in units of a fixed width (a task's
+    `output_unit_width`, separator included; on date_format one unit is one date, 11 characters):
+    one row per cell x evaluation length x unit k = 1..length, with `char_acc` the mean of the
+    per-position character accuracy over the unit's positions (fraction) and `units_written`
+    the mean prediction length in units ((characters + 1) / width, the last unit having no
+    separator). Empty when no task has a unit width. Built from the records' `position_acc`."""
+    rows = []
+    series = series_names(records)
+    widths: dict[str, int | None] = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        width = widths.setdefault(r["task"], _output_shape(r)[1])
+        if not width or width < 2:
+            continue
+        for m in r["metrics"]:
+            position = m.get("position_acc") or []
+            for k in range(m["length"]):
+                unit = position[k * width:(k + 1) * width]
+                if unit:
+                    rows.append({"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "length": m["length"],
+                                 "in_training_range": m["in_training_range"], "unit": k + 1, "char_acc": float(np.mean(unit)),
+                                 "units_written": (m["mean_prediction_length"] + 1) / width})
+    return pd.DataFrame(rows)
+
+
+def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
+    """The report's per-unit table: for each task with units, model and evaluation length, the
+    character accuracy of the 1st, 2nd, ... unit (mean over seeds, %) and how many units the
+    model wrote (mean over seeds, range over seeds), so a failure beyond the trained range reads
+    as content lost (early units wrong) or as counting and stopping (early units right, the
+    output too short or too long)."""
+    if units.empty:
+        return ""
+    names = {r["task"]: r.get("length_unit", "unit") for r in records}
+    out = []
+    for task, by_task in units.groupby("task", sort=False):
+        most = int(by_task["unit"].max())
+        unit = names.get(task, "unit")
+        out += [f"**{task}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
+                f"(mean over seeds [min, max]); * marks lengths beyond the trained range.", "",
+                "| model | length | " + " | ".join(f"{k}." for k in range(1, most + 1)) + f" | {unit} written |",
+                "|---|---|" + "---|" * most + "---|"]
+        for (model, length), d in by_task.groupby(["model", "length"], sort=False):
+            accs = d.groupby("unit")["char_acc"].mean()
+            cells = [f"{100 * accs[k]:.0f}" if k in accs.index else "" for k in range(1, most + 1)]
+            written = d.groupby("seed")["units_written"].first()
+            star = "" if d["in_training_range"].iloc[0] else "*"
+            out.append(f"| {model} | {length}{star} | " + " | ".join(cells) + f" | {written.mean():.2f} [{written.min():.2f}, {written.max():.2f}] |")
+        out.append("")
+    return "\n".join(out)
+
+
 def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     """Per-position character accuracy at each task's longest trained length (top row) and its
     first length beyond the trained range (bottom row, when evaluated): mean over seeds
@@ -890,6 +944,9 @@ def write_report(out: Path, every: bool = False) -> Path:
     (out / "summary.md").write_text(table)
     comparisons = comparison_frame(metrics)
     comparisons.to_csv(out / "comparisons.csv", index=False)
+    units = unit_frame(records)
+    if not units.empty:
+        units.to_csv(out / "units.csv", index=False)
     figures = out / "figures"
     images = {
         "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
@@ -898,7 +955,8 @@ def write_report(out: Path, every: bool = False) -> Path:
         "Training curves": plot_training_curves(records, figures),
         "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }
-    (out / "report.md").write_text(_report_markdown(records, metrics, table, images, read_manifest(out) or {}, comparisons_markdown(comparisons)))
+    (out / "report.md").write_text(_report_markdown(records, metrics, table, images, read_manifest(out) or {}, comparisons_markdown(comparisons),
+                                                    units_markdown(units, records)))
     return out / "report.md"
 
 
@@ -913,7 +971,8 @@ def _provenance(manifest: dict, n_records: int) -> list[str]:
     return lines + [""] if lines else []
 
 
-def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]], manifest: dict, comparisons: str = "") -> str:
+def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]], manifest: dict, comparisons: str = "",
+                     units: str = "") -> str:
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
     failed = [r for r in records if r["status"] != "ok"]
@@ -930,6 +989,8 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
     lines += ["## Exact match by length", "", table, ""]
     if comparisons:
         lines += ["## Which models differ", "", comparisons, ""]
+    if units:
+        lines += ["## Accuracy per output unit", "", units]
     lines += ["## Cells", "", *convergence_lines(records), *time_lines(records)]
     lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
               "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "

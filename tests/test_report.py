@@ -76,13 +76,15 @@ def test_reference_report_redraws_to_the_committed_tables(tmp_path, reference, m
 
     copy = tmp_path / "reference"
     shutil.copytree(reference, copy)
-    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md"):
-        (copy / name).unlink()
+    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
+        (copy / name).unlink(missing_ok=True)
     if reference.name != "reference":
         monkeypatch.setattr(report, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
     write_report(copy)
-    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md"):
-        assert (copy / name).read_text() == (reference / name).read_text(), name
+    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
+        assert (copy / name).exists() == (reference / name).exists(), name
+        if (copy / name).exists():
+            assert (copy / name).read_text() == (reference / name).read_text(), name
     if reference.name == "reference":
         assert (copy / "figures" / "accuracy_vs_length.png").stat().st_size > 10000
 
@@ -419,6 +421,27 @@ def test_every_seed_is_drawn_and_tabled():
     assert "(lowest-highest seed)" in summary and "not centred on it" in summary
 
 
+def test_per_unit_accuracy_splits_the_position_accuracy_at_the_unit_width():
+    """On date_format (11 characters per date, separator included) the k-th date's accuracy is
+    the mean position accuracy over characters 11(k-1) .. 11k-1, the dates written are
+    (characters + 1) / 11, and tasks without a unit width have no rows."""
+    from study import report
+
+    records = report.load_records(RESULTS / "reference")
+    units = report.unit_frame(records)
+    assert set(units["task"]) == {"date_format"}
+    series = report.series_names(records)
+    record = next(r for r in records if r["task"] == "date_format" and r["status"] == "ok")
+    for m in record["metrics"]:
+        rows = units[(units["model"] == series[record["id"]]) & (units["seed"] == record["seed"]) & (units["length"] == m["length"])]
+        assert list(rows["unit"]) == list(range(1, m["length"] + 1))
+        for k, acc in zip(rows["unit"], rows["char_acc"]):
+            assert acc == pytest.approx(sum(m["position_acc"][11 * (k - 1):11 * k]) / len(m["position_acc"][11 * (k - 1):11 * k]))
+        assert list(rows["units_written"]) == pytest.approx([(m["mean_prediction_length"] + 1) / 11] * m["length"])
+    table = report.units_markdown(units, records)
+    assert "| dates written |" in table and "| 5* |" in table
+
+
 def test_comparisons_separate_only_what_the_seeds_support():
     """A consistent gap over seeds is separated after Holm's correction; a gap the seeds disagree
     on is not, and says how many seeds it would need; corrected p-values are never below the raw."""
@@ -502,6 +525,9 @@ def _table_numbers(folder: Path) -> set[str]:
     values += [metrics[c] for c in ("seq_acc", "oracle_seq_acc", "char_acc", "length_acc")]
     if (folder / "comparisons.csv").exists():
         values.append(pd.read_csv(folder / "comparisons.csv")["diff_mean"].abs())
+    if (folder / "units.csv").exists():  # per-unit accuracy, mean over seeds
+        units = pd.read_csv(folder / "units.csv")
+        values.append(units.groupby(["task", "model", "length", "unit"])["char_acc"].mean())
     return {f"{100 * x:.1f}" for column in values for x in column.dropna()}
 
 
