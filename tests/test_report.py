@@ -516,8 +516,8 @@ def test_learning_curves_average_only_the_seeds_still_training(drawn):
 
 def _table_numbers(folder: Path) -> set[str]:
     """Every number the committed tables of `folder` hold, in percent with one decimal as the
-    README writes them: means, seeds' extremes, intervals, diagnostics, per-seed values and
-    differences between models."""
+    README writes them: means, seeds' extremes, intervals, diagnostics, per-seed values,
+    differences between models, per-unit accuracy and each seed's units written."""
     import pandas as pd
 
     summary, metrics = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "metrics.csv")
@@ -528,6 +528,8 @@ def _table_numbers(folder: Path) -> set[str]:
     if (folder / "units.csv").exists():  # per-unit accuracy, mean over seeds
         units = pd.read_csv(folder / "units.csv")
         values.append(units.groupby(["task", "model", "length", "unit"])["char_acc"].mean())
+        written = units.groupby(["task", "model", "length", "seed"])["units_written"].first()  # a count, not a share
+        return {f"{100 * x:.1f}" for column in values for x in column.dropna()} | {f"{x:.1f}" for x in written}
     return {f"{100 * x:.1f}" for column in values for x in column.dropna()}
 
 
