@@ -206,11 +206,12 @@ SETTING_FIELDS = ("task", "task_version", "task_options", "task_data", "regime",
 
 
 def _setting(record: dict) -> str:
-    """What defines a cell besides its seed and model, as a short hash: rows of one setting
-    are compared; different settings are never averaged together."""
+    """What defines a cell besides its seed and model, as a short hash ("s" and 8 hex digits, the
+    letter first so that no CSV reader or spreadsheet takes it for a number: "6e196681" reads as
+    infinity): rows of one setting are compared; different settings are never averaged together."""
     fields = {f: record.get(f) for f in SETTING_FIELDS}
     fields["model_size"] = {k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")}
-    return json_digest(fields, 8)
+    return "s" + json_digest(fields, 8)
 
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:

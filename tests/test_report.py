@@ -123,6 +123,24 @@ def test_differences_from_none_are_paired_by_seed():
     assert unpaired.iloc[0].diff_ci_high - unpaired.iloc[0].diff_ci_low > row.diff_ci_high - row.diff_ci_low
 
 
+def test_setting_keys_survive_a_csv_round_trip(tmp_path):
+    """A setting key read back by `pandas.read_csv` with default options is the same string for
+    every n_test of 1..399 (a bare hex digest such as "6e196681" reads as infinity), and so are
+    the keys and ids of the committed reference's CSV files."""
+    import pandas as pd
+
+    from study import report
+
+    record = json.loads(next((RESULTS / "reference" / "cells").glob("*.json")).read_text())
+    keys = [report._setting({**record, "n_test": n}) for n in range(1, 400)]
+    pd.DataFrame({"setting": keys}).to_csv(tmp_path / "keys.csv", index=False)
+    assert pd.read_csv(tmp_path / "keys.csv")["setting"].tolist() == keys
+    for name in ("metrics.csv", "summary.csv", "comparisons.csv"):
+        frame = pd.read_csv(RESULTS / "reference" / name)
+        for column in {"setting", "cell_id"} & set(frame.columns):
+            assert frame[column].map(type).eq(str).all(), (name, column)
+
+
 def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_saved):
     """Two folders with the same task and model under different budgets merge into two labelled
     tables, each with its own seeds, not into one row with twice the seeds."""
