@@ -132,9 +132,10 @@ def test_setting_keys_survive_a_csv_round_trip(tmp_path):
     from study import report
 
     record = json.loads(next((RESULTS / "reference" / "cells").glob("*.json")).read_text())
-    keys = [report._setting({**record, "n_test": n}) for n in range(1, 400)]
-    pd.DataFrame({"setting": keys}).to_csv(tmp_path / "keys.csv", index=False)
-    assert pd.read_csv(tmp_path / "keys.csv")["setting"].tolist() == keys
+    for n in range(1, 400):  # one setting per file, as a study of one configuration writes it
+        key = report._setting({**record, "n_test": n})
+        pd.DataFrame({"setting": [key, key]}).to_csv(tmp_path / "keys.csv", index=False)
+        assert pd.read_csv(tmp_path / "keys.csv")["setting"].tolist() == [key, key], n
     for name in ("metrics.csv", "summary.csv", "comparisons.csv"):
         frame = pd.read_csv(RESULTS / "reference" / name)
         for column in {"setting", "cell_id"} & set(frame.columns):
