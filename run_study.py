@@ -413,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "predict": cmd_predict, "rescore": cmd_rescore}[args.command](args)
     except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError, ExecutorError,
             MergeConflictError, TrainedModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from study.text import one_line
+
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the study started, or while the report was drawn
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)

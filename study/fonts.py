@@ -82,9 +82,13 @@ def _register() -> tuple[str, ...]:
 
 def use_fonts() -> tuple[str, ...]:
     """Registers the installed fallback fonts with matplotlib and appends DejaVu Sans and them to
-    `font.family` (after any family the user chose); returns the families in use, in order."""
+    `font.family` (after any family the user chose); returns the families in use, in order.
+    Also turns off matplotlib's mathtext (`text.parse_math`): every text of the study's figures
+    (alphabets, sources, predictions, task names, options) is drawn as written, so a "$" from a
+    task is a dollar sign, not the start of a formula that fails to parse."""
     import matplotlib
 
+    matplotlib.rcParams["text.parse_math"] = False
     ours = (BASE_FAMILY, *_register())
     chosen = [f for f in matplotlib.rcParams["font.family"] if f not in ours]
     families = (*chosen, *ours)

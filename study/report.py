@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import pandas as pd
 from study.files import json_digest
 from study.fonts import add_marks_note, character_ticks, readable, use_fonts
 from study.records import in_training_range, read_record
+from study.text import markdown_cell as md
 
 CONFIDENCE = 0.95
 MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
@@ -338,7 +340,7 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
              f"{len(comparisons)} comparisons are separated.", ""]
     for (task, setting, lo, hi), group in comparisons.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
-        lines = [f"#### {task} (trained on lengths {lo}..{hi})", "",
+        lines = [f"#### {md(task)} (trained on lengths {lo}..{hi})", "",
                  "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
         for (a, b), rows in group.groupby(["first", "second"], sort=False):
             by_length = rows.set_index("length")
@@ -351,7 +353,7 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
                 diff = f"{round(100 * r['diff_mean'], 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
                 text = f"{diff} (p {r['p_holm']:.2g})" if not math.isnan(r["p_holm"]) else diff
                 cells.append(f"**{text}**" if r["separated"] else text)
-            lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md(a)} - {md(b)} | " + " | ".join(cells) + " |")
         open_pairs = group[~group["separated"] & group["in_training_range"] & group["seeds_needed"].notna()]
         if len(open_pairs):
             need = open_pairs["seeds_needed"]
@@ -386,7 +388,7 @@ def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: 
                 cell = cell.replace(" [", f" ({low:.1f}-{high:.1f}) [", 1)
             cells.append(cell)
         seeds = sorted(set(int(x) for x in rows["seeds"]))
-        lines.append(f"| {model} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(model)} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -408,7 +410,7 @@ def _setting_names(summary: pd.DataFrame, records_by_setting: dict[str, dict]) -
         differing = sorted(k for k in set().union(*flat.values()) if len({json.dumps(flat[s].get(k), default=str) for s in settings}) > 1)
         for s in settings:
             variant = ((records_by_setting.get(s) or {}).get("config") or {}).get("variant")
-            names[s] = f"{'variant ' + variant if variant else 'setting ' + s}: " + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4])
+            names[s] = md(f"{'variant ' + variant if variant else 'setting ' + s}: " + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4]))
     return names
 
 
@@ -431,7 +433,7 @@ def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = N
     for (task, setting, lo, hi), group in summary.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
         label = f"; {names[setting]}" if setting in names else ""
-        lines = [f"### {task} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)", ""]
+        lines = [f"### {md(task)} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)", ""]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
         n = group["n_examples"].max()
         lines += ["", f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(n)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
@@ -455,7 +457,7 @@ def _pair_rows(first: list[str], second: list[str]) -> list[str]:
     """Two tables of the same shape as one, each cell 'a / b'."""
     out = first[:2]
     for a, b in zip(first[2:], second[2:]):
-        ca, cb = a.strip("|").split("|"), b.strip("|").split("|")
+        ca, cb = (re.split(r"(?<!\\)\|", row.strip("|")) for row in (a, b))  # unescaped pipes only
         cells = ca[:2] + [f" {x.strip()} / {y.strip()} " for x, y in zip(ca[2:], cb[2:])]
         out.append("|" + "|".join(cells) + "|")
     return out
@@ -636,7 +638,7 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
     for task, by_task in units.groupby("task", sort=False):
         most = int(by_task["unit"].max())
         unit = names.get(task, "unit")
-        out += [f"**{task}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
+        out += [f"**{md(task)}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
                 f"(mean over seeds [min, max]); * marks lengths beyond the trained range.", "",
                 "| model | length | " + " | ".join(f"{k}." for k in range(1, most + 1)) + f" | {unit} written |",
                 "|---|---|" + "---|" * most + "---|"]
@@ -645,7 +647,7 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
             cells = [f"{100 * accs[k]:.0f}" if k in accs.index else "" for k in range(1, most + 1)]
             written = d.groupby("seed")["units_written"].first()
             star = "" if d["in_training_range"].iloc[0] else "*"
-            out.append(f"| {model} | {length}{star} | " + " | ".join(cells) + f" | {written.mean():.2f} [{written.min():.2f}, {written.max():.2f}] |")
+            out.append(f"| {md(model)} | {length}{star} | " + " | ".join(cells) + f" | {written.mean():.2f} [{written.min():.2f}, {written.max():.2f}] |")
         out.append("")
     return "\n".join(out)
 
@@ -1006,12 +1008,12 @@ def _report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, ima
                  if {"val_loss", "val_seq_acc_by_length", "length"} <= set(stretch) else "-")
         rate = f"{r['stop_learning_rate']:.2g}" if isinstance(r.get("stop_learning_rate"), (int, float)) else "-"
         lines.append(
-            f"| {r['task']} | {series[r['id']]} | {r['seed']} | {r.get('param_count', '?')} | {r.get('stop_reason', r.get('error'))} | {converged} | "
+            f"| {md(r['task'])} | {md(series[r['id']])} | {r['seed']} | {r.get('param_count', '?')} | {md(r.get('stop_reason', r.get('error')))} | {converged} | "
             f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {moved} | {rate} | {r.get('wall_seconds', 0):.0f} | {split} |"
         )
     if failed:
         lines += ["", f"**{len(failed)} failed cells** (shown as missing in tables and figures):", ""]
-        lines += [f"- {r['task']}/{r['model']}/seed {r['seed']}: {r.get('error')}" for r in failed]
+        lines += [f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: {md(r.get('error'))}" for r in failed]
     total = sum(r.get("wall_seconds", 0) for r in records)
     lines += [
         "",

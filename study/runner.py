@@ -27,6 +27,7 @@ from study.config import StudyConfig, config_to_dict
 from study.executors import run_local, run_ray
 from study.files import json_digest, remove_leftovers, write_json_atomic
 from study.records import StudyLock, read_record
+from study.text import one_line
 
 RECORD_SCHEMA = 1
 
@@ -202,7 +203,7 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
 def summary_line(record: dict) -> str:
     """One line per finished cell: where it stopped and its accuracy inside/beyond the trained range."""
     if record["status"] != "ok":
-        return f"{record['task']}/{record['model']}/seed {record['seed']}: FAILED ({record.get('error')})"
+        return f"{record['task']}/{record['model']}/seed {record['seed']}: FAILED ({one_line(record.get('error'))})"
     inside = [m["seq_acc"] for m in record["metrics"] if m["in_training_range"]]
     beyond = [m["seq_acc"] for m in record["metrics"] if not m["in_training_range"]]
     parts = [f"{record['task']}/{record['model']}/seed {record['seed']}:"]

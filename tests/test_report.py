@@ -188,6 +188,65 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_sav
     plt_close(fig["accuracy_vs_length"])
 
 
+def _columns(row: str) -> int:
+    import re
+
+    return len(re.findall(r"(?<!\\)\|", row))
+
+
+def test_text_with_markdown_table_syntax_keeps_every_table_in_shape(tmp_path, figures_not_saved):
+    """A failed cell's error with pipes and a line break, and task options with a pipe: every row
+    of every table in report.md has as many columns as its header."""
+    copy = tmp_path / "odd"
+    shutil.copytree(RESULTS / "reference", copy)
+    ids = json.loads((copy / "study.json").read_text())["cells"]
+    path = copy / "cells" / f"{ids[0]}.json"
+    record = json.loads(path.read_text())
+    record.update(status="failed", error="ValueError: target 'a|b' | not in the alphabet\nsecond line")
+    path.write_text(json.dumps(record))
+    path = copy / "cells" / f"{ids[1]}.json"
+    record = json.loads(path.read_text())
+    record["task_options"] = {**record.get("task_options", {}), "alphabet": "ab|$_"}  # another setting, captioned by its options
+    path.write_text(json.dumps(record))
+    text = write_report(copy).read_text()
+    assert "target 'a\\|b' \\| not in the alphabet second line" in text
+    header = None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            header = header or _columns(line)
+            assert _columns(line) == header, line
+        else:
+            header = None
+
+
+def test_a_failed_cell_is_one_terminal_line_whatever_its_error_says():
+    from study.runner import summary_line
+
+    line = summary_line({"status": "failed", "task": "copy", "model": "dot", "seed": 0, "error": "ValueError: bad\ntarget\r\nhere"})
+    assert line == "copy/dot/seed 0: FAILED (ValueError: bad target here)"
+
+
+def test_figure_text_is_drawn_as_written_not_as_mathtext():
+    """Text from a task ("$" in an alphabet or a source) is drawn as it is; with mathtext on,
+    "$_$" or "$\\frac$" fails to parse and saving the figure raises."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from study.fonts import character_ticks, use_fonts
+
+    use_fonts()
+    fig, ax = plt.subplots()
+    character_ticks(ax, "x", ["$_$", "a", "$\\frac$"])  # tokens as a plugin's alphabet may hold them
+    ax.set_title("copy, alphabet ab$_: source $_$ and $\\frac$")
+    fig.savefig(io.BytesIO(), format="png")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["$_$", "a", "$\\frac$"]
+    plt_close(fig)
+
+
 def test_report_with_a_failed_first_cell(tmp_path, figures_not_saved):
     """A cell that failed with an exception has no metrics or device details; the report still
     renders, shows it as missing and lists it."""
