@@ -59,3 +59,34 @@ def test_plugin_that_breaks_the_contract_names_task_and_rule(tmp_path):
     '''))
     with pytest.raises(TaskContractError, match=r"task 'empty_plugin'.*every target must be a non-empty str"):
         load_task_module(plugin)
+
+
+def test_a_plugin_whose_data_depend_on_the_hash_seed_is_refused(tmp_path):
+    """An alphabet built from a set differs in every process (PYTHONHASHSEED): the contract check
+    draws the data in fresh processes with other hash seeds and says how to fix the task; the
+    same task with the set sorted loads."""
+    source = textwrap.dedent('''
+        from study.tasks import Task, register_task
+
+        LETTERS = ALPHABET
+
+
+        @register_task
+        class SetCopy(Task):
+            name = "NAME"
+            version = 1
+            description = "copy over an alphabet built from a set"
+            length_unit = "symbols"
+            input_alphabet = output_alphabet = LETTERS
+
+            def sample(self, rng, n, length):
+                sources = ["".join(LETTERS[i] for i in row) for row in rng.integers(0, len(LETTERS), size=(n, length))]
+                return sources, list(sources)
+    ''')
+    plugin = tmp_path / "set_alphabet_task.py"
+    plugin.write_text(source.replace("NAME", "set_alphabet").replace("ALPHABET", '"".join(set("abcdefghij"))'))
+    with pytest.raises(TaskContractError, match=r"task 'set_alphabet' violates the task contract: its alphabets or data differ between processes.*sorted\(set"):
+        load_task_module(plugin)
+    plugin = tmp_path / "sorted_alphabet_task.py"
+    plugin.write_text(source.replace("NAME", "sorted_alphabet").replace("ALPHABET", '"".join(sorted(set("abcdefghij")))'))
+    assert load_task_module(plugin) == ["sorted_alphabet"]

@@ -17,7 +17,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
+import os
 import pkgutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,8 +102,53 @@ def get_task(name: str, **options: Any) -> Task:
     key = repr(task.spec)
     if key not in _checked:
         check_task(task)
+        if not cls.__module__.startswith(f"{__name__}.") and not os.environ.get(_IN_CHECK):  # a plugin's task
+            check_process_independence(task)
         _checked.add(key)
     return task
+
+
+_IN_CHECK = "STUDY_TASK_PROCESS_CHECK"  # set in the processes `check_process_independence` starts
+
+
+def _data_digest(name: str, options: dict) -> str:
+    """A digest of what the task registered as `name` draws with `options`: its alphabets and
+    a sample of 8 examples at its minimum length from seed 0."""
+    import numpy as np
+
+    from study.files import json_digest
+
+    task = TASKS.get(name)(**options)
+    return json_digest([task.input_alphabet, task.output_alphabet, task.sample(np.random.default_rng(0), 8, task.min_length)])
+
+
+def check_process_independence(task: Task) -> None:
+    """Builds `task` from its options in two fresh processes with other hash seeds
+    (PYTHONHASHSEED 1 and 2) and compares alphabets and a sample with this process's: a task
+    whose data come from iterating a `set` (or anything else hashed) draws different data in
+    every process, so workers, resumes and other machines would train and test on different
+    sets under one cell id.  Raises `TaskContractError` saying so and how to fix it.  A task
+    defined in `__main__` (a script or notebook, which no other process can import) is not
+    checked."""
+    cls = type(task)
+    if cls.__module__ == "__main__":
+        return
+    module = sys.modules[cls.__module__]
+    source = module.__file__ if cls.__module__.startswith("study_task_plugin_") else cls.__module__
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); import json; from study import tasks; "
+            f"tasks.load_task_module({source!r}); print(tasks._data_digest({task.name!r}, json.loads({json.dumps(task.options)!r})))")
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONHASHSEED": seed, _IN_CHECK: "1"}) for seed in ("1", "2")]
+    digests = {_data_digest(task.name, task.options)}
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        if child.returncode != 0:
+            raise TaskContractError(f"task {task.name!r}: building it in a fresh process failed: {' '.join(err.strip().splitlines()[-1:])}")
+        digests.add(out.strip().splitlines()[-1])
+    if len(digests) > 1:
+        raise TaskContractError(f"task {task.name!r} violates the task contract: its alphabets or data differ between processes "
+                                "(Python's hash seed changes the order of a set or of a dict built from one); build them in a fixed "
+                                "order, e.g. \"\".join(sorted(set(...))) instead of \"\".join(set(...))")
 
 
 def load_task_module(path: str | Path) -> list[str]:
