@@ -229,3 +229,19 @@ def test_options_that_miss_identity_break_the_contract():
         check_task(_Drifting())
     with pytest.raises(TaskContractError, match=r"task 'tupled_for_test'.*plain JSON values"):
         check_task(_Tupled())
+
+
+@pytest.mark.parametrize("locale,message", [
+    ("sr_RS@latin", r"locale 'sr_RS@latin': the modifier '@latin' is not honoured \(dates would be written as 'sr_Cyrl_RS'\); for the latin script write 'sr_Latn_RS'"),
+    ("th_TH@calendar=buddhist", r"the modifier '@calendar=buddhist' is not honoured \(dates would be written as 'th_TH'\)"),
+    ("de_DE_PREEURO", r"CLDR has no variant 'PREEURO' for it \(dates would be written as 'de_DE'\)"),
+    ("en_Cyrl", r"CLDR has no script 'Cyrl' for it"),
+    ("en_US.UTF-8", r"an encoding is not part of a CLDR locale; write 'en_US'"),
+])
+def test_a_locale_whose_meaning_would_change_is_refused_naming_what_would_be_used(locale, message):
+    from study.tasks import TaskOptionError
+
+    with pytest.raises(TaskOptionError, match=message):
+        get_task("date_format", locale=locale)
+    assert get_task("date_format", locale="sr_Latn_RS").options == {"locale": "sr_Latn_RS"}
+    assert "ш" not in get_task("date_format", locale="sr_Latn_RS").input_alphabet  # Latin script: no Cyrillic letters

@@ -71,14 +71,42 @@ def _widen_day_month(pattern: str) -> str:
     return "".join(p if p.startswith("'") else re.sub(r"(?<![dM])([dM])(?![dM])", r"\1\1", p) for p in parts)
 
 
+# glibc's script modifiers (ll_CC@latin) and the CLDR script each one names
+GLIBC_SCRIPTS = {"latin": "Latn", "cyrillic": "Cyrl", "devanagari": "Deva", "arabic": "Arab"}
+
+
 def canonical_locale(name: str) -> str:
-    """`name` in CLDR's spelling: "en-us", "EN_us" -> "en_US"; raises ValueError for an unknown locale."""
+    """`name` in CLDR's spelling: "en-us", "EN_us" -> "en_US"; "sr_RS" -> "sr_Cyrl_RS" (CLDR's
+    default script for Serbian in Serbia).
+
+    Raises ValueError (one line) for an unknown locale, and for one whose meaning Babel would
+    silently change: an encoding ("en_US.UTF-8"), a modifier ("sr_RS@latin", glibc's Serbian in
+    Latin script, which Babel reads as Cyrillic; "th_TH@calendar=buddhist": dates are written in
+    the Gregorian calendar with the locale's default digits whatever the modifier says), or a
+    script or variant CLDR does not have (dropped without a word). The message names the locale
+    that would be used instead and, for a glibc script modifier, the CLDR spelling that means it."""
     if not isinstance(name, str):
         raise ValueError(f"task 'date_format': locale must be a string, got {name!r}")
+    base, at, modifier = name.replace("-", "_").partition("@")
+    base, dot, encoding = base.partition(".")
     try:
-        return str(Locale.parse(name.replace("-", "_")))
+        locale = Locale.parse(base)
     except (UnknownLocaleError, ValueError, TypeError) as exc:
         raise ValueError(f"task 'date_format': unknown locale {name!r} ({exc})") from None
+    used = str(locale)
+    if dot:
+        raise ValueError(f"task 'date_format': locale {name!r}: an encoding is not part of a CLDR locale; write {used!r}")
+    if at:
+        script = GLIBC_SCRIPTS.get(modifier.lower())
+        meant = f"; for the {modifier} script write {str(Locale(locale.language, locale.territory, script=script))!r}" if script else ""
+        raise ValueError(f"task 'date_format': locale {name!r}: the modifier '@{modifier}' is not honoured (dates would be "
+                         f"written as {used!r}){meant}")
+    for part in base.split("_")[1:]:
+        if len(part) == 4 and part.isalpha() and part.title() != locale.script:
+            raise ValueError(f"task 'date_format': locale {name!r}: CLDR has no script {part!r} for it (dates would be written as {used!r})")
+        if len(part) > 4 and part.upper() != (locale.variant or "").upper():
+            raise ValueError(f"task 'date_format': locale {name!r}: CLDR has no variant {part!r} for it (dates would be written as {used!r})")
+    return used
 
 
 @functools.lru_cache(maxsize=None)
