@@ -186,6 +186,14 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_sav
         rows = summary[(summary["task"] == task) & (summary["series"] == label)]
         np.testing.assert_allclose(np.asarray(line.get_ydata(), float), 100 * rows.sort_values("length")["seq_acc_mean"].to_numpy())
     plt_close(fig["accuracy_vs_length"])
+    with pytest.MonkeyPatch.context() as patch:  # the training curves: one line per model, setting and seed
+        patch.setattr(report, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.plot_training_curves(records, Path("unused"))
+    series = report.series_names(records)
+    ax = fig["training_curves"].axes[0]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 0]
+    assert len(lines) == len({(series[r["id"]], r["seed"]) for r in records if r["task"] == task and r.get("history")})
+    plt_close(fig["training_curves"])
 
 
 def _columns(row: str) -> int:
