@@ -99,7 +99,11 @@ def get_task(name: str, **options: Any) -> Task:
         task = cls(**options)
     except (TypeError, ValueError) as exc:
         raise TaskOptionError(f"task {name!r}: bad options {options!r}: {exc}") from None
-    key = repr(task.spec)
+    try:
+        key = repr(task.spec)
+    except AttributeError:  # a missing contract attribute (version, ...): the contract's own one-line error
+        check_task(task)
+        raise
     if key not in _checked:
         check_task(task)
         if not cls.__module__.startswith(f"{__name__}.") and not os.environ.get(_IN_CHECK):  # a plugin's task

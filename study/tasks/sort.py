@@ -34,6 +34,10 @@ class SortTask(Task):
     def output_alphabet(self) -> str:
         return self.alphabet
 
+    def target_for(self, source: str) -> str:
+        """The target of any source (optional: with it, `predict` says whether a prediction is right)."""
+        return "".join(sorted(source, key=self.alphabet.index))
+
     def sample(self, rng: np.random.Generator, n: int, length: int) -> tuple[list[str], list[str]]:
         self.check_length(length)
         picks = rng.integers(0, len(self.alphabet), size=(n, length))
