@@ -49,11 +49,14 @@ def record_task(record: dict):
     """The task a record was made with, built here; raises TrainedModelError when this machine's
     outside data (e.g. Babel's CLDR release) differ from the record's, since the task would then
     write other sources than the model was trained and tested on."""
-    from study.tasks import get_task
+    from study.tasks import UnknownNameError, get_task
 
     try:
         task = get_task(record["task"], **record["task_options"])
-    except ValueError as exc:  # an unknown task (a plugin not loaded), options it refuses, a broken contract
+    except UnknownNameError as exc:  # most often a plugin's task, its file not loaded
+        raise TrainedModelError(f"cell {record['id']}: {exc}; if it comes from a task file of your own, "
+                                "load it with --task-module PATH") from None
+    except ValueError as exc:  # options it refuses, a broken contract
         raise TrainedModelError(f"cell {record['id']}: {exc}") from None
     recorded = record.get("task_data") or {}
     if recorded and recorded != task.data_versions:

@@ -110,6 +110,13 @@ def test_a_model_made_with_other_locale_data_is_refused_with_both_versions():
     assert f"made with task data {{'cldr': '1'}}, this machine has {here.data_versions}" in str(refused.value)
 
 
+def test_a_model_of_a_task_not_loaded_names_the_flag_that_loads_it():
+    from study.trained import TrainedModelError, record_task
+
+    with pytest.raises(TrainedModelError, match=r"unknown task 'rotate_plugin'.*load it with --task-module PATH"):
+        record_task({"id": "rotate_plugin-dot-s0-x", "task": "rotate_plugin", "task_options": {}})
+
+
 def test_predict_picks_a_record_this_machine_can_rebuild_and_refuses_one_it_cannot(smoke_run, tmp_path):
     """A merged folder may hold the same cell made under two CLDR releases: `predict` uses the
     one whose task this machine rebuilds as it was, and refuses, naming both, when none is."""
