@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list tasks, models and profiles")
     listing.__class__ = _Parser
     listing.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
+    options = ", ".join(a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help")
+    parser.epilog = (f"Without a command, the arguments are those of `run`: {options}.\n"
+                     "Each command's own options: python run_study.py COMMAND --help")
     return parser
 
 
@@ -136,8 +139,12 @@ def _load_config_file(path: Path) -> dict:
 
 def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
     """Settings given on the command line, in the shape of a config file."""
+    from study.config import parse_lengths
     from study.tasks import get_task
 
+    for flag, value in (("--train-lengths", args.train_lengths), ("--lengths", args.lengths)):
+        if value:
+            parse_lengths(value, flag)  # a bad value is named by the flag the user typed
     overrides: dict = {}
     for name in ("models", "seeds", "regime", "backend", "jobs", "tensorboard"):
         if getattr(args, name) is not None:

@@ -314,10 +314,12 @@ def parse_lengths(value: Any, where: str) -> tuple[int, ...]:
     """A list of positive integers, or a range written "lo..hi" (inclusive) -> sorted tuple."""
     if isinstance(value, str):
         parts = value.split("..")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts) and int(parts[0]) > int(parts[1]) >= 1:
+            raise ConfigError(f"{where}: the range {value!r} runs backwards; write '{int(parts[1])}..{int(parts[0])}'")
         try:
             if len(parts) == 2:
                 lo, hi = int(parts[0]), int(parts[1])
-                values = list(range(lo, hi + 1)) if lo <= hi else []
+                values = list(range(lo, hi + 1))
                 if not values or lo < 1:
                     raise ValueError
             else:
@@ -344,13 +346,23 @@ def merge_settings(base: dict, override: dict) -> dict:
     return out
 
 
+def _unknown_setting(name: str, allowed) -> ConfigError:
+    """'unknown setting NAME; did you mean 'X'? (allowed: ...)' for a key of a config table
+    (`name` with its table's path, e.g. "train.lerning_rate")."""
+    import difflib
+
+    close = difflib.get_close_matches(name.rpartition(".")[2], allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown setting {name!r}{hint} (allowed: {', '.join(sorted(allowed))})")
+
+
 def _dataclass_from(cls, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table of settings, got {raw!r}")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise ConfigError(f"unknown setting {where}.{unknown[0]} (allowed: {', '.join(sorted(fields))})")
+        raise _unknown_setting(f"{where}.{unknown[0]}", fields)
     try:
         return cls(**raw)
     except TypeError as exc:
@@ -376,7 +388,7 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         raw["tasks"] = selected_tasks
     unknown = sorted(set(raw) - _STUDY_KEYS - {"profile"})
     if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]!r} (allowed: {', '.join(sorted(_STUDY_KEYS))})")
+        raise _unknown_setting(unknown[0], _STUDY_KEYS | {"profile", "variants"})
     tasks_raw = raw["tasks"]
     if not isinstance(tasks_raw, dict):
         raise ConfigError(f"tasks must be a table of task name -> settings, got {tasks_raw!r}")
@@ -386,7 +398,7 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
             raise ConfigError(f"tasks.{name} must be a table of settings, got {settings!r}")
         bad = sorted(set(settings) - _TASK_KEYS)
         if bad:
-            raise ConfigError(f"unknown setting tasks.{name}.{bad[0]} (allowed: {', '.join(sorted(_TASK_KEYS))})")
+            raise _unknown_setting(f"tasks.{name}.{bad[0]}", _TASK_KEYS)
         for key in ("train_lengths", "eval_lengths"):
             if key not in settings:
                 raise ConfigError(f"tasks.{name}.{key} is missing")

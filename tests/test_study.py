@@ -88,6 +88,7 @@ def test_list_shows_tasks_models_profiles():
         (["--models", ""], "the study grid is empty: no models"),
         (["--profile", "smoky"], "unknown profile 'smoky'; did you mean 'smoke'?"),
         (["--train-lengths", "0..3"], "positive integers"),
+        (["--train-lengths", "10..4"], "--train-lengths: the range '10..4' runs backwards; write '4..10'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
@@ -120,7 +121,7 @@ def test_config_file_settings_and_errors(tmp_path):
     config = build_study_config("smoke", tomllib.loads(good.read_text()))
     assert config.models == ("none",) and config.train.max_examples == 1024 and config.train.max_epochs == 1
     assert [t.name for t in config.tasks] == ["copy", "date_format", "reverse"]
-    with pytest.raises(ConfigError, match=r"unknown setting train.max_epoch \(allowed: "):
+    with pytest.raises(ConfigError, match=r"unknown setting 'train.max_epoch' \(allowed: "):
         build_study_config("smoke", {"train": {"max_epoch": 3}})
     bad = tmp_path / "bad.toml"
     bad.write_text("models = [none\n")
@@ -164,6 +165,15 @@ def test_a_config_file_with_variants_runs_one_study_per_variant_in_its_own_folde
     toml.write_text('profile = "smoke"\n[variants."a b"]\nseeds = [1]\n')
     result = run_cli("--config", str(toml), "--out", str(out))
     assert result.returncode == 2 and "variant name 'a b'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_top_level_help_names_the_run_options():
+    """`run_study.py --help` lists subcommands; without a command the arguments are `run`'s, so
+    its help names them too."""
+    import run_study
+
+    text = run_study.build_parser().format_help()
+    assert all(flag in text for flag in ("--profile", "--tasks", "--models", "--out", "--quiet")) and "COMMAND --help" in text
 
 
 def test_per_length_regime_makes_one_cell_per_training_length():
@@ -219,6 +229,7 @@ def test_bad_task_plugins_are_one_line_exit_2(tmp_path, plugin, extra, message):
         ('seeds = [4294967296]\n', "seeds must be integers from 0 to 4294967295"),
         ('[train]\nlearning_rate = inf\n', "train.learning_rate must be a positive, finite number, got inf"),
         ("epochs = 3\n", "unknown setting 'epochs'"),
+        ('modles = ["dot"]\n', "unknown setting 'modles'; did you mean 'models'? (allowed: backend, "),
         ("[tasks.sort]\ntrain_lengths = [4]\n", "tasks.sort.eval_lengths is missing"),
         ('[tasks.date_format.options]\nlocale = "xx_NOPE"\n', "unknown locale 'xx_NOPE'"),
         ('[tasks.copy.options]\nsymbols = "abc"\n', "task 'copy': bad options"),
