@@ -273,7 +273,7 @@ def prepare(args: argparse.Namespace):
         if args.address:
             check_ray_address(args.address)
     _check_output_dir(out)
-    from study.executors import start_backend
+    from study.backend import start_backend
 
     start_backend(studies[0][0].backend)  # after every check: bad input is refused without waiting for it
     return studies, out
@@ -378,9 +378,17 @@ def _results_folder(args: argparse.Namespace) -> Path:
     return args.results_dir
 
 
+def _start_keras() -> None:
+    """Starts the Keras backend of `KERAS_BACKEND` (TensorFlow by default) without its start-up notices."""
+    from study.backend import start_backend
+
+    start_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from study.trained import predict
 
+    _start_keras()
     out = _results_folder(args)
     rows = predict(out, args.task, args.model, args.seed, args.sources, args.attention_map)
     print(f"{args.task}/{args.model}, cell {rows[0]['cell']}:")
@@ -396,6 +404,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from study.report import write_report
     from study.trained import rescore
 
+    _start_keras()
     out = _results_folder(args)
     done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
     print(f"rescored {done} cells ({skipped} without a saved model or a task this machine can rebuild left as they were); report: {write_report(out)}")

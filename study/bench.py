@@ -434,12 +434,11 @@ def length_curve(args, lengths: list[int]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     os.environ["KERAS_BACKEND"] = args.backend
-    if args.backend == "jax":
-        from study.executors import enable_jax_compilation_cache
-
-        enable_jax_compilation_cache()
     # first, while this process is small: a child's peak RSS includes what it inherited at fork
     smoke = smoke_study() if args.smoke_study else {}
+    from study.backend import start_backend
+
+    start_backend(args.backend)  # TensorFlow without its start-up notices; JAX with its compilation cache
     import keras
 
     from study.cell import device_name, versions

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains models or runs a study end to end (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "xdist_group(name): tests that share an expensive fixture run in one pytest-xdist worker")
+    # a Keras layer built without a build() of its own reads as a bug to anyone watching the tests: fail instead
+    config.addinivalue_line("filterwarnings", "error:`build\\(\\)` was called on layer:UserWarning")
 
 
 SHARED_FIXTURES = ("smoke_run", "reference", "trained", "drawn")  # session- or module-scoped, each costing seconds to minutes

@@ -301,7 +301,7 @@ def test_jax_keeps_compiled_programs_between_runs(tmp_path):
     import sys
 
     pytest.importorskip("jax")
-    code = ("from study.executors import enable_jax_compilation_cache; enable_jax_compilation_cache()\n"
+    code = ("from study.backend import enable_jax_compilation_cache; enable_jax_compilation_cache()\n"
             "import jax, jax.numpy as jnp; jax.jit(lambda x: x * 3 - 1)(jnp.arange(5.0)).block_until_ready()")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "KERAS_BACKEND": "jax"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

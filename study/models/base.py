@@ -145,5 +145,10 @@ class GreedyDecoder(keras.Model):
         self.with_attention = with_attention
         self.min_steps = min_steps
 
+    def build(self, input_shape) -> None:
+        """Nothing to build: the decoder owns no weights, and those of the model it decodes
+        with are the model's (created when it was built or loaded)."""
+        self.built = True
+
     def call(self, source):
         return self.encoder_decoder.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention, self.min_steps)

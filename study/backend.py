@@ -1,0 +1,98 @@
+"""Starting the Keras backend quietly, before Keras imports it: TensorFlow without its start-up
+notices (logging, CPU instructions, oneDNN, absent CUDA drivers), JAX with its persistent
+compilation cache.  Every command that runs a model (the study, predict, rescore, the bench,
+`study.models.load_trained`) starts the backend here first.
+
+    start_backend("tensorflow")        # before the first `import keras`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+# What TensorFlow's native code prints while it starts, whatever TF_CPP_MIN_LOG_LEVEL says:
+# notices about logging, CPU instructions, oneDNN and absent CUDA drivers, not errors.
+START_UP_NOTICES = (
+    "All log messages before absl::InitializeLog()",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+    "rebuild TensorFlow with the appropriate compiler flags",
+    "Unable to register cu",
+    "computation placer already registered",
+    "TF-TRT Warning",
+)
+
+
+@contextlib.contextmanager
+def start_up_notices_filtered():
+    """Runs the block with the process's native stderr (file descriptor 2) captured, then writes
+    back every line except TensorFlow's start-up notices (`START_UP_NOTICES`), so real errors
+    still show and a study's output is not interleaved with them."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(notice in line for notice in START_UP_NOTICES):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def start_tensorflow(threads: int | None = None):
+    """Imports TensorFlow, caps its thread pools at `threads` (None: its defaults) and starts its
+    devices, with the start-up notices filtered out.  In a process whose TensorFlow already
+    runs, the first thread setting stays."""
+    with start_up_notices_filtered():
+        import tensorflow as tf
+
+        if threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:  # TensorFlow is already initialised in this (reused) process
+                pass
+        tf.config.list_physical_devices("GPU")  # device start-up (CUDA probing) prints here
+        tf.get_logger().setLevel("ERROR")  # not tf.function's retracing notices, which every new batch shape of greedy decoding triggers
+    return tf
+
+
+def jax_cache_dir() -> Path:
+    """Where JAX keeps compiled programs between runs: `$XDG_CACHE_HOME` (or ~/.cache)
+    /seq2seq-length-study/jax."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seq2seq-length-study" / "jax"
+
+
+def enable_jax_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache (`jax_cache_dir()`), so each bucket shape's
+    train step and each decoder compile once per machine, not once per cell and run."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(jax_cache_dir()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def start_backend(backend: str, threads: int | None = None) -> None:
+    """Starts the Keras backend before Keras imports it: TensorFlow with its start-up notices
+    filtered and its thread pools capped at `threads` (None: its defaults), or JAX with its
+    compilation cache on."""
+    if backend == "tensorflow":
+        start_tensorflow(threads)
+    elif backend == "jax":
+        enable_jax_compilation_cache()
