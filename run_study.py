@@ -206,7 +206,9 @@ def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, s
     from study.tasks import get_task
 
     file_settings = dict(file_settings)
-    base_tasks = {**PROFILES[profile]["tasks"], **(file_settings.get("tasks") or {})}
+    file_tasks = file_settings.get("tasks") or {}
+    base_tasks = {**PROFILES[profile]["tasks"], **{name: {**PROFILES[profile]["tasks"].get(name, {}), **(plan if isinstance(plan, dict) else {})}
+                                                   for name, plan in file_tasks.items()}}
     if args.tasks is not None:
         file_settings.pop("tasks", None)
     overrides = _overrides(args, base_tasks)

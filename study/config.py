@@ -380,7 +380,14 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
         close = difflib.get_close_matches(str(profile), PROFILES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown profile {profile!r}{hint} (available: {', '.join(PROFILES)})")
-    raw = merge_settings(PROFILES[profile], file_settings or {})
+    file_settings = dict(file_settings or {})
+    file_tasks = file_settings.pop("tasks", None)
+    raw = merge_settings(PROFILES[profile], file_settings)
+    if file_tasks is not None:  # a config file's tasks select, as --tasks and a variant's do; a profile task keeps its lengths
+        if not isinstance(file_tasks, dict):
+            raise ConfigError(f"tasks must be a table of task name -> settings, got {file_tasks!r}")
+        profile_tasks = PROFILES[profile]["tasks"]
+        raw["tasks"] = {name: merge_settings(profile_tasks.get(name, {}), plan) if isinstance(plan, dict) else plan for name, plan in file_tasks.items()}
     overrides = dict(overrides or {})
     selected_tasks = overrides.pop("tasks", None)
     raw = merge_settings(raw, overrides)

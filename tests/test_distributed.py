@@ -208,7 +208,7 @@ def test_ray_executor_gives_the_local_executors_metrics_and_retries_a_dead_worke
     to a finished record."""
     plugin, marker, config = tmp_path / "dies_once.py", tmp_path / "died", tmp_path / "study.toml"
     plugin.write_text(DIES_ONCE)
-    config.write_text(f'[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')
+    config.write_text(f'[tasks.copy]\n[tasks.date_format]\n[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')
     out = tmp_path / "ray"
     driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--config", str(config), "--seeds", "0", "--models", "dot",
                                "--task-module", str(plugin), "--executor", "ray", "--jobs", "2", "--out", str(out)],
