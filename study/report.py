@@ -903,14 +903,19 @@ def convergence_lines(records: list[dict]) -> list[str]:
     lines = [CONVERGED_DEFINITION.format(patience=cfg.get("patience_examples", "?"), loss=cfg.get("loss_tolerance", "?"),
                                          acc=100 * cfg.get("accuracy_tolerance", 0), budget=cfg.get("max_examples", "?")),
              "", f"{len(done) - len(open_cells)} of {len(done)} cells converged."]
-    if open_cells:
-        lines += ["", f"**Not converged** ({len(open_cells)}): stopped by the budget while still learning; their numbers are likely a lower bound.", ""]
-        for r in open_cells:
-            stretch = r.get("last_stretch")
-            lines.append(f"- {r['task']}/{r['model']}/seed {r['seed']}: " + (
-                "too few epochs to judge (the whole run was shorter than the stretch)" if not stretch
-                else f"validation loss fell {stretch['val_loss']:.3f} nats per character and exact match at length {stretch['length']} "
-                     f"rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last stretch, learning rate {r.get('stop_learning_rate', 0):.2g}"))
+    learning = [r for r in open_cells if r.get("last_stretch")]
+    short = [r for r in open_cells if not r.get("last_stretch")]
+    if learning:
+        lines += ["", f"**Not converged** ({len(learning)}): stopped by the budget while still learning; their numbers are likely a lower bound.", ""]
+        for r in learning:
+            stretch = r["last_stretch"]
+            lines.append(f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss fell {stretch['val_loss']:.3f} nats per character "
+                         f"and exact match at length {stretch['length']} rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last "
+                         f"stretch, learning rate {r.get('stop_learning_rate', 0):.2g}")
+    if short:
+        lines += ["", f"**Too short to judge** ({len(short)}): the budget ended before one convergence stretch of "
+                  f"{cfg.get('patience_examples', '?')} examples had passed, so convergence was not measured: "
+                  + ", ".join(f"{md(r['task'])}/{md(r['model'])}/seed {r['seed']}" for r in short) + "."]
     return lines + [""]
 
 

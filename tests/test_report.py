@@ -298,7 +298,9 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     first, second = records[0], records[1]
     assert (f"- {first['task']}/{first['model']}/seed {first['seed']}: validation loss fell 0.123 nats per character and exact match at length 16 "
             "rose 12.3 points over the last stretch, learning rate 0.0015") in lines
-    assert f"- {second['task']}/{second['model']}/seed {second['seed']}: too few epochs to judge" in lines
+    learning, short = lines.split("**Too short to judge** (1)")  # each under a heading that says what it is
+    assert "still learning" in learning and f"{second['task']}/{second['model']}/seed {second['seed']}" not in learning
+    assert f"convergence was not measured: {second['task']}/{second['model']}/seed {second['seed']}." in short
     report = _report_markdown(records, metrics_frame(records), "", {}, {})
     assert "| budget | **no** |" in report and "| converged | yes |" in report
     assert plot_learning_curves_by_length(records, tmp_path / "figures") == ["figures/learning_curves_by_length.png"]
