@@ -39,19 +39,19 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", default="copy")
+    p.add_argument("--task", default="copy", help="the task whose data are timed (default copy)")
     p.add_argument("--length", type=int, default=32, help="task length of every example (the longest with --min-length)")
     p.add_argument("--min-length", type=int, help="mix lengths min-length..length, as the study's training sets do")
-    p.add_argument("--units", type=int, default=128)
-    p.add_argument("--embedding", type=int, default=32)
-    p.add_argument("--attention-size", type=int, default=64)
+    p.add_argument("--units", type=int, default=128, help="recurrent units of encoder and decoder (default 128, the study's)")
+    p.add_argument("--embedding", type=int, default=32, help="embedding size (default 32)")
+    p.add_argument("--attention-size", type=int, default=64, help="size of the attention's projection (default 64)")
     p.add_argument("--attention", help="model name, e.g. none, additive, dot, general, additive_recurrent (default: additive; dot with --time-to-accuracy)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64, the study's)")
     p.add_argument("--examples", type=int, default=4096, help="timed training examples (after warm-up)")
-    p.add_argument("--decode-examples", type=int, default=2048)
-    p.add_argument("--backend", choices=["tensorflow", "jax"], default=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    p.add_argument("--decode-examples", type=int, default=2048, help="examples greedily decoded for the decoding speed")
+    p.add_argument("--backend", choices=["tensorflow", "jax"], default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain Keras baseline")
     p.add_argument("--smoke-study", action="store_true", help="also time `run_study.py --profile smoke`")
     p.add_argument("--time-to-accuracy", action="store_true", help="seconds and examples to a greedy exact-match target, project vs baseline")
@@ -60,6 +60,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="with --time-to-accuracy: runs per side; the report gives the median and the spread")
     p.add_argument("--length-curve", help="comma-separated lengths: training cost and peak memory per length, each in its own process")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = _parser()
     args = p.parse_args(argv)
     args.attention = args.attention or ("dot" if args.time_to_accuracy else "additive")
     if args.repeats < 1:
@@ -451,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for key, value in report.items():
                 if not key.endswith("curve") and key != "recipe":
-                    print(f"{key:>30}: {value}")
+                    print(f"{key:>30}: {readable_number(value)}")
         return 0
 
     if args.length_curve:
@@ -488,8 +493,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=1))
     else:
         for key, value in report.items():
-            print(f"{key:>44}: {value:,.0f}" if isinstance(value, float) and value > 100 else f"{key:>44}: {value}")
+            print(f"{key:>44}: {readable_number(value)}")
     return 0
+
+
+def readable_number(value):
+    """A measurement as a person reads it: floats to 3 significant digits with thousands
+    separators (2.009338 -> '2.01', 123456.7 -> '123,457'); anything else as it is."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return value
 
 
 if __name__ == "__main__":
