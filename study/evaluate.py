@@ -31,12 +31,14 @@ stood or END was missing (`study.vocab.INVALID`), which matches no character.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from study.models.base import EncoderDecoder
 from study.vocab import END, Vocabulary
+
+if TYPE_CHECKING:  # Keras is imported by whoever built the model (`study.models.load_trained` starts it quietly)
+    from study.models.base import EncoderDecoder
 
 # bump whenever a metric's definition changes; every record names the version that computed it
 # (1: before the decode cap, length shares, oracle-length exact match and extra-character counting)
