@@ -397,6 +397,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for row in rows:
         verdict = "" if row["target"] is None else ("  right" if row["exact"] else f"  wrong (target {row['target']})")
         print(f"  {row['source']} -> {row['prediction']}{verdict}")
+    from study.vocab import INVALID
+
+    if any(INVALID in row["prediction"] for row in rows):
+        print(f"  ({INVALID} marks where the model wrote a special token before END, or never wrote END)")
     if args.attention_map:
         print(f"attention map: {args.attention_map}")
     return 0
