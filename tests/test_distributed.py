@@ -16,7 +16,7 @@ from study.executors import gpu_assignment, pin_gpu, ray_available, visible_gpus
 from study.merge import MergeConflictError, merge_results
 from study.runner import select_shard, study_cells
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 SLURM = ROOT / "examples" / "slurm"
 

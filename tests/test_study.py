@@ -12,7 +12,7 @@ from study.cell import cell_id, cell_identity
 from study.runner import expand_grid
 from study.tasks import get_task
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 @pytest.mark.slow

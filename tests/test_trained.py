@@ -10,7 +10,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # reads the smoke study
 
