@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.executors import ExecutorError
     from study.merge import MergeConflictError
     from study.registry import UnknownNameError
-    from study.report import NoResultsError
+    from study.records import NoResultsError
     from study.records import StudyLockedError
     from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
     from study.trained import TrainedModelError

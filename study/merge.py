@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from study.report import load_records, read_manifest
+from study.records import load_records, read_manifest
 from study.files import write_json_atomic
 from study.records import StudyLock
 
@@ -35,7 +35,7 @@ def merge_results(sources: list[Path], out: Path, warn: Callable[[str], None] = 
 
     Returns (the merged records, ids of grid cells no folder holds).
     Raises MergeConflictError (nothing written) when a cell's results differ
-    between folders, and report.NoResultsError for a folder without records.
+    between folders, and records.NoResultsError for a folder without records.
     """
     chosen: dict[str, tuple[dict, Path]] = {}
     grid: dict[str, None] = {}  # ordered set of every source's grid

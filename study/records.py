@@ -2,6 +2,8 @@
 
     write_json_atomic(out / "cells" / f"{record['id']}.json", record)   # study.files
     record = read_record(path)      # None when damaged, incomplete or of another schema
+    records = load_records(out)     # the latest run's records (study.json), or every one
+    manifest = read_manifest(out)   # study.json, or None
     with StudyLock(out): ...        # one study per folder
 
 A record (`cells/<id>.json`) holds one cell's full configuration, task version,
@@ -73,3 +75,32 @@ class StudyLock:
 
     def __exit__(self, *exc) -> None:
         self.file.close()  # closing releases the lock
+
+
+class NoResultsError(ValueError):
+    """A results folder without any readable cell record."""
+
+
+def read_manifest(out: Path) -> dict | None:
+    """`<out>/study.json` (config, the cells of the latest run, the whole grid, the shard), or None
+    when it is missing or unreadable."""
+    try:
+        manifest = json.loads((Path(out) / "study.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("cells"), list) else None
+
+
+def load_records(out: Path, every: bool = False) -> list[dict]:
+    """The records of the latest study in `out` (those named by study.json), or every record in
+    `out/cells` (`every`, or when study.json is missing)."""
+    out = Path(out)
+    cells_dir = out / "cells"
+    if not cells_dir.is_dir():
+        raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
+    manifest = read_manifest(out)
+    paths = [cells_dir / f"{i}.json" for i in manifest["cells"]] if manifest is not None and not every else sorted(cells_dir.glob("*.json"))
+    records = [r for r in (read_record(p) for p in paths if p.exists()) if r is not None]
+    if not records:
+        raise NoResultsError(f"{out} holds no finished cell records; run a study with --out {out} first")
+    return records

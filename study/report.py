@@ -31,40 +31,11 @@ import pandas as pd
 
 from study.files import json_digest
 from study.fonts import add_marks_note, character_ticks, readable, use_fonts
-from study.records import in_training_range, read_record
+from study.records import NoResultsError, in_training_range, load_records, read_manifest  # noqa: F401  (NoResultsError: part of the report's surface)
 from study.text import markdown_cell as md
 
 CONFIDENCE = 0.95
 MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
-
-
-class NoResultsError(ValueError):
-    """A results folder without any readable cell record."""
-
-
-def read_manifest(out: Path) -> dict | None:
-    """`<out>/study.json` (config, the cells of the latest run, the whole grid, the shard), or None
-    when it is missing or unreadable."""
-    try:
-        manifest = json.loads((Path(out) / "study.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("cells"), list) else None
-
-
-def load_records(out: Path, every: bool = False) -> list[dict]:
-    """The records of the latest study in `out` (those named by study.json), or every record in
-    `out/cells` (`every`, or when study.json is missing)."""
-    out = Path(out)
-    cells_dir = out / "cells"
-    if not cells_dir.is_dir():
-        raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
-    manifest = read_manifest(out)
-    paths = [cells_dir / f"{i}.json" for i in manifest["cells"]] if manifest is not None and not every else sorted(cells_dir.glob("*.json"))
-    records = [r for r in (read_record(p) for p in paths if p.exists()) if r is not None]
-    if not records:
-        raise NoResultsError(f"{out} holds no finished cell records; run a study with --out {out} first")
-    return records
 
 
 def series_names(records: list[dict]) -> dict[str, str]:

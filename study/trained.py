@@ -18,7 +18,7 @@ from typing import Callable
 
 from study.files import write_json_atomic
 from study.records import StudyLock
-from study.report import load_records
+from study.records import load_records
 
 
 class TrainedModelError(ValueError):
