@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
 
 EXIT_BAD_INPUT = 2
 EXIT_CELLS_FAILED = 3  # the study ran, but some cells of the grid (or shard) failed; they are listed

@@ -12,6 +12,8 @@ import contextlib
 import os
 from pathlib import Path
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's own C++ logging: errors only; imported before TensorFlow
+
 
 # What TensorFlow's native code prints while it starts, whatever TF_CPP_MIN_LOG_LEVEL says:
 # notices about logging, CPU instructions, oneDNN and absent CUDA drivers, not errors.

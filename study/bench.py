@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -184,10 +184,6 @@ class TaskPlan:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ConfigError(f"tasks.{self.name}.{field} must hold positive integers, got {v!r}")
 
-    @property
-    def trained_range(self) -> tuple[int, int]:
-        return min(self.train_lengths), max(self.train_lengths)
-
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:

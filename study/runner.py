@@ -29,8 +29,6 @@ from study.files import json_digest, remove_leftovers, write_json_atomic
 from study.records import StudyLock, read_record
 from study.text import one_line
 
-RECORD_SCHEMA = 1
-
 
 def expand_grid(config: StudyConfig) -> list[Cell]:
     """Every cell of the study, in a stable order (task, training lengths, seed, model)."""

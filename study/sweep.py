@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
 
 # name -> overrides of the standard profile's [train]: batch 64, 128 and 256 with the peak
 # learning rate scaled by the square root of the batch size (Adam; Malladi et al. 2022)

@@ -124,16 +124,4 @@ def load_trained(path) -> "EncoderDecoder":
     return keras.saving.load_model(path, compile=False)
 
 
-def __getattr__(name: str):  # the Keras classes, imported on first use
-    if name == "Seq2Seq":
-        from study.models.seq2seq import Seq2Seq
-
-        return Seq2Seq
-    if name in ("EncoderDecoder", "GreedyDecoder"):
-        from study.models import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module 'study.models' has no attribute {name!r}")
-
-
-__all__ = ["MODELS", "EncoderDecoder", "GreedyDecoder", "ModelSpec", "Seq2Seq", "UnknownNameError", "available_models", "build_model", "effective_model_config", "get_model_spec", "load_trained"]
+__all__ = ["MODELS", "ModelSpec", "UnknownNameError", "available_models", "build_model", "effective_model_config", "get_model_spec", "load_trained"]
