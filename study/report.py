@@ -677,7 +677,7 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
                 for start in range(width, int(d["position"].max()), width):
                     ax.axvline(start + 0.5, color="0.75", linewidth=0.7, linestyle="-", zorder=0, gid="unit boundary")
             ax.set(title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}", xlabel="output position (characters)",
-                   ylabel="character accuracy (%)", ylim=(-3, 103))
+                   ylabel="character accuracy (%)", ylim=(-3, 103), xlim=(0.5, d["position"].max() + 0.5))  # positions count from 1
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")

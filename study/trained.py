@@ -126,7 +126,7 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
 
     use_fonts()
     rows = (list(prediction) + ["END"])[: weights.shape[0]]
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * len(source) + 1.5), max(2.5, 0.3 * len(rows) + 1.2)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2)))  # readable for a short input too
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
     character_ticks(ax, "x", list(source), fontsize=8)
     character_ticks(ax, "y", rows, fontsize=8)
@@ -136,7 +136,7 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
     fig.colorbar(image, ax=ax, label="attention weight")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -361,6 +361,7 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     assert any("longest trained" in t for t in titles) and any("first beyond" in t for t in titles)
     for ax in fig.axes:
         assert _integer_ticks(ax) and ax.get_ylim() == (-3, 103) and "length" in ax.get_title()
+        assert ax.get_xlim()[0] == 0.5 and min(t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]) >= 1  # positions count from 1
         chance = [line for line in ax.get_lines() if line.get_gid() == "chance"]
         assert len(chance) == 1 and chance[0].get_linestyle() == "--"
         if ax.get_title().startswith(("copy", "reverse")):

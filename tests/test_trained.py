@@ -54,7 +54,9 @@ def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_pa
     lines = result.stdout.splitlines()
     assert lines[0].startswith("copy/dot, cell copy-dot-s1-")
     assert lines[1].startswith("  abcd -> ") and ("right" in lines[1] or "wrong (target abcd)" in lines[1])
-    assert png.stat().st_size > 5000
+    import matplotlib.image
+
+    assert min(matplotlib.image.imread(png).shape[:2]) >= 500  # readable for a four-character input
     from study.backend import START_UP_NOTICES
 
     assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr  # as quiet as the study
