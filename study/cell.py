@@ -143,23 +143,14 @@ def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, 
     target's length, so its exact match is its oracle-length exact match."""
     import numpy as np
 
-    from study.evaluate import decode, decode_at_target_length, decode_steps, oracle_exact_match, score
+    from study.evaluate import evaluate_with_predictions
 
     metrics, example = [], None
     for length, test in tests.items():
         Interrupt.check()
         t0 = time.perf_counter()
-        if end_token:
-            predictions, weights = decode(model, test.sources, sv, tv, decode_steps(test.targets), with_attention=length == map_length)
-            scored = score(predictions, test.targets)
-            scored["oracle_seq_acc"] = oracle_exact_match(model, test.sources, test.targets, sv, tv)
-        else:  # decoded at the target's length: exact match is the oracle-length exact match
-            predictions = decode_at_target_length(model, test.sources, test.targets, sv, tv)
-            scored = score(predictions, test.targets)
-            scored["oracle_seq_acc"] = scored["seq_acc"]
-            steps = len(test.targets[0])
-            weights = (model.greedy_decoder(steps, with_attention=True, min_steps=steps).predict(sv.encode_batch(test.sources[:1]), verbose=0).get("attention")
-                       if length == map_length else None)
+        scored, predictions, weights = evaluate_with_predictions(model, test.sources, test.targets, sv, tv, end_token=end_token,
+                                                                 with_attention=length == map_length)
         metrics.append({
             "length": length,
             "in_training_range": in_training_range(length, train_lengths),

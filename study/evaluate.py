@@ -125,15 +125,28 @@ def oracle_exact_match(model: EncoderDecoder, sources: Sequence[str], targets: S
     return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
 
-def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024,
-             end_token: bool = True) -> dict:
+def evaluate_with_predictions(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary,
+                              target_vocab: Vocabulary, batch_size: int = 1024, end_token: bool = True,
+                              with_attention: bool = False) -> tuple[dict, list[str], np.ndarray | None]:
     """Decodes `sources` greedily and scores the predictions against `targets` (`score`), with
     the oracle-length exact match beside (`oracle_exact_match`).  A model trained without END
     (`end_token` False) is decoded at the target's length (`decode_at_target_length`), so its
-    exact match and oracle-length exact match are one number."""
+    exact match and oracle-length exact match are one number.  Returns (metrics, predictions,
+    attention weights (n, steps, S) or None: with `with_attention` on an attention model, those
+    of every example, or of the first alone for a model decoded at the target's length)."""
     if not end_token:
         predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
         scored = score(predictions, targets)
-        return {**scored, "oracle_seq_acc": scored["seq_acc"]}
-    predictions, _ = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size)
-    return {**score(predictions, targets), "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size)}
+        steps = len(targets[0])
+        weights = (model.greedy_decoder(steps, with_attention=True, min_steps=steps).predict(source_vocab.encode_batch(sources[:1]), verbose=0)
+                   .get("attention") if with_attention else None)
+        return {**scored, "oracle_seq_acc": scored["seq_acc"]}, predictions, weights
+    predictions, weights = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size, with_attention=with_attention)
+    scored = score(predictions, targets)
+    return {**scored, "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size)}, predictions, weights
+
+
+def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024,
+             end_token: bool = True) -> dict:
+    """The metrics of `evaluate_with_predictions` alone (what the study records per test set)."""
+    return evaluate_with_predictions(model, sources, targets, source_vocab, target_vocab, batch_size, end_token)[0]
