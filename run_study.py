@@ -203,7 +203,6 @@ def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, s
     command line; `selected_tasks` (a variant's own tasks) replaces the task list unless
     `--tasks` gives one."""
     from study.config import PROFILES, build_study_config
-    from study.tasks import get_task
 
     file_settings = dict(file_settings)
     file_tasks = file_settings.get("tasks") or {}
@@ -222,7 +221,7 @@ def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, s
     for model in config.models:
         get_model_spec(model)
     for plan in config.tasks:
-        task = get_task(plan.name, **dict(plan.options))
+        task = plan.build()
         for length in (*plan.train_lengths, *plan.eval_lengths):
             try:
                 task.check_length(length)

@@ -336,7 +336,7 @@ def time_to_accuracy(args) -> dict:
     cfg = bench_recipe()
     model_cfg = ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size)
     run = prepare(task, args.attention, lengths, [args.length], model_cfg, cfg, n_test=500, seed=0)
-    train_set, validation, held_out = run.splits.train, run.splits.validation, run.splits.test[args.length]
+    train_set, held_out = run.splits.train, run.splits.test[args.length]
     sv, tv = run.source_vocab, run.target_vocab
     steps = decode_steps(held_out.targets)
     held_source = sv.encode_batch(held_out.sources)

@@ -180,10 +180,9 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
     from study.evaluate import METRICS_VERSION
     from study.experiment import prepare, train
     from study.models import get_model_spec
-    from study.tasks import get_task
 
     started = time.perf_counter()
-    task = get_task(cell.task.name, **dict(cell.task.options))
+    task = cell.task.build()
     identity = cell_identity(cell, config, task)
     cid = cell_id(identity)
     paths = cell_paths(out, cid)
@@ -274,10 +273,9 @@ def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True, out:
 
 def failed_record(cell: Cell, config: StudyConfig, error: str, traceback_text: str = "") -> dict:
     """The record of a cell that could not finish: its identity, configuration and the error."""
-    from study.tasks import get_task
 
     try:
-        task = get_task(cell.task.name, **dict(cell.task.options))
+        task = cell.task.build()
     except Exception:
         task = None
     identity = cell_identity(cell, config, task)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from study.tasks import Task
 
 
 class ConfigError(ValueError):
@@ -174,6 +177,13 @@ class TaskPlan:
     train_lengths: tuple[int, ...]
     eval_lengths: tuple[int, ...]
     options: tuple[tuple[str, Any], ...] = ()
+
+    def build(self) -> Task:
+        """The task this plan names, built with its options (`study.tasks.get_task`: contract
+        checked on first build; raises its UnknownNameError, TaskOptionError, TaskContractError)."""
+        from study.tasks import get_task
+
+        return get_task(self.name, **dict(self.options))
 
     def __post_init__(self) -> None:
         for field in ("train_lengths", "eval_lengths"):

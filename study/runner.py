@@ -44,11 +44,10 @@ def expand_grid(config: StudyConfig) -> list[Cell]:
 
 def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
     """(cell, id) for every cell of the grid."""
-    from study.tasks import get_task
 
     out = []
     for cell in expand_grid(config):
-        out.append((cell, cell_id(cell_identity(cell, config, get_task(cell.task.name, **dict(cell.task.options))))))
+        out.append((cell, cell_id(cell_identity(cell, config, cell.task.build()))))
     return out
 
 

@@ -26,7 +26,6 @@ import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path

@@ -1,6 +1,5 @@
 """The recipe sweep: runs train on training and validation data only, and the table says what they did."""
 
-import json
 
 import pytest
 
