@@ -72,16 +72,22 @@ def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_pa
         (["--task", "copy", "--model", "none", "--attention-map", "x.png", "ab"], "has no attention to draw"),
     ],
 )
-def test_predict_bad_input_is_one_line_exit_2(smoke_run, args, message):
+def test_predict_bad_input_is_one_line_exit_2(smoke_run, args, message, capsys):
+    """The command line's own entry point, in this process (the subprocess path is the test above)."""
+    import run_study
+
     out, _ = smoke_run
-    result = run_cli("predict", str(out), *args)
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
-    assert len(result.stderr.strip().splitlines()) == 1
+    code = run_study.main(["predict", str(out), *args])
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr, stderr[-2000:]
+    assert len(stderr.strip().splitlines()) == 1
 
 
-def test_predict_on_a_folder_without_results_is_one_line_exit_2(tmp_path):
-    result = run_cli("predict", str(tmp_path / "nowhere"), "--task", "copy", "--model", "dot", "ab")
-    assert result.returncode == 2 and "does not exist" in result.stderr
+def test_predict_on_a_folder_without_results_is_one_line_exit_2(tmp_path, capsys):
+    import run_study
+
+    assert run_study.main(["predict", str(tmp_path / "nowhere"), "--task", "copy", "--model", "dot", "ab"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_rescore_reproduces_the_metrics_when_nothing_changed(smoke_run, tmp_path):
