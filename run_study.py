@@ -202,12 +202,12 @@ def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, s
     """The validated configuration of one study: the profile, then `file_settings`, then the
     command line; `selected_tasks` (a variant's own tasks) replaces the task list unless
     `--tasks` gives one."""
-    from study.config import PROFILES, build_study_config
+    from study.config import PROFILES, build_study_config, file_task_plans
 
     file_settings = dict(file_settings)
-    file_tasks = file_settings.get("tasks") or {}
-    base_tasks = {**PROFILES[profile]["tasks"], **{name: {**PROFILES[profile]["tasks"].get(name, {}), **(plan if isinstance(plan, dict) else {})}
-                                                   for name, plan in file_tasks.items()}}
+    file_tasks = file_settings.get("tasks")
+    plans = file_task_plans(profile, file_tasks) if isinstance(file_tasks, dict) else {}
+    base_tasks = {**PROFILES[profile]["tasks"], **{name: plan for name, plan in plans.items() if isinstance(plan, dict)}}  # others: refused by the config
     if args.tasks is not None:
         file_settings.pop("tasks", None)
     overrides = _overrides(args, base_tasks)
@@ -379,17 +379,11 @@ def _results_folder(args: argparse.Namespace) -> Path:
     return args.results_dir
 
 
-def _start_keras() -> None:
-    """Starts the Keras backend of `KERAS_BACKEND` (TensorFlow by default) without its start-up notices."""
-    from study.backend import start_backend
-
-    start_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
+    from study.backend import start_backend
     from study.trained import predict
 
-    _start_keras()
+    start_backend()
     out = _results_folder(args)
     rows = predict(out, args.task, args.model, args.seed, args.sources, args.attention_map)
     print(f"{args.task}/{args.model}, cell {rows[0]['cell']}:")
@@ -406,10 +400,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from study.backend import start_backend
     from study.report import write_report
     from study.trained import rescore
 
-    _start_keras()
+    start_backend()
     out = _results_folder(args)
     done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
     print(f"rescored {done} cells ({skipped} without a saved model or a task this machine can rebuild left as they were); report: {write_report(out)}")

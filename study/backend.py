@@ -90,10 +90,11 @@ def enable_jax_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def start_backend(backend: str, threads: int | None = None) -> None:
-    """Starts the Keras backend before Keras imports it: TensorFlow with its start-up notices
-    filtered and its thread pools capped at `threads` (None: its defaults), or JAX with its
-    compilation cache on."""
+def start_backend(backend: str | None = None, threads: int | None = None) -> None:
+    """Starts the Keras backend (None: `$KERAS_BACKEND`, else TensorFlow) before Keras imports
+    it: TensorFlow with its start-up notices filtered and its thread pools capped at `threads`
+    (None: its defaults), or JAX with its compilation cache on."""
+    backend = backend or os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "tensorflow":
         start_tensorflow(threads)
     elif backend == "jax":

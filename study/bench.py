@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 def readable_number(value):
     """A measurement as a person reads it: floats to 3 significant digits with thousands
     separators (2.009338 -> '2.01', 123456.7 -> '123,457'); anything else as it is."""
-    if isinstance(value, float) and not isinstance(value, bool):
+    if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
     return value
 

@@ -344,6 +344,14 @@ def parse_lengths(value: Any, where: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def file_task_plans(profile: str, file_tasks: dict) -> dict:
+    """A config file's `[tasks.X]` tables, each merged over the profile's settings for X (a
+    profile task keeps its lengths unless the file gives them); the file's tasks are the
+    study's tasks, as `--tasks` and a variant's `tasks` select theirs."""
+    profile_tasks = PROFILES[profile]["tasks"]
+    return {name: merge_settings(profile_tasks.get(name, {}), plan) if isinstance(plan, dict) else plan for name, plan in file_tasks.items()}
+
+
 def merge_settings(base: dict, override: dict) -> dict:
     """Recursive dict merge; `override` wins."""
     out = dict(base)
@@ -389,11 +397,10 @@ def build_study_config(profile: str = "standard", file_settings: dict | None = N
     file_settings = dict(file_settings or {})
     file_tasks = file_settings.pop("tasks", None)
     raw = merge_settings(PROFILES[profile], file_settings)
-    if file_tasks is not None:  # a config file's tasks select, as --tasks and a variant's do; a profile task keeps its lengths
+    if file_tasks is not None:
         if not isinstance(file_tasks, dict):
             raise ConfigError(f"tasks must be a table of task name -> settings, got {file_tasks!r}")
-        profile_tasks = PROFILES[profile]["tasks"]
-        raw["tasks"] = {name: merge_settings(profile_tasks.get(name, {}), plan) if isinstance(plan, dict) else plan for name, plan in file_tasks.items()}
+        raw["tasks"] = file_task_plans(profile, file_tasks)
     overrides = dict(overrides or {})
     selected_tasks = overrides.pop("tasks", None)
     raw = merge_settings(raw, overrides)

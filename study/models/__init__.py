@@ -112,11 +112,9 @@ def load_trained(path) -> "EncoderDecoder":
     """A model saved by a study (`<out>/models/<cell id>.keras`), with its alphabets
     (`model.vocabularies()`); `keras.saving.load_model` works as well once
     `study.models.seq2seq` and `study.models.transformer` are imported (they register the classes)."""
-    import os
-
     from study.backend import start_backend
 
-    start_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))  # without TensorFlow's start-up notices
+    start_backend()  # $KERAS_BACKEND, TensorFlow without its start-up notices
     import keras
 
     from study.models import seq2seq, transformer  # noqa: F401  (registers the classes)
