@@ -500,15 +500,15 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                          columns=["task", "series", "length", "train_max", "seq_acc", "oracle_seq_acc"])
     palette, markers = _palette(models), _markers(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
-    per_length = any(r.get("regime") == "per_length" for r in records)
+    per_length = {series[r["id"]] for r in records if r.get("regime") == "per_length"}  # series of one model per training length
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.6), squeeze=False, sharex="col")
     for j, task in enumerate(tasks):
         data = summary[summary["task"] == task]
         lo, hi = data["train_min"].min(), data["train_max"].max()
         points_here = seeds[seeds["task"] == task]
-        if per_length:  # one model per length: each evaluated at its own training length
-            data = data[data["length"] == data["train_max"]]
-            points_here = points_here[points_here["length"] == points_here["train_max"]]
+        # a series of one model per length: each model at its own training length; the others at every length
+        data = data[~data["series"].isin(per_length) | (data["length"] == data["train_max"])]
+        points_here = points_here[~points_here["series"].isin(per_length) | (points_here["length"] == points_here["train_max"])]
         lengths = sorted(set(data["length"]))
         dodge = 0.012 * (max(lengths) - min(lengths) or 1)  # error bars side by side, not on top of each other
         offsets = {model: (k - (len(models) - 1) / 2) * dodge for k, model in enumerate(models)}
@@ -548,7 +548,8 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                 handles.append(h)
                 labels.append(l)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    regime = "; one model trained per length" if per_length else ""
+    regime = ("; one model trained per length" if per_length == set(models)
+              else f"; one model per length for {', '.join(sorted(per_length))}" if per_length else "")
     fig.suptitle(f"Greedy-decoded exact match vs input length: mean and 95% interval over {_seeds_and_examples(records)} (circles: each seed){regime};\n"
                  "below, the oracle-length diagnostic: END held back until the target's length (mean, bars: range over seeds); "
                  "dotted: beyond the trained lengths")
