@@ -237,17 +237,16 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
 
 
 class Interrupt:
-    """Ctrl-C during a study. Training in this process checks `requested` between batches and
-    stops there: a KeyboardInterrupt raised at an arbitrary point can land in a garbage-collector
-    callback inside TensorFlow and be swallowed. A second Ctrl-C, or one while this process only
-    waits for worker processes (`raise_now`), raises at once."""
+    """Ctrl-C during a study. The handler only sets `requested`; training in this process checks
+    it between batches, and the executors between waits for their workers. A KeyboardInterrupt
+    raised at an arbitrary point can land in a garbage-collector callback inside TensorFlow and be
+    swallowed, or cut a worker's spawn in half. A second Ctrl-C raises at once."""
 
     requested = False
-    raise_now = False
 
     @classmethod
     def handler(cls, signum, frame) -> None:
-        if cls.requested or cls.raise_now:
+        if cls.requested:
             raise KeyboardInterrupt
         cls.requested = True
 

@@ -15,13 +15,15 @@ can share a card when there are more jobs than GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Callable
 
 from study.backend import start_backend
-from study.cell import failed_record, run_cell_safely
+from study.cell import Interrupt, failed_record, run_cell_safely
 from study.config import StudyConfig, available_cores
 
 EXECUTORS = ("local", "ray")
@@ -78,7 +80,10 @@ def pin_gpu(gpu: str | None) -> None:
 def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots, parent: int) -> None:
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    # the parent handles Ctrl-C; this process started with SIGINT blocked (`_sigint_blocked`), so a
+    # Ctrl-C that reached it while Python was starting is pending: ignoring SIGINT discards it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _exit_with_parent(parent)
     pin_gpu(gpu_slots.get())
     _prepare_worker(backend, threads, plugins)
@@ -107,16 +112,36 @@ def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
         load_task_module(module)
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Holds back SIGINT in this thread while it spawns workers.  A terminal's Ctrl-C reaches the
+    whole process group, workers included; a worker inherits this signal mask, so it cannot be
+    killed by Ctrl-C before its initializer ignores SIGINT, and this process gets the signal
+    (through `Interrupt.handler`) as soon as the block lifts."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _run_cell_in_worker(cell, config: StudyConfig, out: Path | None) -> dict:
     return run_cell_safely(cell, config, progress=False, out=out)
 
 
 def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None], out: Path | None = None) -> None:
     """Cells in `workers` spawned processes, each limited to its share of the cores and pinned
-    to one GPU when the machine has any.  Workers ignore Ctrl-C (the parent stops them) and
-    exit by themselves when the parent dies."""
+    to one GPU when the machine has any.  Workers ignore Ctrl-C and exit by themselves when the
+    parent dies; the parent notices Ctrl-C (`Interrupt.requested`) within half a second of
+    waiting, never while it spawns a worker (a worker cut off mid-spawn prints a traceback),
+    and then stops its workers."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
     gpu_slots = context.SimpleQueue()  # no feeder thread that the interpreter's exit would wait for
@@ -125,9 +150,13 @@ def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str],
     threads = max(1, available_cores() // workers)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_local_worker_init, initargs=(config.backend, threads, plugins, gpu_slots, os.getpid()))
     try:
-        futures = [pool.submit(_run_cell_in_worker, cell, config, out) for cell, _ in todo]
-        for future in as_completed(futures):
-            finish(future.result())
+        with _sigint_blocked():  # a pool spawns its workers as cells are submitted
+            pending = {pool.submit(_run_cell_in_worker, cell, config, out) for cell, _ in todo}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)  # wakes up for Ctrl-C
+            for future in done:
+                finish(future.result())
+            Interrupt.check()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():
@@ -209,6 +238,7 @@ def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callabl
                 except RayError as exc:  # the worker died on every attempt, or the cluster lost it
                     record = failed_record(cell, config, f"{type(exc).__name__} after {RAY_RETRIES} retries: {str(exc).strip()[:300]}")
                 finish(record)
+            Interrupt.check()
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -173,8 +173,7 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
     import threading
 
     workers = min(config.workers, max(len(todo), 1))
-    in_parent_only = executor == "ray" or workers > 1  # this process only waits for others
-    Interrupt.requested, Interrupt.raise_now = False, in_parent_only
+    Interrupt.requested = False
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, Interrupt.handler) if in_main_thread else None
     try:
