@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
+from study.text import comma_list
 
 EXIT_BAD_INPUT = 2
 EXIT_CELLS_FAILED = 3  # the study ran, but some cells of the grid (or shard) failed; they are listed
@@ -49,13 +50,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def _seeds(value: str) -> list[int]:
     try:
-        seeds = [int(v) for v in _csv(value)]
+        seeds = [int(v) for v in comma_list(value)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {value!r}") from None
     if not seeds or any(s < 0 for s in seeds):
@@ -83,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.__class__ = _Parser
     run.add_argument("--profile", default="standard", help="smoke, standard (default) or full")
     run.add_argument("--config", type=Path, help="a TOML file with any setting a profile has")
-    run.add_argument("--tasks", type=_csv, help="comma-separated task names (default: the profile's)")
-    run.add_argument("--models", type=_csv, help="comma-separated model names")
+    run.add_argument("--tasks", type=comma_list, help="comma-separated task names (default: the profile's)")
+    run.add_argument("--models", type=comma_list, help="comma-separated model names")
     run.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
     run.add_argument("--lengths", help="evaluation lengths for every selected task, e.g. 4,8,16 or 4..32")
     run.add_argument("--train-lengths", help="training lengths for every selected task, e.g. 4..32")

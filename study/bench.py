@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
+from study.text import comma_list
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.length_curve:
-        rows = length_curve(args, [int(x) for x in args.length_curve.split(",")])
+        rows = length_curve(args, [int(x) for x in comma_list(args.length_curve)])
         report = {"length_curve": rows, "attention": args.attention, "backend": args.backend, "versions": versions(), "device": device_name()}
         print(json.dumps(report, indent=1) if args.json else "\n".join(json.dumps(r) for r in rows))
         return 0

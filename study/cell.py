@@ -10,12 +10,13 @@ everything its result depends on (`cell_identity`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from study.config import StudyConfig, TaskPlan, TrainConfig, config_to_dict
 from study.files import json_digest
@@ -120,10 +121,11 @@ def device_name() -> str:
 
 
 def attention_example_length(plan: TaskPlan, lengths: tuple[int, ...]) -> int:
-    """The evaluation length whose first test example is drawn as an attention map:
-    the one nearest the middle of the training range."""
+    """The evaluation length whose test example is drawn as an attention map: the one nearest
+    the middle of the training range, the longer of two equally near (a longer example shows
+    more of the alignment)."""
     middle = (min(lengths) + max(lengths)) / 2
-    return min(plan.eval_lengths, key=lambda length: (abs(length - middle), length))
+    return min(plan.eval_lengths, key=lambda length: (abs(length - middle), -length))
 
 
 def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
@@ -136,10 +138,17 @@ def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
     return {"backup": out / "backups" / cid, "model": out / "models" / f"{cid}.keras", "logs": out / "logs" / cid}
 
 
+def example_index(predictions: list[str], targets: list[str], kept: int) -> int:
+    """The index of the first of the first `kept` examples (those whose attention weights were
+    kept) whose prediction equals its target; 0 when none does."""
+    return next((k for k in range(min(kept, len(predictions))) if predictions[k] == targets[k]), 0)
+
+
 def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, tv, end_token: bool = True) -> tuple[list[dict], dict | None]:
     """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
-    returns the per-length metric rows and the attention example (first test example at
-    `map_length`, or None).  A model trained without END (`end_token` False) is decoded at each
+    returns the per-length metric rows and the attention example at `map_length` (or None): the
+    first test example the model gets right there, else the first one, so that the map shows
+    the mechanism where it works and says WRONG only where nothing is right.  A model trained without END (`end_token` False) is decoded at each
     target's length, so its exact match is its oracle-length exact match."""
     import numpy as np
 
@@ -160,13 +169,15 @@ def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, 
             "decode_seconds": time.perf_counter() - t0,
         })
         if length == map_length:
+            i = example_index(predictions, test.targets, len(weights) if weights is not None else 1)
             example = {
                 "length": length,
-                "source": test.sources[0],
-                "target": test.targets[0],
-                "prediction": predictions[0],
+                "index": i,
+                "source": test.sources[i],
+                "target": test.targets[i],
+                "prediction": predictions[i],
                 # rows: output steps up to and including END; columns: source characters
-                "weights": None if weights is None else np.round(weights[0, : len(predictions[0]) + 1, : len(test.sources[0])], 4).tolist(),
+                "weights": None if weights is None else np.round(weights[i, : len(predictions[i]) + 1, : len(test.sources[i])], 4).tolist(),
             }
     return metrics, example
 
@@ -255,6 +266,25 @@ class Interrupt:
         """Raises KeyboardInterrupt at a safe point once Ctrl-C was pressed."""
         if cls.requested:
             raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def handled(cls) -> Iterator[None]:
+        """Routes Ctrl-C to `handler` inside the block (main thread only: elsewhere Python
+        delivers no signals) and puts the previous handler back after it; a request never
+        outlives the block."""
+        import signal
+        import threading
+
+        cls.requested = False
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, cls.handler) if in_main_thread else None
+        try:
+            yield
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
+            cls.requested = False
 
 
 def run_cell_safely(cell: Cell, config: StudyConfig, progress: bool = True, out: Path | None = None) -> dict:

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
+from study.text import comma_list
+
 if TYPE_CHECKING:
     from study.tasks import Task
 
@@ -329,7 +331,7 @@ def parse_lengths(value: Any, where: str) -> tuple[int, ...]:
                 if not values or lo < 1:
                     raise ValueError
             else:
-                values = [int(p) for p in value.split(",")]
+                values = [int(p) for p in comma_list(value)]
         except ValueError:
             raise ConfigError(f"{where} must be positive integers, a list like 4,8,16 or a range like 4..32, got {value!r}") from None
     elif isinstance(value, (list, tuple)):

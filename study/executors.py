@@ -1,11 +1,14 @@
-"""Where the cells of a study run: worker processes on this machine, or Ray tasks on a cluster.
+"""Where the cells of a study run: this process, worker processes on this machine, or Ray tasks.
 
-    run_local(todo, config, workers, plugins, finish)      # spawned processes, one GPU each if any
-    run_ray(todo, config, plugins, finish, address=None)   # one Ray task per cell
+    run_cells(todo, config, finish)                      # picks one of the three below
+    run_in_process(todo, config, finish)                 # one after the other, here
+    run_local(todo, config, workers, plugins, finish)    # spawned processes, one GPU each if any
+    run_ray(todo, config, plugins, finish, address=None) # one Ray task per cell
 
-Both run `study.cell.run_cell_safely` for each (cell, id) in `todo` and hand every
+Each runs `study.cell.run_cell_safely` for each (cell, id) in `todo` and hands every
 record to `finish` as cells complete; `finish` (in the driver) writes it.
 Workers never write results, so a worker that dies loses only its own cell.
+Each stops at its next safe point once Ctrl-C was pressed (`Interrupt.check`).
 
 Each worker is limited to its share of the CPU cores before TensorFlow or JAX
 starts.  On a machine with GPUs, local workers are pinned round robin, one
@@ -23,8 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from study.backend import start_backend
-from study.cell import Interrupt, failed_record, run_cell_safely
+from study.cell import Cell, Interrupt, failed_record, run_cell_safely
 from study.config import StudyConfig, available_cores
+from study.text import comma_list
 
 EXECUTORS = ("local", "ray")
 RAY_RETRIES = 3  # attempts after a Ray worker dies mid-cell (a Python error inside a cell is a failed record, not a retry)
@@ -55,7 +59,7 @@ def visible_gpus() -> list[str]:
     """The GPUs of this machine: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi`'s list, else []."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+        return [g for g in comma_list(listed) if g != "-1"]
     try:
         result = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
@@ -128,6 +132,43 @@ def _sigint_blocked():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def run_cells(todo: list, config: StudyConfig, finish: Callable[[dict], None], executor: str = "local", address: str | None = None,
+              out: Path | None = None, progress: bool = True, starting: Callable[[Cell], None] | None = None) -> None:
+    """Runs the (cell, id) pairs of `todo` and hands each record to `finish` as it completes.
+
+    `executor` "ray" runs them as Ray tasks (`run_ray`, on the cluster at `address`); "local"
+    runs them in `config.workers` worker processes (`run_local`), or in this process when one
+    worker is enough (`run_in_process`: with `progress`, each cell shows its own progress bar,
+    and `starting` is called with each cell before it trains).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (`Interrupt.requested`), at the executor's next safe point.
+        ExecutorError: Ray is missing or its cluster cannot be reached.
+    """
+    from study.tasks import loaded_plugins
+
+    if not todo:
+        return
+    workers = min(config.workers, len(todo))
+    if executor == "ray":
+        run_ray(todo, config, loaded_plugins(), finish, address, out)
+    elif workers == 1:
+        run_in_process(todo, config, finish, out, progress, starting)
+    else:
+        run_local(todo, config, workers, loaded_plugins(), finish, out)
+
+
+def run_in_process(todo: list, config: StudyConfig, finish: Callable[[dict], None], out: Path | None = None, progress: bool = True,
+                   starting: Callable[[Cell], None] | None = None) -> None:
+    """The cells one after the other in this process, with this process's backend and threads;
+    training checks for Ctrl-C between batches."""
+    for cell, _ in todo:
+        if starting is not None:
+            starting(cell)
+        finish(run_cell_safely(cell, config, progress=progress, out=out))
+        Interrupt.check()
 
 
 def _run_cell_in_worker(cell, config: StudyConfig, out: Path | None) -> dict:

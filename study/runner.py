@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, failed_record, run_cell_safely
+from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, failed_record
 from study.config import StudyConfig, config_to_dict
-from study.executors import run_local, run_ray
+from study.executors import run_cells
 from study.files import json_digest, remove_leftovers, write_json_atomic
 from study.records import StudyLock, read_record
 from study.text import one_line
@@ -43,12 +43,9 @@ def expand_grid(config: StudyConfig) -> list[Cell]:
 
 
 def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
-    """(cell, id) for every cell of the grid."""
-
-    out = []
-    for cell in expand_grid(config):
-        out.append((cell, cell_id(cell_identity(cell, config, cell.task.build()))))
-    return out
+    """(cell, id) for every cell of the grid; each task is built once."""
+    tasks = {id(plan): plan.build() for plan in config.tasks}
+    return [(cell, cell_id(cell_identity(cell, config, tasks[id(cell.task)]))) for cell in expand_grid(config)]
 
 
 def _cell_key(task: str, model: str, seed: int, train_lengths) -> tuple:
@@ -93,26 +90,49 @@ def run_study(
 
     Holds `<out>/.lock` while it runs; writes `<out>/study.json` (the configuration,
     the cell ids this run covers, the whole grid's ids and the shard) first, then
-    each cell's record atomically as it finishes.  Finished cells are skipped
-    unless `fresh`; a damaged record is reported through `warn` and recomputed;
+    each cell's record atomically as it finishes (`save_record`).  Finished cells are
+    skipped unless `fresh`; a damaged record is reported through `warn` and recomputed;
     failed cells are retried.  `executor` "local" runs cells in this process or
     `config.workers` worker processes; "ray" runs them as Ray tasks (on the
-    cluster at `address`, or on a local Ray instance).
+    cluster at `address`, or on a local Ray instance): `study.executors.run_cells`.
 
     Raises:
         StudyLockedError: another study holds the folder.
         StudyInterrupted: Ctrl-C; every finished cell is saved.
         ExecutorError: the executor cannot start.
     """
-    with StudyLock(out):
-        return _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, address)
-
-
-def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, address) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from study.tasks import loaded_plugins
+    with StudyLock(out):
+        selected, records, todo = plan_run(config, out, fresh, shard, warn)
+        if progress and records:
+            print(f"resuming: {len(records)} of {len(selected)} cells done in {out}; {len(todo)} to run", flush=True)
+        bar = tqdm(total=len(selected), initial=len(records), desc="study", unit="cell", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
+        asked = {_cell_key(cell.task.name, cell.model, cell.seed, cell.train_lengths): (cell, cid) for cell, cid in todo}
 
+        def finish(record: dict) -> None:
+            record = save_record(record, out, config, asked)
+            records[record["id"]] = record
+            bar.update(1)
+            if on_record is not None:
+                on_record(record)
+
+        try:
+            with Interrupt.handled():
+                run_cells(todo, config, finish, executor, address, out, progress, starting=lambda cell: bar.set_postfix_str(cell.describe()))
+        except KeyboardInterrupt:
+            raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(selected)) from None
+        finally:
+            bar.close()
+    return [records[cid] for _, cid in selected if cid in records]
+
+
+def plan_run(config: StudyConfig, out: Path, fresh: bool, shard: tuple[int, int] | None,
+             warn: Callable[[str], None]) -> tuple[list[tuple[Cell, str]], dict[str, dict], list[tuple[Cell, str]]]:
+    """What a run of `config` in `out` has to do: the (cell, id) pairs it covers, the records of
+    those already finished (by id; none when `fresh`) and the pairs left to run.  Writes
+    `<out>/study.json`, removes half-written records and warns about damaged ones and about
+    records of other grids in the folder."""
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(cells_dir)  # writers killed before their rename; never read as records
@@ -135,65 +155,38 @@ def _run_locked(config, out, fresh, progress, on_record, warn, shard, executor, 
             records[cid] = existing
         else:
             todo.append((cell, cid))
-
-    done = len(selected) - len(todo)
-    if progress and done:
-        print(f"resuming: {done} of {len(selected)} cells done in {out}; {len(todo)} to run", flush=True)
     others = sorted(set(p.stem for p in cells_dir.glob("*.json")) - {cid for _, cid in grid})
     if others:
         warn(f"note: {out} also holds {len(others)} record(s) of other grids (earlier runs with other settings); "
              f"this run's report covers its own {len(selected)} cells only; `python run_study.py report {out} --all` reports every record")
-    bar = tqdm(total=len(selected), initial=done, desc="study", unit="cell", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
+    return selected, records, todo
 
-    asked = {_cell_key(cell.task.name, cell.model, cell.seed, cell.train_lengths): (cell, cid) for cell, cid in todo}
 
-    def finish(record: dict) -> None:
-        cell, cid = asked.get(_cell_key(record["task"], record["model"], record["seed"], record["train_lengths"]), (None, record["id"]))
-        if record["id"] != cid:  # the worker could not build the task, or its packages give it another identity
-            unbuilt = record["status"] == "failed" and record.get("task_version") is None
-            cause = record["error"] if unbuilt else (
-                f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of {cid}: its package versions "
-                f"(e.g. Babel) differ from this machine's; run every worker with the same versions. {record.get('error') or ''}").strip()
-            record = failed_record(cell, config, cause, record.get("traceback", ""))
-        write_json_atomic(cells_dir / f"{record['id']}.json", record)
-        if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
-            backup = cell_paths(out, record["id"])["backup"]
-            shutil.rmtree(backup, ignore_errors=True)
-            try:
-                backup.parent.rmdir()  # only when empty: no cell in training, no backups/ folder
-            except OSError:
-                pass  # another cell is training (or the folder was never made)
-        records[record["id"]] = record
-        bar.update(1)
-        if on_record is not None:
-            on_record(record)
-        Interrupt.check()
+def save_record(record: dict, out: Path, config: StudyConfig, asked: dict[tuple, tuple[Cell, str]]) -> dict:
+    """Writes a finished cell's record to `<out>/cells/<id>.json` (atomically) and returns it.
 
-    import signal
-    import threading
-
-    workers = min(config.workers, max(len(todo), 1))
-    Interrupt.requested = False
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, Interrupt.handler) if in_main_thread else None
-    try:
-        if executor == "ray":
-            if todo:
-                run_ray(todo, config, loaded_plugins(), finish, address, out)
-        elif workers == 1:
-            for cell, _ in todo:
-                bar.set_postfix_str(cell.describe())
-                finish(run_cell_safely(cell, config, progress=progress, out=out))
-        else:
-            run_local(todo, config, workers, loaded_plugins(), finish, out)
-    except KeyboardInterrupt:
-        bar.close()
-        raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(selected)) from None
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
-    bar.close()
-    return [records[cid] for _, cid in selected if cid in records]
+    `asked` maps each cell's key (task, model, seed, training lengths) to the (cell, id) this
+    run expects.  A record under another id is written as a failed record of the expected cell:
+    the worker could not build the task (its error is kept), or its package versions gave the
+    cell another identity (e.g. another Babel's date data).  Once a record is ok, the cell's
+    training backup is deleted, and `<out>/backups/` with it when no other cell is training.
+    """
+    cell, cid = asked.get(_cell_key(record["task"], record["model"], record["seed"], record["train_lengths"]), (None, record["id"]))
+    if record["id"] != cid:
+        unbuilt = record["status"] == "failed" and record.get("task_version") is None
+        cause = record["error"] if unbuilt else (
+            f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of {cid}: its package versions "
+            f"(e.g. Babel) differ from this machine's; run every worker with the same versions. {record.get('error') or ''}").strip()
+        record = failed_record(cell, config, cause, record.get("traceback", ""))
+    write_json_atomic(out / "cells" / f"{record['id']}.json", record)
+    if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
+        backup = cell_paths(out, record["id"])["backup"]
+        shutil.rmtree(backup, ignore_errors=True)
+        try:
+            backup.parent.rmdir()  # only when empty: no cell in training, no backups/ folder
+        except OSError:
+            pass  # another cell is training (or the folder was never made)
+    return record
 
 
 def summary_line(record: dict) -> str:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
+from study.text import comma_list
 
 # name -> overrides of the standard profile's [train]: batch 64, 128 and 256 with the peak
 # learning rate scaled by the square root of the batch size (Adam; Malladi et al. 2022)
@@ -200,13 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/sweep")
     p.add_argument("--table", action="store_true", help="only redraw the table")
     args = p.parse_args(argv)
-    recipes, probes = args.recipes.split(","), args.probes.split(",")
+    recipes, probes = comma_list(args.recipes), comma_list(args.probes)
     for name, known, what in [(r, RECIPES, "recipe") for r in recipes] + [(q, PROBES, "probe") for q in probes]:
         if name not in known:
             print(f"error: unknown {what} {name!r} (known: {', '.join(known)})", file=sys.stderr)
             return 2
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in comma_list(args.seeds)]
     except ValueError:
         print(f"error: --seeds must be comma-separated integers, got {args.seeds!r}", file=sys.stderr)
         return 2

@@ -233,7 +233,7 @@ def test_a_worker_with_other_locale_data_fails_its_cell_under_the_asked_id(tmp_p
     """A worker (a Ray node, say) whose Babel ships another CLDR computes another cell id for a
     date_format cell; the driver records the cell it asked for as failed, naming the cause and
     keeping the worker's own error, instead of saving a record the grid never asked for."""
-    from study import runner
+    from study import executors, runner
     from study.cell import failed_record
     from study.tasks import date_format
 
@@ -246,7 +246,7 @@ def test_a_worker_with_other_locale_data_fails_its_cell_under_the_asked_id(tmp_p
             patch.setattr(date_format, "get_cldr_version", lambda: "1")
             return failed_record(cell, config, "RuntimeError: boom")
 
-    monkeypatch.setattr(runner, "run_cell_safely", other_machine)
+    monkeypatch.setattr(executors, "run_cell_safely", other_machine)
     (record,) = runner.run_study(config, tmp_path / "out", progress=False, warn=lambda m: None)
     assert record["id"] == asked and record["status"] == "failed"
     assert "instead of" in record["error"] and "package versions (e.g. Babel) differ" in record["error"] and "boom" in record["error"]
