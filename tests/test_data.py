@@ -150,7 +150,7 @@ def test_the_cldr_version_is_part_of_a_date_task_identity(tmp_path, monkeypatch,
 
     from study.cell import cell_id, cell_identity
     from study.config import TaskPlan, build_study_config
-    from study.report import _setting
+    from study.report.tables import setting_key
     from study.runner import expand_grid
     from study.tasks import date_format
 
@@ -173,4 +173,4 @@ def test_the_cldr_version_is_part_of_a_date_task_identity(tmp_path, monkeypatch,
     cell = dataclasses.replace(expand_grid(config)[0], task=TaskPlan("date_format", (1,), (1, 2), (("locale", "ko"),)))
     mine, yours = cell_identity(cell, config, here), cell_identity(cell, config, there)
     assert cell_id(mine) != cell_id(yours) and mine["task_data"] != yours["task_data"]
-    assert _setting(mine) != _setting(yours)  # a report never averages the two together
+    assert setting_key(mine) != setting_key(yours)  # a report never averages the two together

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.report import accuracy_interval, difference_interval, write_report
+from study.records import load_records
+from study.report import write_report
+from study.report.statistics import accuracy_interval, difference_interval
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells")) + [RESULTS / "bottleneck"]  # the committed reference studies and experiments
@@ -79,7 +81,7 @@ def test_reference_report_redraws_to_the_committed_tables(tmp_path, reference, m
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
         (copy / name).unlink(missing_ok=True)
     if reference.name != "reference":
-        monkeypatch.setattr(report, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
+        monkeypatch.setattr(report.figures, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
     write_report(copy)
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
         assert (copy / name).exists() == (reference / name).exists(), name
@@ -101,13 +103,13 @@ def figures_not_saved(monkeypatch):
     tests about tables; the `drawn` fixture's tests check the saved figures."""
     from study import report
 
-    monkeypatch.setattr(report, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
+    monkeypatch.setattr(report.figures, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
 
 
 def test_differences_from_none_are_paired_by_seed():
     import pandas as pd
 
-    from study.report import difference_frame
+    from study.report.tables import difference_frame
 
     rows = []
     for seed, (none, dot) in enumerate([(0.10, 0.60), (0.30, 0.70), (0.20, 0.80)]):
@@ -133,7 +135,7 @@ def test_setting_keys_survive_a_csv_round_trip(tmp_path):
 
     record = json.loads(next((RESULTS / "reference" / "cells").glob("*.json")).read_text())
     for n in range(1, 400):  # one setting per file, as a study of one configuration writes it
-        key = report._setting({**record, "n_test": n})
+        key = report.tables.setting_key({**record, "n_test": n})
         pd.DataFrame({"setting": [key, key]}).to_csv(tmp_path / "keys.csv", index=False)
         assert pd.read_csv(tmp_path / "keys.csv")["setting"].tolist() == [key, key], n
     for name in ("metrics.csv", "summary.csv", "comparisons.csv"):
@@ -171,11 +173,11 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_sav
     from study import report
 
     records = report.load_records(copy)
-    summary = report.summary_frame(report.metrics_frame(records))
+    summary = report.tables.summary_frame(report.tables.metrics_frame(records))
     fig = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(report, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
-        report.plot_accuracy_vs_length(summary, records, Path("unused"))
+        patch.setattr(report.figures, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.figures.plot_accuracy_vs_length(summary, records, Path("unused"))
     labels = [t.get_text() for t in fig["accuracy_vs_length"].legends[0].get_texts()]
     assert len(labels) == summary["series"].nunique() and len(labels) > summary["model"].nunique()
     ax = fig["accuracy_vs_length"].axes[0]  # exact match of the first task
@@ -187,9 +189,9 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_sav
         np.testing.assert_allclose(np.asarray(line.get_ydata(), float), 100 * rows.sort_values("length")["seq_acc_mean"].to_numpy())
     plt_close(fig["accuracy_vs_length"])
     with pytest.MonkeyPatch.context() as patch:  # the training curves: one line per model, setting and seed
-        patch.setattr(report, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
-        report.plot_training_curves(records, Path("unused"))
-    series = report.series_names(records)
+        patch.setattr(report.figures, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.figures.plot_training_curves(records, Path("unused"))
+    series = report.tables.series_names(records)
     ax = fig["training_curves"].axes[0]
     lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 0]
     assert len(lines) == len({(series[r["id"]], r["seed"]) for r in records if r["task"] == task and r.get("history")})
@@ -284,7 +286,9 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     import matplotlib
 
     matplotlib.use("Agg")
-    from study.report import _report_markdown, convergence_lines, load_records, metrics_frame, plot_learning_curves_by_length
+    from study.report.figures import plot_learning_curves_by_length
+    from study.report.markdown import convergence_lines, report_markdown
+    from study.report.tables import metrics_frame
 
     records = load_records(RESULTS / "reference")
     legacy = [{**r, "train_config": {k: v for k, v in r["train_config"].items() if k != "loss_tolerance"}} for r in records]
@@ -301,14 +305,14 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     learning, short = lines.split("**Too short to judge** (1)")  # each under a heading that says what it is
     assert "still learning" in learning and f"{second['task']}/{second['model']}/seed {second['seed']}" not in learning
     assert f"convergence was not measured: {second['task']}/{second['model']}/seed {second['seed']}." in short
-    report = _report_markdown(records, metrics_frame(records), "", {}, {})
+    report = report_markdown(records, metrics_frame(records), "", {}, {})
     assert "| budget | **no** |" in report and "| converged | yes |" in report
     assert plot_learning_curves_by_length(records, tmp_path / "figures") == ["figures/learning_curves_by_length.png"]
     assert (tmp_path / "figures" / "learning_curves_by_length.png").stat().st_size > 10000
 
 
 def test_learning_curves_show_at_most_six_lengths_with_both_ends():
-    from study.report import _shown_lengths
+    from study.report.figures import _shown_lengths
 
     assert _shown_lengths([1, 2, 3]) == [1, 2, 3]
     shown = _shown_lengths(list(range(4, 33)))
@@ -330,14 +334,14 @@ def drawn():
         return [f"figures/{name}.png"]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(report, "_save", keep)
+        patch.setattr(report.figures, "_save", keep)
         records = report.load_records(RESULTS / "reference")
-        summary = report.summary_frame(report.metrics_frame(records))
-        report.plot_accuracy_vs_length(summary, records, Path("unused"))
-        report.plot_position_accuracy(records, Path("unused"))
-        report.plot_attention_maps(records, Path("unused"))
-        report.plot_training_curves(records, Path("unused"))
-        report.plot_learning_curves_by_length(records, Path("unused"))
+        summary = report.tables.summary_frame(report.tables.metrics_frame(records))
+        report.figures.plot_accuracy_vs_length(summary, records, Path("unused"))
+        report.figures.plot_position_accuracy(records, Path("unused"))
+        report.figures.plot_attention_maps(records, Path("unused"))
+        report.figures.plot_training_curves(records, Path("unused"))
+        report.figures.plot_learning_curves_by_length(records, Path("unused"))
     yield figures
     import matplotlib.pyplot as plt
 
@@ -376,7 +380,18 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     for name in ("loss", "learning rate"):  # both on log scales, over examples on a log scale
         shown = [ax for ax in fig.axes if name in ax.get_ylabel()]
         assert shown and all(ax.get_yscale() == "log" and ax.get_xscale() == "log" for ax in shown)
-    assert [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()] == ["model"]
+    legend = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legend) == 1 and {"model", "seed"} <= {t.get_text() for t in legend[0].get_texts()}  # one legend, two sections
+    records = load_records(RESULTS / "reference")
+    task = accuracy_axes[0].get_title()
+    drawn_lines = {(matplotlib_rgb(line.get_color()), str(line._dash_pattern)) for line in accuracy_axes[0].get_lines() if len(line.get_xdata())}
+    assert len(drawn_lines) == len({(r["model"], r["seed"]) for r in records if r["task"] == task and r.get("history")})  # seeds told apart
+
+
+def test_no_title_is_wider_than_its_figure(drawn):
+    for name, fig in drawn.items():
+        renderer = fig.canvas.get_renderer()
+        assert fig._suptitle.get_window_extent(renderer).width <= fig.bbox.width, name
 
 
 def test_attention_maps_have_a_colour_bar_and_say_right_or_wrong(drawn):
@@ -389,9 +404,9 @@ def test_attention_maps_have_a_colour_bar_and_say_right_or_wrong(drawn):
 
 
 def test_one_colour_per_model_in_every_figure(drawn):
-    from study.report import _palette
+    from study.report.figures import model_palette
 
-    assert _palette(["dot"])["dot"] == _palette(["none", "additive", "dot"])["dot"]
+    assert model_palette(["dot"])["dot"] == model_palette(["none", "additive", "dot"])["dot"]
     colours = {}
     for name in ("accuracy_vs_length", "position_accuracy"):
         for ax in drawn[name].axes:
@@ -434,8 +449,8 @@ def test_every_character_of_the_advertised_locales_is_drawn_readably(tmp_path):
     figures = {}
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        patch.setattr(report, "_save", lambda fig, folder, name: figures.setdefault(name, fig) and [])
-        report.plot_attention_maps(records, tmp_path)
+        patch.setattr(report.figures, "_save", lambda fig, folder, name: figures.setdefault(name, fig) and [])
+        report.figures.plot_attention_maps(records, tmp_path)
         figures["attention_maps"].savefig(io.BytesIO(), format="png")
     missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
     assert not missing, missing[:3]
@@ -497,8 +512,8 @@ def test_every_seed_is_drawn_and_tabled():
     records = report.load_records(RESULTS / "reference")
     fig = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(report, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
-        report.plot_accuracy_vs_length(report.summary_frame(report.metrics_frame(records)), records, Path("unused"))
+        patch.setattr(report.figures, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.figures.plot_accuracy_vs_length(report.tables.summary_frame(report.tables.metrics_frame(records)), records, Path("unused"))
     ax = fig["accuracy_vs_length"].axes[0]
     task = records and sorted({r["task"] for r in records}, key=[r["task"] for r in records].index)[0]
     circles = [c for c in ax.collections if c.get_gid() == "seed"]
@@ -517,9 +532,9 @@ def test_per_unit_accuracy_splits_the_position_accuracy_at_the_unit_width():
     from study import report
 
     records = report.load_records(RESULTS / "reference")
-    units = report.unit_frame(records)
+    units = report.tables.unit_frame(records)
     assert set(units["task"]) == {"date_format"}
-    series = report.series_names(records)
+    series = report.tables.series_names(records)
     record = next(r for r in records if r["task"] == "date_format" and r["status"] == "ok")
     for m in record["metrics"]:
         rows = units[(units["model"] == series[record["id"]]) & (units["seed"] == record["seed"]) & (units["length"] == m["length"])]
@@ -527,14 +542,14 @@ def test_per_unit_accuracy_splits_the_position_accuracy_at_the_unit_width():
         for k, acc in zip(rows["unit"], rows["char_acc"]):
             assert acc == pytest.approx(sum(m["position_acc"][11 * (k - 1):11 * k]) / len(m["position_acc"][11 * (k - 1):11 * k]))
         assert list(rows["units_written"]) == pytest.approx([(m["mean_prediction_length"] + 1) / 11] * m["length"])
-    table = report.units_markdown(units, records)
+    table = report.markdown.units_markdown(units, records)
     assert "| dates written |" in table and "| 5* |" in table
 
 
 def test_comparisons_separate_only_what_the_seeds_support():
     """A consistent gap over seeds is separated after Holm's correction; a gap the seeds disagree
     on is not, and says how many seeds it would need; corrected p-values are never below the raw."""
-    from study.report import comparison_frame
+    from study.report.tables import comparison_frame
 
     rows = []
     for seed, (a, b, c) in enumerate([(0.99, 0.10, 0.95), (0.98, 0.12, 0.60), (0.99, 0.11, 0.99)]):
@@ -556,7 +571,7 @@ def test_accuracy_figure_marks_what_was_measured_and_what_was_trained(drawn):
     that leave the range are dotted; every model has its own marker; both rows have bars."""
     from study import report
 
-    summary = report.summary_frame(report.metrics_frame(report.load_records(RESULTS / "reference")))
+    summary = report.tables.summary_frame(report.tables.metrics_frame(report.load_records(RESULTS / "reference")))
     tasks = list(dict.fromkeys(summary["task"]))
     panels = [ax for ax in drawn["accuracy_vs_length"].axes if ax.get_ylabel()]
     assert len(panels) == 2 * len(tasks)
@@ -643,7 +658,7 @@ def test_seeds_that_agree_to_the_example_are_not_certainty():
     set's sampling error remains: the pair is not separated."""
     import pandas as pd
 
-    from study.report import comparison_frame
+    from study.report.tables import comparison_frame
 
     rows = [{"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True, "seed": seed,
              "series": model, "seq_acc": acc, "n_examples": 1000} for seed in range(3) for model, acc in (("x", 0.999), ("y", 1.0))]

@@ -1,0 +1,66 @@
+"""Tables, figures and report.md, drawn from the results files only.
+
+    write_report(Path("results/standard"))   # reads study.json + cells/*.json, writes:
+      metrics.csv            one row per cell x evaluation length (tidy: pandas/seaborn ready)
+      summary.csv/.md        mean exact match per task x setting x model x length, its lowest and highest
+                             seed and its 95% interval (INTERVAL_METHOD), the oracle-length and
+                             right-length diagnostics; summary.md adds each attention model's
+                             difference from `none`, paired by seed
+      comparisons.csv        every pair of models at every length: paired t-test over seeds,
+                             Holm-corrected (COMPARISON_METHOD), and the seeds a separation would need
+      figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded;
+                                             a second row with the oracle-length exact match
+      figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained length
+      figures/attention_maps.{png,svg}       one test example's weights per task x attention model
+      figures/training_curves.{png,svg}      validation exact-match vs examples seen
+      report.md                              all of the above with the configuration
+
+The work is split by concern: `study.report.tables` (records to pandas tables),
+`study.report.statistics` (intervals and tests over seeds), `study.report.figures` and
+`study.report.markdown`.  Nothing here reads in-memory state of a run, so a report can be redrawn at any
+time without retraining: `python run_study.py report results/standard`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from study.fonts import use_fonts
+from study.records import load_records, read_manifest
+from study.report.figures import (plot_accuracy_vs_length, plot_attention_maps, plot_learning_curves_by_length, plot_position_accuracy,
+                                  plot_training_curves)
+from study.report.markdown import comparisons_markdown, report_markdown, summary_markdown, units_markdown
+from study.report.tables import comparison_frame, difference_frame, metrics_frame, summary_frame, unit_frame
+
+
+def write_report(out: Path, every: bool = False) -> Path:
+    """Writes metrics.csv, summary.csv/.md, the figures and report.md into `out` from the latest
+    run's records (every record in `out/cells` with `every`); returns report.md's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    use_fonts()
+    out = Path(out)
+    records = load_records(out, every)
+    metrics = metrics_frame(records)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    summary = summary_frame(metrics)
+    summary.to_csv(out / "summary.csv", index=False)
+    table = summary_markdown(summary, difference_frame(metrics), records)
+    (out / "summary.md").write_text(table)
+    comparisons = comparison_frame(metrics)
+    comparisons.to_csv(out / "comparisons.csv", index=False)
+    units = unit_frame(records)
+    if not units.empty:
+        units.to_csv(out / "units.csv", index=False)
+    figures = out / "figures"
+    images = {
+        "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
+        "Accuracy per output position": plot_position_accuracy(records, figures),
+        "Attention maps": plot_attention_maps(records, figures),
+        "Training curves": plot_training_curves(records, figures),
+        "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
+    }
+    (out / "report.md").write_text(report_markdown(records, metrics, table, images, read_manifest(out) or {}, comparisons_markdown(comparisons),
+                                                    units_markdown(units, records)))
+    return out / "report.md"

@@ -1,0 +1,230 @@
+"""The study's records as tidy pandas tables: one row per cell and length, summaries per
+setting, paired differences and comparisons between models, and per-unit accuracy.
+
+    metrics = metrics_frame(load_records(out))   # one row per cell x evaluation length
+    summary = summary_frame(metrics)             # per task x setting x model x length, with intervals
+    comparisons = comparison_frame(metrics)      # every pair of models, paired t-test, Holm-corrected
+
+Rows of different settings (`setting_key`) are never averaged together; the
+statistics are `study.report.statistics`'.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from study.files import json_digest
+from study.records import in_training_range
+from study.report.statistics import accuracy_interval, difference_interval, seeds_needed
+
+
+MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
+
+
+def series_names(records: list[dict]) -> dict[str, str]:
+    """Record id -> the name its line, bar or panel carries in the figures: the model, or, for a
+    task run under several settings, the model and its setting (the config file's variant name,
+    else the setting's hash), so that figures keep apart what the tables keep apart."""
+    settings: dict[str, set] = {}
+    for r in records:
+        settings.setdefault(r["task"], set()).add(setting_key(r))
+    names = {}
+    for r in records:
+        variant = (r.get("config") or {}).get("variant")
+        names[r["id"]] = r["model"] if len(settings[r["task"]]) == 1 else f"{r['model']} · {variant or 'setting ' + setting_key(r)}"
+    return names
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (cell, evaluation length); failed cells appear with NaN accuracies; `series`
+    names the cell's model (and setting, `series_names`) as the figures show it."""
+    rows = []
+    series = series_names(records)
+    for r in records:
+        base = {
+            "task": r["task"],
+            "task_version": r["task_version"],
+            "task_data": " ".join(f"{k}={v}" for k, v in sorted((r.get("task_data") or {}).items())),
+            "model": r["model"],
+            "attention": r["attention"],
+            "seed": r["seed"],
+            "regime": r["regime"],
+            "train_min": min(r["train_lengths"]),
+            "train_max": max(r["train_lengths"]),
+            "cell_id": r["id"],
+            "status": r["status"],
+            "stop_reason": r.get("stop_reason"),
+            "converged": r.get("converged"),
+            "examples_seen": r.get("examples_seen"),
+            "param_count": r.get("param_count"),
+            "backend": r["backend"],
+            "setting": setting_key(r),
+            "series": series[r["id"]],
+        }
+        if r["status"] != "ok":
+            for length in r["eval_lengths"]:
+                rows.append({**base, "length": length, "in_training_range": in_training_range(length, r["train_lengths"]), "seq_acc": math.nan, "char_acc": math.nan})
+            continue
+        for m in r["metrics"]:
+            rows.append(
+                {
+                    **base,
+                    "length": m["length"],
+                    "in_training_range": m["in_training_range"],
+                    "n_examples": m["n_examples"],
+                    "seq_acc": m["seq_acc"],
+                    "char_acc": m["char_acc"],
+                    **{c: m.get(c, math.nan) for c in ("oracle_seq_acc", "length_acc", "too_short", "too_long", "mean_prediction_length")},
+                    "mean_source_tokens": m["mean_source_tokens"],
+                    "mean_target_tokens": m["mean_target_tokens"],
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["task", "model", "train_max", "seed", "length"], key=model_sort_key).reset_index(drop=True)
+
+
+def model_sort_key(column: pd.Series) -> pd.Series:
+    if column.name == "model":
+        return column.map(lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))
+    return column
+
+
+SETTING_FIELDS = ("task", "task_version", "task_options", "task_data", "regime", "train_lengths", "eval_lengths", "train_config", "n_test", "backend")
+
+
+def setting_key(record: dict) -> str:
+    """What defines a cell besides its seed and model, as a short hash ("s" and 8 hex digits, the
+    letter first so that no CSV reader or spreadsheet takes it for a number: "6e196681" reads as
+    infinity): rows of one setting are compared; different settings are never averaged together."""
+    fields = {f: record.get(f) for f in SETTING_FIELDS}
+    fields["model_size"] = {k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")}
+    return "s" + json_digest(fields, 8)
+
+
+def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per task x setting x model x (training range) x length: the seeds behind the row, mean
+    exact match, the lowest and highest seed's, its 95% interval (`accuracy_interval`), and the
+    means of the diagnostics."""
+    keys = ["task", "setting", "model", "series", "train_min", "train_max", "length", "in_training_range"]
+    rows = []
+    for key, group in metrics.groupby(keys, sort=False):
+        n = group["n_examples"] if "n_examples" in group else pd.Series(np.nan, index=group.index)
+        mean, lo, hi = accuracy_interval(group["seq_acc"], n)
+        extra = {f"{c}_mean": float(group[c].mean()) if c in group and group[c].notna().any() else math.nan for c in ("oracle_seq_acc", "length_acc", "char_acc")}
+        rows.append({**dict(zip(keys, key)), "seeds": int(group["seq_acc"].notna().sum()), "n_examples": n.max(),
+                     "seq_acc_mean": mean, "seq_acc_min": group["seq_acc"].min(), "seq_acc_max": group["seq_acc"].max(),
+                     "seq_acc_ci_low": lo, "seq_acc_ci_high": hi, **extra})
+    return pd.DataFrame(rows)
+
+
+def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
+    """Per task x setting x training range x length x model: exact match minus the `baseline`
+    model's, paired by seed (same data), with its mean and 95% interval (`difference_interval`)."""
+    keys = ["task", "setting", "train_min", "train_max", "length"]
+    rows = []
+    for key, group in metrics.groupby(keys, sort=False):
+        by_model = group.pivot_table(index="seed", columns="model", values="seq_acc", aggfunc="first", dropna=False)
+        if baseline not in by_model.columns:
+            continue
+        n = group.groupby("seed")["n_examples"].max().reindex(by_model.index) if "n_examples" in group else pd.Series(np.nan, index=by_model.index)
+        for model in by_model.columns:
+            if model == baseline:
+                continue
+            mean, lo, hi = difference_interval(by_model[model], by_model[baseline], n)
+            seeds = int((by_model[model].notna() & by_model[baseline].notna()).sum())
+            rows.append({**dict(zip(keys, key)), "model": model, "seeds": seeds, "diff_mean": mean, "diff_ci_low": lo, "diff_ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of models (`series`) of a task, setting and training range, at every length:
+    the mean, lowest and highest per-seed difference in exact match (first minus second, paired
+    by seed), the paired t-test's p-value (the differences' standard deviation never below the
+    binomial sampling error of one seed's difference, so seeds that agree to the example are not
+    certainty), its Holm-corrected value over all rows
+    (`COMPARISON_METHOD`), whether the pair is separated, and `seeds_needed`: the seeds a paired
+    t-test would need to separate a difference of the observed mean and spread with 80% power
+    at 5% (two-sided, before correction; NaN when the mean difference is 0, or
+    beyond 100,000 seeds)."""
+    import itertools
+
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    keys = ["task", "setting", "train_min", "train_max", "length", "in_training_range"]
+    rows = []
+    for key, group in metrics.groupby(keys, sort=False):
+        by_model = group.pivot_table(index="seed", columns="series", values="seq_acc", aggfunc="first", dropna=False)
+        order = list(dict.fromkeys(group["series"]))
+        counts = group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False) if "n_examples" in group else None
+        for a, b in itertools.combinations([m for m in order if m in by_model.columns], 2):
+            keep = (by_model[a] - by_model[b]).notna()
+            pa, pb = by_model[a][keep].to_numpy(), by_model[b][keep].to_numpy()
+            d = pa - pb
+            row = {**dict(zip(keys, key)), "first": a, "second": b, "seeds": len(d), "diff_mean": d.mean() if len(d) else math.nan,
+                   "diff_min": d.min() if len(d) else math.nan, "diff_max": d.max() if len(d) else math.nan, "p": math.nan, "seeds_needed": math.nan}
+            if len(d) > 1:
+                n = counts[a][keep].to_numpy(dtype=float) if counts is not None else np.full(len(d), np.nan)
+                sa, sb = ((np.round(q * n) + 0.5) / (n + 1) for q in (pa, pb))  # smoothed: never exactly 0 or 1
+                floor = math.sqrt(np.nanmean((sa * (1 - sa) + sb * (1 - sb)) / n)) if np.isfinite(n).all() else 0.0
+                spread = max(float(np.std(d, ddof=1)), floor)  # seeds that agree to the example still carry test-set noise
+                if spread > 0:
+                    t = d.mean() / (spread / math.sqrt(len(d)))
+                    row["p"] = float(2 * stats.t.sf(abs(t), len(d) - 1))
+                    if d.mean() != 0:
+                        row["seeds_needed"] = seeds_needed(abs(d.mean()) / spread)
+                else:
+                    row["p"] = 1.0  # no spread and no test-set sizes: nothing to test against
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    tested = frame["p"].notna()
+    frame["p_holm"] = math.nan
+    if tested.any():
+        frame.loc[tested, "p_holm"] = multipletests(frame.loc[tested, "p"], method="holm")[1]
+    frame["separated"] = frame["p_holm"] < 0.05
+    return frame
+
+
+def output_shape(record: dict) -> tuple[float | None, int | None]:
+    """(chance, unit width) of the record's task: 1 / the size of its output alphabet (a uniform
+    guess per position) and its `output_unit_width`; (None, None) when the task cannot be built
+    here (a plugin not loaded)."""
+    from study.tasks import get_task
+
+    try:
+        task = get_task(record["task"], **record.get("task_options", {}))
+    except Exception:  # noqa: BLE001 - a task that cannot be rebuilt only loses these marks
+        return None, None
+    return 1 / len(task.output_alphabet), getattr(task, "output_unit_width", None)
+
+
+def unit_frame(records: list[dict]) -> pd.DataFrame:
+    """Per-unit accuracy for tasks whose output comes in units of a fixed width (a task's
+    `output_unit_width`, separator included; on date_format one unit is one date, 11 characters):
+    one row per cell x evaluation length x unit k = 1..length, with `char_acc` the mean of the
+    per-position character accuracy over the unit's positions (fraction) and `units_written`
+    the mean prediction length in units ((characters + 1) / width, the last unit having no
+    separator). Empty when no task has a unit width. Built from the records' `position_acc`."""
+    rows = []
+    series = series_names(records)
+    widths: dict[str, int | None] = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        width = widths.setdefault(r["task"], output_shape(r)[1])
+        if not width or width < 2:
+            continue
+        for m in r["metrics"]:
+            position = m.get("position_acc") or []
+            for k in range(m["length"]):
+                unit = position[k * width:(k + 1) * width]
+                if unit:
+                    rows.append({"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "length": m["length"],
+                                 "in_training_range": m["in_training_range"], "unit": k + 1, "char_acc": float(np.mean(unit)),
+                                 "units_written": (m["mean_prediction_length"] + 1) / width})
+    return pd.DataFrame(rows)
