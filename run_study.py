@@ -40,7 +40,9 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
         stray = message.partition(":")[2].split() if message.startswith("unrecognized arguments") else []
-        if stray and not any(token.startswith("-") for token in stray):  # values after a list option, not a mistyped flag
+        if stray and not any(
+            token.startswith("-") for token in stray
+        ):  # values after a list option, not a mistyped flag
             message += "; lists are comma-separated, e.g. --seeds 0,1,2 --models none,dot"
         raise UsageError(f"{message} (see --help)")
 
@@ -74,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     from study.config import BACKENDS, REGIMES
     from study.executors import EXECUTORS
 
-    parser = _Parser(prog="run_study.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="run_study.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run a study (the default command)")
     run.__class__ = _Parser
@@ -87,39 +91,72 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-lengths", help="training lengths for every selected task, e.g. 4..32")
     run.add_argument("--regime", choices=REGIMES, help="one model over all training lengths, or one per length")
     run.add_argument("--backend", choices=BACKENDS, help="Keras backend (default tensorflow)")
-    run.add_argument("--jobs", type=int, help="cells trained in parallel processes (default 0: one per CPU core; with GPUs, pinned one GPU each)")
-    run.add_argument("--shard", type=_shard, metavar="I/N", help="run only shard I of N (0-based), e.g. one task of a job array")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="cells trained in parallel processes (default 0: one per CPU core; with GPUs, pinned one GPU each)",
+    )
+    run.add_argument(
+        "--shard", type=_shard, metavar="I/N", help="run only shard I of N (0-based), e.g. one task of a job array"
+    )
     run.add_argument("--executor", choices=EXECUTORS, default="local", help="local processes (default) or Ray tasks")
     run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray instance)")
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
-    run.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)")
+    run.add_argument(
+        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)"
+    )
     run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
-    run.add_argument("--tensorboard", action="store_true", default=None, help="write training curves for TensorBoard under <out>/logs/")
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="write training curves for TensorBoard under <out>/logs/",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     report = sub.add_parser("report", help="redraw tables, figures and report.md from a results folder")
     report.__class__ = _Parser
-    report.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR", help="a results folder, or several to merge (shards, machines)")
-    report.add_argument("--out", type=Path, help="folder for the merged results and report (needed with several folders)")
-    report.add_argument("--all", action="store_true", help="report every record in the folder, not only the latest run's grid")
+    report.add_argument(
+        "results_dirs",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="a results folder, or several to merge (shards, machines)",
+    )
+    report.add_argument(
+        "--out", type=Path, help="folder for the merged results and report (needed with several folders)"
+    )
+    report.add_argument(
+        "--all", action="store_true", help="report every record in the folder, not only the latest run's grid"
+    )
     ask = sub.add_parser("predict", help="ask a trained model of a finished study about your own inputs")
     ask.__class__ = _Parser
     ask.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
     ask.add_argument("--task", required=True, help="the cell's task")
     ask.add_argument("--model", required=True, help="the cell's model")
     ask.add_argument("--seed", type=int, help="the cell's seed (default: the lowest)")
-    ask.add_argument("--attention-map", type=Path, metavar="FILE.png", help="draw the attention weights of the first source")
+    ask.add_argument(
+        "--attention-map", type=Path, metavar="FILE.png", help="draw the attention weights of the first source"
+    )
     ask.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
     ask.add_argument("sources", nargs="+", metavar="SOURCE", help="input strings in the task's alphabet")
-    again = sub.add_parser("rescore", help="recompute every cell's test metrics from its saved model, then redraw the report")
+    again = sub.add_parser(
+        "rescore", help="recompute every cell's test metrics from its saved model, then redraw the report"
+    )
     again.__class__ = _Parser
     again.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
-    again.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
+    again.add_argument(
+        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks"
+    )
     listing = sub.add_parser("list", help="list tasks, models and profiles")
     listing.__class__ = _Parser
-    listing.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
+    listing.add_argument(
+        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks"
+    )
     options = ", ".join(a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help")
-    parser.epilog = (f"Without a command, the arguments are those of `run`: {options}.\n"
-                     "Each command's own options: python run_study.py COMMAND --help")
+    parser.epilog = (
+        f"Without a command, the arguments are those of `run`: {options}.\n"
+        "Each command's own options: python run_study.py COMMAND --help"
+    )
     return parser
 
 
@@ -156,7 +193,11 @@ def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
                 plan["eval_lengths"] = args.lengths
             if args.train_lengths:
                 plan["train_lengths"] = args.train_lengths
-            missing = [flag for key, flag in (("train_lengths", "--train-lengths"), ("eval_lengths", "--lengths")) if key not in plan]
+            missing = [
+                flag
+                for key, flag in (("train_lengths", "--train-lengths"), ("eval_lengths", "--lengths"))
+                if key not in plan
+            ]
             if missing:
                 raise UsageError(f"task {name!r} is not in the profile; give its lengths with {' and '.join(missing)}")
             tasks[name] = plan
@@ -204,14 +245,19 @@ def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, s
     file_settings = dict(file_settings)
     file_tasks = file_settings.get("tasks")
     plans = file_task_plans(profile, file_tasks) if isinstance(file_tasks, dict) else {}
-    base_tasks = {**PROFILES[profile]["tasks"], **{name: plan for name, plan in plans.items() if isinstance(plan, dict)}}  # others: refused by the config
+    base_tasks = {
+        **PROFILES[profile]["tasks"],
+        **{name: plan for name, plan in plans.items() if isinstance(plan, dict)},
+    }  # others: refused by the config
     if args.tasks is not None:
         file_settings.pop("tasks", None)
     overrides = _overrides(args, base_tasks)
     if selected_tasks is not None and "tasks" not in overrides:
         if not isinstance(selected_tasks, dict):
             raise UsageError(f"a variant's tasks must be a table of task name -> settings, got {selected_tasks!r}")
-        overrides["tasks"] = {name: {**base_tasks.get(name, {}), **(plan or {})} for name, plan in selected_tasks.items()}
+        overrides["tasks"] = {
+            name: {**base_tasks.get(name, {}), **(plan or {})} for name, plan in selected_tasks.items()
+        }
     config = build_study_config(profile, file_settings, overrides)
     from study.models import get_model_spec
 
@@ -295,15 +341,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     for config, folder in studies:
         grid = study_cells(config)
         if not args.quiet:
-            where = f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
-            shard = f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them" if args.shard else ""
+            where = (
+                f"Ray ({args.address or 'local instance'})"
+                if args.executor == "ray"
+                else f"{config.workers} parallel job(s)"
+            )
+            shard = (
+                f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them"
+                if args.shard
+                else ""
+            )
             name = f"variant {config.variant} of the " if config.variant else ""
-            print(f"{name}{config.profile} study: {_count(len(grid), 'cell')} ({_count(len(config.tasks), 'task')} x {_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
-                  f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {folder}")
+            print(
+                f"{name}{config.profile} study: {_count(len(grid), 'cell')} ({_count(len(config.tasks), 'task')} x "
+                f"{_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
+                f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {folder}"
+            )
         try:
-            records = run_study(config, folder, fresh=args.fresh, progress=not args.quiet, on_record=on_record, shard=args.shard, executor=args.executor, address=args.address)
+            records = run_study(
+                config,
+                folder,
+                fresh=args.fresh,
+                progress=not args.quiet,
+                on_record=on_record,
+                shard=args.shard,
+                executor=args.executor,
+                address=args.address,
+            )
         except StudyInterrupted as stop:
-            print(f"\ninterrupted: {stop.done} of {stop.total} cells are done and saved in {folder}; run the same command again to resume", file=sys.stderr)
+            print(
+                f"\ninterrupted: {stop.done} of {stop.total} cells are done and saved in {folder}; run the same command again to resume",
+                file=sys.stderr,
+            )
             return 130
         report = write_report(folder)
         failed += [r for r in records if r["status"] != "ok"]
@@ -315,9 +384,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = write_report(out)
     for r in failed:
         print(summary_line(r))
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(n_ok, 'cell')} ok, {len(failed)} failed; report: {report}")
+    print(
+        f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(n_ok, 'cell')} ok, {len(failed)} failed; report: {report}"
+    )
     if failed:
-        print(f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them", file=sys.stderr)
+        print(
+            f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them",
+            file=sys.stderr,
+        )
         return EXIT_CELLS_FAILED
     return 0
 
@@ -404,7 +478,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     start_backend()
     out = _results_folder(args)
     done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
-    print(f"rescored {done} cells ({skipped} without a saved model or a task this machine can rebuild left as they were); report: {write_report(out)}")
+    print(
+        f"rescored {done} cells ({skipped} without a saved model or a task this machine can rebuild left as they were); report: {write_report(out)}"
+    )
     return 0
 
 
@@ -415,17 +491,29 @@ def main(argv: list[str] | None = None) -> int:
     from study.config import ConfigError
     from study.executors import ExecutorError
     from study.merge import MergeConflictError
+    from study.records import NoResultsError, StudyLockedError
     from study.registry import UnknownNameError
-    from study.records import NoResultsError
-    from study.records import StudyLockedError
     from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
     from study.trained import TrainedModelError
 
     try:
         args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "predict": cmd_predict, "rescore": cmd_rescore}[args.command](args)
-    except (UsageError, ConfigError, UnknownNameError, TaskContractError, TaskModuleError, TaskOptionError, NoResultsError, StudyLockedError, ExecutorError,
-            MergeConflictError, TrainedModelError) as exc:
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "predict": cmd_predict, "rescore": cmd_rescore}[
+            args.command
+        ](args)
+    except (
+        UsageError,
+        ConfigError,
+        UnknownNameError,
+        TaskContractError,
+        TaskModuleError,
+        TaskOptionError,
+        NoResultsError,
+        StudyLockedError,
+        ExecutorError,
+        MergeConflictError,
+        TrainedModelError,
+    ) as exc:
         from study.text import one_line
 
         print(f"error: {one_line(exc)}", file=sys.stderr)

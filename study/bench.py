@@ -43,23 +43,57 @@ from study.text import comma_list
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="copy", help="the task whose data are timed (default copy)")
-    p.add_argument("--length", type=int, default=32, help="task length of every example (the longest with --min-length)")
+    p.add_argument(
+        "--length", type=int, default=32, help="task length of every example (the longest with --min-length)"
+    )
     p.add_argument("--min-length", type=int, help="mix lengths min-length..length, as the study's training sets do")
-    p.add_argument("--units", type=int, default=128, help="recurrent units of encoder and decoder (default 128, the study's)")
+    p.add_argument(
+        "--units", type=int, default=128, help="recurrent units of encoder and decoder (default 128, the study's)"
+    )
     p.add_argument("--embedding", type=int, default=32, help="embedding size (default 32)")
     p.add_argument("--attention-size", type=int, default=64, help="size of the attention's projection (default 64)")
-    p.add_argument("--attention", help="model name, e.g. none, additive, dot, general, additive_recurrent (default: additive; dot with --time-to-accuracy)")
+    p.add_argument(
+        "--attention",
+        help="model name, e.g. none, additive, dot, general, additive_recurrent (default: additive; dot with --time-to-accuracy)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64, the study's)")
     p.add_argument("--examples", type=int, default=4096, help="timed training examples (after warm-up)")
     p.add_argument("--decode-examples", type=int, default=2048, help="examples greedily decoded for the decoding speed")
-    p.add_argument("--backend", choices=["tensorflow", "jax"], default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    p.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the plain Keras baseline")
     p.add_argument("--smoke-study", action="store_true", help="also time `run_study.py --profile smoke`")
-    p.add_argument("--time-to-accuracy", action="store_true", help="seconds and examples to a greedy exact-match target, project vs baseline")
-    p.add_argument("--target", type=float, default=0.95, help="with --time-to-accuracy: the exact-match target on the held-out examples")
-    p.add_argument("--max-examples", type=int, default=400_000, help="with --time-to-accuracy: the baseline gives up after this many training examples")
-    p.add_argument("--repeats", type=int, default=1, help="with --time-to-accuracy: runs per side; the report gives the median and the spread")
-    p.add_argument("--length-curve", help="comma-separated lengths: training cost and peak memory per length, each in its own process")
+    p.add_argument(
+        "--time-to-accuracy",
+        action="store_true",
+        help="seconds and examples to a greedy exact-match target, project vs baseline",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=0.95,
+        help="with --time-to-accuracy: the exact-match target on the held-out examples",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=400_000,
+        help="with --time-to-accuracy: the baseline gives up after this many training examples",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --time-to-accuracy: runs per side; the report gives the median and the spread",
+    )
+    p.add_argument(
+        "--length-curve",
+        help="comma-separated lengths: training cost and peak memory per length, each in its own process",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -103,14 +137,23 @@ def measure_project(args, train, test, sv, tv) -> dict:
     from study.train import BucketedBatches, EncodedSet, compile_model
 
     keras.utils.set_random_seed(0)
-    model = build_model(args.attention, sv.size, tv.size, ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size))
+    model = build_model(
+        args.attention,
+        sv.size,
+        tv.size,
+        ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size),
+    )
     warm_examples = 8 * args.batch_size  # the first examples compile the step; the rest are timed
     cfg = TrainConfig(n_train=warm_examples, batch_size=args.batch_size)
     compile_model(model, cfg)
     warm = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples)), sv, tv), cfg, seed=0)
     model.fit(warm.for_fit(), epochs=1, verbose=0, shuffle=False)
-    timed_cfg = TrainConfig(n_train=len(train) - warm_examples, batch_size=args.batch_size)  # one epoch: the whole timed pool
-    timed = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples, len(train))), sv, tv), timed_cfg, seed=0)
+    timed_cfg = TrainConfig(
+        n_train=len(train) - warm_examples, batch_size=args.batch_size
+    )  # one epoch: the whole timed pool
+    timed = BucketedBatches(
+        EncodedSet.build(train.select(np.arange(warm_examples, len(train))), sv, tv), timed_cfg, seed=0
+    )
     tokens = sum(len(s) + len(t) - 1 for s, t in zip(timed.encoded.sources, timed.encoded.targets))
     started = time.perf_counter()
     model.fit(timed.for_fit(), epochs=1, verbose=0, shuffle=False)  # the study's training path
@@ -188,9 +231,14 @@ def decoder_agreement(model, source, steps: int) -> dict:
         ties += margin <= drift
         rows.append({"row": int(row), "step": step, "margin": margin, "logit_difference": drift})
     same = ~np.isin(np.arange(len(source)), differing)  # rows whose tokens agree throughout
-    return {"rows": len(source), "identical_rows": int(same.sum()), "ties": int(ties), "not_ties": int(len(differing) - ties),
-            "largest_logit_difference": float(np.abs(logits[same] - eager_logits[same]).max()) if same.any() else None,
-            "first_differences": rows[:10]}
+    return {
+        "rows": len(source),
+        "identical_rows": int(same.sum()),
+        "ties": int(ties),
+        "not_ties": int(len(differing) - ties),
+        "largest_logit_difference": float(np.abs(logits[same] - eager_logits[same]).max()) if same.any() else None,
+        "first_differences": rows[:10],
+    }
 
 
 def build_baseline(args, source_vocab: int, target_vocab: int):
@@ -348,7 +396,9 @@ def time_to_accuracy(args) -> dict:
             self.clock, self.curve, self.reached = clock, [], None
 
         def on_epoch_end(self, epoch, logs=None):
-            acc = self.clock.uncounted(lambda: score(decode(self.model, held_out.sources, sv, tv, steps)[0], held_out.targets)["seq_acc"])
+            acc = self.clock.uncounted(
+                lambda: score(decode(self.model, held_out.sources, sv, tv, steps)[0], held_out.targets)["seq_acc"]
+            )
             seen = (epoch + 1) * cfg.epoch_examples
             self.curve.append({"examples": seen, "seconds": self.clock.elapsed(), "held_out_seq_acc": acc})
             if acc >= args.target and self.reached is None:
@@ -366,25 +416,43 @@ def time_to_accuracy(args) -> dict:
     clock = _Clock()
     base_curve, base_reached = [], None
     per_pass = len(train_set) // cfg.epoch_examples
-    for epoch in range(-(-args.max_examples // cfg.epoch_examples)):  # epochs of the project's size: a shuffled pass in stretches
+    for epoch in range(
+        -(-args.max_examples // cfg.epoch_examples)
+    ):  # epochs of the project's size: a shuffled pass in stretches
         if epoch % per_pass == 0:
             order = np.random.default_rng(epoch).permutation(len(train_set))
         part = order[(epoch % per_pass) * cfg.epoch_examples : (epoch % per_pass + 1) * cfg.epoch_examples]
         model.fit([a[part] for a in x], y[part], batch_size=64, epochs=1, verbose=0, shuffle=True)
-        acc = clock.uncounted(lambda: score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)["seq_acc"])
-        base_curve.append({"examples": (epoch + 1) * cfg.epoch_examples, "seconds": clock.elapsed(), "held_out_seq_acc": acc})
+        acc = clock.uncounted(
+            lambda: score(tv.decode_batch(baseline_greedy(encoder, step, held_source, steps)), held_out.targets)[
+                "seq_acc"
+            ]
+        )
+        base_curve.append(
+            {"examples": (epoch + 1) * cfg.epoch_examples, "seconds": clock.elapsed(), "held_out_seq_acc": acc}
+        )
         if acc >= args.target:
             base_reached = base_curve[-1]
             break
 
     def side(reached, curve, prefix=""):
-        return {f"{prefix}seconds_to_target": reached and reached["seconds"], f"{prefix}examples_to_target": reached and reached["examples"],
-                f"{prefix}curve": curve}
+        return {
+            f"{prefix}seconds_to_target": reached and reached["seconds"],
+            f"{prefix}examples_to_target": reached and reached["examples"],
+            f"{prefix}curve": curve,
+        }
 
-    report = {**side(ours.reached, ours.curve), **side(base_reached, base_curve, "baseline_"),
-              "target": args.target, "held_out": f"500 test examples of {args.task} at length {args.length}",
-              "train_lengths": f"{lengths.start}..{lengths.stop - 1}", "pool": len(train_set), "project_budget": cfg.max_examples,
-              "baseline_budget": args.max_examples, "recipe": dataclasses.asdict(cfg)}
+    report = {
+        **side(ours.reached, ours.curve),
+        **side(base_reached, base_curve, "baseline_"),
+        "target": args.target,
+        "held_out": f"500 test examples of {args.task} at length {args.length}",
+        "train_lengths": f"{lengths.start}..{lengths.stop - 1}",
+        "pool": len(train_set),
+        "project_budget": cfg.max_examples,
+        "baseline_budget": args.max_examples,
+        "recipe": dataclasses.asdict(cfg),
+    }
     if ours.reached and base_reached:
         report["speedup_seconds"] = base_reached["seconds"] / ours.reached["seconds"]
         report["speedup_examples"] = base_reached["examples"] / ours.reached["examples"]
@@ -405,7 +473,9 @@ def repeated(args, runs: list[dict]) -> dict:
         report[f"{prefix}median_seconds_to_target"] = statistics.median(seconds) if reached else None
         report[f"{prefix}seconds_to_target_range"] = [min(seconds), max(seconds)] if reached else None
     if report["median_seconds_to_target"] and report["baseline_median_seconds_to_target"]:
-        report["speedup_median_seconds"] = report["baseline_median_seconds_to_target"] / report["median_seconds_to_target"]
+        report["speedup_median_seconds"] = (
+            report["baseline_median_seconds_to_target"] / report["median_seconds_to_target"]
+        )
     return report
 
 
@@ -414,7 +484,11 @@ def smoke_study() -> dict:
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(root / "run_study.py"), "--profile", "smoke", "--out", out, "--quiet"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(root / "run_study.py"), "--profile", "smoke", "--out", out, "--quiet"],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"smoke_study_wall_s": wall, "smoke_study_peak_rss_mb": peak}
@@ -424,16 +498,48 @@ def length_curve(args, lengths: list[int]) -> list[dict]:
     """Training throughput and peak memory per length, each measured in a fresh process."""
     rows = []
     for length in lengths:
-        cmd = [sys.executable, "-m", "study.bench", "--json", "--no-baseline", "--length", str(length), "--attention", args.attention,
-               "--units", str(args.units), "--embedding", str(args.embedding), "--batch-size", str(args.batch_size),
-               "--examples", str(max(512, args.examples * 32 // length)), "--decode-examples", "512", "--backend", args.backend]
+        cmd = [
+            sys.executable,
+            "-m",
+            "study.bench",
+            "--json",
+            "--no-baseline",
+            "--length",
+            str(length),
+            "--attention",
+            args.attention,
+            "--units",
+            str(args.units),
+            "--embedding",
+            str(args.embedding),
+            "--batch-size",
+            str(args.batch_size),
+            "--examples",
+            str(max(512, args.examples * 32 // length)),
+            "--decode-examples",
+            "512",
+            "--backend",
+            args.backend,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": args.backend})
         if result.returncode != 0:
-            rows.append({"length": length, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"})
+            rows.append(
+                {
+                    "length": length,
+                    "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed",
+                }
+            )
             continue
         r = json.loads(result.stdout)
-        rows.append({"length": length, "train_tokens_per_s": r["train_tokens_per_s"], "train_us_per_token": 1e6 / r["train_tokens_per_s"],
-                     "decode_tokens_per_s": r["decode_tokens_per_s"], "peak_rss_mb": r["peak_rss_mb"]})
+        rows.append(
+            {
+                "length": length,
+                "train_tokens_per_s": r["train_tokens_per_s"],
+                "train_us_per_token": 1e6 / r["train_tokens_per_s"],
+                "decode_tokens_per_s": r["decode_tokens_per_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+            }
+        )
     return rows
 
 
@@ -451,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.time_to_accuracy:
         report = repeated(args, [time_to_accuracy(args) for _ in range(args.repeats)])
-        report.update(attention=args.attention, backend=keras.backend.backend(), versions=versions(), device=device_name())
+        report.update(
+            attention=args.attention, backend=keras.backend.backend(), versions=versions(), device=device_name()
+        )
         if args.json:
             print(json.dumps(report, indent=1))
         else:
@@ -462,7 +570,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.length_curve:
         rows = length_curve(args, [int(x) for x in comma_list(args.length_curve)])
-        report = {"length_curve": rows, "attention": args.attention, "backend": args.backend, "versions": versions(), "device": device_name()}
+        report = {
+            "length_curve": rows,
+            "attention": args.attention,
+            "backend": args.backend,
+            "versions": versions(),
+            "device": device_name(),
+        }
         print(json.dumps(report, indent=1) if args.json else "\n".join(json.dumps(r) for r in rows))
         return 0
 

@@ -37,7 +37,11 @@ class Cell:
     train_lengths: tuple[int, ...]
 
     def describe(self) -> str:
-        lengths = f"{self.train_lengths[0]}..{self.train_lengths[-1]}" if len(self.train_lengths) > 1 else str(self.train_lengths[0])
+        lengths = (
+            f"{self.train_lengths[0]}..{self.train_lengths[-1]}"
+            if len(self.train_lengths) > 1
+            else str(self.train_lengths[0])
+        )
         return f"{self.task.name}/{self.model}/seed {self.seed}/train {lengths}"
 
 
@@ -90,7 +94,12 @@ def versions() -> dict:
     import keras
     import numpy
 
-    out = {"python": platform.python_version(), "keras": keras.__version__, "numpy": numpy.__version__, "babel": babel.__version__}
+    out = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "babel": babel.__version__,
+    }
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow
@@ -144,7 +153,9 @@ def example_index(predictions: list[str], targets: list[str], kept: int) -> int:
     return next((k for k in range(min(kept, len(predictions))) if predictions[k] == targets[k]), 0)
 
 
-def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, tv, end_token: bool = True) -> tuple[list[dict], dict | None]:
+def test_metrics(
+    model, tests: dict, train_lengths, map_length: int | None, sv, tv, end_token: bool = True
+) -> tuple[list[dict], dict | None]:
     """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
     returns the per-length metric rows and the attention example at `map_length` (or None): the
     first test example the model gets right there, else the first one, so that the map shows
@@ -158,16 +169,19 @@ def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, 
     for length, test in tests.items():
         Interrupt.check()
         t0 = time.perf_counter()
-        scored, predictions, weights = evaluate_with_predictions(model, test.sources, test.targets, sv, tv, end_token=end_token,
-                                                                 with_attention=length == map_length)
-        metrics.append({
-            "length": length,
-            "in_training_range": in_training_range(length, train_lengths),
-            **scored,
-            "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
-            "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
-            "decode_seconds": time.perf_counter() - t0,
-        })
+        scored, predictions, weights = evaluate_with_predictions(
+            model, test.sources, test.targets, sv, tv, end_token=end_token, with_attention=length == map_length
+        )
+        metrics.append(
+            {
+                "length": length,
+                "in_training_range": in_training_range(length, train_lengths),
+                **scored,
+                "mean_source_tokens": float(np.mean([len(s) for s in test.sources])),
+                "mean_target_tokens": float(np.mean([len(t) for t in test.targets])),
+                "decode_seconds": time.perf_counter() - t0,
+            }
+        )
         if length == map_length:
             i = example_index(predictions, test.targets, len(weights) if weights is not None else 1)
             example = {
@@ -177,7 +191,9 @@ def test_metrics(model, tests: dict, train_lengths, map_length: int | None, sv, 
                 "target": test.targets[i],
                 "prediction": predictions[i],
                 # rows: output steps up to and including END; columns: source characters
-                "weights": None if weights is None else np.round(weights[i, : len(predictions[i]) + 1, : len(test.sources[i])], 4).tolist(),
+                "weights": None
+                if weights is None
+                else np.round(weights[i, : len(predictions[i]) + 1, : len(test.sources[i])], 4).tolist(),
             }
     return metrics, example
 
@@ -209,12 +225,30 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         "worker": {"host": platform.node(), "pid": os.getpid()},
         "status": "ok",
     }
-    run = prepare(task, cell.model, cell.train_lengths, cell.task.eval_lengths, config.model, config.train, config.n_test, cell.seed,
-                  memory_share=1 / config.workers, what=cell.describe())
+    run = prepare(
+        task,
+        cell.model,
+        cell.train_lengths,
+        cell.task.eval_lengths,
+        config.model,
+        config.train,
+        config.n_test,
+        cell.seed,
+        memory_share=1 / config.workers,
+        what=cell.describe(),
+    )
     model, sv, tv = run.model, run.source_vocab, run.target_vocab
     record["param_count"] = int(model.count_params())
     extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
-    result = train(run, config.train, cell.seed, progress=progress, between_batches=Interrupt.check, backup_dir=paths["backup"], extra_callbacks=extra)
+    result = train(
+        run,
+        config.train,
+        cell.seed,
+        progress=progress,
+        between_batches=Interrupt.check,
+        backup_dir=paths["backup"],
+        extra_callbacks=extra,
+    )
     record.update(
         history=result.history,
         stop_reason=result.stop_reason,
@@ -229,7 +263,12 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         seconds={"data": run.data_seconds, **result.times},
     )
     if result.diverged:
-        record.update(status="failed", error=result.stop_reason, metrics=[], wall_seconds=time.perf_counter() - started + result.times["before_resume"])
+        record.update(
+            status="failed",
+            error=result.stop_reason,
+            metrics=[],
+            wall_seconds=time.perf_counter() - started + result.times["before_resume"],
+        )
         return record
     if paths["model"] is not None:
         paths["model"].parent.mkdir(parents=True, exist_ok=True)
@@ -237,13 +276,19 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         record["model_file"] = str(paths["model"].relative_to(Path(out)))
     eval_started = time.perf_counter()
     map_length = attention_example_length(cell.task, cell.train_lengths)
-    metrics, example = test_metrics(model, run.splits.test, cell.train_lengths, map_length, sv, tv, config.train.end_token)
+    metrics, example = test_metrics(
+        model, run.splits.test, cell.train_lengths, map_length, sv, tv, config.train.end_token
+    )
     if example is not None:
         record["attention_example"] = example
     record["seconds"]["test_decoding"] = time.perf_counter() - eval_started
     # a resumed cell's wall time includes the training done before the resume
-    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=record["seconds"]["test_decoding"],
-                  wall_seconds=time.perf_counter() - started + result.times["before_resume"])
+    record.update(
+        metrics=metrics,
+        metrics_version=METRICS_VERSION,
+        eval_seconds=record["seconds"]["test_decoding"],
+        wall_seconds=time.perf_counter() - started + result.times["before_resume"],
+    )
     return record
 
 

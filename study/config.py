@@ -1,7 +1,7 @@
 """Typed configuration of models and training, with validation that names the bad value.
 
-    ModelConfig(units=128, attention_size=64)      # sizes shared by every model of a comparison
-    TrainConfig(n_train=10000, max_examples=300000)  # a pool of 10,000, validated after every pass; at most 300,000 examples
+ModelConfig(units=128, attention_size=64)      # sizes shared by every model of a comparison
+TrainConfig(n_train=10000, max_examples=300000)  # a pool of 10,000, validated after every pass; at most 300,000 examples
 """
 
 from __future__ import annotations
@@ -114,33 +114,63 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epoch_examples is None:
             object.__setattr__(self, "epoch_examples", self.n_train)
-        for name in ("n_train", "epoch_examples", "max_examples", "batch_size", "patience_examples", "lr_patience_examples", "n_validation", "pad_multiple"):
+        for name in (
+            "n_train",
+            "epoch_examples",
+            "max_examples",
+            "batch_size",
+            "patience_examples",
+            "lr_patience_examples",
+            "n_validation",
+            "pad_multiple",
+        ):
             _positive_int("train", name, getattr(self, name))
         if self.n_train % self.epoch_examples:
-            raise ConfigError(f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})")
+            raise ConfigError(
+                f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})"
+            )
         for name in ("learning_rate", "clipnorm", "min_learning_rate"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not value > 0
+                or not math.isfinite(value)
+            ):
                 raise ConfigError(f"train.{name} must be a positive, finite number, got {value!r}")
-        if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) or not 0 < self.target_accuracy <= 1:
+        if (
+            isinstance(self.target_accuracy, bool)
+            or not isinstance(self.target_accuracy, (int, float))
+            or not 0 < self.target_accuracy <= 1
+        ):
             raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
         for name in ("loss_tolerance", "accuracy_tolerance"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ConfigError(f"train.{name} must be a number in [0, 1), got {value!r}")
-        if isinstance(self.lr_factor, bool) or not isinstance(self.lr_factor, (int, float)) or not 0 < self.lr_factor < 1:
+        if (
+            isinstance(self.lr_factor, bool)
+            or not isinstance(self.lr_factor, (int, float))
+            or not 0 < self.lr_factor < 1
+        ):
             raise ConfigError(f"train.lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
         if self.schedule == "plateau" and self.min_learning_rate > self.learning_rate:
-            raise ConfigError(f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})")
+            raise ConfigError(
+                f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})"
+            )
         if not isinstance(self.end_token, bool):
             raise ConfigError(f"train.end_token must be true or false, got {self.end_token!r}")
         if self.loss_normalisation not in LOSS_NORMALISATIONS:
-            raise ConfigError(f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}")
+            raise ConfigError(
+                f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         value = self.warmup_examples
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.max_examples:
-            raise ConfigError(f"train.warmup_examples must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}")
+            raise ConfigError(
+                f"train.warmup_examples must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}"
+            )
 
     @property
     def max_epochs(self) -> int:
@@ -237,12 +267,18 @@ class StudyConfig:
             raise ConfigError(f"the study grid is empty: no {' and no '.join(empty)} selected")
         for s in self.seeds:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise ConfigError(f"seeds must be integers from 0 to {MAX_SEED} (the range of keras.utils.set_random_seed and numpy), got {s!r}")
+                raise ConfigError(
+                    f"seeds must be integers from 0 to {MAX_SEED} (the range of keras.utils.set_random_seed and numpy), got {s!r}"
+                )
         _positive_int("study", "n_test", self.n_test)
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 0:
             raise ConfigError(f"jobs must be a non-negative integer (0: one per CPU core), got {self.jobs!r}")
         _positive_int("study", "cell_cpus", self.cell_cpus)
-        if isinstance(self.cell_gpus, bool) or not isinstance(self.cell_gpus, (int, float)) or not 0 <= self.cell_gpus < math.inf:
+        if (
+            isinstance(self.cell_gpus, bool)
+            or not isinstance(self.cell_gpus, (int, float))
+            or not 0 <= self.cell_gpus < math.inf
+        ):
             raise ConfigError(f"cell_gpus must be a number >= 0 (a fraction shares a GPU), got {self.cell_gpus!r}")
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"tensorboard must be true or false, got {self.tensorboard!r}")
@@ -274,7 +310,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1],
         "n_test": 50,
         "model": {"embedding_dim": 16, "units": 32, "attention_size": 16},
-        "train": {"n_train": 1024, "max_examples": 3072, "batch_size": 32, "learning_rate": 0.01, "n_validation": 16, "patience_examples": 3072},
+        "train": {
+            "n_train": 1024,
+            "max_examples": 3072,
+            "batch_size": 32,
+            "learning_rate": 0.01,
+            "n_validation": 16,
+            "patience_examples": 3072,
+        },
     },
     # the default: every core task and model, 3 seeds, evaluation beyond the trained range
     "standard": {
@@ -291,8 +334,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         # validation every 10,000, Adam at 3e-3 with a 5,000-example warm-up, halved when the
         # validation loss stalls for 20,000 examples; converged when 40,000 examples gain neither
         # 0.005 nats per character nor 5 points at any training length; the budget a ceiling
-        "train": {"n_train": 100000, "epoch_examples": 10000, "max_examples": 150000, "patience_examples": 40000,
-                  "batch_size": 64, "learning_rate": 0.003, "schedule": "plateau", "warmup_examples": 5000},
+        "train": {
+            "n_train": 100000,
+            "epoch_examples": 10000,
+            "max_examples": 150000,
+            "patience_examples": 40000,
+            "batch_size": 64,
+            "learning_rate": 0.003,
+            "schedule": "plateau",
+            "warmup_examples": 5000,
+        },
     },
     # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget
     "full": {
@@ -302,19 +353,51 @@ PROFILES: dict[str, dict[str, Any]] = {
             "date_format": {"train_lengths": "1..6", "eval_lengths": [1, 2, 3, 4, 6, 8, 10, 12]},
         },
         "models": [
-            "none", "none_context", "additive", "dot", "general",
-            "additive_recurrent", "dot_recurrent", "general_recurrent", "transformer",
-            "none_lstm", "additive_lstm", "none_bidirectional", "additive_bidirectional",
+            "none",
+            "none_context",
+            "additive",
+            "dot",
+            "general",
+            "additive_recurrent",
+            "dot_recurrent",
+            "general_recurrent",
+            "transformer",
+            "none_lstm",
+            "additive_lstm",
+            "none_bidirectional",
+            "additive_bidirectional",
         ],
         "seeds": [0, 1, 2, 3, 4],
         "n_test": 1000,
         "model": {},
-        "train": {"n_train": 200000, "epoch_examples": 20000, "max_examples": 1000000, "patience_examples": 100000,
-                  "lr_patience_examples": 40000, "batch_size": 64, "learning_rate": 0.003, "schedule": "plateau", "warmup_examples": 5000},
+        "train": {
+            "n_train": 200000,
+            "epoch_examples": 20000,
+            "max_examples": 1000000,
+            "patience_examples": 100000,
+            "lr_patience_examples": 40000,
+            "batch_size": 64,
+            "learning_rate": 0.003,
+            "schedule": "plateau",
+            "warmup_examples": 5000,
+        },
     },
 }
 
-_STUDY_KEYS = {"tasks", "models", "seeds", "regime", "n_test", "backend", "jobs", "cell_cpus", "cell_gpus", "tensorboard", "model", "train"}
+_STUDY_KEYS = {
+    "tasks",
+    "models",
+    "seeds",
+    "regime",
+    "n_test",
+    "backend",
+    "jobs",
+    "cell_cpus",
+    "cell_gpus",
+    "tensorboard",
+    "model",
+    "train",
+}
 _TASK_KEYS = {"train_lengths", "eval_lengths", "options"}
 
 
@@ -333,7 +416,9 @@ def parse_lengths(value: Any, where: str) -> tuple[int, ...]:
             else:
                 values = [int(p) for p in comma_list(value)]
         except ValueError:
-            raise ConfigError(f"{where} must be positive integers, a list like 4,8,16 or a range like 4..32, got {value!r}") from None
+            raise ConfigError(
+                f"{where} must be positive integers, a list like 4,8,16 or a range like 4..32, got {value!r}"
+            ) from None
     elif isinstance(value, (list, tuple)):
         values = list(value)
     else:
@@ -351,14 +436,19 @@ def file_task_plans(profile: str, file_tasks: dict) -> dict:
     profile task keeps its lengths unless the file gives them); the file's tasks are the
     study's tasks, as `--tasks` and a variant's `tasks` select theirs."""
     profile_tasks = PROFILES[profile]["tasks"]
-    return {name: merge_settings(profile_tasks.get(name, {}), plan) if isinstance(plan, dict) else plan for name, plan in file_tasks.items()}
+    return {
+        name: merge_settings(profile_tasks.get(name, {}), plan) if isinstance(plan, dict) else plan
+        for name, plan in file_tasks.items()
+    }
 
 
 def merge_settings(base: dict, override: dict) -> dict:
     """Recursive dict merge; `override` wins."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge_settings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge_settings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -385,7 +475,9 @@ def _dataclass_from(cls, raw: Any, where: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_study_config(profile: str = "standard", file_settings: dict | None = None, overrides: dict | None = None) -> StudyConfig:
+def build_study_config(
+    profile: str = "standard", file_settings: dict | None = None, overrides: dict | None = None
+) -> StudyConfig:
     """Profile settings, then a config file's, then command-line overrides, validated.
 
     Raises ConfigError with a one-line message naming the bad key or value.

@@ -68,7 +68,11 @@ class Dataset:
 
     def select(self, index: np.ndarray | Sequence[int]) -> "Dataset":
         """The examples at `index`, in that order."""
-        return Dataset([self.sources[i] for i in index], [self.targets[i] for i in index], self.lengths[np.asarray(index, dtype=int)])
+        return Dataset(
+            [self.sources[i] for i in index],
+            [self.targets[i] for i in index],
+            self.lengths[np.asarray(index, dtype=int)],
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +112,9 @@ def _rng(key: dict, *extra: int) -> np.random.Generator:
     versions, so a locale whose dates two CLDR releases write alike gets the same data under
     both (the versions still tell the two datasets apart in the cache)."""
     draws = {**key, "task": {k: v for k, v in key["task"].items() if k != "data"}}
-    entropy = int.from_bytes(hashlib.sha256((json.dumps(draws, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little")
+    entropy = int.from_bytes(
+        hashlib.sha256((json.dumps(draws, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little"
+    )
     return np.random.default_rng(entropy)
 
 
@@ -201,7 +207,9 @@ def _write_cache(path: Path, key: dict, data: Dataset) -> None:
     )
 
 
-def load_split(task: Task, split: str, lengths: Iterable[int], n: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> tuple[dict, Dataset]:
+def load_split(
+    task: Task, split: str, lengths: Iterable[int], n: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR
+) -> tuple[dict, Dataset]:
     """Returns (key, dataset) for one split, from the cache when it is there and sound.
 
     Args:
@@ -241,14 +249,28 @@ def make_splits(
     return Splits(train=train, validation=validation, test=test_splits(task, eval_lengths, n_test, seed, cache_dir))
 
 
-def training_splits(task: Task, train_lengths: Iterable[int], n_train: int, n_validation: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> tuple[Dataset, Dataset]:
+def training_splits(
+    task: Task,
+    train_lengths: Iterable[int],
+    n_train: int,
+    n_validation: int,
+    seed: int,
+    cache_dir: Path | str | None = DATASETS_DIR,
+) -> tuple[Dataset, Dataset]:
     """(train, validation): `n_train` examples over the training lengths and `n_validation` per length."""
     train_lengths = sorted(set(train_lengths))
     _, train = load_split(task, "train", train_lengths, n_train, seed, cache_dir=cache_dir)
-    _, validation = load_split(task, "validation", train_lengths, n_validation * len(train_lengths), seed, cache_dir=cache_dir)
+    _, validation = load_split(
+        task, "validation", train_lengths, n_validation * len(train_lengths), seed, cache_dir=cache_dir
+    )
     return train, validation
 
 
-def test_splits(task: Task, eval_lengths: Iterable[int], n_test: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR) -> dict[int, Dataset]:
+def test_splits(
+    task: Task, eval_lengths: Iterable[int], n_test: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR
+) -> dict[int, Dataset]:
     """One test set of `n_test` examples per evaluation length, {length: Dataset}, in length order."""
-    return {length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir)[1] for length in sorted(set(eval_lengths))}
+    return {
+        length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir)[1]
+        for length in sorted(set(eval_lengths))
+    }

@@ -63,7 +63,9 @@ def decode(
     """Greedy-decodes `sources`; returns the predicted strings and, when asked and the
     model has attention, the weights as an array (n, max_steps, S)."""
     source_ids = source_vocab.encode_batch(sources)
-    out = model.greedy_decoder(max_steps, with_attention=with_attention).predict(source_ids, batch_size=batch_size, verbose=0)
+    out = model.greedy_decoder(max_steps, with_attention=with_attention).predict(
+        source_ids, batch_size=batch_size, verbose=0
+    )
     return target_vocab.decode_batch(out["tokens"]), out.get("attention")
 
 
@@ -99,8 +101,14 @@ def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
     }
 
 
-def decode_at_target_length(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary,
-                            batch_size: int = 1024) -> list[str]:
+def decode_at_target_length(
+    model: EncoderDecoder,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    batch_size: int = 1024,
+) -> list[str]:
     """Greedy predictions of exactly len(target) characters each: END is held back for that many
     steps and decoding stops there (Newman et al. 2020); targets of each length are decoded
     together.  The decoding of a model trained without END (`TrainConfig.end_token`), and the
@@ -111,23 +119,41 @@ def decode_at_target_length(model: EncoderDecoder, sources: Sequence[str], targe
     predictions = [""] * len(targets)
     for length, index in by_length.items():
         source_ids = source_vocab.encode_batch([sources[i] for i in index])
-        tokens = model.greedy_decoder(length, min_steps=length).predict(source_ids, batch_size=batch_size, verbose=0)["tokens"]
-        ended = np.concatenate([tokens, np.full((len(tokens), 1), END, dtype=tokens.dtype)], axis=1)  # the decoder was stopped here
+        tokens = model.greedy_decoder(length, min_steps=length).predict(source_ids, batch_size=batch_size, verbose=0)[
+            "tokens"
+        ]
+        ended = np.concatenate(
+            [tokens, np.full((len(tokens), 1), END, dtype=tokens.dtype)], axis=1
+        )  # the decoder was stopped here
         for i, text in zip(index, target_vocab.decode_batch(ended)):
             predictions[i] = text
     return predictions
 
 
-def oracle_exact_match(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024) -> float:
+def oracle_exact_match(
+    model: EncoderDecoder,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    batch_size: int = 1024,
+) -> float:
     """Share of examples whose first len(target) greedy characters equal the target when END
     is held back for exactly that many steps (`decode_at_target_length`)."""
     predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
     return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
 
-def evaluate_with_predictions(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary,
-                              target_vocab: Vocabulary, batch_size: int = 1024, end_token: bool = True,
-                              with_attention: bool = False) -> tuple[dict, list[str], np.ndarray | None]:
+def evaluate_with_predictions(
+    model: EncoderDecoder,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    batch_size: int = 1024,
+    end_token: bool = True,
+    with_attention: bool = False,
+) -> tuple[dict, list[str], np.ndarray | None]:
     """Decodes `sources` greedily and scores the predictions against `targets` (`score`), with
     the oracle-length exact match beside (`oracle_exact_match`).  A model trained without END
     (`end_token` False) is decoded at the target's length (`decode_at_target_length`), so its
@@ -138,15 +164,36 @@ def evaluate_with_predictions(model: EncoderDecoder, sources: Sequence[str], tar
         predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
         scored = score(predictions, targets)
         steps = len(targets[0])
-        weights = (model.greedy_decoder(steps, with_attention=True, min_steps=steps).predict(source_vocab.encode_batch(sources[:1]), verbose=0)
-                   .get("attention") if with_attention else None)
+        weights = (
+            model.greedy_decoder(steps, with_attention=True, min_steps=steps)
+            .predict(source_vocab.encode_batch(sources[:1]), verbose=0)
+            .get("attention")
+            if with_attention
+            else None
+        )
         return {**scored, "oracle_seq_acc": scored["seq_acc"]}, predictions, weights
-    predictions, weights = decode(model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size, with_attention=with_attention)
+    predictions, weights = decode(
+        model, sources, source_vocab, target_vocab, decode_steps(targets), batch_size, with_attention=with_attention
+    )
     scored = score(predictions, targets)
-    return {**scored, "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size)}, predictions, weights
+    return (
+        {
+            **scored,
+            "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size),
+        },
+        predictions,
+        weights,
+    )
 
 
-def evaluate(model: EncoderDecoder, sources: Sequence[str], targets: Sequence[str], source_vocab: Vocabulary, target_vocab: Vocabulary, batch_size: int = 1024,
-             end_token: bool = True) -> dict:
+def evaluate(
+    model: EncoderDecoder,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    batch_size: int = 1024,
+    end_token: bool = True,
+) -> dict:
     """The metrics of `evaluate_with_predictions` alone (what the study records per test set)."""
     return evaluate_with_predictions(model, sources, targets, source_vocab, target_vocab, batch_size, end_token)[0]

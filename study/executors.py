@@ -31,9 +31,17 @@ from study.config import StudyConfig, available_cores
 from study.text import comma_list
 
 EXECUTORS = ("local", "ray")
-RAY_RETRIES = 3  # attempts after a Ray worker dies mid-cell (a Python error inside a cell is a failed record, not a retry)
+RAY_RETRIES = (
+    3  # attempts after a Ray worker dies mid-cell (a Python error inside a cell is a failed record, not a retry)
+)
 ROOT = Path(__file__).resolve().parent.parent
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
 
 
 class ExecutorError(RuntimeError):
@@ -61,7 +69,9 @@ def visible_gpus() -> list[str]:
     if listed is not None:
         return [g for g in comma_list(listed) if g != "-1"]
     try:
-        result = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
@@ -134,8 +144,16 @@ def _sigint_blocked():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def run_cells(todo: list, config: StudyConfig, finish: Callable[[dict], None], executor: str = "local", address: str | None = None,
-              out: Path | None = None, progress: bool = True, starting: Callable[[Cell], None] | None = None) -> None:
+def run_cells(
+    todo: list,
+    config: StudyConfig,
+    finish: Callable[[dict], None],
+    executor: str = "local",
+    address: str | None = None,
+    out: Path | None = None,
+    progress: bool = True,
+    starting: Callable[[Cell], None] | None = None,
+) -> None:
     """Runs the (cell, id) pairs of `todo` and hands each record to `finish` as it completes.
 
     `executor` "ray" runs them as Ray tasks (`run_ray`, on the cluster at `address`); "local"
@@ -160,8 +178,14 @@ def run_cells(todo: list, config: StudyConfig, finish: Callable[[dict], None], e
         run_local(todo, config, workers, loaded_plugins(), finish, out)
 
 
-def run_in_process(todo: list, config: StudyConfig, finish: Callable[[dict], None], out: Path | None = None, progress: bool = True,
-                   starting: Callable[[Cell], None] | None = None) -> None:
+def run_in_process(
+    todo: list,
+    config: StudyConfig,
+    finish: Callable[[dict], None],
+    out: Path | None = None,
+    progress: bool = True,
+    starting: Callable[[Cell], None] | None = None,
+) -> None:
     """The cells one after the other in this process, with this process's backend and threads;
     training checks for Ctrl-C between batches."""
     for cell, _ in todo:
@@ -175,7 +199,14 @@ def _run_cell_in_worker(cell, config: StudyConfig, out: Path | None) -> dict:
     return run_cell_safely(cell, config, progress=False, out=out)
 
 
-def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str], finish: Callable[[dict], None], out: Path | None = None) -> None:
+def run_local(
+    todo: list,
+    config: StudyConfig,
+    workers: int,
+    plugins: list[str],
+    finish: Callable[[dict], None],
+    out: Path | None = None,
+) -> None:
     """Cells in `workers` spawned processes, each limited to its share of the cores and pinned
     to one GPU when the machine has any.  Workers ignore Ctrl-C and exit by themselves when the
     parent dies; the parent notices Ctrl-C (`Interrupt.requested`) within half a second of
@@ -189,7 +220,12 @@ def run_local(todo: list, config: StudyConfig, workers: int, plugins: list[str],
     for gpu in gpu_assignment(workers, visible_gpus()):
         gpu_slots.put(gpu)
     threads = max(1, available_cores() // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_local_worker_init, initargs=(config.backend, threads, plugins, gpu_slots, os.getpid()))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_local_worker_init,
+        initargs=(config.backend, threads, plugins, gpu_slots, os.getpid()),
+    )
     try:
         with _sigint_blocked():  # a pool spawns its workers as cells are submitted
             pending = {pool.submit(_run_cell_in_worker, cell, config, out) for cell, _ in todo}
@@ -211,7 +247,9 @@ def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str], out: Path | 
 
     _prepare_worker(config.backend, config.cell_cpus, plugins)
     record = _run_cell_in_worker(cell, config, out)
-    record.setdefault("worker", {})["ray_task_id"] = ray.get_runtime_context().get_task_id()  # Ray's own record of the task
+    record.setdefault("worker", {})["ray_task_id"] = (
+        ray.get_runtime_context().get_task_id()
+    )  # Ray's own record of the task
     return record
 
 
@@ -234,10 +272,19 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ExecutorError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with 'ray start --head' or check the address") from None
+        raise ExecutorError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with 'ray start --head' or check the address"
+        ) from None
 
 
-def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callable[[dict], None], address: str | None = None, out: Path | None = None) -> None:
+def run_ray(
+    todo: list,
+    config: StudyConfig,
+    plugins: list[str],
+    finish: Callable[[dict], None],
+    address: str | None = None,
+    out: Path | None = None,
+) -> None:
     """One Ray task per cell, each asking for `config.cell_cpus` CPUs and `config.cell_gpus` GPUs.
 
     With `address`, joins that cluster and ships this project's code to it
@@ -263,11 +310,21 @@ def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callabl
                 runtime_env["excludes"] = ["datasets/", "results/", ".venv*/", ".git/"]
                 ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
             else:
-                ray.init(num_cpus=config.workers, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR", object_store_memory=200 * 2**20)
+                ray.init(
+                    num_cpus=config.workers,
+                    runtime_env=runtime_env,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="ERROR",
+                    object_store_memory=200 * 2**20,
+                )
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ExecutorError(f"could not start Ray{f' at {address}' if address else ''}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-    task = ray.remote(_run_cell_on_ray).options(num_cpus=config.cell_cpus, num_gpus=config.cell_gpus, max_retries=RAY_RETRIES, retry_exceptions=False)
+            raise ExecutorError(
+                f"could not start Ray{f' at {address}' if address else ''}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from None
+    task = ray.remote(_run_cell_on_ray).options(
+        num_cpus=config.cell_cpus, num_gpus=config.cell_gpus, max_retries=RAY_RETRIES, retry_exceptions=False
+    )
     pending = {task.remote(cell, config, plugins, out): cell for cell, _ in todo}
     try:
         while pending:
@@ -277,7 +334,9 @@ def run_ray(todo: list, config: StudyConfig, plugins: list[str], finish: Callabl
                 try:
                     record = ray.get(ref)
                 except RayError as exc:  # the worker died on every attempt, or the cluster lost it
-                    record = failed_record(cell, config, f"{type(exc).__name__} after {RAY_RETRIES} retries: {str(exc).strip()[:300]}")
+                    record = failed_record(
+                        cell, config, f"{type(exc).__name__} after {RAY_RETRIES} retries: {str(exc).strip()[:300]}"
+                    )
                 finish(record)
             Interrupt.check()
     except BaseException:

@@ -40,8 +40,18 @@ class Prepared:
     data_seconds: float
 
 
-def prepare(task: "Task", model_name: str, train_lengths: Iterable[int], eval_lengths: Iterable[int], model_cfg: ModelConfig,
-            train_cfg: TrainConfig, n_test: int, seed: int, memory_share: float = 1.0, what: str = "this cell") -> Prepared:
+def prepare(
+    task: "Task",
+    model_name: str,
+    train_lengths: Iterable[int],
+    eval_lengths: Iterable[int],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    n_test: int,
+    seed: int,
+    memory_share: float = 1.0,
+    what: str = "this cell",
+) -> Prepared:
     """The splits (`study.data.make_splits`: `train_cfg.n_train` training and
     `train_cfg.n_validation` validation examples per training length, `n_test` test examples
     per evaluation length), the vocabularies, and the model `model_name` built after
@@ -62,11 +72,23 @@ def prepare(task: "Task", model_name: str, train_lengths: Iterable[int], eval_le
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
     longest_source = max(len(s) for s in splits.train.sources)
     longest_target = max(len(t) for t in splits.train.targets)
-    needed = estimate_training_bytes(effective_model_config(model_name, model_cfg), train_cfg, longest_source, longest_target, tv.size,
-                                     get_model_spec(model_name).attention)
-    check_memory(needed, share=memory_share, what=f"{what} (sources up to {longest_source} and targets up to {longest_target} characters)")
+    needed = estimate_training_bytes(
+        effective_model_config(model_name, model_cfg),
+        train_cfg,
+        longest_source,
+        longest_target,
+        tv.size,
+        get_model_spec(model_name).attention,
+    )
+    check_memory(
+        needed,
+        share=memory_share,
+        what=f"{what} (sources up to {longest_source} and targets up to {longest_target} characters)",
+    )
     keras.utils.set_random_seed(seed)
-    model = build_model(model_name, sv.size, tv.size, model_cfg, alphabets={"source": sv.alphabet, "target": tv.alphabet})
+    model = build_model(
+        model_name, sv.size, tv.size, model_cfg, alphabets={"source": sv.alphabet, "target": tv.alphabet}
+    )
     return Prepared(task, model_name, splits, sv, tv, model, data_seconds)
 
 
@@ -75,4 +97,6 @@ def train(run: Prepared, cfg: TrainConfig, seed: int, **kwargs) -> "TrainResult"
     arguments go to it: progress, between_batches, backup_dir, extra_callbacks)."""
     from study.train import train_model
 
-    return train_model(run.model, run.splits.train, run.splits.validation, run.source_vocab, run.target_vocab, cfg, seed=seed, **kwargs)
+    return train_model(
+        run.model, run.splits.train, run.splits.validation, run.source_vocab, run.target_vocab, cfg, seed=seed, **kwargs
+    )

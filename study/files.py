@@ -68,4 +68,3 @@ def remove_leftovers(folder: Path) -> None:
 def json_digest(payload: Any, length: int = 16) -> str:
     """The first `length` hex digits of the SHA-256 of `payload` as JSON with sorted keys."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
-

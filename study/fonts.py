@@ -41,9 +41,19 @@ FALLBACK_FONTS: tuple[tuple[str, str | tuple[str, str]], ...] = (
 
 # Unicode's abbreviations (NameAliases.txt) of the invisible characters CLDR date patterns use.
 ABBREVIATIONS = {
-    "\u00a0": "NBSP", "\u2007": "FSP", "\u2009": "THSP", "\u202f": "NNBSP", "\u200b": "ZWSP",
-    "\u200c": "ZWNJ", "\u200d": "ZWJ", "\u200e": "LRM", "\u200f": "RLM", "\u061c": "ALM",
-    "\u180e": "MVS", "\u2060": "WJ", "\ufeff": "ZWNBSP",
+    "\u00a0": "NBSP",
+    "\u2007": "FSP",
+    "\u2009": "THSP",
+    "\u202f": "NNBSP",
+    "\u200b": "ZWSP",
+    "\u200c": "ZWNJ",
+    "\u200d": "ZWJ",
+    "\u200e": "LRM",
+    "\u200f": "RLM",
+    "\u061c": "ALM",
+    "\u180e": "MVS",
+    "\u2060": "WJ",
+    "\ufeff": "ZWNBSP",
 }
 SPACE_MARK = "␣"
 COMBINING_BASE = "\u25cc"  # dotted circle: the conventional base for a combining mark shown alone

@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from study.records import load_records, read_manifest
 from study.files import write_json_atomic
-from study.records import StudyLock
+from study.records import StudyLock, load_records, read_manifest
 
 
 class MergeConflictError(ValueError):
@@ -56,8 +55,10 @@ def merge_results(sources: list[Path], out: Path, warn: Callable[[str], None] = 
                 conflicts.append(f"{record['id']} ({previous[1]} vs {source})")
     if conflicts:
         shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
-        raise MergeConflictError(f"{len(conflicts)} cell(s) finished with different results in different folders: {shown}; "
-                                 "delete the record you do not trust (<folder>/cells/<id>.json) and merge again")
+        raise MergeConflictError(
+            f"{len(conflicts)} cell(s) finished with different results in different folders: {shown}; "
+            "delete the record you do not trust (<folder>/cells/<id>.json) and merge again"
+        )
     ids = [cid for cid in grid if cid in chosen]
     missing = [cid for cid in grid if cid not in chosen]
     out = Path(out)
@@ -66,8 +67,20 @@ def merge_results(sources: list[Path], out: Path, warn: Callable[[str], None] = 
             target = out / "cells" / f"{cid}.json"
             if chosen[cid][1].resolve() != out.resolve():
                 write_json_atomic(target, chosen[cid][0])
-        write_json_atomic(out / "study.json", {"config": config, "cells": ids, "grid": list(grid), "shard": None, "merged_from": [str(s) for s in sources]})
+        write_json_atomic(
+            out / "study.json",
+            {
+                "config": config,
+                "cells": ids,
+                "grid": list(grid),
+                "shard": None,
+                "merged_from": [str(s) for s in sources],
+            },
+        )
     if missing:
-        warn(f"warning: {len(missing)} of {len(grid)} cells of the grid have no record in any folder (a shard not run or not finished?): "
-             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        warn(
+            f"warning: {len(missing)} of {len(grid)} cells of the grid have no record in any folder (a shard not run or not finished?): "
+            + ", ".join(missing[:5])
+            + (" ..." if len(missing) > 5 else "")
+        )
     return [chosen[cid][0] for cid in ids], missing

@@ -66,7 +66,9 @@ class StudyLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "unknown"
             self.file.close()
-            raise StudyLockedError(f"results folder {self.path.parent} is in use by another study (pid {holder}); wait for it or choose another --out") from None
+            raise StudyLockedError(
+                f"results folder {self.path.parent} is in use by another study (pid {holder}); wait for it or choose another --out"
+            ) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(str(os.getpid()))
@@ -99,7 +101,11 @@ def load_records(out: Path, every: bool = False) -> list[dict]:
     if not cells_dir.is_dir():
         raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
     manifest = read_manifest(out)
-    paths = [cells_dir / f"{i}.json" for i in manifest["cells"]] if manifest is not None and not every else sorted(cells_dir.glob("*.json"))
+    paths = (
+        [cells_dir / f"{i}.json" for i in manifest["cells"]]
+        if manifest is not None and not every
+        else sorted(cells_dir.glob("*.json"))
+    )
     records = [r for r in (read_record(p) for p in paths if p.exists()) if r is not None]
     if not records:
         raise NoResultsError(f"{out} holds no finished cell records; run a study with --out {out} first")

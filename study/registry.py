@@ -1,9 +1,9 @@
 """A small name -> object registry shared by tasks and models.
 
-    MODELS = Registry("model")
-    @MODELS.register("none")
-    def build(...): ...
-    MODELS.get("nonee")   # UnknownNameError: unknown model 'nonee'; did you mean 'none'? (available: none)
+MODELS = Registry("model")
+@MODELS.register("none")
+def build(...): ...
+MODELS.get("nonee")   # UnknownNameError: unknown model 'nonee'; did you mean 'none'? (available: none)
 """
 
 from __future__ import annotations

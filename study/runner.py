@@ -107,8 +107,17 @@ def run_study(
         selected, records, todo = plan_run(config, out, fresh, shard, warn)
         if progress and records:
             print(f"resuming: {len(records)} of {len(selected)} cells done in {out}; {len(todo)} to run", flush=True)
-        bar = tqdm(total=len(selected), initial=len(records), desc="study", unit="cell", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
-        asked = {_cell_key(cell.task.name, cell.model, cell.seed, cell.train_lengths): (cell, cid) for cell, cid in todo}
+        bar = tqdm(
+            total=len(selected),
+            initial=len(records),
+            desc="study",
+            unit="cell",
+            disable=not progress or not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
+        asked = {
+            _cell_key(cell.task.name, cell.model, cell.seed, cell.train_lengths): (cell, cid) for cell, cid in todo
+        }
 
         def finish(record: dict) -> None:
             record = save_record(record, out, config, asked)
@@ -119,7 +128,16 @@ def run_study(
 
         try:
             with Interrupt.handled():
-                run_cells(todo, config, finish, executor, address, out, progress, starting=lambda cell: bar.set_postfix_str(cell.describe()))
+                run_cells(
+                    todo,
+                    config,
+                    finish,
+                    executor,
+                    address,
+                    out,
+                    progress,
+                    starting=lambda cell: bar.set_postfix_str(cell.describe()),
+                )
         except KeyboardInterrupt:
             raise StudyInterrupted(sum(r["status"] == "ok" for r in records.values()), len(selected)) from None
         finally:
@@ -127,8 +145,9 @@ def run_study(
     return [records[cid] for _, cid in selected if cid in records]
 
 
-def plan_run(config: StudyConfig, out: Path, fresh: bool, shard: tuple[int, int] | None,
-             warn: Callable[[str], None]) -> tuple[list[tuple[Cell, str]], dict[str, dict], list[tuple[Cell, str]]]:
+def plan_run(
+    config: StudyConfig, out: Path, fresh: bool, shard: tuple[int, int] | None, warn: Callable[[str], None]
+) -> tuple[list[tuple[Cell, str]], dict[str, dict], list[tuple[Cell, str]]]:
     """What a run of `config` in `out` has to do: the (cell, id) pairs it covers, the records of
     those already finished (by id; none when `fresh`) and the pairs left to run.  Writes
     `<out>/study.json`, removes half-written records and warns about damaged ones and about
@@ -138,12 +157,15 @@ def plan_run(config: StudyConfig, out: Path, fresh: bool, shard: tuple[int, int]
     remove_leftovers(cells_dir)  # writers killed before their rename; never read as records
     grid = study_cells(config)
     selected = select_shard(grid, shard)
-    write_json_atomic(out / "study.json", {
-        "config": config_to_dict(config),
-        "cells": [cid for _, cid in selected],
-        "grid": [cid for _, cid in grid],
-        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-    })
+    write_json_atomic(
+        out / "study.json",
+        {
+            "config": config_to_dict(config),
+            "cells": [cid for _, cid in selected],
+            "grid": [cid for _, cid in grid],
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        },
+    )
     records: dict[str, dict] = {}
     todo = []
     for cell, cid in selected:
@@ -157,8 +179,10 @@ def plan_run(config: StudyConfig, out: Path, fresh: bool, shard: tuple[int, int]
             todo.append((cell, cid))
     others = sorted(set(p.stem for p in cells_dir.glob("*.json")) - {cid for _, cid in grid})
     if others:
-        warn(f"note: {out} also holds {len(others)} record(s) of other grids (earlier runs with other settings); "
-             f"this run's report covers its own {len(selected)} cells only; `python run_study.py report {out} --all` reports every record")
+        warn(
+            f"note: {out} also holds {len(others)} record(s) of other grids (earlier runs with other settings); "
+            f"this run's report covers its own {len(selected)} cells only; `python run_study.py report {out} --all` reports every record"
+        )
     return selected, records, todo
 
 
@@ -171,12 +195,19 @@ def save_record(record: dict, out: Path, config: StudyConfig, asked: dict[tuple,
     cell another identity (e.g. another Babel's date data).  Once a record is ok, the cell's
     training backup is deleted, and `<out>/backups/` with it when no other cell is training.
     """
-    cell, cid = asked.get(_cell_key(record["task"], record["model"], record["seed"], record["train_lengths"]), (None, record["id"]))
+    cell, cid = asked.get(
+        _cell_key(record["task"], record["model"], record["seed"], record["train_lengths"]), (None, record["id"])
+    )
     if record["id"] != cid:
         unbuilt = record["status"] == "failed" and record.get("task_version") is None
-        cause = record["error"] if unbuilt else (
-            f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of {cid}: its package versions "
-            f"(e.g. Babel) differ from this machine's; run every worker with the same versions. {record.get('error') or ''}").strip()
+        cause = (
+            record["error"]
+            if unbuilt
+            else (
+                f"the worker made cell {record['id']} (task data {record.get('task_data')}) instead of {cid}: its package versions "
+                f"(e.g. Babel) differ from this machine's; run every worker with the same versions. {record.get('error') or ''}"
+            ).strip()
+        )
         record = failed_record(cell, config, cause, record.get("traceback", ""))
     write_json_atomic(out / "cells" / f"{record['id']}.json", record)
     if record["status"] == "ok":  # its record is safe: the training backup is no longer needed
@@ -200,5 +231,7 @@ def summary_line(record: dict) -> str:
     if beyond:
         parts.append(f"{100 * sum(beyond) / len(beyond):.1f}% beyond")
     unfinished = ", not converged" if record.get("converged") is False else ""
-    parts.append(f"({record['stop_reason']}{unfinished} after {record['examples_seen']} examples, {record['wall_seconds']:.0f}s)")
+    parts.append(
+        f"({record['stop_reason']}{unfinished} after {record['examples_seen']} examples, {record['wall_seconds']:.0f}s)"
+    )
     return " ".join(parts)

@@ -86,12 +86,29 @@ def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int | 
     task_name, model_name, lengths = PROBES[probe]
     cfg = recipe_config(recipe, max_examples)
     lengths = lengths or parse_lengths(PROFILES["standard"]["tasks"][task_name]["train_lengths"], "train_lengths")
-    run = prepare(get_task(task_name), model_name, lengths, (), ModelConfig(**PROFILES["standard"]["model"]), cfg, n_test=1, seed=seed)
+    run = prepare(
+        get_task(task_name),
+        model_name,
+        lengths,
+        (),
+        ModelConfig(**PROFILES["standard"]["model"]),
+        cfg,
+        n_test=1,
+        seed=seed,
+    )
     result = train(run, cfg, seed, progress=False)
     record = {
-        "recipe": recipe, "probe": probe, "seed": seed, "train_config": dataclasses.asdict(cfg),
-        "train_lengths": list(lengths), "stop_reason": result.stop_reason, "converged": result.converged,
-        "last_stretch": result.last_stretch, "examples_seen": result.examples_seen, "seconds": result.seconds, "times": result.times,
+        "recipe": recipe,
+        "probe": probe,
+        "seed": seed,
+        "train_config": dataclasses.asdict(cfg),
+        "train_lengths": list(lengths),
+        "stop_reason": result.stop_reason,
+        "converged": result.converged,
+        "last_stretch": result.last_stretch,
+        "examples_seen": result.examples_seen,
+        "seconds": result.seconds,
+        "times": result.times,
         "history": result.history,
     }
     write_json_atomic(run_path(Path(out), recipe, probe, seed), record)  # a killed run leaves no half-written file
@@ -112,11 +129,16 @@ def summarize(run: dict) -> dict:
     best = max(history, key=lambda row: row["val_seq_acc"])
     stretch = run.get("last_stretch") or {}
     return {
-        "recipe": run["recipe"], "probe": run["probe"], "seed": run["seed"],
+        "recipe": run["recipe"],
+        "probe": run["probe"],
+        "seed": run["seed"],
         "best_val_seq_acc": best["val_seq_acc"],
         "best_val_seq_acc_longest": max(row["val_seq_acc_by_length"][longest] for row in history),
         "best_val_loss": min(row["val_loss"] for row in history),
-        "converged": run["converged"], "stop_reason": run["stop_reason"], "examples_seen": run["examples_seen"], "seconds": run["seconds"],
+        "converged": run["converged"],
+        "stop_reason": run["stop_reason"],
+        "examples_seen": run["examples_seen"],
+        "seconds": run["seconds"],
         "last_stretch_loss": stretch.get("val_loss"),
     }
 
@@ -140,14 +162,23 @@ def replay_stop(run: dict, patience_examples: int) -> dict:
     stop = len(history)
     for n in range(1, len(history) + 1):
         stretch = last_stretch(history[:n], epochs)
-        if stretch and stretch["val_loss"] <= cfg["loss_tolerance"] and stretch["val_seq_acc_by_length"] <= cfg["accuracy_tolerance"]:
+        if (
+            stretch
+            and stretch["val_loss"] <= cfg["loss_tolerance"]
+            and stretch["val_seq_acc_by_length"] <= cfg["accuracy_tolerance"]
+        ):
             stop = n
             break
     converged = stop < len(history) or run["converged"]
     kept = max(history[:stop], key=lambda r: r["val_seq_acc"] + r["val_char_acc"] / 10**6)
     longest = str(max(run["train_lengths"]))
-    return {"examples": history[stop - 1]["examples_seen"], "seconds": history[stop - 1]["seconds"], "converged": converged,
-            "val_seq_acc": kept["val_seq_acc"], "val_seq_acc_longest": kept["val_seq_acc_by_length"][longest]}
+    return {
+        "examples": history[stop - 1]["examples_seen"],
+        "seconds": history[stop - 1]["seconds"],
+        "converged": converged,
+        "val_seq_acc": kept["val_seq_acc"],
+        "val_seq_acc_longest": kept["val_seq_acc_by_length"][longest],
+    }
 
 
 def patience_table(runs: list[dict]) -> str:
@@ -155,15 +186,26 @@ def patience_table(runs: list[dict]) -> str:
     seconds and kept validation exact match (all lengths; longest) at the replayed stop."""
     import pandas as pd
 
-    rows = pd.DataFrame([{"probe": r["probe"], "recipe": r["recipe"], "patience": p, **replay_stop(r, p)}
-                         for r in runs for p in PATIENCES if p <= r["train_config"]["patience_examples"]])
+    rows = pd.DataFrame(
+        [
+            {"probe": r["probe"], "recipe": r["recipe"], "patience": p, **replay_stop(r, p)}
+            for r in runs
+            for p in PATIENCES
+            if p <= r["train_config"]["patience_examples"]
+        ]
+    )
     if rows.empty:
         return ""
-    lines = ["| probe | recipe | stretch (examples) | converged | examples (mean) | seconds (mean) | kept val exact match % (mean) | at the longest length % (mean) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| probe | recipe | stretch (examples) | converged | examples (mean) | seconds (mean) "
+        "| kept val exact match % (mean) | at the longest length % (mean) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (probe, recipe, patience), g in rows.groupby(["probe", "recipe", "patience"], sort=True):
-        lines.append(f"| {probe} | {recipe} | {patience} | {int(g.converged.sum())} of {len(g)} | {g.examples.mean():.0f} | {g.seconds.mean():.0f} | "
-                     f"{100 * g.val_seq_acc.mean():.1f} | {100 * g.val_seq_acc_longest.mean():.1f} |")
+        lines.append(
+            f"| {probe} | {recipe} | {patience} | {int(g.converged.sum())} of {len(g)} | {g.examples.mean():.0f} | {g.seconds.mean():.0f} | "
+            f"{100 * g.val_seq_acc.mean():.1f} | {100 * g.val_seq_acc_longest.mean():.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -179,15 +221,28 @@ def table(out: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (probe, recipe), g in rows.groupby(["probe", "recipe"], sort=True):
-        lines.append(f"| {probe} | {recipe} | {len(g)} | {pct(g.best_val_seq_acc.mean())} | {pct(g.best_val_seq_acc_longest.mean())} | "
-                     f"{int(g.converged.sum())} of {len(g)} | {g.examples_seen.mean():.0f} | {g.seconds.mean():.0f} |")
-    lines += ["", "| probe | recipe | seed | best val exact match % | at the longest length % | best val loss (nats/char) | loss fall over the last stretch | stop | examples | seconds |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {probe} | {recipe} | {len(g)} | {pct(g.best_val_seq_acc.mean())} | {pct(g.best_val_seq_acc_longest.mean())} | "
+            f"{int(g.converged.sum())} of {len(g)} | {g.examples_seen.mean():.0f} | {g.seconds.mean():.0f} |"
+        )
+    lines += [
+        "",
+        "| probe | recipe | seed | best val exact match % | at the longest length % | best val loss (nats/char) "
+        "| loss fall over the last stretch | stop | examples | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows.itertuples():
         fall = "-" if r.last_stretch_loss is None or pd.isna(r.last_stretch_loss) else f"{r.last_stretch_loss:.4f}"
-        lines.append(f"| {r.probe} | {r.recipe} | {r.seed} | {pct(r.best_val_seq_acc)} | {pct(r.best_val_seq_acc_longest)} | {r.best_val_loss:.4f} | "
-                     f"{fall} | {r.stop_reason} | {r.examples_seen} | {r.seconds:.0f} |")
-    lines += ["", "The same runs replayed with a shorter or longer convergence stretch (`replay_stop`):", "", patience_table(runs)]
+        lines.append(
+            f"| {r.probe} | {r.recipe} | {r.seed} | {pct(r.best_val_seq_acc)} | {pct(r.best_val_seq_acc_longest)} | {r.best_val_loss:.4f} | "
+            f"{fall} | {r.stop_reason} | {r.examples_seen} | {r.seconds:.0f} |"
+        )
+    lines += [
+        "",
+        "The same runs replayed with a shorter or longer convergence stretch (`replay_stop`):",
+        "",
+        patience_table(runs),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", default=",".join(DEFAULT_PROBES), help=f"comma-separated, from: {', '.join(PROBES)}")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one CPU thread each")
-    p.add_argument("--max-examples", type=int, default=None, help="the budget of every run (default: the standard profile's)")
+    p.add_argument(
+        "--max-examples", type=int, default=None, help="the budget of every run (default: the standard profile's)"
+    )
     p.add_argument("--out", default="results/sweep")
     p.add_argument("--table", action="store_true", help="only redraw the table")
     args = p.parse_args(argv)
@@ -216,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     if not args.table:
-        todo = [(r, q, s) for r in recipes for q in probes for s in seeds
-                if not run_path(out, r, q, s).exists()]
+        todo = [(r, q, s) for r in recipes for q in probes for s in seeds if not run_path(out, r, q, s).exists()]
         started = time.perf_counter()
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init) as pool:
@@ -225,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             for future in concurrent.futures.as_completed(futures):
                 run = future.result()
                 row = summarize(run)
-                print(f"[{time.perf_counter() - started:5.0f}s] {row['probe']} {row['recipe']} s{row['seed']}: best {100 * row['best_val_seq_acc']:.1f}% "
-                      f"(longest {100 * row['best_val_seq_acc_longest']:.1f}%), {row['stop_reason']} after {row['examples_seen']} examples, {row['seconds']:.0f}s", flush=True)
+                print(
+                    f"[{time.perf_counter() - started:5.0f}s] {row['probe']} {row['recipe']} s{row['seed']}: best {100 * row['best_val_seq_acc']:.1f}% "
+                    f"(longest {100 * row['best_val_seq_acc_longest']:.1f}%), {row['stop_reason']} "
+                    f"after {row['examples_seen']} examples, {row['seconds']:.0f}s",
+                    flush=True,
+                )
     text = table(out)
     (out / "sweep.md").write_text(text)
     print(text)

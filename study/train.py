@@ -79,7 +79,9 @@ class MemoryBudgetError(MemoryError):
     """A cell would need more memory than the machine has free; the message says what to lower."""
 
 
-def estimate_training_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, source_len: int, target_len: int, vocab_size: int, attention: str) -> int:
+def estimate_training_bytes(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, source_len: int, target_len: int, vocab_size: int, attention: str
+) -> int:
     """Rough peak activation memory of one training step on the longest batch (float32, forward
     activations kept for the backward pass, about 3 copies of the largest tensors)."""
     b, s, t, u = train_cfg.batch_size, source_len, target_len + 1, model_cfg.units
@@ -159,8 +161,10 @@ def last_stretch(history: list[dict], stretch_epochs: int) -> dict | None:
         return None
     before, stretch = history[:-stretch_epochs], history[-stretch_epochs:]
     loss_gain = min(r["val_loss"] for r in before) - min(r["val_loss"] for r in stretch)
-    gains = {L: max(r["val_seq_acc_by_length"][L] for r in stretch) - max(r["val_seq_acc_by_length"][L] for r in before)
-             for L in history[-1]["val_seq_acc_by_length"]}
+    gains = {
+        L: max(r["val_seq_acc_by_length"][L] for r in stretch) - max(r["val_seq_acc_by_length"][L] for r in before)
+        for L in history[-1]["val_seq_acc_by_length"]
+    }
     length = max(gains, key=lambda L: (gains[L], -int(L)))
     return {"val_loss": float(loss_gain), "val_seq_acc_by_length": float(gains[length]), "length": int(length)}
 
@@ -174,16 +178,24 @@ class EncodedSet:
     lengths: np.ndarray  # (n,) each example's task length (`Dataset.lengths`)
 
     @classmethod
-    def build(cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary, end_token: bool = True) -> "EncodedSet":
+    def build(
+        cls, data: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary, end_token: bool = True
+    ) -> "EncodedSet":
         """`end_token` False: targets without END (`TrainConfig.end_token`)."""
         end = [END] if end_token else []
-        return cls([source_vocab.encode(s) for s in data.sources], [[START, *target_vocab.encode(t), *end] for t in data.targets], np.asarray(data.lengths))
+        return cls(
+            [source_vocab.encode(s) for s in data.sources],
+            [[START, *target_vocab.encode(t), *end] for t in data.targets],
+            np.asarray(data.lengths),
+        )
 
     def tokens_per_batch(self, batch_size: int) -> float:
         """The loss normaliser: target characters (END included) in an average full batch."""
         return batch_size * self.mean_target_length()
 
-    def batch(self, index: np.ndarray, multiple: int, token_weight: float = 1.0, per_sequence: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    def batch(
+        self, index: np.ndarray, multiple: int, token_weight: float = 1.0, per_sequence: bool = False
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
         """((source (B, S), decoder_inputs (B, T)), decoder_targets (B, T), weights (B, T)), padded to
         `multiple`; weights are `token_weight` on every target character and END, 0 on padding.
         With `per_sequence`, a row of n characters gets token_weight x mean length / n on each,
@@ -273,8 +285,10 @@ class BucketedBatches(keras.utils.PyDataset):
     def __init__(self, encoded: EncodedSet, cfg: TrainConfig, seed: int) -> None:
         super().__init__()
         if len(encoded.targets) != cfg.n_train:
-            raise ValueError(f"the training set holds {len(encoded.targets)} examples but train.n_train is {cfg.n_train}; "
-                             "build the TrainConfig with the pool's size")
+            raise ValueError(
+                f"the training set holds {len(encoded.targets)} examples but train.n_train is {cfg.n_train}; "
+                "build the TrainConfig with the pool's size"
+            )
         self.encoded = encoded
         self.sizes = np.array([len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets)])
         self.batch_size, self.pad_multiple, self.seed, self.cfg = cfg.batch_size, cfg.pad_multiple, seed, cfg
@@ -300,7 +314,9 @@ class BucketedBatches(keras.utils.PyDataset):
         return len(self.order)
 
     def __getitem__(self, index: int):
-        return self.encoded.batch(self.order[index], self.pad_multiple, self.token_weight, self.cfg.loss_normalisation == "sequence")
+        return self.encoded.batch(
+            self.order[index], self.pad_multiple, self.token_weight, self.cfg.loss_normalisation == "sequence"
+        )
 
     def for_fit(self):
         """What `model.fit` takes: this dataset, or on TensorFlow a `tf.data.Dataset` over it
@@ -324,7 +340,14 @@ class GreedyValidation(keras.callbacks.Callback):
     included, the training loss's weighting); appends the epoch's history row (with exact
     match per training length and the epoch's learning rate)."""
 
-    def __init__(self, batches: BucketedBatches, validation: Dataset, source_vocab: Vocabulary, target_vocab: Vocabulary, started: float) -> None:
+    def __init__(
+        self,
+        batches: BucketedBatches,
+        validation: Dataset,
+        source_vocab: Vocabulary,
+        target_vocab: Vocabulary,
+        started: float,
+    ) -> None:
         super().__init__()
         self.batches, self.validation = batches, validation
         self.vocabs = (source_vocab, target_vocab)
@@ -335,7 +358,9 @@ class GreedyValidation(keras.callbacks.Callback):
         self.characters = batches.cfg.epoch_examples * batches.encoded.mean_target_length()
         encoded = EncodedSet.build(validation, source_vocab, target_vocab, batches.cfg.end_token)
         # the whole validation set as one batch, every target character weighing 1 / their number
-        self.loss_batch = encoded.batch(np.arange(len(validation)), batches.pad_multiple, 1 / sum(len(t) - 1 for t in encoded.targets))
+        self.loss_batch = encoded.batch(
+            np.arange(len(validation)), batches.pad_multiple, 1 / sum(len(t) - 1 for t in encoded.targets)
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)  # the PyDataset path (JAX): Keras reads the batches after this
@@ -364,17 +389,23 @@ class GreedyValidation(keras.callbacks.Callback):
         # cross-entropy / tokens_per_batch, so this is the epoch's cross-entropy per target
         # character up to the share of partial batches (under 1% here)
         per_batch = len(self.batches) * self.batches.encoded.tokens_per_batch(self.batches.batch_size)
-        self.history.append({
-            "epoch": epoch + 1,
-            "examples_seen": (epoch + 1) * self.batches.cfg.epoch_examples,
-            "loss": float(logs["loss"]) * per_batch / self.characters,  # mean cross-entropy per target character (per example's mean with "sequence")
-            "val_loss": logs["val_loss"],
-            "val_seq_acc": val["seq_acc"],
-            "val_char_acc": val["char_acc"],
-            "val_seq_acc_by_length": {str(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)},  # JSON keys
-            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            "seconds": time.perf_counter() - self.started,
-        })
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "examples_seen": (epoch + 1) * self.batches.cfg.epoch_examples,
+                "loss": float(logs["loss"])
+                * per_batch
+                / self.characters,  # mean cross-entropy per target character (per example's mean with "sequence")
+                "val_loss": logs["val_loss"],
+                "val_seq_acc": val["seq_acc"],
+                "val_char_acc": val["char_acc"],
+                "val_seq_acc_by_length": {
+                    str(L): float(right[v.lengths == L].mean()) for L in np.unique(v.lengths)
+                },  # JSON keys
+                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+                "seconds": time.perf_counter() - self.started,
+            }
+        )
 
 
 class TargetReached(keras.callbacks.Callback):
@@ -407,7 +438,9 @@ class Convergence(keras.callbacks.Callback):
     validation loss; restored when training ends.
     """
 
-    def __init__(self, validation: GreedyValidation, patience: int, loss_tolerance: float, accuracy_tolerance: float) -> None:
+    def __init__(
+        self, validation: GreedyValidation, patience: int, loss_tolerance: float, accuracy_tolerance: float
+    ) -> None:
         super().__init__()
         self.validation, self.patience = validation, patience
         self.loss_tolerance, self.accuracy_tolerance = loss_tolerance, accuracy_tolerance
@@ -415,7 +448,10 @@ class Convergence(keras.callbacks.Callback):
 
     def reset(self) -> None:
         self.stopped = False
-        self.best = {"selection": (-math.inf, 0, None), "loss": (math.inf, 0, None)}  # measure -> (value, epoch (1-based), weights)
+        self.best = {
+            "selection": (-math.inf, 0, None),
+            "loss": (math.inf, 0, None),
+        }  # measure -> (value, epoch (1-based), weights)
 
     def on_train_begin(self, logs=None):
         self.reset()
@@ -428,15 +464,23 @@ class Convergence(keras.callbacks.Callback):
         if logs["val_loss"] < self.best["loss"][0]:
             self.best["loss"] = (logs["val_loss"], epoch + 1, self.model.get_weights())
         stretch = last_stretch(self.validation.history, self.patience)
-        if stretch and stretch["val_loss"] <= self.loss_tolerance and stretch["val_seq_acc_by_length"] <= self.accuracy_tolerance:
+        if (
+            stretch
+            and stretch["val_loss"] <= self.loss_tolerance
+            and stretch["val_seq_acc_by_length"] <= self.accuracy_tolerance
+        ):
             self.stopped = True
             self.model.stop_training = True
 
     @property
     def selected_by(self) -> str:
-        """"exact match", or "validation loss" when validation exact match never rose above
+        """ "exact match", or "validation loss" when validation exact match never rose above
         `accuracy_tolerance` (so a lucky example or two never picks the weights)."""
-        return "validation loss" if all(r["val_seq_acc"] <= self.accuracy_tolerance for r in self.validation.history) else "exact match"
+        return (
+            "validation loss"
+            if all(r["val_seq_acc"] <= self.accuracy_tolerance for r in self.validation.history)
+            else "exact match"
+        )
 
     @property
     def best_epoch(self) -> int:
@@ -517,7 +561,13 @@ class EpochProgress(keras.callbacks.Callback):
         self.epochs, self.total, self.bar = epochs, batches_per_epoch, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.bar = tqdm(total=self.total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=not sys.stderr.isatty())  # no frames in a log
+        self.bar = tqdm(
+            total=self.total,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+        )  # no frames in a log
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
@@ -536,9 +586,22 @@ class EpochBackup(keras.callbacks.Callback):
     is complete or the previous one stands).  `resume_epoch()` tells `fit` where to start;
     a resumed run's clock continues from the saved history's."""
 
-    def __init__(self, folder: Path, convergence: Convergence, validation: GreedyValidation, plateau: keras.callbacks.ReduceLROnPlateau | None, timing: StepTimes) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        convergence: Convergence,
+        validation: GreedyValidation,
+        plateau: keras.callbacks.ReduceLROnPlateau | None,
+        timing: StepTimes,
+    ) -> None:
         super().__init__()
-        self.folder, self.convergence, self.validation, self.plateau, self.timing = Path(folder), convergence, validation, plateau, timing
+        self.folder, self.convergence, self.validation, self.plateau, self.timing = (
+            Path(folder),
+            convergence,
+            validation,
+            plateau,
+            timing,
+        )
         self.resumed_seconds = 0.0  # training seconds before this run resumed
 
     def _state(self) -> dict | None:
@@ -583,12 +646,27 @@ class EpochBackup(keras.callbacks.Callback):
         keep = {f"epoch-{done}.weights.h5"}
         for measure, weights in self.convergence.weights().items():
             keep.add(f"best-{measure}-{done}.npz")
-            write_atomic(self.folder / f"best-{measure}-{done}.npz", lambda f, weights=weights: np.savez(f, **{f"w{i}": w for i, w in enumerate(weights)}))
-        plateau = [float(self.plateau.best), self.plateau.wait, self.plateau.cooldown_counter] if self.plateau is not None else None
-        write_json_atomic(self.folder / "state.json", {
-            "epoch": done, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "plateau": plateau,
-            "convergence": self.convergence.get_state(), "history": self.validation.history, "validation_seconds": self.validation.seconds,
-            "step_seconds": [self.timing.steps, self.timing.first]})
+            write_atomic(
+                self.folder / f"best-{measure}-{done}.npz",
+                lambda f, weights=weights: np.savez(f, **{f"w{i}": w for i, w in enumerate(weights)}),
+            )
+        plateau = (
+            [float(self.plateau.best), self.plateau.wait, self.plateau.cooldown_counter]
+            if self.plateau is not None
+            else None
+        )
+        write_json_atomic(
+            self.folder / "state.json",
+            {
+                "epoch": done,
+                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+                "plateau": plateau,
+                "convergence": self.convergence.get_state(),
+                "history": self.validation.history,
+                "validation_seconds": self.validation.seconds,
+                "step_seconds": [self.timing.steps, self.timing.first],
+            },
+        )
         for old in self.folder.glob("*-*.*"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
@@ -631,11 +709,25 @@ def train_model(
     convergence = Convergence(validating, cfg.patience, cfg.loss_tolerance, cfg.accuracy_tolerance)
     plateau = None
     if cfg.schedule == "plateau":
-        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
-                                                    min_delta=cfg.loss_tolerance, min_lr=cfg.min_learning_rate, verbose=0)
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            mode="min",
+            factor=cfg.lr_factor,
+            patience=cfg.lr_patience,
+            min_delta=cfg.loss_tolerance,
+            min_lr=cfg.min_learning_rate,
+            verbose=0,
+        )
     diverging = Divergence(batches)
     timing = StepTimes()
-    callbacks: list[keras.callbacks.Callback] = [timing, validating, target, *([plateau] if plateau else []), convergence, diverging]
+    callbacks: list[keras.callbacks.Callback] = [
+        timing,
+        validating,
+        target,
+        *([plateau] if plateau else []),
+        convergence,
+        diverging,
+    ]
     if cfg.warmup_examples:
         callbacks.append(Warmup(cfg.learning_rate, warmup_updates(cfg)))
     initial_epoch, backup = 0, None
@@ -648,7 +740,14 @@ def train_model(
         callbacks.append(BetweenBatches(between_batches))
     if progress:
         callbacks.append(EpochProgress(cfg.max_epochs, len(batches)))
-    model.fit(batches.for_fit(), epochs=cfg.max_epochs, initial_epoch=initial_epoch, callbacks=[*callbacks, *extra_callbacks], verbose=0, shuffle=False)  # the order is BucketedBatches'
+    model.fit(
+        batches.for_fit(),
+        epochs=cfg.max_epochs,
+        initial_epoch=initial_epoch,
+        callbacks=[*callbacks, *extra_callbacks],
+        verbose=0,
+        shuffle=False,
+    )  # the order is BucketedBatches'
     history = validating.history
     if diverging.reason:
         stop_reason, examples_seen = diverging.reason, diverging.examples_seen
@@ -658,7 +757,21 @@ def train_model(
     best_epoch = convergence.best_epoch if history else 0
     best = history[best_epoch - 1]["val_seq_acc"] if best_epoch else 0.0
     seconds = history[-1]["seconds"] if history and not diverging.reason else time.perf_counter() - started
-    times = {"train_steps": timing.steps, "first_update": timing.first or 0.0, "validation": validating.seconds,
-             "before_resume": backup.resumed_seconds if backup else 0.0}
-    return TrainResult(history, stop_reason, examples_seen, best_epoch, best, seconds, last_stretch(history, cfg.patience),
-                       convergence.selected_by, history[-1]["learning_rate"] if history else None, times)
+    times = {
+        "train_steps": timing.steps,
+        "first_update": timing.first or 0.0,
+        "validation": validating.seconds,
+        "before_resume": backup.resumed_seconds if backup else 0.0,
+    }
+    return TrainResult(
+        history,
+        stop_reason,
+        examples_seen,
+        best_epoch,
+        best,
+        seconds,
+        last_stretch(history, cfg.patience),
+        convergence.selected_by,
+        history[-1]["learning_rate"] if history else None,
+        times,
+    )

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from study.files import write_json_atomic
-from study.records import StudyLock
-from study.records import load_records
+from study.records import StudyLock, load_records
 
 
 class TrainedModelError(ValueError):
@@ -34,15 +33,23 @@ def find_record(out: Path, task: str, model: str, seed: int | None) -> dict:
 
     rows = [r for r in records if r["task"] == task]
     if not rows:
-        raise TrainedModelError(f"no finished cell of task {task!r} in {out}; tasks there: {available('task', records)}")
+        raise TrainedModelError(
+            f"no finished cell of task {task!r} in {out}; tasks there: {available('task', records)}"
+        )
     chosen = [r for r in rows if r["model"] == model]
     if not chosen:
-        raise TrainedModelError(f"no finished cell of model {model!r} for task {task!r} in {out}; models there: {available('model', rows)}")
+        raise TrainedModelError(
+            f"no finished cell of model {model!r} for task {task!r} in {out}; models there: {available('model', rows)}"
+        )
     if seed is not None:
         if not [r for r in chosen if r["seed"] == seed]:
-            raise TrainedModelError(f"no finished cell of {task}/{model} with seed {seed} in {out}; seeds there: {available('seed', chosen)}")
+            raise TrainedModelError(
+                f"no finished cell of {task}/{model} with seed {seed} in {out}; seeds there: {available('seed', chosen)}"
+            )
         chosen = [r for r in chosen if r["seed"] == seed]
-    return min(chosen, key=lambda r: (r["seed"], not _usable_here(r), r["id"]))  # of a seed, one this machine can rebuild
+    return min(
+        chosen, key=lambda r: (r["seed"], not _usable_here(r), r["id"])
+    )  # of a seed, one this machine can rebuild
 
 
 def record_task(record: dict):
@@ -54,15 +61,17 @@ def record_task(record: dict):
     try:
         task = get_task(record["task"], **record["task_options"])
     except UnknownNameError as exc:  # most often a plugin's task, its file not loaded
-        raise TrainedModelError(f"cell {record['id']}: {exc}; if it comes from a task file of your own, "
-                                "load it with --task-module PATH") from None
+        raise TrainedModelError(
+            f"cell {record['id']}: {exc}; if it comes from a task file of your own, load it with --task-module PATH"
+        ) from None
     except ValueError as exc:  # options it refuses, a broken contract
         raise TrainedModelError(f"cell {record['id']}: {exc}") from None
     recorded = record.get("task_data") or {}
     if recorded and recorded != task.data_versions:
         raise TrainedModelError(
             f"cell {record['id']} was made with task data {recorded}, this machine has {task.data_versions}; "
-            "install the package versions of the record's `versions` (e.g. its Babel) to use it here")
+            "install the package versions of the record's `versions` (e.g. its Babel) to use it here"
+        )
     return task
 
 
@@ -81,11 +90,15 @@ def load_cell_model(out: Path, record: dict):
 
     path = Path(out) / record.get("model_file", f"models/{record['id']}.keras")
     if not path.is_file():
-        raise TrainedModelError(f"cell {record['id']} has no saved model ({path} is missing); run its study again with --fresh to train and save it")
+        raise TrainedModelError(
+            f"cell {record['id']} has no saved model ({path} is missing); run its study again with --fresh to train and save it"
+        )
     return load_trained(path)
 
 
-def predict(out: Path, task: str, model: str, seed: int | None, sources: list[str], attention_map: Path | None = None) -> list[dict]:
+def predict(
+    out: Path, task: str, model: str, seed: int | None, sources: list[str], attention_map: Path | None = None
+) -> list[dict]:
     """Greedy predictions of the (task, model, seed) cell's model for `sources`; each row has the
     source, the prediction and, when the task can compute it, the target and whether they match.
     With `attention_map`, draws the first source's attention weights there (PNG)."""
@@ -94,14 +107,21 @@ def predict(out: Path, task: str, model: str, seed: int | None, sources: list[st
     for source in sources:
         bad = sorted(set(source) - set(definition.input_alphabet))
         if not source or bad:
-            raise TrainedModelError(f"source {source!r} {'is empty' if not source else f'has characters outside the alphabet of {task}: {bad}'}; allowed: {definition.input_alphabet!r}")
+            raise TrainedModelError(
+                f"source {source!r} {'is empty' if not source else f'has characters outside the alphabet of {task}: {bad}'}; "
+                f"allowed: {definition.input_alphabet!r}"
+            )
     if attention_map is not None and record["attention"] == "none":
         raise TrainedModelError(f"model {model!r} has no attention to draw")
     targets = [definition.target_for(s) for s in sources]
     end_token = record["train_config"].get("end_token", True)
     if not end_token and (None in targets or attention_map is not None):
-        raise TrainedModelError(f"cell {record['id']} was trained without END (train.end_token = false): it is decoded for its target's length, "
-                                f"which task {task!r} cannot give for these inputs" if None in targets else "attention maps are drawn for models trained with END")
+        raise TrainedModelError(
+            f"cell {record['id']} was trained without END (train.end_token = false): it is decoded for its target's length, "
+            f"which task {task!r} cannot give for these inputs"
+            if None in targets
+            else "attention maps are drawn for models trained with END"
+        )
     trained = load_cell_model(out, record)
     from study.evaluate import decode, decode_at_target_length, decode_steps
 
@@ -112,8 +132,18 @@ def predict(out: Path, task: str, model: str, seed: int | None, sources: list[st
     else:
         predictions, weights = decode_at_target_length(trained, sources, targets, sv, tv), None
     if attention_map is not None:
-        _draw_attention(weights[0, : len(predictions[0]) + 1, : len(sources[0])], sources[0], predictions[0], targets[0], f"{task} / {model} / seed {record['seed']}", attention_map)
-    return [{"source": s, "prediction": p, "target": t, "exact": None if t is None else p == t, "cell": record["id"]} for s, p, t in zip(sources, predictions, targets)]
+        _draw_attention(
+            weights[0, : len(predictions[0]) + 1, : len(sources[0])],
+            sources[0],
+            predictions[0],
+            targets[0],
+            f"{task} / {model} / seed {record['seed']}",
+            attention_map,
+        )
+    return [
+        {"source": s, "prediction": p, "target": t, "exact": None if t is None else p == t, "cell": record["id"]}
+        for s, p, t in zip(sources, predictions, targets)
+    ]
 
 
 def _draw_attention(weights, source: str, prediction: str, target: str | None, title: str, path: Path) -> None:
@@ -126,12 +156,18 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
 
     use_fonts()
     rows = (list(prediction) + ["END"])[: weights.shape[0]]
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2)))  # readable for a short input too
+    fig, ax = plt.subplots(
+        figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2))
+    )  # readable for a short input too
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
     character_ticks(ax, "x", list(source), fontsize=8)
     character_ticks(ax, "y", rows, fontsize=8)
     verdict = "" if target is None else (" (right)" if prediction == target else f" (target '{readable(target)}')")
-    ax.set(title=f"{title}\npredicted '{readable(prediction)}'{verdict}", xlabel="source character", ylabel="predicted character")
+    ax.set(
+        title=f"{title}\npredicted '{readable(prediction)}'{verdict}",
+        xlabel="source character",
+        ylabel="predicted character",
+    )
     add_marks_note(fig, source + prediction + (target or ""))
     fig.colorbar(image, ax=ax, label="attention weight")
     fig.tight_layout()
@@ -169,8 +205,15 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
             tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
             plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
             started = time.perf_counter()
-            metrics, example = test_metrics(trained, tests, record["train_lengths"], attention_example_length(plan, tuple(record["train_lengths"])), sv, tv,
-                                           record["train_config"].get("end_token", True))
+            metrics, example = test_metrics(
+                trained,
+                tests,
+                record["train_lengths"],
+                attention_example_length(plan, tuple(record["train_lengths"])),
+                sv,
+                tv,
+                record["train_config"].get("end_token", True),
+            )
             record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - started)
             if example is not None:
                 record["attention_example"] = example

@@ -47,7 +47,9 @@ class Vocabulary:
         try:
             return [self._ids[ch] for ch in text]
         except KeyError as exc:
-            raise ValueError(f"character {exc.args[0]!r} of {text!r} is not in the vocabulary {self.alphabet!r}") from None
+            raise ValueError(
+                f"character {exc.args[0]!r} of {text!r} is not in the vocabulary {self.alphabet!r}"
+            ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` up to the first END.  Every PAD or START id before it, and a
@@ -64,7 +66,9 @@ class Vocabulary:
             out.append(self.alphabet[i - offset] if i >= offset else INVALID)
         return "".join(out) + INVALID
 
-    def encode_batch(self, texts: Sequence[str], length: int | None = None, start: bool = False, end: bool = False) -> np.ndarray:
+    def encode_batch(
+        self, texts: Sequence[str], length: int | None = None, start: bool = False, end: bool = False
+    ) -> np.ndarray:
         """Encodes and right-pads a batch: int32 array of shape (batch, length).
 
         `start`/`end` prepend START / append END to each row; `length` defaults

@@ -33,7 +33,16 @@ def test_vocab_batches_are_right_padded():
 
 
 def _splits(task, cache_dir, seed=0):
-    return data.make_splits(task, train_lengths=[1, 2, 3], eval_lengths=[2, 5], n_train=600, n_validation=60, n_test=100, seed=seed, cache_dir=cache_dir)
+    return data.make_splits(
+        task,
+        train_lengths=[1, 2, 3],
+        eval_lengths=[2, 5],
+        n_train=600,
+        n_validation=60,
+        n_test=100,
+        seed=seed,
+        cache_dir=cache_dir,
+    )
 
 
 @pytest.mark.parametrize("name", ["copy", "date_format"])
@@ -56,7 +65,9 @@ def test_training_data_do_not_depend_on_what_is_evaluated(name):
     task = get_task(name)
     base = data.make_splits(task, [1, 2, 3], [3], n_train=300, n_validation=20, n_test=50, seed=0, cache_dir=None)
     for eval_lengths, n_test in (([3, 8], 50), ([3], 51), ([1, 2, 3, 4, 6], 200)):
-        other = data.make_splits(task, [1, 2, 3], eval_lengths, n_train=300, n_validation=20, n_test=n_test, seed=0, cache_dir=None)
+        other = data.make_splits(
+            task, [1, 2, 3], eval_lengths, n_train=300, n_validation=20, n_test=n_test, seed=0, cache_dir=None
+        )
         assert other.train.sources == base.train.sources and other.train.targets == base.train.targets
         assert other.validation.sources == base.validation.sources
         assert not set(other.train.sources) & set().union(*(set(d.sources) for d in other.test.values()))
@@ -115,11 +126,14 @@ def test_same_data_in_another_process(tmp_path):
     assert out == repr(here.sources)
 
 
-@pytest.mark.parametrize("bad,rule", [
-    (lambda n: ([""] * n, ["a"] * n), "every source must be a non-empty str, got ''"),
-    (lambda n: (["ab"] * n, ["Z"] * n), "target 'Z' has characters outside its alphabet: 'Z'"),
-    (lambda n: (["ab"] * (n - 1), ["a"] * (n - 1)), "must return a list of"),
-])
+@pytest.mark.parametrize(
+    "bad,rule",
+    [
+        (lambda n: ([""] * n, ["a"] * n), "every source must be a non-empty str, got ''"),
+        (lambda n: (["ab"] * n, ["Z"] * n), "target 'Z' has characters outside its alphabet: 'Z'"),
+        (lambda n: (["ab"] * (n - 1), ["a"] * (n - 1)), "must return a list of"),
+    ],
+)
 def test_every_generated_split_keeps_the_task_contract_at_every_length(bad, rule):
     """A task that is sound at its two shortest lengths (all the start-up check samples) and
     breaks the contract from length 3 on is stopped where it breaks, naming task, length and rule."""
@@ -138,14 +152,17 @@ def test_every_generated_split_keeps_the_task_contract_at_every_length(bad, rule
     task = BreaksAtThree()
     check_task(task)  # the start-up check sees lengths 1 and 2 only
     data.load_split(task, "train", [1, 2], 20, seed=0, cache_dir=None)
-    with pytest.raises(TaskContractError, match=r"task 'breaks_at_3' violates the task contract at length 3 \(train split\): ") as error:
+    with pytest.raises(
+        TaskContractError, match=r"task 'breaks_at_3' violates the task contract at length 3 \(train split\): "
+    ) as error:
         data.load_split(task, "train", [2, 3], 20, seed=0, cache_dir=None)
     assert rule in str(error.value)
 
 
 def test_the_cldr_version_is_part_of_a_date_task_identity(tmp_path, monkeypatch, request):
     """Babel releases ship different CLDR data (Korean `y. M. d.` became `y/M/d`): a dataset
-    written under one CLDR is never read under another, the random draws stay the same, and cells made with the two are different cells that a merge keeps apart."""
+    written under one CLDR is never read under another, the random draws stay the same, and cells
+    made with the two are different cells that a merge keeps apart."""
     import dataclasses
 
     from study.cell import cell_id, cell_identity
@@ -156,18 +173,24 @@ def test_the_cldr_version_is_part_of_a_date_task_identity(tmp_path, monkeypatch,
 
     here = get_task("date_format", locale="ko")
     key, ours = data.load_split(here, "test", [2], 40, seed=1, cache_dir=tmp_path)
-    monkeypatch.setattr(date_format, "format_date", lambda d, pattern, locale: d.strftime("%Y/%m/%d"))  # another Babel's formatting
+    monkeypatch.setattr(
+        date_format, "format_date", lambda d, pattern, locale: d.strftime("%Y/%m/%d")
+    )  # another Babel's formatting
     date_format._leap_year_rendering.cache_clear()
     request.addfinalizer(date_format._leap_year_rendering.cache_clear)  # later tests see this Babel's rendering again
     same_cldr = get_task("date_format", locale="ko")
     monkeypatch.setattr(date_format, "get_cldr_version", lambda: "1")  # and its CLDR release
     there = get_task("date_format", locale="ko")
-    assert same_cldr.cldr == here.cldr and same_cldr.spec != here.spec  # changed formatting code alone is another identity
+    assert (
+        same_cldr.cldr == here.cldr and same_cldr.spec != here.spec
+    )  # changed formatting code alone is another identity
     assert there.spec["data"]["cldr"] == "1" and here.spec["data"] != there.spec["data"]
     other_key, theirs = data.load_split(there, "test", [2], 40, seed=1, cache_dir=tmp_path)
     assert data.cache_path(there, other_key, tmp_path) != data.cache_path(here, key, tmp_path)
     assert theirs.sources != ours.sources and all("/" in s for s in theirs.sources)  # not the other CLDR's cache
-    assert data._rng(key, 2).integers(2**62) == data._rng(other_key, 2).integers(2**62)  # the same draws, written differently
+    assert data._rng(key, 2).integers(2**62) == data._rng(other_key, 2).integers(
+        2**62
+    )  # the same draws, written differently
 
     config = build_study_config("smoke")
     cell = dataclasses.replace(expand_grid(config)[0], task=TaskPlan("date_format", (1,), (1, 2), (("locale", "ko"),)))

@@ -11,12 +11,11 @@ import textwrap
 import pandas as pd
 import pytest
 
+from helpers import ROOT, run_cli
 from study.config import build_study_config
 from study.executors import gpu_assignment, pin_gpu, ray_available, visible_gpus
 from study.merge import MergeConflictError, merge_results
 from study.runner import select_shard, study_cells
-
-from helpers import ROOT, run_cli
 
 SLURM = ROOT / "examples" / "slurm"
 
@@ -45,15 +44,22 @@ def test_shards_partition_the_grid(profile, count):
 
 def test_shard_of_a_cell_does_not_depend_on_the_order_of_the_grid():
     config = build_study_config("standard")
-    reordered = dataclasses.replace(config, tasks=config.tasks[::-1], models=config.models[::-1], seeds=config.seeds[::-1])
+    reordered = dataclasses.replace(
+        config, tasks=config.tasks[::-1], models=config.models[::-1], seeds=config.seeds[::-1]
+    )
     for i in range(3):
-        assert {cid for _, cid in select_shard(study_cells(config), (i, 3))} == {cid for _, cid in select_shard(study_cells(reordered), (i, 3))}
+        assert {cid for _, cid in select_shard(study_cells(config), (i, 3))} == {
+            cid for _, cid in select_shard(study_cells(reordered), (i, 3))
+        }
 
 
 def test_bad_shard_is_refused_in_one_line(tmp_path):
     for bad in ("2/2", "1", "a/b", "0/0"):
         result = run_cli("--profile", "smoke", "--shard", bad, "--out", str(tmp_path / "x"))
-        assert result.returncode == 2 and result.stderr.startswith("error: ") and "--shard" in result.stderr, (bad, result.stderr)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and "--shard" in result.stderr, (
+            bad,
+            result.stderr,
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -62,16 +68,33 @@ def test_slurm_array_shards_then_merge_reproduce_the_single_machine_study(smoke_
     """The example job-array scripts, run as SLURM would run them, give the smoke study's metrics
     (its seed-0 `dot` cells: the same cells, as ids do not depend on the rest of the grid)."""
     out = tmp_path / "smoke"
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "PROFILE": "smoke", "OUT": str(out),
-           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_ARRAY_TASK_COUNT": "2", "STUDY_ARGS": "--seeds 0 --models dot"}
-    shards = [subprocess.Popen(["bash", str(SLURM / "study_shard.sbatch")], env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for i in range(2)]
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "PROFILE": "smoke",
+        "OUT": str(out),
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "SLURM_ARRAY_TASK_COUNT": "2",
+        "STUDY_ARGS": "--seeds 0 --models dot",
+    }
+    shards = [
+        subprocess.Popen(
+            ["bash", str(SLURM / "study_shard.sbatch")],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for shard in shards:
         _, err = shard.communicate(timeout=900)
         assert shard.returncode == 0, err[-3000:]
     shard_cells = [json.loads((out / f"shard-{i}" / "study.json").read_text())["cells"] for i in range(2)]
     assert len(shard_cells[0]) == len(shard_cells[1]) == 1 and not set(shard_cells[0]) & set(shard_cells[1])
-    merged = subprocess.run(["bash", str(SLURM / "report.sbatch")], env=env, capture_output=True, text=True, timeout=900)
+    merged = subprocess.run(
+        ["bash", str(SLURM / "report.sbatch")], env=env, capture_output=True, text=True, timeout=900
+    )
     assert merged.returncode == 0, merged.stderr[-3000:]
     assert "merged 2 cells from 2 folder(s)" in merged.stdout and "warning" not in merged.stderr
     _same_metrics(out / "metrics.csv", smoke_run[0] / "metrics.csv", seeds=[0], models=["dot"])
@@ -118,11 +141,17 @@ def test_conflicting_duplicates_are_reported_and_nothing_is_written(smoke_run, t
     record = json.loads((tmp_path / "b" / "cells" / f"{cid}.json").read_text())
     record["metrics"][0]["seq_acc"] = 0.123
     (tmp_path / "b" / "cells" / f"{cid}.json").write_text(json.dumps(record))
-    with pytest.raises(MergeConflictError, match=rf"1 cell\(s\) finished with different results in different folders: {cid} "):
+    with pytest.raises(
+        MergeConflictError, match=rf"1 cell\(s\) finished with different results in different folders: {cid} "
+    ):
         merge_results([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     result = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged"))
-    assert result.returncode == 2 and result.stderr.startswith("error: 1 cell(s) finished with different results") and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("error: 1 cell(s) finished with different results")
+        and "Traceback" not in result.stderr
+    )
     result = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"))
     assert result.returncode == 2 and "--out" in result.stderr
 
@@ -160,16 +189,22 @@ def test_an_address_without_a_cluster_is_a_one_line_error(tmp_path):
     with socket.socket() as probe:  # a local port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for address, message in ((f"127.0.0.1:{port}", "no Ray cluster answers at"), ("nonsense", "--address must be auto, HOST:PORT")):
+    for address, message in (
+        (f"127.0.0.1:{port}", "no Ray cluster answers at"),
+        ("nonsense", "--address must be auto, HOST:PORT"),
+    ):
         result = run_cli("--profile", "smoke", "--executor", "ray", "--address", address, "--out", str(tmp_path / "x"))
         assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
     assert not (tmp_path / "x").exists()
 
 
-needs_ray = pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install -r requirements-ray.txt); the Ray executor tests need it")
+needs_ray = pytest.mark.skipif(
+    not ray_available(),
+    reason="Ray is not installed (pip install -r requirements-ray.txt); the Ray executor tests need it",
+)
 
 
-DIES_ONCE = textwrap.dedent('''
+DIES_ONCE = textwrap.dedent("""
         import os
         from pathlib import Path
 
@@ -196,7 +231,7 @@ DIES_ONCE = textwrap.dedent('''
                     Path(self.marker).write_text(str(os.getpid()))
                     os._exit(1)
                 return super().sample(rng, n, length)
-    ''')
+    """)
 
 
 @pytest.mark.slow
@@ -208,16 +243,44 @@ def test_ray_executor_gives_the_local_executors_metrics_and_retries_a_dead_worke
     to a finished record."""
     plugin, marker, config = tmp_path / "dies_once.py", tmp_path / "died", tmp_path / "study.toml"
     plugin.write_text(DIES_ONCE)
-    config.write_text(f'[tasks.copy]\n[tasks.date_format]\n[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n')
+    config.write_text(
+        f'[tasks.copy]\n[tasks.date_format]\n[tasks.dies_once]\ntrain_lengths = [2, 3]\neval_lengths = [3]\noptions = {{ marker = "{marker}" }}\n'
+    )
     out = tmp_path / "ray"
-    driver = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--profile", "smoke", "--config", str(config), "--seeds", "0", "--models", "dot",
-                               "--task-module", str(plugin), "--executor", "ray", "--jobs", "2", "--out", str(out)],
-                              cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run_study.py"),
+            "--profile",
+            "smoke",
+            "--config",
+            str(config),
+            "--seeds",
+            "0",
+            "--models",
+            "dot",
+            "--task-module",
+            str(plugin),
+            "--executor",
+            "ray",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = driver.communicate(timeout=900)
     assert driver.returncode == 0, stderr[-3000:]
     assert "Ray (local instance)" in stdout and stdout.count("exact-match") == 3  # progress: a line per cell
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    assert marker.exists() and {r["status"] for r in records if r["task"] == "dies_once"} == {"ok"}  # a worker did die; its cell finished
+    assert marker.exists() and {r["status"] for r in records if r["task"] == "dies_once"} == {
+        "ok"
+    }  # a worker did die; its cell finished
     smoke = out / "smoke-tasks.csv"
     frame = pd.read_csv(out / "metrics.csv")
     frame[frame["task"] != "dies_once"].to_csv(smoke, index=False)
@@ -237,7 +300,15 @@ def test_a_worker_with_other_locale_data_fails_its_cell_under_the_asked_id(tmp_p
     from study.cell import failed_record
     from study.tasks import date_format
 
-    config = build_study_config("smoke", {"tasks": {"date_format": {"train_lengths": [1], "eval_lengths": [1]}}, "models": ["none"], "seeds": [0], "jobs": 1})
+    config = build_study_config(
+        "smoke",
+        {
+            "tasks": {"date_format": {"train_lengths": [1], "eval_lengths": [1]}},
+            "models": ["none"],
+            "seeds": [0],
+            "jobs": 1,
+        },
+    )
     config = dataclasses.replace(config, tasks=tuple(t for t in config.tasks if t.name == "date_format"))
     ((_, asked),) = study_cells(config)
 
@@ -249,5 +320,9 @@ def test_a_worker_with_other_locale_data_fails_its_cell_under_the_asked_id(tmp_p
     monkeypatch.setattr(executors, "run_cell_safely", other_machine)
     (record,) = runner.run_study(config, tmp_path / "out", progress=False, warn=lambda m: None)
     assert record["id"] == asked and record["status"] == "failed"
-    assert "instead of" in record["error"] and "package versions (e.g. Babel) differ" in record["error"] and "boom" in record["error"]
+    assert (
+        "instead of" in record["error"]
+        and "package versions (e.g. Babel) differ" in record["error"]
+        and "boom" in record["error"]
+    )
     assert [p.stem for p in (tmp_path / "out" / "cells").glob("*.json")] == [asked]

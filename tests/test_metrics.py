@@ -182,8 +182,10 @@ def test_the_attention_example_is_the_first_right_one_of_those_with_weights():
     assert example_index(["aa", "cc", "aa", "ba"], targets, kept=4) == 0
 
 
-@pytest.mark.parametrize("train,evals,expected", [((2, 3, 4, 5), (2, 5, 8), 5), ((4, 32), (4, 8, 16, 24, 32, 48, 64), 16),
-                                                   ((1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 8), 3)])
+@pytest.mark.parametrize(
+    "train,evals,expected",
+    [((2, 3, 4, 5), (2, 5, 8), 5), ((4, 32), (4, 8, 16, 24, 32, 48, 64), 16), ((1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 8), 3)],
+)
 def test_the_attention_example_length_is_mid_range_the_longer_of_a_tie(train, evals, expected):
     from study.cell import attention_example_length
     from study.config import TaskPlan

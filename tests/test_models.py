@@ -29,7 +29,9 @@ IDS = [f"{n}-{c.cell}{'-bi' if c.bidirectional else ''}" for n, c in VARIANTS]
 
 
 def test_registered_variants_change_only_their_own_fields():
-    assert effective_model_config("additive_lstm", TINY) == ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)
+    assert effective_model_config("additive_lstm", TINY) == ModelConfig(
+        cell="lstm", embedding_dim=8, units=16, attention_size=8
+    )
     assert effective_model_config("none_bidirectional", TINY).bidirectional is True
     assert effective_model_config("additive", TINY) == TINY
 
@@ -161,7 +163,9 @@ def test_shapes_and_parameter_counts(name, config):
         expected += n_states * (2 * u * u + u)
         if attention != "none":
             expected += 2 * u * u + u
-    expected += (2 * u * u + u) if attention != "none" or spec.placement == "every_step" else (u * u + u)  # read-out of [c; s] or s
+    expected += (
+        (2 * u * u + u) if attention != "none" or spec.placement == "every_step" else (u * u + u)
+    )  # read-out of [c; s] or s
     expected += {"none": 0, "dot": 0, "general": u * u, "additive": 2 * u * a + a + a}[attention]
     assert model.count_params() == expected
 
@@ -223,5 +227,11 @@ def test_decoding_on_jax_backend_matches_teacher_forcing():
         """
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

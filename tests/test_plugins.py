@@ -10,7 +10,8 @@ from study.tasks import TaskContractError, TaskModuleError, get_task, load_task_
 
 def test_plugin_file_registers_its_task(tmp_path):
     plugin = tmp_path / "palindrome_task.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from study.tasks import Task, register_task
 
         @register_task
@@ -25,7 +26,8 @@ def test_plugin_file_registers_its_task(tmp_path):
             def sample(self, rng, n, length):
                 src = ["".join("abcd"[i] for i in row) for row in rng.integers(0, 4, size=(n, length))]
                 return src, [s + s[::-1] for s in src]
-    '''))
+    """)
+    )
     assert load_task_module(plugin) == ["palindrome_plugin"]
     assert "palindrome_plugin" in tasks.available_tasks()
     assert get_task("palindrome_plugin").name == "palindrome_plugin"
@@ -42,7 +44,8 @@ def test_plugin_that_fails_to_import_names_the_module(tmp_path):
 
 def test_plugin_that_breaks_the_contract_names_task_and_rule(tmp_path):
     plugin = tmp_path / "empty_task.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from study.tasks import Task, register_task
 
         @register_task
@@ -56,7 +59,8 @@ def test_plugin_that_breaks_the_contract_names_task_and_rule(tmp_path):
 
             def sample(self, rng, n, length):
                 return ["a" * length] * n, [""] * n
-    '''))
+    """)
+    )
     with pytest.raises(TaskContractError, match=r"task 'empty_plugin'.*every target must be a non-empty str"):
         load_task_module(plugin)
 
@@ -65,7 +69,7 @@ def test_a_plugin_whose_data_depend_on_the_hash_seed_is_refused(tmp_path):
     """An alphabet built from a set differs in every process (PYTHONHASHSEED): the contract check
     draws the data in fresh processes with other hash seeds and says how to fix the task; the
     same task with the set sorted loads."""
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         from study.tasks import Task, register_task
 
         LETTERS = ALPHABET
@@ -82,11 +86,16 @@ def test_a_plugin_whose_data_depend_on_the_hash_seed_is_refused(tmp_path):
             def sample(self, rng, n, length):
                 sources = ["".join(LETTERS[i] for i in row) for row in rng.integers(0, len(LETTERS), size=(n, length))]
                 return sources, list(sources)
-    ''')
+    """)
     plugin = tmp_path / "set_alphabet_task.py"
     plugin.write_text(source.replace("NAME", "set_alphabet").replace("ALPHABET", '"".join(set("abcdefghij"))'))
-    with pytest.raises(TaskContractError, match=r"task 'set_alphabet' violates the task contract: its alphabets or data differ between processes.*sorted\(set"):
+    with pytest.raises(
+        TaskContractError,
+        match=r"task 'set_alphabet' violates the task contract: its alphabets or data differ between processes.*sorted\(set",
+    ):
         load_task_module(plugin)
     plugin = tmp_path / "sorted_alphabet_task.py"
-    plugin.write_text(source.replace("NAME", "sorted_alphabet").replace("ALPHABET", '"".join(sorted(set("abcdefghij")))'))
+    plugin.write_text(
+        source.replace("NAME", "sorted_alphabet").replace("ALPHABET", '"".join(sorted(set("abcdefghij")))')
+    )
     assert load_task_module(plugin) == ["sorted_alphabet"]

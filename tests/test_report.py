@@ -12,7 +12,9 @@ from study.report import write_report
 from study.report.statistics import accuracy_interval, difference_interval
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells")) + [RESULTS / "bottleneck"]  # the committed reference studies and experiments
+REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells")) + [
+    RESULTS / "bottleneck"
+]  # the committed reference studies and experiments
 
 
 def test_accuracy_intervals_stay_inside_0_100_and_include_sampling_error():
@@ -81,7 +83,9 @@ def test_reference_report_redraws_to_the_committed_tables(tmp_path, reference, m
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
         (copy / name).unlink(missing_ok=True)
     if reference.name != "reference":
-        monkeypatch.setattr(report.figures, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"])
+        monkeypatch.setattr(
+            report.figures, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"]
+        )
     write_report(copy)
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
         assert (copy / name).exists() == (reference / name).exists(), name
@@ -114,14 +118,30 @@ def test_differences_from_none_are_paired_by_seed():
     rows = []
     for seed, (none, dot) in enumerate([(0.10, 0.60), (0.30, 0.70), (0.20, 0.80)]):
         for model, acc in (("none", none), ("dot", dot)):
-            rows.append({"task": "copy", "setting": "s", "train_min": 4, "train_max": 8, "length": 8, "model": model, "seed": seed, "seq_acc": acc, "n_examples": 1000})
+            rows.append(
+                {
+                    "task": "copy",
+                    "setting": "s",
+                    "train_min": 4,
+                    "train_max": 8,
+                    "length": 8,
+                    "model": model,
+                    "seed": seed,
+                    "seq_acc": acc,
+                    "n_examples": 1000,
+                }
+            )
     diff = difference_frame(pd.DataFrame(rows))
     assert list(diff["model"]) == ["dot"]
     row = diff.iloc[0]
     assert row.diff_mean == pytest.approx(0.5) and row.seeds == 3
     # paired: the per-seed differences (0.5, 0.4, 0.6) vary far less than either model (0.1-0.3, 0.6-0.8)
     assert 0.2 < row.diff_ci_low < 0.5 < row.diff_ci_high < 0.8
-    unpaired = difference_frame(pd.DataFrame([{**r, "seq_acc": r["seq_acc"] if r["model"] == "none" else [0.8, 0.6, 0.7][r["seed"]]} for r in rows]))
+    unpaired = difference_frame(
+        pd.DataFrame(
+            [{**r, "seq_acc": r["seq_acc"] if r["model"] == "none" else [0.8, 0.6, 0.7][r["seed"]]} for r in rows]
+        )
+    )
     assert unpaired.iloc[0].diff_ci_high - unpaired.iloc[0].diff_ci_low > row.diff_ci_high - row.diff_ci_low
 
 
@@ -186,7 +206,9 @@ def test_rows_of_different_settings_are_never_averaged(tmp_path, figures_not_sav
     assert len(drawn) == summary[summary["task"] == task]["series"].nunique()
     for label, line in drawn.items():
         rows = summary[(summary["task"] == task) & (summary["series"] == label)]
-        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), 100 * rows.sort_values("length")["seq_acc_mean"].to_numpy())
+        np.testing.assert_allclose(
+            np.asarray(line.get_ydata(), float), 100 * rows.sort_values("length")["seq_acc_mean"].to_numpy()
+        )
     plt_close(fig["accuracy_vs_length"])
     with pytest.MonkeyPatch.context() as patch:  # the training curves: one line per model, setting and seed
         patch.setattr(report.figures, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
@@ -216,7 +238,10 @@ def test_text_with_markdown_table_syntax_keeps_every_table_in_shape(tmp_path, fi
     path.write_text(json.dumps(record))
     path = copy / "cells" / f"{ids[1]}.json"
     record = json.loads(path.read_text())
-    record["task_options"] = {**record.get("task_options", {}), "alphabet": "ab|$_"}  # another setting, captioned by its options
+    record["task_options"] = {
+        **record.get("task_options", {}),
+        "alphabet": "ab|$_",
+    }  # another setting, captioned by its options
     path.write_text(json.dumps(record))
     text = write_report(copy).read_text()
     assert "target 'a\\|b' \\| not in the alphabet second line" in text
@@ -232,7 +257,9 @@ def test_text_with_markdown_table_syntax_keeps_every_table_in_shape(tmp_path, fi
 def test_a_failed_cell_is_one_terminal_line_whatever_its_error_says():
     from study.runner import summary_line
 
-    line = summary_line({"status": "failed", "task": "copy", "model": "dot", "seed": 0, "error": "ValueError: bad\ntarget\r\nhere"})
+    line = summary_line(
+        {"status": "failed", "task": "copy", "model": "dot", "seed": 0, "error": "ValueError: bad\ntarget\r\nhere"}
+    )
     assert line == "copy/dot/seed 0: FAILED (ValueError: bad target here)"
 
 
@@ -291,17 +318,29 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     from study.report.tables import metrics_frame
 
     records = load_records(RESULTS / "reference")
-    legacy = [{**r, "train_config": {k: v for k, v in r["train_config"].items() if k != "loss_tolerance"}} for r in records]
-    assert "trained under an earlier rule" in "\n".join(convergence_lines(legacy))  # records made before loss-based convergence
+    legacy = [
+        {**r, "train_config": {k: v for k, v in r["train_config"].items() if k != "loss_tolerance"}} for r in records
+    ]
+    assert "trained under an earlier rule" in "\n".join(
+        convergence_lines(legacy)
+    )  # records made before loss-based convergence
     for i, record in enumerate(records):
         record["train_config"] = {**record["train_config"], "loss_tolerance": 0.005, "accuracy_tolerance": 0.05}
-        record.update(converged=i > 1, last_stretch=[{"val_loss": 0.1234, "val_seq_acc_by_length": 0.123, "length": 16}, None][i] if i < 2 else None,
-                      stop_learning_rate=0.0015, stop_reason="budget" if i < 2 else "converged")
+        record.update(
+            converged=i > 1,
+            last_stretch=[{"val_loss": 0.1234, "val_seq_acc_by_length": 0.123, "length": 16}, None][i]
+            if i < 2
+            else None,
+            stop_learning_rate=0.0015,
+            stop_reason="budget" if i < 2 else "converged",
+        )
     lines = "\n".join(convergence_lines(records))
     assert f"{len(records) - 2} of {len(records)} cells converged" in lines and "A cell converged when" in lines
     first, second = records[0], records[1]
-    assert (f"- {first['task']}/{first['model']}/seed {first['seed']}: validation loss fell 0.123 nats per character and exact match at length 16 "
-            "rose 12.3 points over the last stretch, learning rate 0.0015") in lines
+    assert (
+        f"- {first['task']}/{first['model']}/seed {first['seed']}: validation loss fell 0.123 nats per character and exact match at length 16 "
+        "rose 12.3 points over the last stretch, learning rate 0.0015"
+    ) in lines
     learning, short = lines.split("**Too short to judge** (1)")  # each under a heading that says what it is
     assert "still learning" in learning and f"{second['task']}/{second['model']}/seed {second['seed']}" not in learning
     assert f"convergence was not measured: {second['task']}/{second['model']}/seed {second['seed']}." in short
@@ -365,15 +404,24 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     assert any("longest trained" in t for t in titles) and any("first beyond" in t for t in titles)
     for ax in fig.axes:
         assert _integer_ticks(ax) and ax.get_ylim() == (-3, 103) and "length" in ax.get_title()
-        assert ax.get_xlim()[0] == 0.5 and min(t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]) >= 1  # positions count from 1
+        assert (
+            ax.get_xlim()[0] == 0.5
+            and min(t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]) >= 1
+        )  # positions count from 1
         chance = [line for line in ax.get_lines() if line.get_gid() == "chance"]
         assert len(chance) == 1 and chance[0].get_linestyle() == "--"
         if ax.get_title().startswith(("copy", "reverse")):
             assert chance[0].get_ydata()[0] == pytest.approx(100 / 16)  # 16 symbols
         bounds = [line.get_xdata()[0] for line in ax.get_lines() if line.get_gid() == "unit boundary"]
-        assert bounds == ([11 * k + 0.5 for k in range(1, len(bounds) + 1)] if ax.get_title().startswith("date_format") else [])
+        assert bounds == (
+            [11 * k + 0.5 for k in range(1, len(bounds) + 1)] if ax.get_title().startswith("date_format") else []
+        )
         assert bounds or not ax.get_title().startswith("date_format")
-        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines() if line.get_gid() not in ("chance", "unit boundary"))
+        assert all(
+            line.get_marker() not in (None, "None", "")
+            for line in ax.get_lines()
+            if line.get_gid() not in ("chance", "unit boundary")
+        )
     fig = drawn["training_curves"]
     accuracy_axes = [ax for ax in fig.axes if "exact match" in ax.get_ylabel()]
     assert accuracy_axes and all(ax.get_ylim() == (-3, 103) and "pooled" in ax.get_ylabel() for ax in accuracy_axes)
@@ -381,11 +429,19 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
         shown = [ax for ax in fig.axes if name in ax.get_ylabel()]
         assert shown and all(ax.get_yscale() == "log" and ax.get_xscale() == "log" for ax in shown)
     legend = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
-    assert len(legend) == 1 and {"model", "seed"} <= {t.get_text() for t in legend[0].get_texts()}  # one legend, two sections
+    assert len(legend) == 1 and {"model", "seed"} <= {
+        t.get_text() for t in legend[0].get_texts()
+    }  # one legend, two sections
     records = load_records(RESULTS / "reference")
     task = accuracy_axes[0].get_title()
-    drawn_lines = {(matplotlib_rgb(line.get_color()), str(line._dash_pattern)) for line in accuracy_axes[0].get_lines() if len(line.get_xdata())}
-    assert len(drawn_lines) == len({(r["model"], r["seed"]) for r in records if r["task"] == task and r.get("history")})  # seeds told apart
+    drawn_lines = {
+        (matplotlib_rgb(line.get_color()), str(line._dash_pattern))
+        for line in accuracy_axes[0].get_lines()
+        if len(line.get_xdata())
+    }
+    assert len(drawn_lines) == len(
+        {(r["model"], r["seed"]) for r in records if r["task"] == task and r.get("history")}
+    )  # seeds told apart
 
 
 def test_no_title_is_wider_than_its_figure(drawn):
@@ -400,7 +456,9 @@ def test_attention_maps_have_a_colour_bar_and_say_right_or_wrong(drawn):
     colour_bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
     assert len(colour_bars) == 1
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles and all(("(right)" in t) != ("(WRONG)" in t) and "length" in t and "seed" in t and "target" in t for t in titles)
+    assert titles and all(
+        ("(right)" in t) != ("(WRONG)" in t) and "length" in t and "seed" in t and "target" in t for t in titles
+    )
 
 
 def test_one_colour_per_model_in_every_figure(drawn):
@@ -412,7 +470,9 @@ def test_one_colour_per_model_in_every_figure(drawn):
         for ax in drawn[name].axes:
             for line in ax.get_lines():
                 if line.get_label() in ("none", "additive", "dot", "general"):
-                    colours.setdefault(line.get_label(), set()).add(tuple(np.round(matplotlib_rgb(line.get_color()), 3)))
+                    colours.setdefault(line.get_label(), set()).add(
+                        tuple(np.round(matplotlib_rgb(line.get_color()), 3))
+                    )
     assert colours and all(len(c) == 1 for c in colours.values())
 
 
@@ -440,12 +500,39 @@ def test_every_character_of_the_advertised_locales_is_drawn_readably(tmp_path):
         task = get_task("date_format", locale=locale)
         sources, targets = task.sample(np.random.default_rng(0), 40, 1)
         source = "".join(sorted(set("".join(sources))))  # every character the 40 dates use
-        records.append({"status": "ok", "seed": 0, "task": f"date_format ({locale})", "model": "dot",
-                        "attention_example": {"source": source, "target": targets[0], "prediction": targets[0], "length": 1,
-                                              "weights": np.full((len(targets[0]) + 1, len(source)), 1 / len(source)).tolist()}})
-    odd = "7\u202f3\u200f\u1200"  # a narrow no-break space, a right-to-left mark, an Ethiopic letter no bundled font has
-    records.append({"status": "ok", "seed": 0, "task": "odd", "model": "dot",
-                    "attention_example": {"source": odd, "target": "73", "prediction": "7\u1200", "length": 1, "weights": np.full((3, 4), 0.25).tolist()}})
+        records.append(
+            {
+                "status": "ok",
+                "seed": 0,
+                "task": f"date_format ({locale})",
+                "model": "dot",
+                "attention_example": {
+                    "source": source,
+                    "target": targets[0],
+                    "prediction": targets[0],
+                    "length": 1,
+                    "weights": np.full((len(targets[0]) + 1, len(source)), 1 / len(source)).tolist(),
+                },
+            }
+        )
+    odd = (
+        "7\u202f3\u200f\u1200"  # a narrow no-break space, a right-to-left mark, an Ethiopic letter no bundled font has
+    )
+    records.append(
+        {
+            "status": "ok",
+            "seed": 0,
+            "task": "odd",
+            "model": "dot",
+            "attention_example": {
+                "source": odd,
+                "target": "73",
+                "prediction": "7\u1200",
+                "length": 1,
+                "weights": np.full((3, 4), 0.25).tolist(),
+            },
+        }
+    )
     figures = {}
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -463,7 +550,11 @@ def test_every_character_of_the_advertised_locales_is_drawn_readably(tmp_path):
     assert all(t.get_rotation() == 90 for t in odd_axis.get_xticklabels() if len(t.get_text()) > 1)
     assert "predicted '7[U+1200]'" in odd_axis.get_title()
     note = " ".join(t.get_text() for t in fig.texts)
-    for expected in ("NNBSP = U+202F NARROW NO-BREAK SPACE", "RLM = U+200F RIGHT-TO-LEFT MARK", "U+1200 = ETHIOPIC SYLLABLE HA (no installed font has it)"):
+    for expected in (
+        "NNBSP = U+202F NARROW NO-BREAK SPACE",
+        "RLM = U+200F RIGHT-TO-LEFT MARK",
+        "U+1200 = ETHIOPIC SYLLABLE HA (no installed font has it)",
+    ):
         assert expected in note
     import matplotlib.pyplot as plt
 
@@ -513,7 +604,9 @@ def test_every_seed_is_drawn_and_tabled():
     fig = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(report.figures, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
-        report.figures.plot_accuracy_vs_length(report.tables.summary_frame(report.tables.metrics_frame(records)), records, Path("unused"))
+        report.figures.plot_accuracy_vs_length(
+            report.tables.summary_frame(report.tables.metrics_frame(records)), records, Path("unused")
+        )
     ax = fig["accuracy_vs_length"].axes[0]
     task = records and sorted({r["task"] for r in records}, key=[r["task"] for r in records].index)[0]
     circles = [c for c in ax.collections if c.get_gid() == "seed"]
@@ -537,10 +630,16 @@ def test_per_unit_accuracy_splits_the_position_accuracy_at_the_unit_width():
     series = report.tables.series_names(records)
     record = next(r for r in records if r["task"] == "date_format" and r["status"] == "ok")
     for m in record["metrics"]:
-        rows = units[(units["model"] == series[record["id"]]) & (units["seed"] == record["seed"]) & (units["length"] == m["length"])]
+        rows = units[
+            (units["model"] == series[record["id"]])
+            & (units["seed"] == record["seed"])
+            & (units["length"] == m["length"])
+        ]
         assert list(rows["unit"]) == list(range(1, m["length"] + 1))
         for k, acc in zip(rows["unit"], rows["char_acc"]):
-            assert acc == pytest.approx(sum(m["position_acc"][11 * (k - 1):11 * k]) / len(m["position_acc"][11 * (k - 1):11 * k]))
+            assert acc == pytest.approx(
+                sum(m["position_acc"][11 * (k - 1) : 11 * k]) / len(m["position_acc"][11 * (k - 1) : 11 * k])
+            )
         assert list(rows["units_written"]) == pytest.approx([(m["mean_prediction_length"] + 1) / 11] * m["length"])
     table = report.markdown.units_markdown(units, records)
     assert "| dates written |" in table and "| 5* |" in table
@@ -554,8 +653,20 @@ def test_comparisons_separate_only_what_the_seeds_support():
     rows = []
     for seed, (a, b, c) in enumerate([(0.99, 0.10, 0.95), (0.98, 0.12, 0.60), (0.99, 0.11, 0.99)]):
         for model, acc in (("x", a), ("y", b), ("z", c)):
-            rows.append({"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True,
-                         "seed": seed, "series": model, "seq_acc": acc, "n_examples": 1000})
+            rows.append(
+                {
+                    "task": "t",
+                    "setting": "s",
+                    "train_min": 1,
+                    "train_max": 4,
+                    "length": 4,
+                    "in_training_range": True,
+                    "seed": seed,
+                    "series": model,
+                    "seq_acc": acc,
+                    "n_examples": 1000,
+                }
+            )
     import pandas as pd
 
     frame = comparison_frame(pd.DataFrame(rows)).set_index(["first", "second"])
@@ -603,7 +714,10 @@ def test_learning_curves_average_only_the_seeds_still_training(drawn):
     """A solid curve point averages every seed; after the first seed stopped the curve goes on
     dotted, and the title says so and how many validation examples stand behind a point."""
     fig = drawn["learning_curves_by_length"]
-    assert "dotted: after the first seed stopped" in fig._suptitle.get_text() and "64 validation examples" in fig._suptitle.get_text()
+    assert (
+        "dotted: after the first seed stopped" in fig._suptitle.get_text()
+        and "64 validation examples" in fig._suptitle.get_text()
+    )
     records = [json.loads(p.read_text()) for p in sorted((RESULTS / "reference" / "cells").glob("*.json"))]
     ends = {}
     for r in records:
@@ -625,9 +739,16 @@ def _table_numbers(folder: Path) -> set[str]:
     import pandas as pd
 
     summary, metrics = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "metrics.csv")
-    values = [summary[c] for c in summary.columns if c.endswith(("_mean", "_min", "_max", "_ci_low", "_ci_high")) and c.startswith(("seq_acc", "oracle", "length_acc", "char_acc"))]
+    values = [
+        summary[c]
+        for c in summary.columns
+        if c.endswith(("_mean", "_min", "_max", "_ci_low", "_ci_high"))
+        and c.startswith(("seq_acc", "oracle", "length_acc", "char_acc"))
+    ]
     values += [metrics[c] for c in ("seq_acc", "oracle_seq_acc", "char_acc", "length_acc")]
-    if (folder / "comparisons.csv").exists() and (folder / "comparisons.csv").stat().st_size > 1:  # empty: no two models to compare
+    if (folder / "comparisons.csv").exists() and (
+        folder / "comparisons.csv"
+    ).stat().st_size > 1:  # empty: no two models to compare
         values.append(pd.read_csv(folder / "comparisons.csv")["diff_mean"].abs())
     if (folder / "units.csv").exists():  # per-unit accuracy, mean over seeds
         units = pd.read_csv(folder / "units.csv")
@@ -637,8 +758,14 @@ def _table_numbers(folder: Path) -> set[str]:
     return {f"{100 * x:.1f}" for column in values for x in column.dropna()}
 
 
-@pytest.mark.parametrize("section,folders", [("## What the study shows", ["reference"]), ("[`results/reference-models/`]", ["reference-models"]),
-                                             ("## Is it the bottleneck or the budget?", ["bottleneck", "reference"])])  # the experiment beside the reference
+@pytest.mark.parametrize(
+    "section,folders",
+    [
+        ("## What the study shows", ["reference"]),
+        ("[`results/reference-models/`]", ["reference-models"]),
+        ("## Is it the bottleneck or the budget?", ["bottleneck", "reference"]),
+    ],
+)  # the experiment beside the reference
 def test_the_readme_findings_are_numbers_of_the_committed_tables(section, folders):
     """Every number with one decimal in the README's account of a reference study or experiment
     is one its committed tables hold, so a regenerated study cannot leave a stale claim behind."""
@@ -646,7 +773,11 @@ def test_the_readme_findings_are_numbers_of_the_committed_tables(section, folder
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index(section)
-    text = readme[start:readme.index("\n## ", start + 1) if section.startswith("## ") else readme.index("The comparison is fair", start)]
+    text = readme[
+        start : readme.index("\n## ", start + 1)
+        if section.startswith("## ")
+        else readme.index("The comparison is fair", start)
+    ]
     numbers = re.findall(r"(?<![\d.])(\d{1,3}\.\d)(?![\d.])", text)
     assert numbers
     known = set().union(*(_table_numbers(RESULTS / folder) for folder in folders))
@@ -660,7 +791,21 @@ def test_seeds_that_agree_to_the_example_are_not_certainty():
 
     from study.report.tables import comparison_frame
 
-    rows = [{"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True, "seed": seed,
-             "series": model, "seq_acc": acc, "n_examples": 1000} for seed in range(3) for model, acc in (("x", 0.999), ("y", 1.0))]
+    rows = [
+        {
+            "task": "t",
+            "setting": "s",
+            "train_min": 1,
+            "train_max": 4,
+            "length": 4,
+            "in_training_range": True,
+            "seed": seed,
+            "series": model,
+            "seq_acc": acc,
+            "n_examples": 1000,
+        }
+        for seed in range(3)
+        for model, acc in (("x", 0.999), ("y", 1.0))
+    ]
     frame = comparison_frame(pd.DataFrame(rows))
     assert not frame["separated"].any() and frame["p"].iloc[0] > 0.05

@@ -43,7 +43,15 @@ def _config(tmp_path, text=TINY, name="tiny.toml"):
 
 
 def run(*args, **kwargs):
-    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_study.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def run_with_fault(mode, *args):
@@ -83,7 +91,11 @@ def run_with_fault(mode, *args):
 
 def metrics(out: Path) -> pd.DataFrame:
     frame = pd.read_csv(out / "metrics.csv")
-    return frame[["task", "model", "seed", "length", *DETERMINISTIC]].sort_values(["task", "model", "seed", "length"]).reset_index(drop=True)
+    return (
+        frame[["task", "model", "seed", "length", *DETERMINISTIC]]
+        .sort_values(["task", "model", "seed", "length"])
+        .reset_index(drop=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +116,21 @@ def test_fresh_rerun_reproduces_metrics(tmp_path, reference):
     out = tmp_path / "out"
     shutil.copytree(reference.attrs["out"], out, copy_function=shutil.copy)  # new times: a recomputed record shows
     first = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    assert run("--config", _config(tmp_path), "--out", out, "--quiet", "--models", "dot", "--tasks", "date_format", "--fresh").returncode == 0
+    assert (
+        run(
+            "--config",
+            _config(tmp_path),
+            "--out",
+            out,
+            "--quiet",
+            "--models",
+            "dot",
+            "--tasks",
+            "date_format",
+            "--fresh",
+        ).returncode
+        == 0
+    )
     changed = {name for name, mtime in first.items() if (out / "cells" / name).stat().st_mtime_ns != mtime}
     assert len(changed) == 1 and next(iter(changed)).startswith("date_format-dot-")  # that cell, recomputed
     expected = reference[(reference["model"] == "dot") & (reference["task"] == "date_format")].reset_index(drop=True)
@@ -112,7 +138,9 @@ def test_fresh_rerun_reproduces_metrics(tmp_path, reference):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["before_rename"])  # "mid_write" (the file cut before it is synced) left out for the suite's time
+@pytest.mark.parametrize(
+    "mode", ["before_rename"]
+)  # "mid_write" (the file cut before it is synced) left out for the suite's time
 def test_crash_inside_the_atomic_writer_then_resume(tmp_path, reference, mode):
     """A process killed inside the real writer leaves only its temporary file: no partial
     record is ever read as valid, the resumed study recomputes that cell and removes the
@@ -159,7 +187,14 @@ def test_atomic_writer_keeps_the_old_file_when_the_rename_fails(tmp_path, monkey
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(_config(tmp_path)), "--out", str(out), "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_study.py"), "--config", str(_config(tmp_path)), "--out", str(out), "--quiet"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list((out / "cells").glob("*.json")):
         time.sleep(0.1)
@@ -173,7 +208,13 @@ def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path):
 def test_second_study_on_same_folder_is_refused_and_lock_dies_with_its_process(tmp_path):
     out = tmp_path / "out"
     config = _config(tmp_path)
-    first = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--out", str(out), "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--out", str(out), "--quiet"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not ((out / ".lock").exists() and (out / ".lock").read_text().strip()):
@@ -209,19 +250,24 @@ def test_divergence_is_a_failed_cell_and_the_study_goes_on(tmp_path):
 @pytest.mark.slow
 def test_a_cell_too_big_for_memory_fails_alone(tmp_path):
     out = tmp_path / "out"
-    big = TINY.replace('[tasks.date_format]\ntrain_lengths = [1]\neval_lengths = [1]', '[tasks.reverse]\ntrain_lengths = [20000]\neval_lengths = [20000]\noptions = { alphabet = "ab" }')
+    big = TINY.replace(
+        "[tasks.date_format]\ntrain_lengths = [1]\neval_lengths = [1]",
+        '[tasks.reverse]\ntrain_lengths = [20000]\neval_lengths = [20000]\noptions = { alphabet = "ab" }',
+    )
     big = big.replace('models = ["none", "dot"]', 'models = ["additive"]')
     result = run("--config", _config(tmp_path, big), "--out", out, "--quiet")
     assert result.returncode == 3, result.stderr[-3000:]
     records = {r["task"]: r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
     assert records["copy"]["status"] == "ok"
     assert records["reverse"]["status"] == "failed"
-    assert "MemoryBudgetError" in records["reverse"]["error"] and "lower train.batch_size" in records["reverse"]["error"]
+    assert (
+        "MemoryBudgetError" in records["reverse"]["error"] and "lower train.batch_size" in records["reverse"]["error"]
+    )
     assert "MemoryBudgetError" in (out / "report.md").read_text()  # listed among the failed cells
 
 
 FAILS_AT_LENGTH_3 = textwrap.dedent(
-    '''
+    """
     from pathlib import Path
 
     from study.tasks import register_task
@@ -246,7 +292,7 @@ FAILS_AT_LENGTH_3 = textwrap.dedent(
             if length == 3 and n > 8 and not Path(self.healed).exists():  # not the contract check's 8
                 raise RuntimeError("no data at length 3 today")
             return super().sample(rng, n, length)
-    '''
+    """
 )
 
 
@@ -259,7 +305,9 @@ def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_r
     plugin = tmp_path / "fails_at_three.py"
     plugin.write_text(FAILS_AT_LENGTH_3)
     healed = tmp_path / "healed"
-    config = _config(tmp_path, textwrap.dedent(f'''
+    config = _config(
+        tmp_path,
+        textwrap.dedent(f'''
         profile = "smoke"
         models = ["none"]
         seeds = [0]
@@ -272,12 +320,15 @@ def test_a_failed_cell_in_the_middle_of_the_grid_does_not_stop_the_rest_and_is_r
         [train]
         n_train = 64
         max_examples = 64
-        '''))
+        '''),
+    )
     out = tmp_path / "out"
     args = ("--config", config, "--tasks", "fails_at_three", "--task-module", plugin, "--out", out, "--quiet")
     first = run(*args)
     assert first.returncode == 3, first.stderr[-3000:]  # one cell failed: not a success
-    records = {tuple(r["train_lengths"]): r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
+    records = {
+        tuple(r["train_lengths"]): r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))
+    }
     assert {k: r["status"] for k, r in records.items()} == {(2,): "ok", (3,): "failed", (4,): "ok"}
     assert "no data at length 3 today" in records[(3,)]["error"]
     assert first.stdout.count("FAILED (RuntimeError: no data at length 3 today)") == 1
@@ -324,8 +375,23 @@ def test_a_cell_killed_mid_training_resumes_from_its_last_epoch_to_the_same_reco
     assert run("--config", config, "--tasks", "copy", "--out", whole, "--quiet", "--tensorboard").returncode == 0
     assert list((whole / "logs").rglob("*tfevents*"))
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--tasks", "copy", "--out", str(out), "--quiet"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run_study.py"),
+            "--config",
+            str(config),
+            "--tasks",
+            "copy",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -350,8 +416,13 @@ def test_a_cell_killed_mid_training_resumes_from_its_last_epoch_to_the_same_reco
 def _results(record: dict) -> dict:
     """What a record says about the model, without timings."""
     untimed = lambda rows, clock: [{k: v for k, v in row.items() if k != clock} for row in rows]  # noqa: E731
-    return {"stop": record["stop_reason"], "seen": record["examples_seen"], "best": (record["best_epoch"], record["best_val_seq_acc"]),
-            "history": untimed(record["history"], "seconds"), "metrics": untimed(record["metrics"], "decode_seconds")}
+    return {
+        "stop": record["stop_reason"],
+        "seen": record["examples_seen"],
+        "best": (record["best_epoch"], record["best_val_seq_acc"]),
+        "history": untimed(record["history"], "seconds"),
+        "metrics": untimed(record["metrics"], "decode_seconds"),
+    }
 
 
 def _children(pid: int) -> list[int]:
@@ -371,7 +442,21 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_workers_exit_when_the_study_process_is_killed(tmp_path):
     config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run_study.py"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     workers: list[int] = []
     while time.time() < deadline and len(workers) < 2:
@@ -394,8 +479,24 @@ def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
     finished) within 60 s, with no traceback and nothing printed about ignored exceptions.  The
     signal goes to the whole process group, workers included, as a terminal sends it."""
     config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run_study.py"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)

@@ -7,12 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from study.config import ConfigError, build_study_config
+from helpers import run_cli
 from study.cell import cell_id, cell_identity
+from study.config import ConfigError, build_study_config
 from study.runner import expand_grid
 from study.tasks import get_task
-
-from helpers import run_cli
 
 
 @pytest.mark.slow
@@ -21,20 +20,54 @@ def test_smoke_study_writes_every_file(smoke_run):
     assert f"report: {out / 'report.md'}" in result.stdout
     for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "study.json"):
         assert (out / name).is_file(), name
-    for figure in ("accuracy_vs_length", "position_accuracy", "attention_maps", "training_curves", "learning_curves_by_length"):
+    for figure in (
+        "accuracy_vs_length",
+        "position_accuracy",
+        "attention_maps",
+        "training_curves",
+        "learning_curves_by_length",
+    ):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
         assert (out / "figures" / f"{figure}.svg").is_file()
     config = build_study_config("smoke")
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert len(records) == len(expand_grid(config)) == 8
     record = records[0]
-    for key in ("task_version", "model_config", "train_config", "param_count", "history", "metrics", "versions", "backend", "device", "stop_reason",
-                "converged", "last_stretch", "selected_by", "stop_learning_rate", "seconds", "wall_seconds"):
+    for key in (
+        "task_version",
+        "model_config",
+        "train_config",
+        "param_count",
+        "history",
+        "metrics",
+        "versions",
+        "backend",
+        "device",
+        "stop_reason",
+        "converged",
+        "last_stretch",
+        "selected_by",
+        "stop_learning_rate",
+        "seconds",
+        "wall_seconds",
+    ):
         assert key in record, key
     assert record["versions"]["keras"].startswith("3.")
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == sum(len(p.eval_lengths) for p in config.tasks) * len(config.models) * len(config.seeds)
-    for column in ("task", "model", "attention", "seed", "length", "in_training_range", "n_examples", "seq_acc", "char_acc", "mean_source_tokens", "mean_target_tokens"):
+    for column in (
+        "task",
+        "model",
+        "attention",
+        "seed",
+        "length",
+        "in_training_range",
+        "n_examples",
+        "seq_acc",
+        "char_acc",
+        "mean_source_tokens",
+        "mean_target_tokens",
+    ):
         assert column in metrics.columns, column
     assert set(metrics.loc[metrics.length == 8, "in_training_range"]) == {False}
     report = (out / "report.md").read_text()
@@ -115,7 +148,9 @@ def test_report_of_empty_folder_is_refused(tmp_path):
 
 def test_config_file_settings_and_errors(tmp_path):
     good = tmp_path / "study.toml"
-    good.write_text('profile = "smoke"\nmodels = ["none"]\n[train]\nmax_examples = 1024\n[tasks.reverse]\ntrain_lengths = "2..3"\neval_lengths = [3, 6]\n')
+    good.write_text(
+        'profile = "smoke"\nmodels = ["none"]\n[train]\nmax_examples = 1024\n[tasks.reverse]\ntrain_lengths = "2..3"\neval_lengths = [3, 6]\n'
+    )
     import tomllib
 
     config = build_study_config("smoke", tomllib.loads(good.read_text()))
@@ -140,7 +175,9 @@ def test_tasks_flag_selects_tasks_rather_than_adding_to_the_profiles(tmp_path):
         (["--profile", "smoke", "--config", str(toml), "--tasks", "copy,reverse"], ["copy", "reverse"]),
         (["--profile", "smoke", "--config", str(toml)], ["reverse"]),  # a config file's tasks select too
     ):
-        [(config, _)], _ = run_study.prepare(run_study.build_parser().parse_args(["run", *argv, "--out", str(tmp_path / "o")]))
+        [(config, _)], _ = run_study.prepare(
+            run_study.build_parser().parse_args(["run", *argv, "--out", str(tmp_path / "o")])
+        )
         assert [t.name for t in config.tasks] == expected, argv
 
 
@@ -150,21 +187,36 @@ def test_a_config_file_with_variants_runs_one_study_per_variant_in_its_own_folde
     import run_study
 
     toml = tmp_path / "study.toml"
-    toml.write_text('profile = "smoke"\nmodels = ["none"]\n[train]\nlearning_rate = 0.01\n'
-                    '[variants.slow]\ntrain = { learning_rate = 0.001 }\ntasks = { copy = {} }\n'
-                    '[variants.cho]\nmodels = ["none_context"]\ntasks = { date_format = { train_lengths = [1], eval_lengths = [1, 2] } }\n')
+    toml.write_text(
+        'profile = "smoke"\nmodels = ["none"]\n[train]\nlearning_rate = 0.01\n'
+        "[variants.slow]\ntrain = { learning_rate = 0.001 }\ntasks = { copy = {} }\n"
+        '[variants.cho]\nmodels = ["none_context"]\ntasks = { date_format = { train_lengths = [1], eval_lengths = [1, 2] } }\n'
+    )
     out = tmp_path / "o"
-    studies, folder = run_study.prepare(run_study.build_parser().parse_args(["run", "--config", str(toml), "--out", str(out)]))
+    studies, folder = run_study.prepare(
+        run_study.build_parser().parse_args(["run", "--config", str(toml), "--out", str(out)])
+    )
     assert folder == out and [f for _, f in studies] == [out / "slow", out / "cho"]
     (slow, _), (cho, _) = studies
-    assert (slow.variant, slow.models, slow.train.learning_rate, [t.name for t in slow.tasks]) == ("slow", ("none",), 0.001, ["copy"])
+    assert (slow.variant, slow.models, slow.train.learning_rate, [t.name for t in slow.tasks]) == (
+        "slow",
+        ("none",),
+        0.001,
+        ["copy"],
+    )
     assert slow.tasks[0].train_lengths == build_study_config("smoke").tasks[0].train_lengths
     assert (cho.variant, cho.models, cho.train.learning_rate) == ("cho", ("none_context",), 0.01)
     assert [(t.name, t.train_lengths, t.eval_lengths) for t in cho.tasks] == [("date_format", (1,), (1, 2))]
-    assert cell_id(_identity(expand_grid(slow)[0], slow)) == cell_id(_identity(expand_grid(slow)[0], dataclasses.replace(slow, variant=None)))
+    assert cell_id(_identity(expand_grid(slow)[0], slow)) == cell_id(
+        _identity(expand_grid(slow)[0], dataclasses.replace(slow, variant=None))
+    )
     toml.write_text('profile = "smoke"\n[variants."a b"]\nseeds = [1]\n')
     result = run_cli("--config", str(toml), "--out", str(out))
-    assert result.returncode == 2 and "variant name 'a b'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        result.returncode == 2
+        and "variant name 'a b'" in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_top_level_help_names_the_run_options():
@@ -173,7 +225,10 @@ def test_top_level_help_names_the_run_options():
     import run_study
 
     text = run_study.build_parser().format_help()
-    assert all(flag in text for flag in ("--profile", "--tasks", "--models", "--out", "--quiet")) and "COMMAND --help" in text
+    assert (
+        all(flag in text for flag in ("--profile", "--tasks", "--models", "--out", "--quiet"))
+        and "COMMAND --help" in text
+    )
 
 
 def test_per_length_regime_makes_one_cell_per_training_length():
@@ -183,7 +238,7 @@ def test_per_length_regime_makes_one_cell_per_training_length():
     assert all(len(c.train_lengths) == 1 for c in cells)
 
 
-BOUNDED_TASK = '''
+BOUNDED_TASK = """
 from study.tasks import Task, register_task
 
 @register_task
@@ -200,15 +255,23 @@ class Short(Task):
         self.check_length(length)
         s = ["".join("ab"[i] for i in row) for row in rng.integers(0, 2, size=(n, length))]
         return s, s
-'''
+"""
 
 
 @pytest.mark.parametrize(
     "plugin,extra,message",
     [
         ("def broken(:\n", [], "failed to import: SyntaxError"),
-        ("from study.tasks import Task, register_task\n@register_task\nclass T(Task):\n    name = 'nameless'\n    version = '1'\n", [], "task 'nameless' violates the task contract: it does not implement input_alphabet, output_alphabet, sample"),
-        (BOUNDED_TASK, ["--tasks", "short_only", "--train-lengths", "5..20", "--lengths", "5"], "length 11 is outside the supported range 1..10"),
+        (
+            "from study.tasks import Task, register_task\n@register_task\nclass T(Task):\n    name = 'nameless'\n    version = '1'\n",
+            [],
+            "task 'nameless' violates the task contract: it does not implement input_alphabet, output_alphabet, sample",
+        ),
+        (
+            BOUNDED_TASK,
+            ["--tasks", "short_only", "--train-lengths", "5..20", "--lengths", "5"],
+            "length 11 is outside the supported range 1..10",
+        ),
     ],
     ids=["import-error", "contract", "length-range"],
 )
@@ -225,9 +288,12 @@ def test_bad_task_plugins_are_one_line_exit_2(tmp_path, plugin, extra, message):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ('seeds = ["a", 1]\n', "seeds must be integers from 0 to 4294967295 (the range of keras.utils.set_random_seed and numpy), got 'a'"),
-        ('seeds = [4294967296]\n', "seeds must be integers from 0 to 4294967295"),
-        ('[train]\nlearning_rate = inf\n', "train.learning_rate must be a positive, finite number, got inf"),
+        (
+            'seeds = ["a", 1]\n',
+            "seeds must be integers from 0 to 4294967295 (the range of keras.utils.set_random_seed and numpy), got 'a'",
+        ),
+        ("seeds = [4294967296]\n", "seeds must be integers from 0 to 4294967295"),
+        ("[train]\nlearning_rate = inf\n", "train.learning_rate must be a positive, finite number, got inf"),
         ("epochs = 3\n", "unknown setting 'epochs'"),
         ('modles = ["dot"]\n', "unknown setting 'modles'; did you mean 'models'? (allowed: backend, "),
         ("[tasks.sort]\ntrain_lengths = [4]\n", "tasks.sort.eval_lengths is missing"),
@@ -276,8 +342,21 @@ R = dataclasses.replace
         (lambda c: R(c, train=R(c.train, loss_normalisation="sequence")), {}),
         (lambda c: R(c, train=R(c.train, end_token=False)), {}),
     ],
-    ids=["seed", "model", "train_lengths", "regime", "n_test", "backend", "units", "cell", "learning_rate", "n_validation", "pad_multiple", "loss_normalisation",
-         "end_token"],
+    ids=[
+        "seed",
+        "model",
+        "train_lengths",
+        "regime",
+        "n_test",
+        "backend",
+        "units",
+        "cell",
+        "learning_rate",
+        "n_validation",
+        "pad_multiple",
+        "loss_normalisation",
+        "end_token",
+    ],
 )
 def test_a_cell_id_changes_with_every_setting_its_result_depends_on(config_change, cell_change):
     config = build_study_config("smoke")
@@ -289,7 +368,9 @@ def test_a_setting_added_later_leaves_the_ids_of_earlier_cells_alone():
     (what those cells did) they are not part of the identity, so their ids and resumes still hold."""
     config = build_study_config("smoke")
     identity = _identity(expand_grid(config)[0], config)
-    assert {"loss_normalisation", "end_token"}.isdisjoint(identity["train_config"]) and "learning_rate" in identity["train_config"]
+    assert {"loss_normalisation", "end_token"}.isdisjoint(identity["train_config"]) and "learning_rate" in identity[
+        "train_config"
+    ]
 
 
 def test_a_cell_id_changes_with_its_task_plan_and_version_only():
@@ -302,9 +383,17 @@ def test_a_cell_id_changes_with_its_task_plan_and_version_only():
         version = task.version + 1
 
     assert cell_id(_identity(cell, config, NextVersion())) != base
-    for plan in (R(cell.task, eval_lengths=(*cell.task.eval_lengths, 99)), R(cell.task, options=(("alphabet", "xyz"),))):
+    for plan in (
+        R(cell.task, eval_lengths=(*cell.task.eval_lengths, 99)),
+        R(cell.task, options=(("alphabet", "xyz"),)),
+    ):
         assert cell_id(_identity(R(cell, task=plan), config)) != base
-    for same in (R(config, jobs=7), R(config, cell_cpus=3), R(config, models=config.models[::-1]), R(config, seeds=(9, *config.seeds))):
+    for same in (
+        R(config, jobs=7),
+        R(config, cell_cpus=3),
+        R(config, models=config.models[::-1]),
+        R(config, seeds=(9, *config.seeds)),
+    ):
         assert cell_id(_identity(cell, same)) == base  # how a study is run, not what a cell is
     # the default options written out are the same task, so the same cell
     default = R(cell.task, options=(("alphabet", task.options["alphabet"]),))
@@ -316,7 +405,9 @@ def test_output_piped_into_a_log_has_lines_and_no_bar_frames(tmp_path):
     """A cell trained in the study's own process (--jobs 1) with output piped, as into a log
     file: the header and the cell's line, no progress-bar frames (carriage returns)."""
     out = tmp_path / "out"
-    result = run_cli("--profile", "smoke", "--tasks", "copy", "--models", "dot", "--seeds", "0", "--jobs", "1", "--out", str(out))
+    result = run_cli(
+        "--profile", "smoke", "--tasks", "copy", "--models", "dot", "--seeds", "0", "--jobs", "1", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 cell (1 task x 1 model x 1 seed)" in result.stdout and "copy/dot/seed 0: exact-match" in result.stdout
     assert "\r" not in result.stdout + result.stderr

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import study.tasks as tasks
 from study.tasks import TaskContractError, UnknownNameError, check_task, get_task, register_task
 from study.tasks.base import Task
-from study.tasks.date_format import FORMATS, LAST_DATE, FIRST_DATE, SEPARATOR
+from study.tasks.date_format import FIRST_DATE, FORMATS, LAST_DATE, SEPARATOR
 
 ALL_TASKS = tasks.available_tasks()
 
@@ -35,7 +35,9 @@ def test_contract(name):
         assert task.sample(np.random.default_rng(8), 5, length) != (sources, targets)
 
 
-@pytest.mark.parametrize("name", ["copy", "reverse", "sort"])  # built-in tasks: the contract does not fix a target's length
+@pytest.mark.parametrize(
+    "name", ["copy", "reverse", "sort"]
+)  # built-in tasks: the contract does not fix a target's length
 def test_built_in_symbol_tasks_write_targets_as_long_as_sources(name):
     sources, targets = get_task(name).sample(np.random.default_rng(0), 10, 13)
     assert all(len(s) == 13 for s in sources) and all(len(t) == 13 for t in targets)
@@ -148,7 +150,9 @@ class _Nondeterministic(_Broken):
 
 
 def test_contract_violations_name_task_and_rule():
-    with pytest.raises(TaskContractError, match=r"task 'broken_for_test'.*target 'z+' has characters outside its alphabet"):
+    with pytest.raises(
+        TaskContractError, match=r"task 'broken_for_test'.*target 'z+' has characters outside its alphabet"
+    ):
         check_task(_Broken())
     np.random.seed(0)
     with pytest.raises(TaskContractError, match=r"task 'nondeterministic_for_test'.*not deterministic"):
@@ -221,9 +225,13 @@ class _Tupled(_Unrecorded):
 
 
 def test_options_that_miss_identity_break_the_contract():
-    with pytest.raises(TaskContractError, match=r"task 'unrecorded_for_test'.*record every constructor argument.*missing: letters"):
+    with pytest.raises(
+        TaskContractError, match=r"task 'unrecorded_for_test'.*record every constructor argument.*missing: letters"
+    ):
         check_task(_Unrecorded())
-    with pytest.raises(TaskContractError, match=r"task 'unrebuildable_for_test'.*cannot be built again from its own options"):
+    with pytest.raises(
+        TaskContractError, match=r"task 'unrebuildable_for_test'.*cannot be built again from its own options"
+    ):
         check_task(_Unrebuildable())
     with pytest.raises(TaskContractError, match=r"task 'drifting_for_test'.*options are not normalised"):
         check_task(_Drifting())
@@ -231,13 +239,22 @@ def test_options_that_miss_identity_break_the_contract():
         check_task(_Tupled())
 
 
-@pytest.mark.parametrize("locale,message", [
-    ("sr_RS@latin", r"locale 'sr_RS@latin': the modifier '@latin' is not honoured \(dates would be written as 'sr_Cyrl_RS'\); for the latin script write 'sr_Latn_RS'"),
-    ("th_TH@calendar=buddhist", r"the modifier '@calendar=buddhist' is not honoured \(dates would be written as 'th_TH'\)"),
-    ("de_DE_PREEURO", r"CLDR has no variant 'PREEURO' for it \(dates would be written as 'de_DE'\)"),
-    ("en_Cyrl", r"CLDR has no script 'Cyrl' for it"),
-    ("en_US.UTF-8", r"an encoding is not part of a CLDR locale; write 'en_US'"),
-])
+@pytest.mark.parametrize(
+    "locale,message",
+    [
+        (
+            "sr_RS@latin",
+            r"locale 'sr_RS@latin': the modifier '@latin' is not honoured \(dates would be written as 'sr_Cyrl_RS'\); for the latin script write 'sr_Latn_RS'",
+        ),
+        (
+            "th_TH@calendar=buddhist",
+            r"the modifier '@calendar=buddhist' is not honoured \(dates would be written as 'th_TH'\)",
+        ),
+        ("de_DE_PREEURO", r"CLDR has no variant 'PREEURO' for it \(dates would be written as 'de_DE'\)"),
+        ("en_Cyrl", r"CLDR has no script 'Cyrl' for it"),
+        ("en_US.UTF-8", r"an encoding is not part of a CLDR locale; write 'en_US'"),
+    ],
+)
 def test_a_locale_whose_meaning_would_change_is_refused_naming_what_would_be_used(locale, message):
     from study.tasks import TaskOptionError
 
@@ -256,8 +273,11 @@ def test_a_task_missing_a_contract_attribute_gets_the_contracts_error(tmp_path):
     plugin.write_text(
         "from study.tasks import Task, register_task\n\n@register_task\nclass NoVer(Task):\n    name = 'nover'\n"
         "    description = 'no version'\n    length_unit = 'symbols'\n    input_alphabet = output_alphabet = 'ab'\n\n"
-        "    def sample(self, rng, n, length):\n        return ['a' * length] * n, ['a' * length] * n\n")
-    with pytest.raises(TaskContractError, match=r"task 'nover' violates the task contract: version must be of type int, got None"):
+        "    def sample(self, rng, n, length):\n        return ['a' * length] * n, ['a' * length] * n\n"
+    )
+    with pytest.raises(
+        TaskContractError, match=r"task 'nover' violates the task contract: version must be of type int, got None"
+    ):
         load_task_module(plugin)
 
 

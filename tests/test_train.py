@@ -16,7 +16,6 @@ from study.train import BUCKET_POOL, EncodedSet, bucketed_batches, compile_model
 from study.vocab import Vocabulary
 
 
-
 def test_bucketed_batches_cover_every_example_once_with_similar_lengths():
     rng = np.random.default_rng(0)
     sizes = rng.integers(1, 100, size=5000)
@@ -58,7 +57,9 @@ def test_every_target_character_weighs_the_same_in_every_batch(copy_data):
 
     order = np.argsort(splits.train.lengths, kind="stable")
     short, long, partial = order[:32], order[-32:], order[100:105]
-    assert loss(np.concatenate([short, long, partial])) == pytest.approx(loss(short) + loss(long) + loss(partial), rel=1e-5)
+    assert loss(np.concatenate([short, long, partial])) == pytest.approx(
+        loss(short) + loss(long) + loss(partial), rel=1e-5
+    )
 
 
 def _train(copy_data, cfg, sabotage_from_epoch=None, backup_dir=None):
@@ -77,7 +78,18 @@ def _train(copy_data, cfg, sabotage_from_epoch=None, backup_dir=None):
             model.set_weights([np.zeros_like(w) for w in model.get_weights()])
             model.optimizer.learning_rate.assign(0.0)
 
-    result = train_model(model, splits.train, splits.validation, sv, tv, cfg, seed=0, progress=False, between_batches=between_batches, backup_dir=backup_dir)
+    result = train_model(
+        model,
+        splits.train,
+        splits.validation,
+        sv,
+        tv,
+        cfg,
+        seed=0,
+        progress=False,
+        between_batches=between_batches,
+        backup_dir=backup_dir,
+    )
     return model, result
 
 
@@ -87,10 +99,22 @@ def test_a_backup_restores_the_whole_training_state(copy_data, tmp_path):
     the first run did: history, best epoch (early-stopping state) and the best weights."""
     cfg = TrainConfig(n_train=256, max_examples=512, batch_size=32, learning_rate=1e-2, patience_examples=1280)
     model, first = _train(copy_data, cfg, backup_dir=tmp_path)
-    assert first.best_epoch == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["best-loss-2.npz", "best-selection-2.npz", "epoch-2.weights.h5", "state.json"]
+    assert first.best_epoch == 2 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-loss-2.npz",
+        "best-selection-2.npz",
+        "epoch-2.weights.h5",
+        "state.json",
+    ]
     again_model, again = _train(copy_data, cfg, backup_dir=tmp_path)
-    assert (again.history, again.best_epoch, again.stop_reason, again.examples_seen) == (first.history, first.best_epoch, first.stop_reason, first.examples_seen)
-    assert again.seconds == first.seconds and again.times["train_steps"] == first.times["train_steps"]  # times add up across a resume
+    assert (again.history, again.best_epoch, again.stop_reason, again.examples_seen) == (
+        first.history,
+        first.best_epoch,
+        first.stop_reason,
+        first.examples_seen,
+    )
+    assert (
+        again.seconds == first.seconds and again.times["train_steps"] == first.times["train_steps"]
+    )  # times add up across a resume
     assert all((a == b).all() for a, b in zip(model.get_weights(), again_model.get_weights()))
 
 
@@ -123,7 +147,10 @@ def test_a_model_that_stops_learning_stops_as_converged(copy_data):
     assert result.best_epoch == 1
     assert result.stop_reason == "converged" and result.converged and len(result.history) == 1 + 2
     assert result.examples_seen == 3 * 256
-    assert result.last_stretch["val_loss"] <= cfg.loss_tolerance and result.last_stretch["val_seq_acc_by_length"] <= cfg.accuracy_tolerance
+    assert (
+        result.last_stretch["val_loss"] <= cfg.loss_tolerance
+        and result.last_stretch["val_seq_acc_by_length"] <= cfg.accuracy_tolerance
+    )
 
 
 @pytest.mark.slow
@@ -140,7 +167,9 @@ def test_a_model_still_learning_at_the_budget_is_flagged_not_converged(copy_data
 
 @pytest.mark.slow
 def test_reaching_the_target_accuracy_stops_training(copy_data):
-    cfg = TrainConfig(n_train=256, max_examples=2560, batch_size=32, learning_rate=1e-2, patience_examples=2560, target_accuracy=0.05)
+    cfg = TrainConfig(
+        n_train=256, max_examples=2560, batch_size=32, learning_rate=1e-2, patience_examples=2560, target_accuracy=0.05
+    )
     _, result = _train(copy_data, cfg)
     accuracies = [row["val_seq_acc"] for row in result.history]
     assert result.stop_reason == "target_reached" and result.converged, accuracies
@@ -177,19 +206,30 @@ def test_the_learning_rate_warms_up_then_halves_only_on_a_plateau_of_the_validat
     from study.config import ConfigError
 
     assert TrainConfig(n_train=1000, lr_patience_examples=1500).lr_patience == 2
-    for bad, message in ((dict(schedule="cosine"), "train.schedule must be one of constant, plateau"),
-                         (dict(warmup_examples=10**9), "below the budget"),
-                         (dict(schedule="plateau", min_learning_rate=1.0), "must not exceed train.learning_rate"),
-                         (dict(lr_factor=1.5), "lr_factor must be a number in"),
-                         (dict(loss_tolerance=-1), "loss_tolerance must be a number in")):
+    for bad, message in (
+        (dict(schedule="cosine"), "train.schedule must be one of constant, plateau"),
+        (dict(warmup_examples=10**9), "below the budget"),
+        (dict(schedule="plateau", min_learning_rate=1.0), "must not exceed train.learning_rate"),
+        (dict(lr_factor=1.5), "lr_factor must be a number in"),
+        (dict(loss_tolerance=-1), "loss_tolerance must be a number in"),
+    ):
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**bad)
 
 
 @pytest.mark.slow
 def test_the_plateau_schedule_halves_the_rate_only_when_the_validation_loss_stalls(copy_data):
-    plateau = dict(n_train=256, max_examples=1024, batch_size=32, patience_examples=1024, schedule="plateau", lr_patience_examples=256)
-    _, stalled = _train(copy_data, TrainConfig(learning_rate=1e-7, min_learning_rate=1e-8, **plateau))  # too small a step to move the loss
+    plateau = dict(
+        n_train=256,
+        max_examples=1024,
+        batch_size=32,
+        patience_examples=1024,
+        schedule="plateau",
+        lr_patience_examples=256,
+    )
+    _, stalled = _train(
+        copy_data, TrainConfig(learning_rate=1e-7, min_learning_rate=1e-8, **plateau)
+    )  # too small a step to move the loss
     assert [row["learning_rate"] for row in stalled.history] == pytest.approx([1e-7, 1e-7, 5e-8, 2.5e-8])
     _, learning = _train(copy_data, TrainConfig(learning_rate=1e-2, **plateau))
     losses = [row["val_loss"] for row in learning.history]
@@ -204,9 +244,10 @@ def test_patience_and_budget_are_counted_in_examples_rounded_up_to_epochs():
     assert (cfg.max_epochs, cfg.patience) == (3, 2)
     from study.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.n_train \(4000\) must be a multiple of train.epoch_examples \(3000\)"):
+    with pytest.raises(
+        ConfigError, match=r"train.n_train \(4000\) must be a multiple of train.epoch_examples \(3000\)"
+    ):
         TrainConfig(n_train=4000, epoch_examples=3000)
-
 
 
 def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_example():
@@ -241,7 +282,9 @@ def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_exa
         callback.on_train_begin()
         for epoch, (loss, acc) in enumerate(zip(losses, accuracies)):
             model.epoch = epoch + 1
-            validation.history.append({"val_loss": loss, "val_seq_acc": acc, "val_seq_acc_by_length": {"4": acc, "8": 0.0}})
+            validation.history.append(
+                {"val_loss": loss, "val_seq_acc": acc, "val_seq_acc_by_length": {"4": acc, "8": 0.0}}
+            )
             callback.on_epoch_end(epoch, {"val_loss": loss, "val_selection": acc})
             if model.stop_training:
                 break
@@ -257,7 +300,9 @@ def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_exa
     assert callback.selected_by == "exact match" and model.kept == 4
     callback, model = run([0.9, 0.5, 0.498, 0.497, 0.499, 0.3], [0.0, 1 / 64, 0.0, 1 / 64, 0.0, 0.0])
     assert callback.stopped and model.epoch == 4  # 0.003 nats over two epochs and one example: converged
-    assert last_stretch([{"val_loss": v, "val_seq_acc_by_length": {"4": 0.0}} for v in (0.9, 0.5, 0.498, 0.497)], 2)["val_loss"] == pytest.approx(0.003)
+    assert last_stretch([{"val_loss": v, "val_seq_acc_by_length": {"4": 0.0}} for v in (0.9, 0.5, 0.498, 0.497)], 2)[
+        "val_loss"
+    ] == pytest.approx(0.003)
     assert last_stretch([{"val_loss": 0.5, "val_seq_acc_by_length": {"4": 0.0}}], 2) is None
     result = lambda reason: TrainResult([], reason, 0, 0, 0.0, 0.0)  # noqa: E731
     assert result("converged").converged and result("target_reached").converged
@@ -301,8 +346,10 @@ def test_jax_keeps_compiled_programs_between_runs(tmp_path):
     import sys
 
     pytest.importorskip("jax")
-    code = ("from study.backend import enable_jax_compilation_cache; enable_jax_compilation_cache()\n"
-            "import jax, jax.numpy as jnp; jax.jit(lambda x: x * 3 - 1)(jnp.arange(5.0)).block_until_ready()")
+    code = (
+        "from study.backend import enable_jax_compilation_cache; enable_jax_compilation_cache()\n"
+        "import jax, jax.numpy as jnp; jax.jit(lambda x: x * 3 - 1)(jnp.arange(5.0)).block_until_ready()"
+    )
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "KERAS_BACKEND": "jax"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

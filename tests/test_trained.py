@@ -16,7 +16,11 @@ pytestmark = pytest.mark.slow  # reads the smoke study
 
 
 def _record(out, task="copy", model="dot", seed=0):
-    return next(r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json")) if (r["task"], r["model"], r["seed"]) == (task, model, seed))
+    return next(
+        r
+        for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))
+        if (r["task"], r["model"], r["seed"]) == (task, model, seed)
+    )
 
 
 def test_every_finished_cell_saves_its_model_and_drops_its_backup(smoke_run):
@@ -42,14 +46,33 @@ def test_a_saved_model_reloads_in_a_fresh_process_and_decodes_the_same(smoke_run
         print(predictions[0] == example["prediction"], repr(predictions[0]))
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={"PATH": "", "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "", "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
+    )
     assert result.returncode == 0 and result.stdout.startswith("True"), result.stderr[-2000:]
 
 
 def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_path):
     out, _ = smoke_run
     png = tmp_path / "map.png"
-    result = run_cli("predict", str(out), "--task", "copy", "--model", "dot", "--seed", "1", "abcd", "badc", "--attention-map", str(png))
+    result = run_cli(
+        "predict",
+        str(out),
+        "--task",
+        "copy",
+        "--model",
+        "dot",
+        "--seed",
+        "1",
+        "abcd",
+        "badc",
+        "--attention-map",
+        str(png),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("copy/dot, cell copy-dot-s1-")
@@ -59,7 +82,9 @@ def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_pa
     assert min(matplotlib.image.imread(png).shape[:2]) >= 500  # readable for a four-character input
     from study.backend import START_UP_NOTICES
 
-    assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr  # as quiet as the study
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], (
+        result.stderr
+    )  # as quiet as the study
 
 
 @pytest.mark.parametrize(
@@ -101,7 +126,9 @@ def test_rescore_reproduces_the_metrics_when_nothing_changed(smoke_run, tmp_path
     foreign["task_data"] = {**foreign["task_data"], "cldr": "1"}
     (copy / "cells" / f"{foreign['id']}.json").write_text(json.dumps(foreign))
     result = run_cli("rescore", str(copy))
-    assert result.returncode == 0 and "rescored 7 cells (1 without a saved model or a task" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0 and "rescored 7 cells (1 without a saved model or a task" in result.stdout, (
+        result.stderr[-2000:]
+    )
     assert f"cell {foreign['id']} was made with task data" in result.stderr
     after = pd.read_csv(copy / "metrics.csv")[columns].sort_values(["cell_id", "length"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(after, before)
@@ -143,4 +170,6 @@ def test_predict_picks_a_record_this_machine_can_rebuild_and_refuses_one_it_cann
     assert result.returncode == 0 and f"cell {own['id']}" in result.stdout, result.stderr[-2000:]
     (out / "cells" / f"{own['id']}.json").unlink()
     result = run_cli("predict", str(out), "--task", "date_format", "--model", "dot", "--seed", "0", "3/17/2021")
-    assert result.returncode == 2 and "made with task data" in result.stderr and "this machine has" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2 and "made with task data" in result.stderr and "this machine has" in result.stderr, (
+        result.stderr[-2000:]
+    )

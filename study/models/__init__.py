@@ -2,7 +2,8 @@
 
     >>> from study.models import available_models, build_model
     >>> available_models()
-    ['additive', 'additive_bidirectional', 'additive_lstm', 'additive_recurrent', 'dot', 'dot_recurrent', 'general', 'general_recurrent', 'none', 'none_bidirectional', 'none_context', 'none_lstm', 'transformer']
+    ['additive', 'additive_bidirectional', 'additive_lstm', 'additive_recurrent', 'dot', 'dot_recurrent', 'general',
+     'general_recurrent', 'none', 'none_bidirectional', 'none_context', 'none_lstm', 'transformer']
     >>> model = build_model("additive", source_vocab_size=19, target_vocab_size=19, config=ModelConfig())
 
 Every RNN name maps to the one builder with a different `attention` argument, so the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Any
-
 
 from study.config import ModelConfig
 from study.registry import Registry, UnknownNameError
@@ -52,18 +52,53 @@ MODELS: Registry[ModelSpec] = Registry("model")
 
 for _spec in (
     ModelSpec("none", "none", "RNN encoder-decoder; the encoder's final state is the decoder's only view of the input"),
-    ModelSpec("none_context", "none", "Cho et al. (2014): no attention; the encoder's final state is fed to every decoder step and the read-out", "every_step"),
+    ModelSpec(
+        "none_context",
+        "none",
+        "Cho et al. (2014): no attention; the encoder's final state is fed to every decoder step and the read-out",
+        "every_step",
+    ),
     ModelSpec("additive", "additive", "Bahdanau scoring v^T tanh(W1 h + W2 s), attention after the decoder RNN"),
     ModelSpec("dot", "dot", "Luong dot scoring s^T h, attention after the decoder RNN"),
     ModelSpec("general", "general", "Luong general scoring s^T W h, attention after the decoder RNN"),
-    ModelSpec("additive_recurrent", "additive", "Bahdanau's model: additive scoring from the previous state, context fed into the decoder cell", "recurrent"),
-    ModelSpec("dot_recurrent", "dot", "dot scoring from the previous state, context fed into the decoder cell", "recurrent"),
-    ModelSpec("general_recurrent", "general", "general scoring from the previous state, context fed into the decoder cell", "recurrent"),
-    ModelSpec("transformer", "scaled_dot", "encoder-decoder Transformer, 2+2 layers, 4 heads, width units/2, sinusoidal positions", "n/a", "transformer"),
+    ModelSpec(
+        "additive_recurrent",
+        "additive",
+        "Bahdanau's model: additive scoring from the previous state, context fed into the decoder cell",
+        "recurrent",
+    ),
+    ModelSpec(
+        "dot_recurrent", "dot", "dot scoring from the previous state, context fed into the decoder cell", "recurrent"
+    ),
+    ModelSpec(
+        "general_recurrent",
+        "general",
+        "general scoring from the previous state, context fed into the decoder cell",
+        "recurrent",
+    ),
+    ModelSpec(
+        "transformer",
+        "scaled_dot",
+        "encoder-decoder Transformer, 2+2 layers, 4 heads, width units/2, sinusoidal positions",
+        "n/a",
+        "transformer",
+    ),
     ModelSpec("none_lstm", "none", "`none` with LSTM cells in encoder and decoder", variant=(("cell", "lstm"),)),
-    ModelSpec("additive_lstm", "additive", "`additive` with LSTM cells in encoder and decoder", variant=(("cell", "lstm"),)),
-    ModelSpec("none_bidirectional", "none", "`none` with a bidirectional encoder (final states bridged to the decoder)", variant=(("bidirectional", True),)),
-    ModelSpec("additive_bidirectional", "additive", "`additive` with a bidirectional encoder (memory projected to `units`)", variant=(("bidirectional", True),)),
+    ModelSpec(
+        "additive_lstm", "additive", "`additive` with LSTM cells in encoder and decoder", variant=(("cell", "lstm"),)
+    ),
+    ModelSpec(
+        "none_bidirectional",
+        "none",
+        "`none` with a bidirectional encoder (final states bridged to the decoder)",
+        variant=(("bidirectional", True),),
+    ),
+    ModelSpec(
+        "additive_bidirectional",
+        "additive",
+        "`additive` with a bidirectional encoder (memory projected to `units`)",
+        variant=(("bidirectional", True),),
+    ),
 ):
     MODELS.register(_spec.name)(_spec)
 
@@ -86,7 +121,14 @@ def effective_model_config(name: str, config: ModelConfig) -> ModelConfig:
 def _build_rnn(spec: ModelSpec, source_vocab_size: int, target_vocab_size: int, config: ModelConfig):
     from study.models.seq2seq import Seq2Seq
 
-    return Seq2Seq(source_vocab_size, target_vocab_size, attention=spec.attention, placement=spec.placement, **dataclasses.asdict(config), name=f"seq2seq_{spec.name}")
+    return Seq2Seq(
+        source_vocab_size,
+        target_vocab_size,
+        attention=spec.attention,
+        placement=spec.placement,
+        **dataclasses.asdict(config),
+        name=f"seq2seq_{spec.name}",
+    )
 
 
 def _build_transformer(spec: ModelSpec, source_vocab_size: int, target_vocab_size: int, config: ModelConfig):
@@ -98,7 +140,13 @@ def _build_transformer(spec: ModelSpec, source_vocab_size: int, target_vocab_siz
 BUILDERS = {"rnn": _build_rnn, "transformer": _build_transformer}
 
 
-def build_model(name: str, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig(), alphabets: dict | None = None) -> "EncoderDecoder":
+def build_model(
+    name: str,
+    source_vocab_size: int,
+    target_vocab_size: int,
+    config: ModelConfig = ModelConfig(),
+    alphabets: dict | None = None,
+) -> "EncoderDecoder":
     """Builds (and creates the weights of) the registered model `name`; `alphabets`
     ({"source": ..., "target": ...}) are saved with it."""
     spec = MODELS.get(name)
@@ -122,4 +170,13 @@ def load_trained(path) -> "EncoderDecoder":
     return keras.saving.load_model(path, compile=False)
 
 
-__all__ = ["MODELS", "ModelSpec", "UnknownNameError", "available_models", "build_model", "effective_model_config", "get_model_spec", "load_trained"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "UnknownNameError",
+    "available_models",
+    "build_model",
+    "effective_model_config",
+    "get_model_spec",
+    "load_trained",
+]

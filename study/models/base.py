@@ -63,7 +63,9 @@ class EncoderDecoder(keras.Model):
         source, decoder_inputs = inputs
         return self.teacher_forced(source, decoder_inputs)[0]
 
-    def greedy_decode(self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0):
+    def greedy_decode(
+        self, source, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0
+    ):
         """Feeds the model its own argmax for up to `max_steps` steps, in one compiled loop
         that ends early once every row has emitted END.
 
@@ -121,10 +123,14 @@ class EncoderDecoder(keras.Model):
         def running(i, carry):  # stops early once every row has emitted END
             return ops.logical_and(i < max_steps, ops.logical_not(ops.all(carry["finished"])))
 
-        _, carry = ops.while_loop(running, lambda i, carry: (i + 1, step(i, carry)), (ops.convert_to_tensor(0, dtype="int32"), carry))
+        _, carry = ops.while_loop(
+            running, lambda i, carry: (i + 1, step(i, carry)), (ops.convert_to_tensor(0, dtype="int32"), carry)
+        )
         return {k: carry[k] for k in ("tokens", "logits", "attention") if k in carry}
 
-    def greedy_decoder(self, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0) -> "GreedyDecoder":
+    def greedy_decoder(
+        self, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0
+    ) -> "GreedyDecoder":
         """The compiled decoder for `max_steps` steps, built on first use and then reused;
         `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s dict as numpy."""
         key = (max_steps, with_logits, with_attention, min_steps)
@@ -137,7 +143,14 @@ class GreedyDecoder(keras.Model):
     """A thin model whose `predict` compiles `greedy_decode` (one graph/XLA program per batch
     shape) and runs it batch by batch; it owns no weights of its own."""
 
-    def __init__(self, model: EncoderDecoder, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0) -> None:
+    def __init__(
+        self,
+        model: EncoderDecoder,
+        max_steps: int,
+        with_logits: bool = False,
+        with_attention: bool = False,
+        min_steps: int = 0,
+    ) -> None:
         super().__init__()
         self.encoder_decoder = model
         self.max_steps = max_steps
@@ -151,4 +164,6 @@ class GreedyDecoder(keras.Model):
         self.built = True
 
     def call(self, source):
-        return self.encoder_decoder.greedy_decode(source, self.max_steps, self.with_logits, self.with_attention, self.min_steps)
+        return self.encoder_decoder.greedy_decode(
+            source, self.max_steps, self.with_logits, self.with_attention, self.min_steps
+        )

@@ -96,7 +96,9 @@ class Seq2Seq(EncoderDecoder):
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         if placement == "every_step" and attention != "none":
-            raise ValueError(f"placement 'every_step' feeds the encoder's final state to every step, a model without attention; got attention {attention!r}")
+            raise ValueError(
+                f"placement 'every_step' feeds the encoder's final state to every step, a model without attention; got attention {attention!r}"
+            )
         self.context_fed = placement == "every_step"
         self.recurrent_attention = placement == "recurrent" and attention != "none"
         self.units = units
@@ -106,14 +108,22 @@ class Seq2Seq(EncoderDecoder):
         encoder = rnn(units, return_sequences=True, return_state=True, name="encoder")
         self.encoder = keras.layers.Bidirectional(encoder, name="bi_encoder") if bidirectional else encoder
         n_states = 2 if cell == "lstm" else 1
-        self.bridges = [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}") for i in range(n_states)] if bidirectional else []
-        self.memory_projection = keras.layers.Dense(units, name="memory_projection") if bidirectional and attention != "none" else None
+        self.bridges = (
+            [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}") for i in range(n_states)]
+            if bidirectional
+            else []
+        )
+        self.memory_projection = (
+            keras.layers.Dense(units, name="memory_projection") if bidirectional and attention != "none" else None
+        )
         if self.recurrent_attention:  # stepped by keras.ops.scan: its input depends on each step's attention
             self.decoder_cell = RNN_CELLS[cell](units, name="decoder_cell")
         else:
             self.decoder = rnn(units, return_sequences=True, return_state=True, name="decoder")
             self.decoder_cell = self.decoder.cell
-        self.scorer = None if attention == "none" else SCORERS.get(attention)(units, attention_size, name=f"{attention}_scorer")
+        self.scorer = (
+            None if attention == "none" else SCORERS.get(attention)(units, attention_size, name=f"{attention}_scorer")
+        )
         self.combine = keras.layers.Dense(units, activation="tanh", name="combine")
         self.output_layer = keras.layers.Dense(target_vocab_size, name="output")
 
@@ -131,7 +141,10 @@ class Seq2Seq(EncoderDecoder):
         memory, states = outputs[0], list(outputs[1:])
         if self.bridges:
             half = len(states) // 2  # [forward states..., backward states...]
-            states = [bridge(ops.concatenate([f, b], axis=-1)) for bridge, f, b in zip(self.bridges, states[:half], states[half:])]
+            states = [
+                bridge(ops.concatenate([f, b], axis=-1))
+                for bridge, f, b in zip(self.bridges, states[:half], states[half:])
+            ]
         if self.memory_projection is not None:
             memory = self.memory_projection(memory)
         keys = self.scorer.keys(memory) if self.scorer is not None else None

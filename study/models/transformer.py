@@ -54,7 +54,9 @@ class _Block(keras.layers.Layer):
     def __init__(self, dim: int, heads: int, ff: int, cross: bool, **kwargs) -> None:
         super().__init__(**kwargs)
         self.self_attention = keras.layers.MultiHeadAttention(heads, dim // heads, name="self_attention")
-        self.cross_attention = keras.layers.MultiHeadAttention(heads, dim // heads, name="cross_attention") if cross else None
+        self.cross_attention = (
+            keras.layers.MultiHeadAttention(heads, dim // heads, name="cross_attention") if cross else None
+        )
         self.ff_in = keras.layers.Dense(ff, activation="relu", name="ff_in")
         self.ff_out = keras.layers.Dense(dim, name="ff_out")
         self.norms = [keras.layers.LayerNormalization(name=f"norm_{i}") for i in range(3 if cross else 2)]
@@ -94,9 +96,23 @@ class Transformer(EncoderDecoder):
 
     has_attention = True
 
-    def __init__(self, source_vocab_size: int, target_vocab_size: int, units: int = 128, heads: int = 4, layers: int = 2, **kwargs) -> None:
+    def __init__(
+        self,
+        source_vocab_size: int,
+        target_vocab_size: int,
+        units: int = 128,
+        heads: int = 4,
+        layers: int = 2,
+        **kwargs,
+    ) -> None:
         super().__init__(target_vocab_size, **kwargs)
-        self.settings = dict(source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size, units=units, heads=heads, layers=layers)
+        self.settings = dict(
+            source_vocab_size=source_vocab_size,
+            target_vocab_size=target_vocab_size,
+            units=units,
+            heads=heads,
+            layers=layers,
+        )
         self.dim = units // 2
         if self.dim % heads:
             raise ValueError(f"units / 2 = {self.dim} must be divisible by heads = {heads}")
@@ -138,7 +154,9 @@ class Transformer(EncoderDecoder):
         state: per decoder layer the self-attention (keys, values) cache, (batch, max_steps,
         heads, head_dim) each, zero where nothing has been decoded yet."""
         memory, mask = self.encode(source)
-        cross = [(b.cross_attention._key_dense(memory), b.cross_attention._value_dense(memory)) for b in self.decoder_blocks]
+        cross = [
+            (b.cross_attention._key_dense(memory), b.cross_attention._value_dense(memory)) for b in self.decoder_blocks
+        ]
         heads = self.settings["heads"]
         empty = ops.zeros((ops.shape(source)[0], max_steps, heads, self.dim // heads))
         return (cross, mask), [(empty, empty) for _ in self.decoder_blocks]
@@ -160,4 +178,3 @@ class Transformer(EncoderDecoder):
 
     def get_config(self):
         return {**super().get_config(), **self.settings}
-

@@ -27,8 +27,13 @@ from pathlib import Path
 
 from study.fonts import use_fonts
 from study.records import load_records, read_manifest
-from study.report.figures import (plot_accuracy_vs_length, plot_attention_maps, plot_learning_curves_by_length, plot_position_accuracy,
-                                  plot_training_curves)
+from study.report.figures import (
+    plot_accuracy_vs_length,
+    plot_attention_maps,
+    plot_learning_curves_by_length,
+    plot_position_accuracy,
+    plot_training_curves,
+)
 from study.report.markdown import comparisons_markdown, report_markdown, summary_markdown, units_markdown
 from study.report.tables import comparison_frame, difference_frame, metrics_frame, summary_frame, unit_frame
 
@@ -61,6 +66,15 @@ def write_report(out: Path, every: bool = False) -> Path:
         "Training curves": plot_training_curves(records, figures),
         "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }
-    (out / "report.md").write_text(report_markdown(records, metrics, table, images, read_manifest(out) or {}, comparisons_markdown(comparisons),
-                                                    units_markdown(units, records)))
+    (out / "report.md").write_text(
+        report_markdown(
+            records,
+            metrics,
+            table,
+            images,
+            read_manifest(out) or {},
+            comparisons_markdown(comparisons),
+            units_markdown(units, records),
+        )
+    )
     return out / "report.md"

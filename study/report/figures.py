@@ -26,7 +26,9 @@ def _save(fig, figures: Path, name: str) -> list[str]:
 
     matplotlib.rcParams["svg.hashsalt"] = "seq2seq-length-study"  # stable element ids
     for ext in ("png", "svg"):  # no date stamp, so a redraw of the same results gives the same files
-        fig.savefig(figures / f"{name}.{ext}", dpi=130, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
+        fig.savefig(
+            figures / f"{name}.{ext}", dpi=130, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None
+        )
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -90,13 +92,27 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
     tasks = list(dict.fromkeys(summary["task"]))
     models = list(dict.fromkeys(summary["series"]))  # a model, or a model under one of several settings
     series = series_names(records)
-    seeds = pd.DataFrame([{"task": r["task"], "series": series[r["id"]], "length": m["length"], "train_max": max(r["train_lengths"]),
-                           "seq_acc": m["seq_acc"], "oracle_seq_acc": m.get("oracle_seq_acc", math.nan)}
-                          for r in records if r["status"] == "ok" for m in r["metrics"]],
-                         columns=["task", "series", "length", "train_max", "seq_acc", "oracle_seq_acc"])
+    seeds = pd.DataFrame(
+        [
+            {
+                "task": r["task"],
+                "series": series[r["id"]],
+                "length": m["length"],
+                "train_max": max(r["train_lengths"]),
+                "seq_acc": m["seq_acc"],
+                "oracle_seq_acc": m.get("oracle_seq_acc", math.nan),
+            }
+            for r in records
+            if r["status"] == "ok"
+            for m in r["metrics"]
+        ],
+        columns=["task", "series", "length", "train_max", "seq_acc", "oracle_seq_acc"],
+    )
     palette, markers = model_palette(models), model_markers(models)
     units = {r["task"]: r.get("length_unit", "length") for r in records}
-    per_length = {series[r["id"]] for r in records if r.get("regime") == "per_length"}  # series of one model per training length
+    per_length = {
+        series[r["id"]] for r in records if r.get("regime") == "per_length"
+    }  # series of one model per training length
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.6), squeeze=False, sharex="col")
     for j, task in enumerate(tasks):
         data = summary[summary["task"] == task]
@@ -104,16 +120,31 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
         points_here = seeds[seeds["task"] == task]
         # a series of one model per length: each model at its own training length; the others at every length
         data = data[~data["series"].isin(per_length) | (data["length"] == data["train_max"])]
-        points_here = points_here[~points_here["series"].isin(per_length) | (points_here["length"] == points_here["train_max"])]
+        points_here = points_here[
+            ~points_here["series"].isin(per_length) | (points_here["length"] == points_here["train_max"])
+        ]
         lengths = sorted(set(data["length"]))
         dodge = 0.012 * (max(lengths) - min(lengths) or 1)  # error bars side by side, not on top of each other
         offsets = {model: (k - (len(models) - 1) / 2) * dodge for k, model in enumerate(models)}
         reach = max(map(abs, offsets.values()), default=0.0)
-        for i, (column, label) in enumerate((("seq_acc", "exact match (%)"), ("oracle_seq_acc", "oracle-length exact match (%)"))):
+        for i, (column, label) in enumerate(
+            (("seq_acc", "exact match (%)"), ("oracle_seq_acc", "oracle-length exact match (%)"))
+        ):
             ax = axes[i][j]
-            ax.axvspan(lo - 0.5 - reach, hi + 0.5 + reach, color="0.93", zorder=0, gid="trained")  # holds every dodged point
+            ax.axvspan(
+                lo - 0.5 - reach, hi + 0.5 + reach, color="0.93", zorder=0, gid="trained"
+            )  # holds every dodged point
             above = transforms.blended_transform_factory(ax.transData, ax.transAxes)
-            ax.text((lo + hi) / 2, 1.01, "trained lengths", transform=above, ha="center", va="bottom", fontsize=8, color="0.35")
+            ax.text(
+                (lo + hi) / 2,
+                1.01,
+                "trained lengths",
+                transform=above,
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="0.35",
+            )
             for model in models:
                 d = data[data["series"] == model].groupby("length").mean(numeric_only=True).sort_index()
                 mean = d[f"{column}_mean"] if len(d) else pd.Series(dtype=float)
@@ -126,29 +157,62 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                 else:  # the range over seeds
                     spread = points.groupby("length")[column].agg(["min", "max"]).reindex(d.index)
                     bars = [100 * (mean - spread["min"]), 100 * (spread["max"] - mean)]
-                ax.errorbar(x, 100 * mean, yerr=bars, marker=markers[model], markersize=4.5, capsize=2.5, color=palette[model], linestyle="none", label=model)
+                ax.errorbar(
+                    x,
+                    100 * mean,
+                    yerr=bars,
+                    marker=markers[model],
+                    markersize=4.5,
+                    capsize=2.5,
+                    color=palette[model],
+                    linestyle="none",
+                    label=model,
+                )
                 xs, ys, measured = np.asarray(x), 100 * mean.to_numpy(), list(d.index)
                 for a in range(len(xs) - 1):  # solid inside the trained range, dotted where a segment leaves it
                     style = "-" if lo <= measured[a] and measured[a + 1] <= hi else ":"
-                    ax.plot(xs[a:a + 2], ys[a:a + 2], linestyle=style, linewidth=1.2, color=palette[model], gid="inside" if style == "-" else "beyond")
+                    ax.plot(
+                        xs[a : a + 2],
+                        ys[a : a + 2],
+                        linestyle=style,
+                        linewidth=1.2,
+                        color=palette[model],
+                        gid="inside" if style == "-" else "beyond",
+                    )
                 if i == 0:
-                    ax.scatter(points["length"] + offsets[model], 100 * points["seq_acc"], s=14, facecolors="none",
-                               edgecolors=palette[model], linewidths=0.8, zorder=3, gid="seed")  # every seed's own exact match
+                    ax.scatter(
+                        points["length"] + offsets[model],
+                        100 * points["seq_acc"],
+                        s=14,
+                        facecolors="none",
+                        edgecolors=palette[model],
+                        linewidths=0.8,
+                        zorder=3,
+                        gid="seed",
+                    )  # every seed's own exact match
             ax.set(xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 105))
             ax.set_title(task if i == 0 else "", pad=16)  # above the "trained lengths" label
             ax.set_xticks(lengths)  # only what was measured
     handles, labels = [], []
     for ax in axes.flat:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels:
-                handles.append(h)
-                labels.append(l)
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            if name not in labels:
+                handles.append(handle)
+                labels.append(name)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    regime = ("; one model trained per length" if per_length == set(models)
-              else f"; one model per length for {', '.join(sorted(per_length))}" if per_length else "")
-    suptitle(fig, f"Greedy-decoded exact match vs input length: mean and 95% interval over {seeds_and_examples(records)} (circles: each seed){regime};\n"
-                 "below, the oracle-length diagnostic: END held back until the target's length (mean, bars: range over seeds); "
-                 "dotted: beyond the trained lengths")
+    regime = (
+        "; one model trained per length"
+        if per_length == set(models)
+        else f"; one model per length for {', '.join(sorted(per_length))}"
+        if per_length
+        else ""
+    )
+    suptitle(
+        fig,
+        f"Greedy-decoded exact match vs input length: mean and 95% interval over {seeds_and_examples(records)} (circles: each seed){regime};\n"
+        "below, the oracle-length diagnostic: END held back until the target's length (mean, bars: range over seeds); "
+        "dotted: beyond the trained lengths",
+    )
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")
 
@@ -171,11 +235,24 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
         chance.setdefault(r["task"], output_shape(r))
         inside = [m for m in r["metrics"] if m["in_training_range"]] or r["metrics"]
         beyond = [m for m in r["metrics"] if not m["in_training_range"] and m["length"] > max(r["train_lengths"])]
-        for where, m in (("longest trained", max(inside, key=lambda m: m["length"])), ("first beyond", min(beyond, key=lambda m: m["length"]) if beyond else None)):
+        for where, m in (
+            ("longest trained", max(inside, key=lambda m: m["length"])),
+            ("first beyond", min(beyond, key=lambda m: m["length"]) if beyond else None),
+        ):
             if m is None:
                 continue
             for pos, acc in enumerate(m["position_acc"]):
-                rows.append({"task": r["task"], "where": where, "model": series[r["id"]], "seed": r["seed"], "length": m["length"], "position": pos + 1, "accuracy": 100 * acc})
+                rows.append(
+                    {
+                        "task": r["task"],
+                        "where": where,
+                        "model": series[r["id"]],
+                        "seed": r["seed"],
+                        "length": m["length"],
+                        "position": pos + 1,
+                        "accuracy": 100 * acc,
+                    }
+                )
     if not rows:
         return []
     data = pd.DataFrame(rows)
@@ -197,22 +274,40 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
                 mean = by_position.mean()
                 if mean.empty:
                     continue
-                ax.fill_between(mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0)
+                ax.fill_between(
+                    mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0
+                )
                 ax.plot(mean.index, mean.values, marker=markers[model], markersize=3, label=model, color=palette[model])
             guess, width = chance.get(task, (None, None))
             if guess:
                 ax.axhline(100 * guess, color="0.4", linestyle="--", linewidth=0.8, gid="chance")
-                ax.text(1.0, 100 * guess, " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.4")
+                ax.text(
+                    1.0,
+                    100 * guess,
+                    " chance",
+                    transform=ax.get_yaxis_transform(),
+                    va="center",
+                    fontsize=7,
+                    color="0.4",
+                )
             if width and width > 1:  # where each unit of the output (a date) begins
                 for start in range(width, int(d["position"].max()), width):
                     ax.axvline(start + 0.5, color="0.75", linewidth=0.7, linestyle="-", zorder=0, gid="unit boundary")
-            ax.set(title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}", xlabel="output position (characters)",
-                   ylabel="character accuracy (%)", ylim=(-3, 103), xlim=(0.5, d["position"].max() + 0.5))  # positions count from 1
+            ax.set(
+                title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}",
+                xlabel="output position (characters)",
+                ylabel="character accuracy (%)",
+                ylim=(-3, 103),
+                xlim=(0.5, d["position"].max() + 0.5),
+            )  # positions count from 1
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    suptitle(fig, f"Where in the output greedy decoding goes wrong: mean over {seeds_and_examples(records)}; band: range over seeds; "
-                 "dashed: chance (a uniform guess over the output alphabet); grey lines: where each date begins")
+    suptitle(
+        fig,
+        f"Where in the output greedy decoding goes wrong: mean over {seeds_and_examples(records)}; band: range over seeds; "
+        "dashed: chance (a uniform guess over the output alphabet); grey lines: where each date begins",
+    )
     fig.tight_layout()
     return _save(fig, figures, "position_accuracy")
 
@@ -233,7 +328,13 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
         return []
     tasks = list(dict.fromkeys(t for t, _ in chosen))
     models = list(dict.fromkeys(m for _, m in chosen))
-    fig, axes = plt.subplots(len(tasks), len(models), figsize=(4.2 * len(models) + 1.0, 4.4 * len(tasks)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(tasks),
+        len(models),
+        figsize=(4.2 * len(models) + 1.0, 4.4 * len(tasks)),
+        squeeze=False,
+        layout="constrained",
+    )
     image = None
     shown_text = ""
     for i, task in enumerate(tasks):
@@ -245,7 +346,9 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
                 continue
             ex = r["attention_example"]
             w = np.asarray(ex["weights"])
-            image = ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="equal")  # square cells: a short example is small, not stretched
+            image = ax.imshow(
+                w, cmap="viridis", vmin=0, vmax=1, aspect="equal"
+            )  # square cells: a short example is small, not stretched
             src = list(ex["source"])
             out = list(ex["prediction"]) + ["END"]
             out = out[: w.shape[0]]
@@ -255,15 +358,23 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
             shown_text += ex["source"] + ex["prediction"] + ex["target"]
             right = ex["prediction"] == ex["target"]
             verdict = "right" if right else "WRONG"
-            ax.set_title(f"{task} / {model}, length {ex['length']}, seed {r['seed']}\n"
-                         f"target {_shorten(ex['target'])}\npredicted {_shorten(ex['prediction'])} ({verdict})",
-                         fontsize=8, color="black" if right else "#b2182b")
+            ax.set_title(
+                f"{task} / {model}, length {ex['length']}, seed {r['seed']}\n"
+                f"target {_shorten(ex['target'])}\npredicted {_shorten(ex['prediction'])} ({verdict})",
+                fontsize=8,
+                color="black" if right else "#b2182b",
+            )
             ax.set(xlabel="source character", ylabel="predicted character")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
-    without = sorted({r["model"] for r in records if r.get("attention") == "none"}, key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m))
+    without = sorted(
+        {r["model"] for r in records if r.get("attention") == "none"},
+        key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m),
+    )
     note = f"; {', '.join(without)}: no attention, so no weights to show" if without else ""
-    suptitle(fig, f"Attention weights of one test example per model (rows: output steps, columns: source characters){note}")
+    suptitle(
+        fig, f"Attention weights of one test example per model (rows: output steps, columns: source characters){note}"
+    )
     add_marks_note(fig, shown_text)
     return _save(fig, figures, "attention_maps")
 
@@ -284,8 +395,15 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     with_validation_loss = all("val_loss" in h for r in records for h in r.get("history", []))
     series = series_names(records)
     rows = [
-        {"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "examples_seen": h["examples_seen"], "val_seq_acc": 100 * h["val_seq_acc"],
-         "loss": h.get("val_loss", h["loss"]) if with_validation_loss else h["loss"], "learning_rate": h.get("learning_rate", math.nan)}
+        {
+            "task": r["task"],
+            "model": series[r["id"]],
+            "seed": r["seed"],
+            "examples_seen": h["examples_seen"],
+            "val_seq_acc": 100 * h["val_seq_acc"],
+            "loss": h.get("val_loss", h["loss"]) if with_validation_loss else h["loss"],
+            "learning_rate": h.get("learning_rate", math.nan),
+        }
         for r in records
         for h in r.get("history", [])
     ]
@@ -295,25 +413,49 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     tasks = list(dict.fromkeys(data["task"]))
     models = list(dict.fromkeys(data["model"]))
     seeds = sorted(set(data["seed"]))  # one dash pattern per seed, the same in every panel
-    panels = [("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
-              ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)")]
+    panels = [
+        ("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
+        ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)"),
+    ]
     if data["learning_rate"].notna().any():
         panels.append(("learning_rate", "learning rate"))
-    fig, axes = plt.subplots(len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(
+        len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col"
+    )
     for j, task in enumerate(tasks):
         d = data[data["task"] == task]
         for i, (column, label) in enumerate(panels):
-            sns.lineplot(data=d, x="examples_seen", y=column, hue="model", hue_order=models, palette=model_palette(models), style="seed",
-                         style_order=seeds, estimator=None, linewidth=1.0, ax=axes[i][j], legend=(i, j) == (0, len(tasks) - 1))
-            axes[i][j].set(title=task if i == 0 else "", xlabel="training examples seen" if i == len(panels) - 1 else "", ylabel=label, xscale="log")
+            sns.lineplot(
+                data=d,
+                x="examples_seen",
+                y=column,
+                hue="model",
+                hue_order=models,
+                palette=model_palette(models),
+                style="seed",
+                style_order=seeds,
+                estimator=None,
+                linewidth=1.0,
+                ax=axes[i][j],
+                legend=(i, j) == (0, len(tasks) - 1),
+            )
+            axes[i][j].set(
+                title=task if i == 0 else "",
+                xlabel="training examples seen" if i == len(panels) - 1 else "",
+                ylabel=label,
+                xscale="log",
+            )
             if column == "val_seq_acc":
                 axes[i][j].set_ylim(-3, 103)
             else:
                 axes[i][j].set_yscale("log")
     if axes[0][-1].get_legend() is not None:  # two sections, headed "model" and "seed"
         sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
-    suptitle(fig, "Training: validation exact match (greedy), loss and learning rate, one line per seed "
-                  f"(colour: model, dashes: seed; {seeds_and_examples(records).split(',')[0]})")
+    suptitle(
+        fig,
+        "Training: validation exact match (greedy), loss and learning rate, one line per seed "
+        f"(colour: model, dashes: seed; {seeds_and_examples(records).split(',')[0]})",
+    )
     fig.tight_layout()
     return _save(fig, figures, "training_curves")
 
@@ -335,7 +477,14 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
 
     series = series_names(records)
     rows = [
-        {"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "examples_seen": h["examples_seen"], "length": int(length), "val_seq_acc": 100 * acc}
+        {
+            "task": r["task"],
+            "model": series[r["id"]],
+            "seed": r["seed"],
+            "examples_seen": h["examples_seen"],
+            "length": int(length),
+            "val_seq_acc": 100 * acc,
+        }
         for r in records
         for h in r.get("history", [])
         for length, acc in h.get("val_seq_acc_by_length", {}).items()
@@ -346,7 +495,9 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
     tasks = list(dict.fromkeys(data["task"]))
     models = [m for m in MODEL_ORDER if m in set(data["model"])] + sorted(set(data["model"]) - set(MODEL_ORDER))
     units = {r["task"]: r.get("length_unit", "length") for r in records}
-    fig, axes = plt.subplots(len(tasks), len(models), figsize=(3.4 * len(models) + 1.6, 2.9 * len(tasks)), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        len(tasks), len(models), figsize=(3.4 * len(models) + 1.6, 2.9 * len(tasks)), squeeze=False, sharey=True
+    )
     for i, task in enumerate(tasks):
         d = data[data["task"] == task]
         shown = _shown_lengths(sorted(set(d["length"])))
@@ -362,17 +513,51 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
                 by_point = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"]
                 curve, present = by_point.mean(), by_point.count()
                 every = present == seeds  # points every seed reached; later ones rest on the seeds still training
-                ax.plot(curve.index[every] / 1000, curve.values[every], color=colours[length], marker=".", markersize=3, label=str(length), gid="all seeds")
+                ax.plot(
+                    curve.index[every] / 1000,
+                    curve.values[every],
+                    color=colours[length],
+                    marker=".",
+                    markersize=3,
+                    label=str(length),
+                    gid="all seeds",
+                )
                 if not every.all():
                     tail = curve.index >= curve.index[every].max() if every.any() else np.ones(len(curve), bool)
-                    ax.plot(curve.index[tail] / 1000, curve.values[tail], color=colours[length], linestyle=":", linewidth=1.0, gid="fewer seeds")
-            ax.set(title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", ylim=(-3, 103), xscale="log",
-                   xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "", ylabel="validation exact match (%)" if j == 0 else "")
+                    ax.plot(
+                        curve.index[tail] / 1000,
+                        curve.values[tail],
+                        color=colours[length],
+                        linestyle=":",
+                        linewidth=1.0,
+                        gid="fewer seeds",
+                    )
+            ax.set(
+                title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})",
+                ylim=(-3, 103),
+                xscale="log",
+                xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "",
+                ylabel="validation exact match (%)" if j == 0 else "",
+            )
         handles, labels = max((ax.get_legend_handles_labels() for ax in axes[i]), key=lambda hl: len(hl[1]))
-        axes[i][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), title=f"trained length\n({units.get(task, 'length')})", fontsize=8)
+        axes[i][-1].legend(
+            handles,
+            labels,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            title=f"trained length\n({units.get(task, 'length')})",
+            fontsize=8,
+        )
     n_validation = sorted({(r.get("train_config") or {}).get("n_validation") for r in records} - {None})
-    per_point = f"{n_validation[0]} validation examples per length and seed (standard error up to {50 / math.sqrt(n_validation[0]):.0f} points)" if len(n_validation) == 1 else "validation examples per length and seed as configured"
-    suptitle(fig, "Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds;\n"
-                 f"dotted: after the first seed stopped, the mean of those still training; {per_point}")
+    per_point = (
+        f"{n_validation[0]} validation examples per length and seed (standard error up to {50 / math.sqrt(n_validation[0]):.0f} points)"
+        if len(n_validation) == 1
+        else "validation examples per length and seed as configured"
+    )
+    suptitle(
+        fig,
+        "Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds;\n"
+        f"dotted: after the first seed stopped, the mean of those still training; {per_point}",
+    )
     fig.tight_layout()
     return _save(fig, figures, "learning_curves_by_length")

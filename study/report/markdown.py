@@ -25,13 +25,22 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
     would need."""
     if comparisons.empty:
         return ""
-    parts = [f"Every pair of models at every length ({COMPARISON_METHOD}). A cell gives the first model's exact match minus the "
-             f"second's, in points (mean over seeds), and the corrected p; bold: separated. {int(comparisons['separated'].sum())} of "
-             f"{len(comparisons)} comparisons are separated.", ""]
-    for (task, setting, lo, hi), group in comparisons.groupby(["task", "setting", "train_min", "train_max"], sort=False):
+    parts = [
+        f"Every pair of models at every length ({COMPARISON_METHOD}). A cell gives the first model's exact match minus the "
+        f"second's, in points (mean over seeds), and the corrected p; bold: separated. {int(comparisons['separated'].sum())} of "
+        f"{len(comparisons)} comparisons are separated.",
+        "",
+    ]
+    for (task, setting, lo, hi), group in comparisons.groupby(
+        ["task", "setting", "train_min", "train_max"], sort=False
+    ):
         lengths = sorted(group["length"].unique())
-        lines = [f"#### {md(task)} (trained on lengths {lo}..{hi})", "",
-                 "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+        lines = [
+            f"#### {md(task)} (trained on lengths {lo}..{hi})",
+            "",
+            "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |",
+            "|---" * (len(lengths) + 1) + "|",
+        ]
         for (a, b), rows in group.groupby(["first", "second"], sort=False):
             by_length = rows.set_index("length")
             cells = []
@@ -47,22 +56,37 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
         open_pairs = group[~group["separated"] & group["in_training_range"] & group["seeds_needed"].notna()]
         if len(open_pairs):
             need = open_pairs["seeds_needed"]
-            lines += ["", f"Not separated inside the trained range: {len(open_pairs)} comparisons with a nonzero spread; at their observed "
-                      f"mean and spread a paired t-test would need {int(need.min())}-{int(need.max())} seeds (median {int(need.median())}) "
-                      "to separate them with 80% power at 5% before correction."]
+            lines += [
+                "",
+                f"Not separated inside the trained range: {len(open_pairs)} comparisons with a nonzero spread; at their observed "
+                f"mean and spread a paired t-test would need {int(need.min())}-{int(need.max())} seeds (median {int(need.median())}) "
+                "to separate them with 80% power at 5% before correction.",
+            ]
         parts += lines + [""]
     return "\n".join(parts)
 
 
-def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: str, signed: bool, missing: str, interval: bool = True,
-                  spread: bool = False) -> list[str]:
+def _length_table(
+    frame: pd.DataFrame,
+    lengths: list,
+    lo: int,
+    hi: int,
+    prefix: str,
+    signed: bool,
+    missing: str,
+    interval: bool = True,
+    spread: bool = False,
+) -> list[str]:
     """Markdown rows: one per model with the seeds behind it, one column per length (* marks
     trained lengths), each cell 'mean [low, high]' in percent from the columns `<prefix>_mean`,
     `_ci_low`, `_ci_high` ('mean' alone without `interval`, or for a one-seed row with
     `signed`, whose interval holds sampling error only and is still shown); with `spread`,
     'mean (lowest-highest seed) [low, high]' from `_min` and `_max` too."""
     pattern = "{:+.1f} [{:+.1f}, {:+.1f}]" if signed else "{:.1f} [{:.1f}, {:.1f}]"
-    lines = ["| model | seeds | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |", "|---" * (len(lengths) + 2) + "|"]
+    lines = [
+        "| model | seeds | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |",
+        "|---" * (len(lengths) + 2) + "|",
+    ]
     for model, rows in frame.groupby("model", sort=False):
         by_length = rows.set_index("length")
         cells = []
@@ -78,7 +102,9 @@ def _length_table(frame: pd.DataFrame, lengths: list, lo: int, hi: int, prefix: 
                 cell = cell.replace(" [", f" ({low:.1f}-{high:.1f}) [", 1)
             cells.append(cell)
         seeds = sorted(set(int(x) for x in rows["seeds"]))
-        lines.append(f"| {md(model)} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {md(model)} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |"
+        )
     return lines
 
 
@@ -96,11 +122,21 @@ def _setting_names(summary: pd.DataFrame, records_by_setting: dict[str, dict]) -
         settings = list(dict.fromkeys(group["setting"]))
         if len(settings) < 2:
             continue
-        flat = {s: _flatten({f: records_by_setting[s].get(f) for f in SETTING_FIELDS}) if s in records_by_setting else {} for s in settings}
-        differing = sorted(k for k in set().union(*flat.values()) if len({json.dumps(flat[s].get(k), default=str) for s in settings}) > 1)
+        flat = {
+            s: _flatten({f: records_by_setting[s].get(f) for f in SETTING_FIELDS}) if s in records_by_setting else {}
+            for s in settings
+        }
+        differing = sorted(
+            k
+            for k in set().union(*flat.values())
+            if len({json.dumps(flat[s].get(k), default=str) for s in settings}) > 1
+        )
         for s in settings:
             variant = ((records_by_setting.get(s) or {}).get("config") or {}).get("variant")
-            names[s] = md(f"{'variant ' + variant if variant else 'setting ' + s}: " + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4]))
+            names[s] = md(
+                f"{'variant ' + variant if variant else 'setting ' + s}: "
+                + ", ".join(f"{k} = {flat[s].get(k)}" for k in differing[:4])
+            )
     return names
 
 
@@ -114,7 +150,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None, records: list[dict] | None = None) -> str:
+def summary_markdown(
+    summary: pd.DataFrame, differences: pd.DataFrame | None = None, records: list[dict] | None = None
+) -> str:
     """Accuracy-vs-length tables, one per task and setting, each followed by the diagnostics and,
     when given, the differences from `none`.  A task run under several settings (a merge of
     different configurations) gets one table per setting, captioned with what differs."""
@@ -123,21 +161,50 @@ def summary_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = N
     for (task, setting, lo, hi), group in summary.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
         label = f"; {names[setting]}" if setting in names else ""
-        lines = [f"### {md(task)} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)", ""]
+        lines = [
+            f"### {md(task)} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)",
+            "",
+        ]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
         n = group["n_examples"].max()
-        lines += ["", f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(n)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
-                  "* = inside the trained range.", ""]
+        lines += [
+            "",
+            f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(n)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
+            "* = inside the trained range.",
+            "",
+        ]
         if group["oracle_seq_acc_mean"].notna().any():
-            lines += ["Diagnostics (means over seeds): oracle-length exact match %, END held back until the target's length "
-                      "(Newman et al. 2020) / share of predictions of the right length %:", ""]
-            oracle, right = (_length_table(group.assign(diag_mean=group[column]), lengths, lo, hi, "diag", signed=False, missing="failed", interval=False)
-                             for column in ("oracle_seq_acc_mean", "length_acc_mean"))
+            lines += [
+                "Diagnostics (means over seeds): oracle-length exact match %, END held back until the target's length "
+                "(Newman et al. 2020) / share of predictions of the right length %:",
+                "",
+            ]
+            oracle, right = (
+                _length_table(
+                    group.assign(diag_mean=group[column]),
+                    lengths,
+                    lo,
+                    hi,
+                    "diag",
+                    signed=False,
+                    missing="failed",
+                    interval=False,
+                )
+                for column in ("oracle_seq_acc_mean", "length_acc_mean")
+            )
             lines += _pair_rows(oracle, right) + [""]
         if differences is not None and len(differences):
-            d = differences[(differences["task"] == task) & (differences["setting"] == setting) & (differences["train_min"] == lo) & (differences["train_max"] == hi)]
+            d = differences[
+                (differences["task"] == task)
+                & (differences["setting"] == setting)
+                & (differences["train_min"] == lo)
+                & (differences["train_max"] == hi)
+            ]
             if len(d):
-                lines += [f"Difference from `none` in exact match (percentage points, mean over seeds, paired by seed; {DIFFERENCE_METHOD}):", ""]
+                lines += [
+                    f"Difference from `none` in exact match (percentage points, mean over seeds, paired by seed; {DIFFERENCE_METHOD}):",
+                    "",
+                ]
                 lines += _length_table(d, lengths, lo, hi, "diff", signed=True, missing="n/a") + [""]
         parts.append("\n".join(lines))
     return "\n".join(parts)
@@ -166,24 +233,33 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
     for task, by_task in units.groupby("task", sort=False):
         most = int(by_task["unit"].max())
         unit = names.get(task, "unit")
-        out += [f"**{md(task)}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
-                f"(mean over seeds [min, max]); * marks lengths beyond the trained range.", "",
-                "| model | length | " + " | ".join(f"{k}." for k in range(1, most + 1)) + f" | {unit} written |",
-                "|---|---|" + "---|" * most + "---|"]
+        out += [
+            f"**{md(task)}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
+            f"(mean over seeds [min, max]); * marks lengths beyond the trained range.",
+            "",
+            "| model | length | " + " | ".join(f"{k}." for k in range(1, most + 1)) + f" | {unit} written |",
+            "|---|---|" + "---|" * most + "---|",
+        ]
         for (model, length), d in by_task.groupby(["model", "length"], sort=False):
             accs = d.groupby("unit")["char_acc"].mean()
             cells = [f"{100 * accs[k]:.0f}" if k in accs.index else "" for k in range(1, most + 1)]
             written = d.groupby("seed")["units_written"].first()
             star = "" if d["in_training_range"].iloc[0] else "*"
-            out.append(f"| {md(model)} | {length}{star} | " + " | ".join(cells) + f" | {written.mean():.2f} [{written.min():.2f}, {written.max():.2f}] |")
+            out.append(
+                f"| {md(model)} | {length}{star} | "
+                + " | ".join(cells)
+                + f" | {written.mean():.2f} [{written.min():.2f}, {written.max():.2f}] |"
+            )
         out.append("")
     return "\n".join(out)
 
 
-CONVERGED_DEFINITION = ("A cell converged when validation exact match reached the target, or when over the last {patience} training "
-                        "examples neither its validation loss fell by more than {loss} nats per character nor its validation exact match "
-                        "at any training length rose by more than {acc:g} points, at a learning rate that only a plateau lowers; "
-                        "a cell that reached the {budget}-example budget did not converge.")
+CONVERGED_DEFINITION = (
+    "A cell converged when validation exact match reached the target, or when over the last {patience} training "
+    "examples neither its validation loss fell by more than {loss} nats per character nor its validation exact match "
+    "at any training length rose by more than {acc:g} points, at a learning rate that only a plateau lowers; "
+    "a cell that reached the {budget}-example budget did not converge."
+)
 
 
 def convergence_lines(records: list[dict]) -> list[str]:
@@ -194,63 +270,116 @@ def convergence_lines(records: list[dict]) -> list[str]:
         return []
     cfg = done[0]["train_config"]
     open_cells = [r for r in done if not r["converged"]]
-    if "loss_tolerance" not in cfg:  # records of the earlier rule (exact match only; a budget stop within a point counted)
-        lines = [f"These cells were trained under an earlier rule: converged meant no better validation exact match for "
-                 f"{cfg.get('patience_examples', '?')} examples, the target reached, or at most a point gained over that "
-                 f"stretch at the budget (with a learning rate decaying to 0 there). {len(done) - len(open_cells)} of {len(done)} "
-                 "cells converged by that rule."]
-        gain = lambda r: "too few epochs to judge" if r.get("last_stretch_gain") is None else f"+{100 * r['last_stretch_gain']:.1f} points of validation exact match over the last stretch"  # noqa: E731
+    if (
+        "loss_tolerance" not in cfg
+    ):  # records of the earlier rule (exact match only; a budget stop within a point counted)
+        lines = [
+            f"These cells were trained under an earlier rule: converged meant no better validation exact match for "
+            f"{cfg.get('patience_examples', '?')} examples, the target reached, or at most a point gained over that "
+            f"stretch at the budget (with a learning rate decaying to 0 there). {len(done) - len(open_cells)} of {len(done)} "
+            "cells converged by that rule."
+        ]
+        gain = lambda r: (
+            "too few epochs to judge"
+            if r.get("last_stretch_gain") is None
+            else f"+{100 * r['last_stretch_gain']:.1f} points of validation exact match over the last stretch"
+        )  # noqa: E731
         if open_cells:
-            lines += ["", f"**Not converged** ({len(open_cells)}), by that rule:", "", *[f"- {r['task']}/{r['model']}/seed {r['seed']}: {gain(r)}" for r in open_cells]]
+            lines += [
+                "",
+                f"**Not converged** ({len(open_cells)}), by that rule:",
+                "",
+                *[f"- {r['task']}/{r['model']}/seed {r['seed']}: {gain(r)}" for r in open_cells],
+            ]
         return lines + [""]
-    lines = [CONVERGED_DEFINITION.format(patience=cfg.get("patience_examples", "?"), loss=cfg.get("loss_tolerance", "?"),
-                                         acc=100 * cfg.get("accuracy_tolerance", 0), budget=cfg.get("max_examples", "?")),
-             "", f"{len(done) - len(open_cells)} of {len(done)} cells converged."]
+    lines = [
+        CONVERGED_DEFINITION.format(
+            patience=cfg.get("patience_examples", "?"),
+            loss=cfg.get("loss_tolerance", "?"),
+            acc=100 * cfg.get("accuracy_tolerance", 0),
+            budget=cfg.get("max_examples", "?"),
+        ),
+        "",
+        f"{len(done) - len(open_cells)} of {len(done)} cells converged.",
+    ]
     learning = [r for r in open_cells if r.get("last_stretch")]
     short = [r for r in open_cells if not r.get("last_stretch")]
     if learning:
-        lines += ["", f"**Not converged** ({len(learning)}): stopped by the budget while still learning; their numbers are likely a lower bound.", ""]
+        lines += [
+            "",
+            f"**Not converged** ({len(learning)}): stopped by the budget while still learning; their numbers are likely a lower bound.",
+            "",
+        ]
         for r in learning:
             stretch = r["last_stretch"]
-            lines.append(f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss fell {stretch['val_loss']:.3f} nats per character "
-                         f"and exact match at length {stretch['length']} rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last "
-                         f"stretch, learning rate {r.get('stop_learning_rate', 0):.2g}")
+            lines.append(
+                f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss fell {stretch['val_loss']:.3f} nats per character "
+                f"and exact match at length {stretch['length']} rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last "
+                f"stretch, learning rate {r.get('stop_learning_rate', 0):.2g}"
+            )
     if short:
-        lines += ["", f"**Too short to judge** ({len(short)}): the budget ended before one convergence stretch of "
-                  f"{cfg.get('patience_examples', '?')} examples had passed, so convergence was not measured: "
-                  + ", ".join(f"{md(r['task'])}/{md(r['model'])}/seed {r['seed']}" for r in short) + "."]
+        lines += [
+            "",
+            f"**Too short to judge** ({len(short)}): the budget ended before one convergence stretch of "
+            f"{cfg.get('patience_examples', '?')} examples had passed, so convergence was not measured: "
+            + ", ".join(f"{md(r['task'])}/{md(r['model'])}/seed {r['seed']}" for r in short)
+            + ".",
+        ]
     return lines + [""]
 
 
 def time_lines(records: list[dict]) -> list[str]:
     """Where the cells' time went, summed over cells: data, the first update (mostly compilation),
     the other update steps, greedy validation, test decoding (seconds and shares)."""
-    parts = {"data": "data", "first_update": "first update (compilation)", "train_steps": "update steps",
-             "validation": "greedy validation", "test_decoding": "test decoding"}
+    parts = {
+        "data": "data",
+        "first_update": "first update (compilation)",
+        "train_steps": "update steps",
+        "validation": "greedy validation",
+        "test_decoding": "test decoding",
+    }
     timed = [r["seconds"] for r in records if r["status"] == "ok" and isinstance(r.get("seconds"), dict)]
     if not timed:
         return []
     sums = {k: sum(t.get(k, 0.0) for t in timed) for k in parts}
-    wall = sum(r.get("wall_seconds", 0.0) for r in records if r["status"] == "ok" and isinstance(r.get("seconds"), dict))
+    wall = sum(
+        r.get("wall_seconds", 0.0) for r in records if r["status"] == "ok" and isinstance(r.get("seconds"), dict)
+    )
     other = max(wall - sum(sums.values()), 0.0)
-    shares = ", ".join(f"{name} {sums[k]:.0f} s ({100 * sums[k] / wall:.0f}%)" for k, name in parts.items()) if wall else ""
-    return [f"Where the time went, summed over {len(timed)} cells ({wall / 60:.1f} min): {shares}, other {other:.0f} s "
-            "(building the model, saving it, the epoch loop).", ""]
+    shares = (
+        ", ".join(f"{name} {sums[k]:.0f} s ({100 * sums[k] / wall:.0f}%)" for k, name in parts.items()) if wall else ""
+    )
+    return [
+        f"Where the time went, summed over {len(timed)} cells ({wall / 60:.1f} min): {shares}, other {other:.0f} s "
+        "(building the model, saving it, the epoch loop).",
+        "",
+    ]
 
 
 def _provenance(manifest: dict, n_records: int) -> list[str]:
     """Where the records came from when they are not one whole run: a shard, or merged folders."""
     lines = []
     if manifest.get("shard"):
-        lines.append(f"Shard {manifest['shard']} of the grid: {n_records} of its {len(manifest.get('grid', []))} cells.")
+        lines.append(
+            f"Shard {manifest['shard']} of the grid: {n_records} of its {len(manifest.get('grid', []))} cells."
+        )
     if manifest.get("merged_from"):
-        lines.append(f"Merged from {', '.join(f'`{p}`' for p in manifest['merged_from'])}: {n_records} of the grid's {len(manifest.get('grid', []))} cells; "
-                     "each record carries its own configuration (below: the first folder's).")
+        lines.append(
+            f"Merged from {', '.join(f'`{p}`' for p in manifest['merged_from'])}: {n_records} of the grid's {len(manifest.get('grid', []))} cells; "
+            "each record carries its own configuration (below: the first folder's)."
+        )
     return lines + [""] if lines else []
 
 
-def report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, images: dict[str, list[str]], manifest: dict, comparisons: str = "",
-                     units: str = "") -> str:
+def report_markdown(
+    records: list[dict],
+    metrics: pd.DataFrame,
+    table: str,
+    images: dict[str, list[str]],
+    manifest: dict,
+    comparisons: str = "",
+    units: str = "",
+) -> str:
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
     failed = [r for r in records if r["status"] != "ok"]
@@ -270,20 +399,31 @@ def report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, imag
     if units:
         lines += ["## Accuracy per output unit", "", units]
     lines += ["## Cells", "", *convergence_lines(records), *time_lines(records)]
-    lines += ["| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
-              "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "
-              "update steps / compilation / validation / test decoding (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
+        "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "
+        "update steps / compilation / validation / test decoding (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     series = series_names(records)
     for r in records:
         converged = {True: "yes", False: "**no**"}.get(r.get("converged"), "-")
         t = r.get("seconds") if isinstance(r.get("seconds"), dict) else None
-        split = " / ".join(f"{t.get(k, 0):.0f}" for k in ("train_steps", "first_update", "validation", "test_decoding")) if t else "-"
+        split = (
+            " / ".join(f"{t.get(k, 0):.0f}" for k in ("train_steps", "first_update", "validation", "test_decoding"))
+            if t
+            else "-"
+        )
         stretch = r.get("last_stretch") or {}
-        moved = (f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({stretch['length']})"
-                 if {"val_loss", "val_seq_acc_by_length", "length"} <= set(stretch) else "-")
+        moved = (
+            f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({stretch['length']})"
+            if {"val_loss", "val_seq_acc_by_length", "length"} <= set(stretch)
+            else "-"
+        )
         rate = f"{r['stop_learning_rate']:.2g}" if isinstance(r.get("stop_learning_rate"), (int, float)) else "-"
         lines.append(
-            f"| {md(r['task'])} | {md(series[r['id']])} | {r['seed']} | {r.get('param_count', '?')} | {md(r.get('stop_reason', r.get('error')))} | {converged} | "
+            f"| {md(r['task'])} | {md(series[r['id']])} | {r['seed']} | {r.get('param_count', '?')} | "
+            f"{md(r.get('stop_reason', r.get('error')))} | {converged} | "
             f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {moved} | {rate} | {r.get('wall_seconds', 0):.0f} | {split} |"
         )
     if failed:
@@ -294,7 +434,9 @@ def report_markdown(records: list[dict], metrics: pd.DataFrame, table: str, imag
         "",
         "## Configuration",
         "",
-        f"Backend {first['backend']} on {first.get('device', 'unknown device')}; versions: " + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items()) + ".",
+        f"Backend {first['backend']} on {first.get('device', 'unknown device')}; versions: "
+        + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items())
+        + ".",
         f"Summed cell wall time: {total / 60:.1f} min.",
         "",
         "```json",

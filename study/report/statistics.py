@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 
-
 CONFIDENCE = 0.95
 
 
@@ -25,8 +24,10 @@ INTERVAL_METHOD = (
 )
 
 
-INTERVAL_CENTRE = ("the interval contains the printed mean but is not centred on it: its centre is the seeds' mean logit, "
-                   "which one seed near 0 or 100 pulls towards itself when the seeds disagree; read such a row by its seeds")
+INTERVAL_CENTRE = (
+    "the interval contains the printed mean but is not centred on it: its centre is the seeds' mean logit, "
+    "which one seed near 0 or 100 pulls towards itself when the seeds disagree; read such a row by its seeds"
+)
 
 
 DIFFERENCE_METHOD = (
@@ -92,9 +93,12 @@ def difference_interval(model_acc, baseline_acc, n_examples) -> tuple[float, flo
     return float((a - b).mean()), 2 * lo - 1, 2 * hi - 1
 
 
-COMPARISON_METHOD = ("paired t-test over seeds of the per-seed differences in exact match (each seed's models share its data and "
-                     "test set), two-sided, their spread at least the test-set sampling error of a difference; p-values corrected for multiplicity by Holm's method over every comparison of the report; "
-                     "a pair is separated when its corrected p is below 0.05")
+COMPARISON_METHOD = (
+    "paired t-test over seeds of the per-seed differences in exact match (each seed's models share its data and "
+    "test set), two-sided, their spread at least the test-set sampling error of a difference; "
+    "p-values corrected for multiplicity by Holm's method over every comparison of the report; "
+    "a pair is separated when its corrected p is below 0.05"
+)
 
 
 SEED_COUNTS = np.arange(2, 100_001)  # the seed counts `comparison_frame` considers for a separation
@@ -110,8 +114,10 @@ def seeds_needed(effect_size: float) -> float:
 
     start = 0
     while start < len(SEED_COUNTS):
-        block = SEED_COUNTS[start: np.searchsorted(SEED_COUNTS, max(100, 10 * SEED_COUNTS[start]))]
-        enough = np.flatnonzero(TTestPower().power(effect_size=effect_size, nobs=block, alpha=0.05, alternative="two-sided") >= 0.8)
+        block = SEED_COUNTS[start : np.searchsorted(SEED_COUNTS, max(100, 10 * SEED_COUNTS[start]))]
+        enough = np.flatnonzero(
+            TTestPower().power(effect_size=effect_size, nobs=block, alpha=0.05, alternative="two-sided") >= 0.8
+        )
         if len(enough):
             return int(block[enough[0]])
         start += len(block)

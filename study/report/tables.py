@@ -20,7 +20,6 @@ from study.files import json_digest
 from study.records import in_training_range
 from study.report.statistics import accuracy_interval, difference_interval, seeds_needed
 
-
 MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
 
 
@@ -34,7 +33,9 @@ def series_names(records: list[dict]) -> dict[str, str]:
     names = {}
     for r in records:
         variant = (r.get("config") or {}).get("variant")
-        names[r["id"]] = r["model"] if len(settings[r["task"]]) == 1 else f"{r['model']} · {variant or 'setting ' + setting_key(r)}"
+        names[r["id"]] = (
+            r["model"] if len(settings[r["task"]]) == 1 else f"{r['model']} · {variant or 'setting ' + setting_key(r)}"
+        )
     return names
 
 
@@ -66,7 +67,15 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
         }
         if r["status"] != "ok":
             for length in r["eval_lengths"]:
-                rows.append({**base, "length": length, "in_training_range": in_training_range(length, r["train_lengths"]), "seq_acc": math.nan, "char_acc": math.nan})
+                rows.append(
+                    {
+                        **base,
+                        "length": length,
+                        "in_training_range": in_training_range(length, r["train_lengths"]),
+                        "seq_acc": math.nan,
+                        "char_acc": math.nan,
+                    }
+                )
             continue
         for m in r["metrics"]:
             rows.append(
@@ -77,13 +86,18 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
                     "n_examples": m["n_examples"],
                     "seq_acc": m["seq_acc"],
                     "char_acc": m["char_acc"],
-                    **{c: m.get(c, math.nan) for c in ("oracle_seq_acc", "length_acc", "too_short", "too_long", "mean_prediction_length")},
+                    **{
+                        c: m.get(c, math.nan)
+                        for c in ("oracle_seq_acc", "length_acc", "too_short", "too_long", "mean_prediction_length")
+                    },
                     "mean_source_tokens": m["mean_source_tokens"],
                     "mean_target_tokens": m["mean_target_tokens"],
                 }
             )
     frame = pd.DataFrame(rows)
-    return frame.sort_values(["task", "model", "train_max", "seed", "length"], key=model_sort_key).reset_index(drop=True)
+    return frame.sort_values(["task", "model", "train_max", "seed", "length"], key=model_sort_key).reset_index(
+        drop=True
+    )
 
 
 def model_sort_key(column: pd.Series) -> pd.Series:
@@ -92,7 +106,18 @@ def model_sort_key(column: pd.Series) -> pd.Series:
     return column
 
 
-SETTING_FIELDS = ("task", "task_version", "task_options", "task_data", "regime", "train_lengths", "eval_lengths", "train_config", "n_test", "backend")
+SETTING_FIELDS = (
+    "task",
+    "task_version",
+    "task_options",
+    "task_data",
+    "regime",
+    "train_lengths",
+    "eval_lengths",
+    "train_config",
+    "n_test",
+    "backend",
+)
 
 
 def setting_key(record: dict) -> str:
@@ -100,7 +125,9 @@ def setting_key(record: dict) -> str:
     letter first so that no CSV reader or spreadsheet takes it for a number: "6e196681" reads as
     infinity): rows of one setting are compared; different settings are never averaged together."""
     fields = {f: record.get(f) for f in SETTING_FIELDS}
-    fields["model_size"] = {k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")}
+    fields["model_size"] = {
+        k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")
+    }
     return "s" + json_digest(fields, 8)
 
 
@@ -113,10 +140,23 @@ def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     for key, group in metrics.groupby(keys, sort=False):
         n = group["n_examples"] if "n_examples" in group else pd.Series(np.nan, index=group.index)
         mean, lo, hi = accuracy_interval(group["seq_acc"], n)
-        extra = {f"{c}_mean": float(group[c].mean()) if c in group and group[c].notna().any() else math.nan for c in ("oracle_seq_acc", "length_acc", "char_acc")}
-        rows.append({**dict(zip(keys, key)), "seeds": int(group["seq_acc"].notna().sum()), "n_examples": n.max(),
-                     "seq_acc_mean": mean, "seq_acc_min": group["seq_acc"].min(), "seq_acc_max": group["seq_acc"].max(),
-                     "seq_acc_ci_low": lo, "seq_acc_ci_high": hi, **extra})
+        extra = {
+            f"{c}_mean": float(group[c].mean()) if c in group and group[c].notna().any() else math.nan
+            for c in ("oracle_seq_acc", "length_acc", "char_acc")
+        }
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "seeds": int(group["seq_acc"].notna().sum()),
+                "n_examples": n.max(),
+                "seq_acc_mean": mean,
+                "seq_acc_min": group["seq_acc"].min(),
+                "seq_acc_max": group["seq_acc"].max(),
+                "seq_acc_ci_low": lo,
+                "seq_acc_ci_high": hi,
+                **extra,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -129,13 +169,26 @@ def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFr
         by_model = group.pivot_table(index="seed", columns="model", values="seq_acc", aggfunc="first", dropna=False)
         if baseline not in by_model.columns:
             continue
-        n = group.groupby("seed")["n_examples"].max().reindex(by_model.index) if "n_examples" in group else pd.Series(np.nan, index=by_model.index)
+        n = (
+            group.groupby("seed")["n_examples"].max().reindex(by_model.index)
+            if "n_examples" in group
+            else pd.Series(np.nan, index=by_model.index)
+        )
         for model in by_model.columns:
             if model == baseline:
                 continue
             mean, lo, hi = difference_interval(by_model[model], by_model[baseline], n)
             seeds = int((by_model[model].notna() & by_model[baseline].notna()).sum())
-            rows.append({**dict(zip(keys, key)), "model": model, "seeds": seeds, "diff_mean": mean, "diff_ci_low": lo, "diff_ci_high": hi})
+            rows.append(
+                {
+                    **dict(zip(keys, key)),
+                    "model": model,
+                    "seeds": seeds,
+                    "diff_mean": mean,
+                    "diff_ci_low": lo,
+                    "diff_ci_high": hi,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -159,18 +212,33 @@ def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     for key, group in metrics.groupby(keys, sort=False):
         by_model = group.pivot_table(index="seed", columns="series", values="seq_acc", aggfunc="first", dropna=False)
         order = list(dict.fromkeys(group["series"]))
-        counts = group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False) if "n_examples" in group else None
+        counts = (
+            group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False)
+            if "n_examples" in group
+            else None
+        )
         for a, b in itertools.combinations([m for m in order if m in by_model.columns], 2):
             keep = (by_model[a] - by_model[b]).notna()
             pa, pb = by_model[a][keep].to_numpy(), by_model[b][keep].to_numpy()
             d = pa - pb
-            row = {**dict(zip(keys, key)), "first": a, "second": b, "seeds": len(d), "diff_mean": d.mean() if len(d) else math.nan,
-                   "diff_min": d.min() if len(d) else math.nan, "diff_max": d.max() if len(d) else math.nan, "p": math.nan, "seeds_needed": math.nan}
+            row = {
+                **dict(zip(keys, key)),
+                "first": a,
+                "second": b,
+                "seeds": len(d),
+                "diff_mean": d.mean() if len(d) else math.nan,
+                "diff_min": d.min() if len(d) else math.nan,
+                "diff_max": d.max() if len(d) else math.nan,
+                "p": math.nan,
+                "seeds_needed": math.nan,
+            }
             if len(d) > 1:
                 n = counts[a][keep].to_numpy(dtype=float) if counts is not None else np.full(len(d), np.nan)
                 sa, sb = ((np.round(q * n) + 0.5) / (n + 1) for q in (pa, pb))  # smoothed: never exactly 0 or 1
                 floor = math.sqrt(np.nanmean((sa * (1 - sa) + sb * (1 - sb)) / n)) if np.isfinite(n).all() else 0.0
-                spread = max(float(np.std(d, ddof=1)), floor)  # seeds that agree to the example still carry test-set noise
+                spread = max(
+                    float(np.std(d, ddof=1)), floor
+                )  # seeds that agree to the example still carry test-set noise
                 if spread > 0:
                     t = d.mean() / (spread / math.sqrt(len(d)))
                     row["p"] = float(2 * stats.t.sf(abs(t), len(d) - 1))
@@ -222,9 +290,18 @@ def unit_frame(records: list[dict]) -> pd.DataFrame:
         for m in r["metrics"]:
             position = m.get("position_acc") or []
             for k in range(m["length"]):
-                unit = position[k * width:(k + 1) * width]
+                unit = position[k * width : (k + 1) * width]
                 if unit:
-                    rows.append({"task": r["task"], "model": series[r["id"]], "seed": r["seed"], "length": m["length"],
-                                 "in_training_range": m["in_training_range"], "unit": k + 1, "char_acc": float(np.mean(unit)),
-                                 "units_written": (m["mean_prediction_length"] + 1) / width})
+                    rows.append(
+                        {
+                            "task": r["task"],
+                            "model": series[r["id"]],
+                            "seed": r["seed"],
+                            "length": m["length"],
+                            "in_training_range": m["in_training_range"],
+                            "unit": k + 1,
+                            "char_acc": float(np.mean(unit)),
+                            "units_written": (m["mean_prediction_length"] + 1) / width,
+                        }
+                    )
     return pd.DataFrame(rows)

@@ -123,7 +123,9 @@ def _data_digest(name: str, options: dict) -> str:
     from study.files import json_digest
 
     task = TASKS.get(name)(**options)
-    return json_digest([task.input_alphabet, task.output_alphabet, task.sample(np.random.default_rng(0), 8, task.min_length)])
+    return json_digest(
+        [task.input_alphabet, task.output_alphabet, task.sample(np.random.default_rng(0), 8, task.min_length)]
+    )
 
 
 def check_process_independence(task: Task) -> None:
@@ -139,20 +141,34 @@ def check_process_independence(task: Task) -> None:
         return
     module = sys.modules[cls.__module__]
     source = module.__file__ if cls.__module__.startswith("study_task_plugin_") else cls.__module__
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); import json; from study import tasks; "
-            f"tasks.load_task_module({source!r}); print(tasks._data_digest({task.name!r}, json.loads({json.dumps(task.options)!r})))")
-    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONHASHSEED": seed, _IN_CHECK: "1"}) for seed in ("1", "2")]
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); import json; from study import tasks; "
+        f"tasks.load_task_module({source!r}); print(tasks._data_digest({task.name!r}, json.loads({json.dumps(task.options)!r})))"
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed, _IN_CHECK: "1"},
+        )
+        for seed in ("1", "2")
+    ]
     digests = {_data_digest(task.name, task.options)}
     for child in children:
         out, err = child.communicate(timeout=300)
         if child.returncode != 0:
-            raise TaskContractError(f"task {task.name!r}: building it in a fresh process failed: {' '.join(err.strip().splitlines()[-1:])}")
+            raise TaskContractError(
+                f"task {task.name!r}: building it in a fresh process failed: {' '.join(err.strip().splitlines()[-1:])}"
+            )
         digests.add(out.strip().splitlines()[-1])
     if len(digests) > 1:
-        raise TaskContractError(f"task {task.name!r} violates the task contract: its alphabets or data differ between processes "
-                                "(Python's hash seed changes the order of a set or of a dict built from one); build them in a fixed "
-                                "order, e.g. \"\".join(sorted(set(...))) instead of \"\".join(set(...))")
+        raise TaskContractError(
+            f"task {task.name!r} violates the task contract: its alphabets or data differ between processes "
+            "(Python's hash seed changes the order of a set or of a dict built from one); build them in a fixed "
+            'order, e.g. "".join(sorted(set(...))) instead of "".join(set(...))'
+        )
 
 
 def load_task_module(path: str | Path) -> list[str]:

@@ -150,7 +150,13 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
     def fail(rule: str) -> TaskContractError:
         return TaskContractError(f"task {name!r} violates the task contract: {rule}")
 
-    for attr, kind in (("name", str), ("version", int), ("description", str), ("length_unit", str), ("min_length", int)):
+    for attr, kind in (
+        ("name", str),
+        ("version", int),
+        ("description", str),
+        ("length_unit", str),
+        ("min_length", int),
+    ):
         value = getattr(task, attr, None)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise fail(f"{attr} must be of type {kind.__name__}, got {value!r}")
@@ -169,7 +175,9 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
         if len(set(alphabet)) != len(alphabet):
             raise fail(f"{attr} repeats characters: {alphabet!r}")
 
-    lengths = sorted({task.min_length, task.min_length + 1 if task.max_length is None else min(task.min_length + 1, task.max_length)})
+    lengths = sorted(
+        {task.min_length, task.min_length + 1 if task.max_length is None else min(task.min_length + 1, task.max_length)}
+    )
     for length in lengths:
         first = task.sample(np.random.default_rng(seed), n, length)
         check_sample(task, first, n, length)
@@ -183,19 +191,28 @@ def _check_identity(task: Task, fail) -> None:
     options = getattr(task, "options", None)
     if not isinstance(options, dict):
         raise fail(f"options must be a dict, got {options!r}")
-    params = [p for p in list(inspect.signature(type(task).__init__).parameters.values())[1:]
-              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = [
+        p
+        for p in list(inspect.signature(type(task).__init__).parameters.values())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     unrecorded = [p.name for p in params if p.name not in options]
     if unrecorded:
-        raise fail(f"options must record every constructor argument, defaults included (they enter cache keys and "
-                   f"cell ids); missing: {', '.join(unrecorded)}")
+        raise fail(
+            f"options must record every constructor argument, defaults included (they enter cache keys and "
+            f"cell ids); missing: {', '.join(unrecorded)}"
+        )
     try:
         stored = json.loads(json.dumps(task.spec))
     except (TypeError, ValueError) as exc:
-        raise fail(f"options and data_versions must be JSON values (str, int, float, bool, None, lists, dicts): {exc}") from None
+        raise fail(
+            f"options and data_versions must be JSON values (str, int, float, bool, None, lists, dicts): {exc}"
+        ) from None
     if stored != task.spec:
-        raise fail(f"options must be plain JSON values (no tuples or sets), so the identity read back from the cache is the "
-                   f"same: {task.spec!r} reads back as {stored!r}")
+        raise fail(
+            f"options must be plain JSON values (no tuples or sets), so the identity read back from the cache is the "
+            f"same: {task.spec!r} reads back as {stored!r}"
+        )
     data = task.data_versions
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise fail(f"data_versions must map names to version strings, got {data!r}")
@@ -204,8 +221,10 @@ def _check_identity(task: Task, fail) -> None:
     except Exception as exc:  # any failure of the task's own constructor
         raise fail(f"the task cannot be built again from its own options {options!r}: {exc}") from None
     if again != task.spec:
-        raise fail(f"options are not normalised: building the task from its options {options!r} gives the identity "
-                   f"{again!r}, not {task.spec!r}")
+        raise fail(
+            f"options are not normalised: building the task from its options {options!r} gives the identity "
+            f"{again!r}, not {task.spec!r}"
+        )
 
 
 def check_sample(task: Task, sample: object, n: int, length: int, split: str | None = None) -> None:
@@ -217,13 +236,21 @@ def check_sample(task: Task, sample: object, n: int, length: int, split: str | N
     where = f"at length {length}" + (f" ({split} split)" if split else "")
 
     def fail(rule: str) -> TaskContractError:
-        return TaskContractError(f"task {getattr(task, 'name', type(task).__name__)!r} violates the task contract {where}: {rule}")
+        return TaskContractError(
+            f"task {getattr(task, 'name', type(task).__name__)!r} violates the task contract {where}: {rule}"
+        )
 
     if not (isinstance(sample, tuple) and len(sample) == 2):
         raise fail(f"sample() must return a (sources, targets) tuple, got {type(sample).__name__}")
-    for label, strings, alphabet in (("source", sample[0], task.input_alphabet), ("target", sample[1], task.output_alphabet)):
+    for label, strings, alphabet in (
+        ("source", sample[0], task.input_alphabet),
+        ("target", sample[1], task.output_alphabet),
+    ):
         if not isinstance(strings, list) or len(strings) != n:
-            raise fail(f"sample(n={n}) must return a list of {n} {label}s, got {type(strings).__name__} of length {len(strings) if hasattr(strings, '__len__') else '?'}")
+            raise fail(
+                f"sample(n={n}) must return a list of {n} {label}s, got {type(strings).__name__} "
+                f"of length {len(strings) if hasattr(strings, '__len__') else '?'}"
+            )
         allowed = set(alphabet)
         for s in strings:
             if not isinstance(s, str) or not s:
@@ -248,7 +275,9 @@ class SymbolTask(Task):
 
     def __init__(self, alphabet: str = DEFAULT_SYMBOLS) -> None:
         if not isinstance(alphabet, str) or len(alphabet) < 2 or len(set(alphabet)) != len(alphabet):
-            raise ValueError(f"task {self.name!r}: alphabet must be a string of at least 2 distinct characters, got {alphabet!r}")
+            raise ValueError(
+                f"task {self.name!r}: alphabet must be a string of at least 2 distinct characters, got {alphabet!r}"
+            )
         super().__init__(alphabet=alphabet)
         self.alphabet = alphabet
 

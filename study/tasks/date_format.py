@@ -49,17 +49,17 @@ SEPARATOR = "; "
 # ("padded", X): the locale's pattern for skeleton X with day and month
 # written with two digits.
 FORMATS: tuple[tuple[str, str], ...] = (
-    ("skeleton", "yMd"),          # en: 3/3/2021         de: 3.3.2021
-    ("padded", "yMd"),            # en: 03/03/2021       de: 03.03.2021
-    ("standard", "medium"),       # en: Mar 3, 2021
-    ("standard", "long"),         # en: March 3, 2021
-    ("standard", "full"),         # en: Wednesday, March 3, 2021
-    ("skeleton", "yMMMEd"),       # en: Wed, Mar 3, 2021
-    ("skeleton", "yMEd"),         # en: Wed, 3/3/2021
-    ("pattern", "d MMMM y"),      # en: 3 March 2021
-    ("pattern", "y MMMM d"),      # en: 2021 March 3
-    ("pattern", "d MMM y"),       # en: 3 Mar 2021
-    ("pattern", "EEEE d MMMM y"), # en: Wednesday 3 March 2021
+    ("skeleton", "yMd"),  # en: 3/3/2021         de: 3.3.2021
+    ("padded", "yMd"),  # en: 03/03/2021       de: 03.03.2021
+    ("standard", "medium"),  # en: Mar 3, 2021
+    ("standard", "long"),  # en: March 3, 2021
+    ("standard", "full"),  # en: Wednesday, March 3, 2021
+    ("skeleton", "yMMMEd"),  # en: Wed, Mar 3, 2021
+    ("skeleton", "yMEd"),  # en: Wed, 3/3/2021
+    ("pattern", "d MMMM y"),  # en: 3 March 2021
+    ("pattern", "y MMMM d"),  # en: 2021 March 3
+    ("pattern", "d MMM y"),  # en: 3 Mar 2021
+    ("pattern", "EEEE d MMMM y"),  # en: Wednesday 3 March 2021
 )
 
 _LITERAL = re.compile(r"'[^']*'")
@@ -95,17 +95,29 @@ def canonical_locale(name: str) -> str:
         raise ValueError(f"task 'date_format': unknown locale {name!r} ({exc})") from None
     used = str(locale)
     if dot:
-        raise ValueError(f"task 'date_format': locale {name!r}: an encoding is not part of a CLDR locale; write {used!r}")
+        raise ValueError(
+            f"task 'date_format': locale {name!r}: an encoding is not part of a CLDR locale; write {used!r}"
+        )
     if at:
         script = GLIBC_SCRIPTS.get(modifier.lower())
-        meant = f"; for the {modifier} script write {str(Locale(locale.language, locale.territory, script=script))!r}" if script else ""
-        raise ValueError(f"task 'date_format': locale {name!r}: the modifier '@{modifier}' is not honoured (dates would be "
-                         f"written as {used!r}){meant}")
+        meant = (
+            f"; for the {modifier} script write {str(Locale(locale.language, locale.territory, script=script))!r}"
+            if script
+            else ""
+        )
+        raise ValueError(
+            f"task 'date_format': locale {name!r}: the modifier '@{modifier}' is not honoured (dates would be "
+            f"written as {used!r}){meant}"
+        )
     for part in base.split("_")[1:]:
         if len(part) == 4 and part.isalpha() and part.title() != locale.script:
-            raise ValueError(f"task 'date_format': locale {name!r}: CLDR has no script {part!r} for it (dates would be written as {used!r})")
+            raise ValueError(
+                f"task 'date_format': locale {name!r}: CLDR has no script {part!r} for it (dates would be written as {used!r})"
+            )
         if len(part) > 4 and part.upper() != (locale.variant or "").upper():
-            raise ValueError(f"task 'date_format': locale {name!r}: CLDR has no variant {part!r} for it (dates would be written as {used!r})")
+            raise ValueError(
+                f"task 'date_format': locale {name!r}: CLDR has no variant {part!r} for it (dates would be written as {used!r})"
+            )
     return used
 
 
