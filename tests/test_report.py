@@ -444,6 +444,20 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     )  # seeds told apart
 
 
+def test_no_tick_label_prints_markup(drawn):
+    """Log-scale axes (training curves, learning curves) label their ticks in plain numbers:
+    with mathtext off, matplotlib's own log labels would print as raw `$\\mathdefault{10^{3}}$`."""
+    logs = 0
+    for name, fig in drawn.items():
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                labels = [t.get_text() for t in axis.get_ticklabels(which="both") if t.get_text()]
+                logs += axis.get_scale() == "log" and bool(labels)
+                assert not [t for t in labels if "$" in t or "mathdefault" in t], (name, labels)
+    assert logs  # the log axes were checked
+
+
 def test_no_title_is_wider_than_its_figure(drawn):
     for name, fig in drawn.items():
         renderer = fig.canvas.get_renderer()

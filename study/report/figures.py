@@ -45,6 +45,24 @@ def suptitle(fig, text: str, chars_per_inch: float = 11.0) -> None:
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
 
 
+def log_scale(ax, which: str) -> None:
+    """Puts the `which` ("x" or "y") axis of `ax` on a log scale with plain tick labels
+    (0.001, 3e-05, 10,000): matplotlib writes log ticks in mathtext, which the study's figures
+    turn off (`study.fonts.use_fonts`), so its own labels would print as raw `$...$` markup.
+    Which ticks get a label stays matplotlib's choice (every decade; some minor ticks when
+    the axis spans few decades)."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):  # the hook LogFormatter formats each value with
+            return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+
+
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "8"]
 
 
@@ -443,12 +461,12 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
                 title=task if i == 0 else "",
                 xlabel="training examples seen" if i == len(panels) - 1 else "",
                 ylabel=label,
-                xscale="log",
             )
+            log_scale(axes[i][j], "x")
             if column == "val_seq_acc":
                 axes[i][j].set_ylim(-3, 103)
             else:
-                axes[i][j].set_yscale("log")
+                log_scale(axes[i][j], "y")
     if axes[0][-1].get_legend() is not None:  # two sections, headed "model" and "seed"
         sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
     suptitle(
@@ -535,10 +553,10 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
             ax.set(
                 title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})",
                 ylim=(-3, 103),
-                xscale="log",
                 xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "",
                 ylabel="validation exact match (%)" if j == 0 else "",
             )
+            log_scale(ax, "x")
         handles, labels = max((ax.get_legend_handles_labels() for ax in axes[i]), key=lambda hl: len(hl[1]))
         axes[i][-1].legend(
             handles,
