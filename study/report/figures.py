@@ -11,6 +11,7 @@ draws one series per setting (`study.report.tables.series_names`).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,6 @@ def suptitle(fig, text: str, chars_per_inch: float = 11.0) -> None:
     """`text` as the figure's title, each of its lines wrapped to the figure's width (about
     `chars_per_inch` characters of the default title font per inch), so that a title never
     makes the saved image wider than its panels."""
-    import textwrap
-
     width = max(40, int(fig.get_figwidth() * chars_per_inch))
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
 
@@ -520,6 +519,9 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
         d = data[data["task"] == task]
         shown = _shown_lengths(sorted(set(d["length"])))
         colours = dict(zip(shown, sns.color_palette("viridis_r", len(shown))))
+        first_shown = min(
+            j for j, model in enumerate(models) if model in set(d["model"])
+        )  # the row's y label goes there
         for j, model in enumerate(models):
             ax = axes[i][j]
             m = d[d["model"] == model]
@@ -551,11 +553,15 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
                         gid="fewer seeds",
                     )
             ax.set(
-                title=f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})",
+                title=textwrap.fill(
+                    f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", 36
+                ),  # one panel's width
                 ylim=(-3, 103),
                 xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "",
-                ylabel="validation exact match (%)" if j == 0 else "",
+                ylabel="validation exact match (%)" if j == first_shown else "",
             )
+            if j == first_shown:  # shared y: only the first column has tick labels, and it may be empty
+                ax.tick_params(labelleft=True)
             log_scale(ax, "x")
         handles, labels = max((ax.get_legend_handles_labels() for ax in axes[i]), key=lambda hl: len(hl[1]))
         axes[i][-1].legend(
