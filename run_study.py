@@ -40,9 +40,8 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
         stray = message.partition(":")[2].split() if message.startswith("unrecognized arguments") else []
-        if stray and not any(
-            token.startswith("-") for token in stray
-        ):  # values after a list option, not a mistyped flag
+        # values after a list option, not a mistyped flag
+        if stray and not any(token.startswith("-") for token in stray):
             message += "; lists are comma-separated, e.g. --seeds 0,1,2 --models none,dot"
         raise UsageError(f"{message} (see --help)")
 

@@ -12,9 +12,8 @@ import contextlib
 import os
 from pathlib import Path
 
-os.environ.setdefault(
-    "TF_CPP_MIN_LOG_LEVEL", "3"
-)  # TensorFlow's own C++ logging: errors only; imported before TensorFlow
+# TensorFlow's own C++ logging: errors only; imported before TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 # What TensorFlow's native code prints while it starts, whatever TF_CPP_MIN_LOG_LEVEL says:
@@ -72,9 +71,8 @@ def start_tensorflow(threads: int | None = None):
             except RuntimeError:  # TensorFlow is already initialised in this (reused) process
                 pass
         tf.config.list_physical_devices("GPU")  # device start-up (CUDA probing) prints here
-        tf.get_logger().setLevel(
-            "ERROR"
-        )  # not tf.function's retracing notices, which every new batch shape of greedy decoding triggers
+        # not tf.function's retracing notices, which every new batch shape of greedy decoding triggers
+        tf.get_logger().setLevel("ERROR")
     return tf
 
 

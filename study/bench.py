@@ -148,9 +148,8 @@ def measure_project(args, train, test, sv, tv) -> dict:
     compile_model(model, cfg)
     warm = BucketedBatches(EncodedSet.build(train.select(np.arange(warm_examples)), sv, tv), cfg, seed=0)
     model.fit(warm.for_fit(), epochs=1, verbose=0, shuffle=False)
-    timed_cfg = TrainConfig(
-        n_train=len(train) - warm_examples, batch_size=args.batch_size
-    )  # one epoch: the whole timed pool
+    # one epoch: the whole timed pool
+    timed_cfg = TrainConfig(n_train=len(train) - warm_examples, batch_size=args.batch_size)
     timed = BucketedBatches(
         EncodedSet.build(train.select(np.arange(warm_examples, len(train))), sv, tv), timed_cfg, seed=0
     )
@@ -416,9 +415,8 @@ def time_to_accuracy(args) -> dict:
     clock = _Clock()
     base_curve, base_reached = [], None
     per_pass = len(train_set) // cfg.epoch_examples
-    for epoch in range(
-        -(-args.max_examples // cfg.epoch_examples)
-    ):  # epochs of the project's size: a shuffled pass in stretches
+    # epochs of the project's size: a shuffled pass in stretches
+    for epoch in range(-(-args.max_examples // cfg.epoch_examples)):
         if epoch % per_pass == 0:
             order = np.random.default_rng(epoch).permutation(len(train_set))
         part = order[(epoch % per_pass) * cfg.epoch_examples : (epoch % per_pass + 1) * cfg.epoch_examples]

@@ -122,9 +122,8 @@ def decode_at_target_length(
         tokens = model.greedy_decoder(length, min_steps=length).predict(source_ids, batch_size=batch_size, verbose=0)[
             "tokens"
         ]
-        ended = np.concatenate(
-            [tokens, np.full((len(tokens), 1), END, dtype=tokens.dtype)], axis=1
-        )  # the decoder was stopped here
+        # the decoder was stopped here
+        ended = np.concatenate([tokens, np.full((len(tokens), 1), END, dtype=tokens.dtype)], axis=1)
         for i, text in zip(index, target_vocab.decode_batch(ended)):
             predictions[i] = text
     return predictions

@@ -247,9 +247,8 @@ def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str], out: Path | 
 
     _prepare_worker(config.backend, config.cell_cpus, plugins)
     record = _run_cell_in_worker(cell, config, out)
-    record.setdefault("worker", {})["ray_task_id"] = (
-        ray.get_runtime_context().get_task_id()
-    )  # Ray's own record of the task
+    # Ray's own record of the task
+    record.setdefault("worker", {})["ray_task_id"] = ray.get_runtime_context().get_task_id()
     return record
 
 

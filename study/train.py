@@ -566,8 +566,8 @@ class EpochProgress(keras.callbacks.Callback):
             desc=f"epoch {epoch + 1}/{self.epochs}",
             unit="batch",
             leave=False,
-            disable=not sys.stderr.isatty(),
-        )  # no frames in a log
+            disable=not sys.stderr.isatty(),  # no frames in a log
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
@@ -746,8 +746,8 @@ def train_model(
         initial_epoch=initial_epoch,
         callbacks=[*callbacks, *extra_callbacks],
         verbose=0,
-        shuffle=False,
-    )  # the order is BucketedBatches'
+        shuffle=False,  # the order is BucketedBatches'
+    )
     history = validating.history
     if diverging.reason:
         stop_reason, examples_seen = diverging.reason, diverging.examples_seen

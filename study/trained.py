@@ -47,9 +47,8 @@ def find_record(out: Path, task: str, model: str, seed: int | None) -> dict:
                 f"no finished cell of {task}/{model} with seed {seed} in {out}; seeds there: {available('seed', chosen)}"
             )
         chosen = [r for r in chosen if r["seed"] == seed]
-    return min(
-        chosen, key=lambda r: (r["seed"], not _usable_here(r), r["id"])
-    )  # of a seed, one this machine can rebuild
+    # of a seed, one this machine can rebuild
+    return min(chosen, key=lambda r: (r["seed"], not _usable_here(r), r["id"]))
 
 
 def record_task(record: dict):
@@ -156,9 +155,8 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
 
     use_fonts()
     rows = (list(prediction) + ["END"])[: weights.shape[0]]
-    fig, ax = plt.subplots(
-        figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2))
-    )  # readable for a short input too
+    # readable for a short input too
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2)))
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
     character_ticks(ax, "x", list(source), fontsize=8)
     character_ticks(ax, "y", rows, fontsize=8)

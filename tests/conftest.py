@@ -15,12 +15,13 @@ from helpers import run_cli
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# session- or module-scoped, each costing seconds to minutes
 SHARED_FIXTURES = (
     "smoke_run",
     "reference",
     "trained",
     "drawn",
-)  # session- or module-scoped, each costing seconds to minutes
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

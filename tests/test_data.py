@@ -173,24 +173,21 @@ def test_the_cldr_version_is_part_of_a_date_task_identity(tmp_path, monkeypatch,
 
     here = get_task("date_format", locale="ko")
     key, ours = data.load_split(here, "test", [2], 40, seed=1, cache_dir=tmp_path)
-    monkeypatch.setattr(
-        date_format, "format_date", lambda d, pattern, locale: d.strftime("%Y/%m/%d")
-    )  # another Babel's formatting
+    # another Babel's formatting
+    monkeypatch.setattr(date_format, "format_date", lambda d, pattern, locale: d.strftime("%Y/%m/%d"))
     date_format._leap_year_rendering.cache_clear()
     request.addfinalizer(date_format._leap_year_rendering.cache_clear)  # later tests see this Babel's rendering again
     same_cldr = get_task("date_format", locale="ko")
     monkeypatch.setattr(date_format, "get_cldr_version", lambda: "1")  # and its CLDR release
     there = get_task("date_format", locale="ko")
-    assert (
-        same_cldr.cldr == here.cldr and same_cldr.spec != here.spec
-    )  # changed formatting code alone is another identity
+    # changed formatting code alone is another identity
+    assert same_cldr.cldr == here.cldr and same_cldr.spec != here.spec
     assert there.spec["data"]["cldr"] == "1" and here.spec["data"] != there.spec["data"]
     other_key, theirs = data.load_split(there, "test", [2], 40, seed=1, cache_dir=tmp_path)
     assert data.cache_path(there, other_key, tmp_path) != data.cache_path(here, key, tmp_path)
     assert theirs.sources != ours.sources and all("/" in s for s in theirs.sources)  # not the other CLDR's cache
-    assert data._rng(key, 2).integers(2**62) == data._rng(other_key, 2).integers(
-        2**62
-    )  # the same draws, written differently
+    # the same draws, written differently
+    assert data._rng(key, 2).integers(2**62) == data._rng(other_key, 2).integers(2**62)
 
     config = build_study_config("smoke")
     cell = dataclasses.replace(expand_grid(config)[0], task=TaskPlan("date_format", (1,), (1, 2), (("locale", "ko"),)))

@@ -163,9 +163,8 @@ def test_shapes_and_parameter_counts(name, config):
         expected += n_states * (2 * u * u + u)
         if attention != "none":
             expected += 2 * u * u + u
-    expected += (
-        (2 * u * u + u) if attention != "none" or spec.placement == "every_step" else (u * u + u)
-    )  # read-out of [c; s] or s
+    # read-out of [c; s] or s
+    expected += (2 * u * u + u) if attention != "none" or spec.placement == "every_step" else (u * u + u)
     expected += {"none": 0, "dot": 0, "general": u * u, "additive": 2 * u * a + a + a}[attention]
     assert model.count_params() == expected
 

@@ -321,9 +321,8 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     legacy = [
         {**r, "train_config": {k: v for k, v in r["train_config"].items() if k != "loss_tolerance"}} for r in records
     ]
-    assert "trained under an earlier rule" in "\n".join(
-        convergence_lines(legacy)
-    )  # records made before loss-based convergence
+    # records made before loss-based convergence
+    assert "trained under an earlier rule" in "\n".join(convergence_lines(legacy))
     for i, record in enumerate(records):
         record["train_config"] = {**record["train_config"], "loss_tolerance": 0.005, "accuracy_tolerance": 0.05}
         record.update(
@@ -404,10 +403,11 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     assert any("longest trained" in t for t in titles) and any("first beyond" in t for t in titles)
     for ax in fig.axes:
         assert _integer_ticks(ax) and ax.get_ylim() == (-3, 103) and "length" in ax.get_title()
+        # positions count from 1
         assert (
             ax.get_xlim()[0] == 0.5
             and min(t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]) >= 1
-        )  # positions count from 1
+        )
         chance = [line for line in ax.get_lines() if line.get_gid() == "chance"]
         assert len(chance) == 1 and chance[0].get_linestyle() == "--"
         if ax.get_title().startswith(("copy", "reverse")):
@@ -439,9 +439,8 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
         for line in accuracy_axes[0].get_lines()
         if len(line.get_xdata())
     }
-    assert len(drawn_lines) == len(
-        {(r["model"], r["seed"]) for r in records if r["task"] == task and r.get("history")}
-    )  # seeds told apart
+    # seeds told apart
+    assert len(drawn_lines) == len({(r["model"], r["seed"]) for r in records if r["task"] == task and r.get("history")})
 
 
 def test_no_tick_label_prints_markup(drawn):
@@ -760,9 +759,8 @@ def _table_numbers(folder: Path) -> set[str]:
         and c.startswith(("seq_acc", "oracle", "length_acc", "char_acc"))
     ]
     values += [metrics[c] for c in ("seq_acc", "oracle_seq_acc", "char_acc", "length_acc")]
-    if (folder / "comparisons.csv").exists() and (
-        folder / "comparisons.csv"
-    ).stat().st_size > 1:  # empty: no two models to compare
+    # empty: no two models to compare
+    if (folder / "comparisons.csv").exists() and (folder / "comparisons.csv").stat().st_size > 1:
         values.append(pd.read_csv(folder / "comparisons.csv")["diff_mean"].abs())
     if (folder / "units.csv").exists():  # per-unit accuracy, mean over seeds
         units = pd.read_csv(folder / "units.csv")
@@ -772,6 +770,7 @@ def _table_numbers(folder: Path) -> set[str]:
     return {f"{100 * x:.1f}" for column in values for x in column.dropna()}
 
 
+# the experiment beside the reference
 @pytest.mark.parametrize(
     "section,folders",
     [
@@ -779,7 +778,7 @@ def _table_numbers(folder: Path) -> set[str]:
         ("[`results/reference-models/`]", ["reference-models"]),
         ("## Is it the bottleneck or the budget?", ["bottleneck", "reference"]),
     ],
-)  # the experiment beside the reference
+)
 def test_the_readme_findings_are_numbers_of_the_committed_tables(section, folders):
     """Every number with one decimal in the README's account of a reference study or experiment
     is one its committed tables hold, so a regenerated study cannot leave a stale claim behind."""

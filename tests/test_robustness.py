@@ -138,9 +138,8 @@ def test_fresh_rerun_reproduces_metrics(tmp_path, reference):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "mode", ["before_rename"]
-)  # "mid_write" (the file cut before it is synced) left out for the suite's time
+# "mid_write" (the file cut before it is synced) left out for the suite's time
+@pytest.mark.parametrize("mode", ["before_rename"])
 def test_crash_inside_the_atomic_writer_then_resume(tmp_path, reference, mode):
     """A process killed inside the real writer leaves only its temporary file: no partial
     record is ever read as valid, the resumed study recomputes that cell and removes the

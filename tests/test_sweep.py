@@ -47,13 +47,11 @@ def test_a_sweep_probe_trains_exactly_what_a_study_cell_trains(tmp_path, monkeyp
     drop = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert drop(run["history"]) == drop(record["history"]) and len(run["history"]) == 3
     assert (run["stop_reason"], run["examples_seen"]) == (record["stop_reason"], record["examples_seen"])
-    assert run["train_config"] == dataclasses.asdict(
-        build_study_config("standard").train
-    )  # the run file: every setting
+    # the run file: every setting
+    assert run["train_config"] == dataclasses.asdict(build_study_config("standard").train)
     assert identity_train_config(TrainConfig(**run["train_config"])) == record["train_config"]
-    assert (
-        dataclasses.replace(bench_recipe(), patience_examples=512) == build_study_config("standard").train
-    )  # the bench's recipe: the study's, patience off
+    # the bench's recipe: the study's, patience off
+    assert dataclasses.replace(bench_recipe(), patience_examples=512) == build_study_config("standard").train
     assert "| date_format/dot | standard | 0 |" in sweep.table(tmp_path)
 
 
@@ -135,6 +133,5 @@ def test_replaying_a_shorter_convergence_stretch_stops_where_the_rule_would_have
     assert (two["examples"], two["converged"], two["val_seq_acc"]) == (40000, True, pytest.approx(0.3))
     assert (three["examples"], three["converged"]) == (50000, True)
     table = sweep.patience_table([run])
-    assert (
-        "| copy/dot | r | 20000 | 1 of 1 | 40000 |" in table and "| r | 40000 |" not in table
-    )  # no replay beyond the run's own stretch
+    # no replay beyond the run's own stretch
+    assert "| copy/dot | r | 20000 | 1 of 1 | 40000 |" in table and "| r | 40000 |" not in table

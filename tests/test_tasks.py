@@ -35,9 +35,8 @@ def test_contract(name):
         assert task.sample(np.random.default_rng(8), 5, length) != (sources, targets)
 
 
-@pytest.mark.parametrize(
-    "name", ["copy", "reverse", "sort"]
-)  # built-in tasks: the contract does not fix a target's length
+# built-in tasks: the contract does not fix a target's length
+@pytest.mark.parametrize("name", ["copy", "reverse", "sort"])
 def test_built_in_symbol_tasks_write_targets_as_long_as_sources(name):
     sources, targets = get_task(name).sample(np.random.default_rng(0), 10, 13)
     assert all(len(s) == 13 for s in sources) and all(len(t) == 13 for t in targets)

@@ -112,9 +112,8 @@ def test_a_backup_restores_the_whole_training_state(copy_data, tmp_path):
         first.stop_reason,
         first.examples_seen,
     )
-    assert (
-        again.seconds == first.seconds and again.times["train_steps"] == first.times["train_steps"]
-    )  # times add up across a resume
+    # times add up across a resume
+    assert again.seconds == first.seconds and again.times["train_steps"] == first.times["train_steps"]
     assert all((a == b).all() for a, b in zip(model.get_weights(), again_model.get_weights()))
 
 
@@ -227,9 +226,8 @@ def test_the_plateau_schedule_halves_the_rate_only_when_the_validation_loss_stal
         schedule="plateau",
         lr_patience_examples=256,
     )
-    _, stalled = _train(
-        copy_data, TrainConfig(learning_rate=1e-7, min_learning_rate=1e-8, **plateau)
-    )  # too small a step to move the loss
+    # too small a step to move the loss
+    _, stalled = _train(copy_data, TrainConfig(learning_rate=1e-7, min_learning_rate=1e-8, **plateau))
     assert [row["learning_rate"] for row in stalled.history] == pytest.approx([1e-7, 1e-7, 5e-8, 2.5e-8])
     _, learning = _train(copy_data, TrainConfig(learning_rate=1e-2, **plateau))
     losses = [row["val_loss"] for row in learning.history]

@@ -82,9 +82,8 @@ def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_pa
     assert min(matplotlib.image.imread(png).shape[:2]) >= 500  # readable for a four-character input
     from study.backend import START_UP_NOTICES
 
-    assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], (
-        result.stderr
-    )  # as quiet as the study
+    # as quiet as the study
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr
 
 
 @pytest.mark.parametrize(

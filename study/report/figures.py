@@ -148,9 +148,8 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
             (("seq_acc", "exact match (%)"), ("oracle_seq_acc", "oracle-length exact match (%)"))
         ):
             ax = axes[i][j]
-            ax.axvspan(
-                lo - 0.5 - reach, hi + 0.5 + reach, color="0.93", zorder=0, gid="trained"
-            )  # holds every dodged point
+            # holds every dodged point
+            ax.axvspan(lo - 0.5 - reach, hi + 0.5 + reach, color="0.93", zorder=0, gid="trained")
             above = transforms.blended_transform_factory(ax.transData, ax.transAxes)
             ax.text(
                 (lo + hi) / 2,
@@ -197,6 +196,7 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                         gid="inside" if style == "-" else "beyond",
                     )
                 if i == 0:
+                    # every seed's own exact match
                     ax.scatter(
                         points["length"] + offsets[model],
                         100 * points["seq_acc"],
@@ -206,7 +206,7 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                         linewidths=0.8,
                         zorder=3,
                         gid="seed",
-                    )  # every seed's own exact match
+                    )
             ax.set(xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 105))
             ax.set_title(task if i == 0 else "", pad=16)  # above the "trained lengths" label
             ax.set_xticks(lengths)  # only what was measured
@@ -310,13 +310,14 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
             if width and width > 1:  # where each unit of the output (a date) begins
                 for start in range(width, int(d["position"].max()), width):
                     ax.axvline(start + 0.5, color="0.75", linewidth=0.7, linestyle="-", zorder=0, gid="unit boundary")
+            # positions count from 1
             ax.set(
                 title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}",
                 xlabel="output position (characters)",
                 ylabel="character accuracy (%)",
                 ylim=(-3, 103),
                 xlim=(0.5, d["position"].max() + 0.5),
-            )  # positions count from 1
+            )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
@@ -363,9 +364,8 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
                 continue
             ex = r["attention_example"]
             w = np.asarray(ex["weights"])
-            image = ax.imshow(
-                w, cmap="viridis", vmin=0, vmax=1, aspect="equal"
-            )  # square cells: a short example is small, not stretched
+            # square cells: a short example is small, not stretched
+            image = ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="equal")
             src = list(ex["source"])
             out = list(ex["prediction"]) + ["END"]
             out = out[: w.shape[0]]
@@ -519,9 +519,8 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
         d = data[data["task"] == task]
         shown = _shown_lengths(sorted(set(d["length"])))
         colours = dict(zip(shown, sns.color_palette("viridis_r", len(shown))))
-        first_shown = min(
-            j for j, model in enumerate(models) if model in set(d["model"])
-        )  # the row's y label goes there
+        # the row's y label goes there
+        first_shown = min(j for j, model in enumerate(models) if model in set(d["model"]))
         for j, model in enumerate(models):
             ax = axes[i][j]
             m = d[d["model"] == model]
@@ -553,9 +552,8 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
                         gid="fewer seeds",
                     )
             ax.set(
-                title=textwrap.fill(
-                    f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", 36
-                ),  # one panel's width
+                # one panel's width
+                title=textwrap.fill(f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", 36),
                 ylim=(-3, 103),
                 xlabel="training examples seen (thousands)" if i == len(tasks) - 1 else "",
                 ylabel="validation exact match (%)" if j == first_shown else "",

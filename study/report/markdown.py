@@ -270,9 +270,8 @@ def convergence_lines(records: list[dict]) -> list[str]:
         return []
     cfg = done[0]["train_config"]
     open_cells = [r for r in done if not r["converged"]]
-    if (
-        "loss_tolerance" not in cfg
-    ):  # records of the earlier rule (exact match only; a budget stop within a point counted)
+    # records of the earlier rule (exact match only; a budget stop within a point counted)
+    if "loss_tolerance" not in cfg:
         lines = [
             f"These cells were trained under an earlier rule: converged meant no better validation exact match for "
             f"{cfg.get('patience_examples', '?')} examples, the target reached, or at most a point gained over that "

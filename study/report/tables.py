@@ -236,9 +236,8 @@ def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
                 n = counts[a][keep].to_numpy(dtype=float) if counts is not None else np.full(len(d), np.nan)
                 sa, sb = ((np.round(q * n) + 0.5) / (n + 1) for q in (pa, pb))  # smoothed: never exactly 0 or 1
                 floor = math.sqrt(np.nanmean((sa * (1 - sa) + sb * (1 - sb)) / n)) if np.isfinite(n).all() else 0.0
-                spread = max(
-                    float(np.std(d, ddof=1)), floor
-                )  # seeds that agree to the example still carry test-set noise
+                # seeds that agree to the example still carry test-set noise
+                spread = max(float(np.std(d, ddof=1)), floor)
                 if spread > 0:
                     t = d.mean() / (spread / math.sqrt(len(d)))
                     row["p"] = float(2 * stats.t.sf(abs(t), len(d) - 1))
