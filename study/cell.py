@@ -158,9 +158,11 @@ def test_metrics(
 ) -> tuple[list[dict], dict | None]:
     """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
     returns the per-length metric rows and the attention example at `map_length` (or None): the
-    first test example the model gets right there, else the first one, so that the map shows
-    the mechanism where it works and says WRONG only where nothing is right.  A model trained without END (`end_token` False) is decoded at each
-    target's length, so its exact match is its oracle-length exact match."""
+    first test example the model gets right there among those whose attention weights were kept
+    (every example; the first alone for a model trained without END), else the first one (drawn
+    WRONG), so that the map shows the mechanism where it works.  A model trained without END
+    (`end_token` False) is decoded at each target's length, so its exact match is its
+    oracle-length exact match."""
     import numpy as np
 
     from study.evaluate import evaluate_with_predictions

@@ -97,7 +97,8 @@ def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots
     # the parent handles Ctrl-C; this process started with SIGINT blocked (`_sigint_blocked`), so a
     # Ctrl-C that reached it while Python was starting is pending: ignoring SIGINT discards it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _exit_with_parent(parent)
     pin_gpu(gpu_slots.get())
     _prepare_worker(backend, threads, plugins)
@@ -129,19 +130,21 @@ def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
 @contextlib.contextmanager
 def _sigint_blocked():
     """Holds back SIGINT in this thread while it spawns workers.  A terminal's Ctrl-C reaches the
-    whole process group, workers included; a worker inherits this signal mask, so it cannot be
-    killed by Ctrl-C before its initializer ignores SIGINT, and this process gets the signal
-    (through `Interrupt.handler`) as soon as the block lifts."""
+    whole process group, workers included; a worker inherits the spawning thread's signal mask,
+    so it cannot be killed by Ctrl-C before its initializer ignores SIGINT.  This process still
+    notes a Ctrl-C at once when another of its threads (a progress bar's) takes the signal, and
+    otherwise as soon as the block lifts; either way `Interrupt.handler` only records it.  The
+    mask found is restored after."""
     import signal
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_cells(

@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="only redraw the table")
     args = p.parse_args(argv)
     recipes, probes = comma_list(args.recipes), comma_list(args.probes)
+    for option, values in (("--recipes", recipes), ("--probes", probes), ("--seeds", comma_list(args.seeds))):
+        if not values:
+            print(f"error: {option} needs at least one comma-separated value", file=sys.stderr)
+            return 2
     for name, known, what in [(r, RECIPES, "recipe") for r in recipes] + [(q, PROBES, "probe") for q in probes]:
         if name not in known:
             print(f"error: unknown {what} {name!r} (known: {', '.join(known)})", file=sys.stderr)

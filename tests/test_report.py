@@ -392,7 +392,7 @@ def _integer_ticks(ax) -> bool:
 
 def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     fig = drawn["accuracy_vs_length"]
-    assert "3 seeds, 1,000 test examples per length and seed" in fig._suptitle.get_text()
+    assert "3 seeds, 1,000 test examples per length and seed" in fig._suptitle.get_text().replace("\n", " ")
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["none", "additive", "dot", "general"]  # models only
     assert fig.legends[0].get_title().get_text() == "model"
     for ax in fig.axes:
@@ -465,7 +465,7 @@ def test_no_title_is_wider_than_its_figure(drawn):
 
 def test_attention_maps_have_a_colour_bar_and_say_right_or_wrong(drawn):
     fig = drawn["attention_maps"]
-    assert "none: no attention, so no weights to show" in fig._suptitle.get_text()
+    assert "none: no attention, so no weights to show" in fig._suptitle.get_text().replace("\n", " ")
     colour_bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
     assert len(colour_bars) == 1
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
@@ -727,10 +727,9 @@ def test_learning_curves_average_only_the_seeds_still_training(drawn):
     """A solid curve point averages every seed; after the first seed stopped the curve goes on
     dotted, and the title says so and how many validation examples stand behind a point."""
     fig = drawn["learning_curves_by_length"]
-    assert (
-        "dotted: after the first seed stopped" in fig._suptitle.get_text()
-        and "64 validation examples" in fig._suptitle.get_text()
-    )
+    assert "dotted: after the first seed stopped" in fig._suptitle.get_text().replace(
+        "\n", " "
+    ) and "64 validation examples" in fig._suptitle.get_text().replace("\n", " ")
     records = [json.loads(p.read_text()) for p in sorted((RESULTS / "reference" / "cells").glob("*.json"))]
     ends = {}
     for r in records:
@@ -822,3 +821,35 @@ def test_seeds_that_agree_to_the_example_are_not_certainty():
     ]
     frame = comparison_frame(pd.DataFrame(rows))
     assert not frame["separated"].any() and frame["p"].iloc[0] > 0.05
+
+
+def test_every_row_of_the_learning_curves_names_its_axis_where_the_first_column_is_empty():
+    """The bottleneck experiment's variants leave panels empty (date_format has no `converged`
+    variant): each row's first drawn panel carries the y label and its tick labels, and no panel
+    title is wider than its panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from study import report
+
+    records = load_records(RESULTS / "bottleneck")
+    fig = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report.figures, "_save", lambda f, folder, name: fig.setdefault(name, f) and [])
+        report.figures.plot_learning_curves_by_length(records, Path("unused"))
+    figure = fig["learning_curves_by_length"]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    rows = {}
+    for ax in figure.axes:
+        if ax.axison and ax.get_title():
+            rows.setdefault(round(ax.get_position().y0, 3), []).append(ax)
+    assert len(rows) == 3 and any(
+        min(ax.get_position().x0 for ax in row) > 0.2 for row in rows.values()
+    )  # an empty first column
+    for row in rows.values():
+        first = min(row, key=lambda ax: ax.get_position().x0)
+        assert first.get_ylabel() and any(t.get_text() for t in first.get_yticklabels() if t.get_visible())
+        for ax in row:
+            assert ax.title.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width * 1.15
+    plt_close(figure)

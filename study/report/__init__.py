@@ -8,17 +8,21 @@
                              difference from `none`, paired by seed
       comparisons.csv        every pair of models at every length: paired t-test over seeds,
                              Holm-corrected (COMPARISON_METHOD), and the seeds a separation would need
+      units.csv              per-unit accuracy (one date of date_format) and units written, for
+                             tasks with an `output_unit_width`
       figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded;
                                              a second row with the oracle-length exact match
-      figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained length
+      figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained
+                                             length and the first length beyond it
       figures/attention_maps.{png,svg}       one test example's weights per task x attention model
-      figures/training_curves.{png,svg}      validation exact-match vs examples seen
+      figures/training_curves.{png,svg}      validation exact match, loss and learning rate vs examples seen
+      figures/learning_curves_by_length.{png,svg}  validation exact match of each training length vs examples
       report.md                              all of the above with the configuration
 
 The work is split by concern: `study.report.tables` (records to pandas tables),
 `study.report.statistics` (intervals and tests over seeds), `study.report.figures` and
-`study.report.markdown`.  Nothing here reads in-memory state of a run, so a report can be redrawn at any
-time without retraining: `python run_study.py report results/standard`.
+`study.report.markdown`.  Nothing here reads in-memory state of a run, so a report can be
+redrawn at any time without retraining: `python run_study.py report results/standard`.
 """
 
 from __future__ import annotations

@@ -375,8 +375,10 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
             shown_text += ex["source"] + ex["prediction"] + ex["target"]
             right = ex["prediction"] == ex["target"]
             verdict = "right" if right else "WRONG"
+            at_length = next((m["seq_acc"] for m in r.get("metrics", []) if m["length"] == ex["length"]), None)
+            accuracy = f" (exact match {100 * at_length:.0f}%)" if at_length is not None else ""
             ax.set_title(
-                f"{task} / {model}, length {ex['length']}, seed {r['seed']}\n"
+                f"{task} / {model}, length {ex['length']}{accuracy}, seed {r['seed']}\n"
                 f"target {_shorten(ex['target'])}\npredicted {_shorten(ex['prediction'])} ({verdict})",
                 fontsize=8,
                 color="black" if right else "#b2182b",
@@ -389,8 +391,15 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
         key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m),
     )
     note = f"; {', '.join(without)}: no attention, so no weights to show" if without else ""
+    chosen_how = (  # records made before the choice of a right example hold the first example
+        "the first example of the length shown that the model gets right (the first example where none is)"
+        if all("index" in r["attention_example"] for r in chosen.values())
+        else "the first test example of the length shown"
+    )
     suptitle(
-        fig, f"Attention weights of one test example per model (rows: output steps, columns: source characters){note}"
+        fig,
+        "Attention weights of one test example per model (rows: output steps, columns: source characters): "
+        f"{chosen_how}{note}",
     )
     add_marks_note(fig, shown_text)
     return _save(fig, figures, "attention_maps")
