@@ -101,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=EXECUTORS, default="local", help="local processes (default) or Ray tasks")
     run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray instance)")
     run.add_argument("--out", type=Path, help="results folder (default results/<profile>)")
-    run.add_argument(
-        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)"
-    )
+    _task_module_option(run)
     run.add_argument("--fresh", action="store_true", help="recompute cells that are already finished")
     run.add_argument(
         "--tensorboard",
@@ -127,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--all", action="store_true", help="report every record in the folder, not only the latest run's grid"
     )
+    _task_module_option(report)
     ask = sub.add_parser("predict", help="ask a trained model of a finished study about your own inputs")
     ask.__class__ = _Parser
     ask.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
@@ -136,21 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--attention-map", type=Path, metavar="FILE.png", help="draw the attention weights of the first source"
     )
-    ask.add_argument("--task-module", action="append", default=[], help="a Python file or module defining extra tasks")
+    _task_module_option(ask)
     ask.add_argument("sources", nargs="+", metavar="SOURCE", help="input strings in the task's alphabet")
     again = sub.add_parser(
         "rescore", help="recompute every cell's test metrics from its saved model, then redraw the report"
     )
     again.__class__ = _Parser
     again.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
-    again.add_argument(
-        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks"
-    )
+    _task_module_option(again)
     listing = sub.add_parser("list", help="list tasks, models and profiles")
     listing.__class__ = _Parser
-    listing.add_argument(
-        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks"
-    )
+    _task_module_option(listing)
     options = ", ".join(a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help")
     parser.epilog = (
         f"Without a command, the arguments are those of `run`: {options}.\n"
@@ -159,9 +154,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_module_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)"
+    )
+
+
+def _load_task_modules(args: argparse.Namespace) -> None:
+    from study.tasks import load_task_module
+
+    for module in args.task_module:
+        load_task_module(module)
+
+
+def _require_folder(path: Path, what: str = "results folder") -> Path:
+    """`path`, or a UsageError that says whether it is missing or not a folder."""
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder")
+    return path
+
+
+ATTENTION_MAP_FORMATS = (".png", ".svg", ".pdf")
+
+
+def _attention_map_path(path: Path | None) -> Path | None:
+    """Where `predict --attention-map` draws: `path`, with .png added when it has no suffix;
+    refused in one line when its format is not one of ATTENTION_MAP_FORMATS or its folder does
+    not exist (nothing is created outside it)."""
+    if path is None:
+        return None
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix.lower() not in ATTENTION_MAP_FORMATS:
+        raise UsageError(
+            f"--attention-map {path}: write it as {', '.join(ATTENTION_MAP_FORMATS)} (e.g. {path.with_suffix('.png')})"
+        )
+    _require_folder(path.parent if str(path.parent) else Path("."), "--attention-map: folder")
+    if path.is_dir():
+        raise UsageError(f"--attention-map {path} is a folder; give a file name such as {path / 'attention.png'}")
+    return path
+
+
 def _load_config_file(path: Path) -> dict:
     import tomllib
 
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a folder, not a TOML file")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     try:
@@ -281,10 +321,8 @@ def prepare(args: argparse.Namespace):
     import dataclasses
 
     from study.config import PROFILES, build_study_config
-    from study.tasks import load_task_module
 
-    for module in args.task_module:
-        load_task_module(module)
+    _load_task_modules(args)
     file_settings = _load_config_file(args.config) if args.config else {}
     profile = file_settings.pop("profile", None) or args.profile
     if profile not in PROFILES:
@@ -398,9 +436,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from study.report import write_report
 
+    _load_task_modules(args)
     for folder in args.results_dirs:
-        if not folder.is_dir():
-            raise UsageError(f"results folder {folder} does not exist")
+        _require_folder(folder)
     if len(args.results_dirs) > 1 and args.out is None:
         raise UsageError("several results folders are merged into one: give the merged folder with --out")
     out = args.out or args.results_dirs[0]
@@ -416,10 +454,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from study.config import PROFILES
-    from study.tasks import available_tasks, get_task, load_task_module
+    from study.tasks import available_tasks, get_task
 
-    for module in args.task_module:
-        load_task_module(module)
+    _load_task_modules(args)
     print("tasks:")
     for name in available_tasks():
         task = get_task(name)
@@ -439,12 +476,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _results_folder(args: argparse.Namespace) -> Path:
-    from study.tasks import load_task_module
-
-    for module in args.task_module:
-        load_task_module(module)
-    if not args.results_dir.is_dir():
-        raise UsageError(f"results folder {args.results_dir} does not exist")
+    _load_task_modules(args)
+    _require_folder(args.results_dir)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     return args.results_dir
 
@@ -453,9 +486,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from study.backend import start_backend
     from study.trained import predict
 
+    attention_map = _attention_map_path(args.attention_map)
     start_backend()
     out = _results_folder(args)
-    rows = predict(out, args.task, args.model, args.seed, args.sources, args.attention_map)
+    rows = predict(out, args.task, args.model, args.seed, args.sources, attention_map)
     print(f"{args.task}/{args.model}, cell {rows[0]['cell']}:")
     for row in rows:
         verdict = "" if row["target"] is None else ("  right" if row["exact"] else f"  wrong (target {row['target']})")
@@ -464,8 +498,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if any(INVALID in row["prediction"] for row in rows):
         print(f"  ({INVALID} marks where the model wrote a special token before END, or never wrote END)")
-    if args.attention_map:
-        print(f"attention map: {args.attention_map}")
+    if attention_map:
+        print(f"attention map: {attention_map}")
     return 0
 
 
@@ -477,6 +511,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     start_backend()
     out = _results_folder(args)
     done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
+    if skipped and not done:
+        raise UsageError(f"no cell of {out} could be rescored ({skipped} skipped, warnings above); nothing was changed")
     print(
         f"rescored {done} cells ({skipped} without a saved model or a task this machine can rebuild left as they were); report: {write_report(out)}"
     )
@@ -497,9 +533,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "predict": cmd_predict, "rescore": cmd_rescore}[
-            args.command
-        ](args)
+        command = {
+            "run": cmd_run,
+            "report": cmd_report,
+            "list": cmd_list,
+            "predict": cmd_predict,
+            "rescore": cmd_rescore,
+        }
+        code = command[args.command](args)
+        sys.stdout.flush()  # a pipe closed early shows here, not at the interpreter's exit
+        return code
     except (
         UsageError,
         ConfigError,
@@ -517,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the output went into a pipe that closed early (`list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for other tools stopped this way
     except KeyboardInterrupt:  # before the study started, or while the report was drawn
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130

@@ -399,6 +399,10 @@ def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
         assert ax.get_ylim()[0] >= -5 and ax.get_ylim()[1] <= 110 and _integer_ticks(ax)
         assert any(t.get_text() == "trained lengths" for t in ax.texts)
     fig = drawn["position_accuracy"]
+    caption = fig._suptitle.get_text().replace("\n", " ")
+    assert (
+        "where each date of date_format begins" in caption and "of copy begins" not in caption
+    )  # only tasks with units
     titles = [ax.get_title() for ax in fig.axes]
     assert any("longest trained" in t for t in titles) and any("first beyond" in t for t in titles)
     for ax in fig.axes:

@@ -71,9 +71,10 @@ def test_predict_prints_predictions_and_draws_an_attention_map(smoke_run, tmp_pa
         "abcd",
         "badc",
         "--attention-map",
-        str(png),
+        str(tmp_path / "map"),  # no suffix: .png added
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"attention map: {png}" in result.stdout
     lines = result.stdout.splitlines()
     assert lines[0].startswith("copy/dot, cell copy-dot-s1-")
     assert lines[1].startswith("  abcd -> ") and ("right" in lines[1] or "wrong (target abcd)" in lines[1])
@@ -172,3 +173,46 @@ def test_predict_picks_a_record_this_machine_can_rebuild_and_refuses_one_it_cann
     assert result.returncode == 2 and "made with task data" in result.stderr and "this machine has" in result.stderr, (
         result.stderr[-2000:]
     )
+
+
+@pytest.mark.parametrize(
+    "where,message",
+    [
+        ("map.txt", "write it as .png, .svg, .pdf"),
+        ("missing/map.png", "folder"),
+    ],
+)
+def test_a_bad_attention_map_path_is_refused_before_anything_runs(tmp_path, where, message, capsys):
+    """A format matplotlib would not write, or a folder that does not exist (never created), is a
+    one-line error before the model loads; a path without a suffix gets .png (test above)."""
+    import run_study
+
+    code = run_study.main(
+        ["predict", str(tmp_path), "--task", "copy", "--model", "dot", "--attention-map", str(tmp_path / where), "ab"]
+    )
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_file_given_as_a_folder_is_called_a_file(tmp_path, capsys):
+    import run_study
+
+    (tmp_path / "notes.md").write_text("x")
+    assert run_study.main(["report", str(tmp_path / "notes.md")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert run_study.main(["--config", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "is a folder, not a TOML file" in capsys.readouterr().err
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly():
+    """`python run_study.py list | head -1`: no BrokenPipeError traceback, the shell's 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_study.py"), "list"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

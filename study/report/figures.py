@@ -324,7 +324,12 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     suptitle(
         fig,
         f"Where in the output greedy decoding goes wrong: mean over {seeds_and_examples(records)}; band: range over seeds; "
-        "dashed: chance (a uniform guess over the output alphabet); grey lines: where each date begins",
+        "dashed: chance (a uniform guess over the output alphabet)"
+        + "".join(
+            f"; grey lines: where each {units.get(task, 'unit').rstrip('s')} of {task} begins"
+            for task, (_, width) in chance.items()
+            if width and width > 1
+        ),
     )
     fig.tight_layout()
     return _save(fig, figures, "position_accuracy")

@@ -18,6 +18,12 @@ from study.report.tables import SETTING_FIELDS, series_names, setting_key
 from study.text import markdown_cell as md
 
 
+def _seed_range(need: pd.Series) -> str:
+    """'51 seeds', or '6-51 seeds (median 12)' for several comparisons."""
+    low, high = int(need.min()), int(need.max())
+    return f"{low} seeds" if low == high else f"{low}-{high} seeds (median {int(need.median())})"
+
+
 def comparisons_markdown(comparisons: pd.DataFrame) -> str:
     """One table per task, setting and training range: a row per pair of models, a column per
     length, each cell the mean difference in points and the corrected p-value, in bold where
@@ -58,8 +64,9 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
             need = open_pairs["seeds_needed"]
             lines += [
                 "",
-                f"Not separated inside the trained range: {len(open_pairs)} comparisons with a nonzero spread; at their observed "
-                f"mean and spread a paired t-test would need {int(need.min())}-{int(need.max())} seeds (median {int(need.median())}) "
+                f"Not separated inside the trained range: {len(open_pairs)} comparison{'s' if len(open_pairs) != 1 else ''} "
+                "with a nonzero spread; at their observed "
+                f"mean and spread a paired t-test would need {_seed_range(need)} "
                 "to separate them with 80% power at 5% before correction.",
             ]
         parts += lines + [""]
