@@ -37,11 +37,17 @@ class UsageError(ValueError):
     """Bad command-line input; reported as one line with exit code 2."""
 
 
+COMMANDS = ("run", "report", "list", "predict", "rescore")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
         stray = message.partition(":")[2].split() if message.startswith("unrecognized arguments") else []
+        commands = [token for token in stray if token in COMMANDS]
+        if commands:  # `--task-module X list`: a command after options
+            message += f"; the command goes first: python run_study.py {commands[0]} [options]"
         # values after a list option, not a mistyped flag
-        if stray and not any(token.startswith("-") for token in stray):
+        elif stray and not any(token.startswith("-") for token in stray):
             message += "; lists are comma-separated, e.g. --seeds 0,1,2 --models none,dot"
         raise UsageError(f"{message} (see --help)")
 
@@ -76,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     from study.executors import EXECUTORS
 
     parser = _Parser(
-        prog="run_study.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="run_study.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a misspelt option is an error, never a silent prefix match (--profil)
     )
-    sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run a study (the default command)")
-    run.__class__ = _Parser
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", allow_abbrev=False, help="run a study (the default command)")
     run.add_argument("--profile", default="standard", help="smoke, standard (default) or full")
     run.add_argument("--config", type=Path, help="a TOML file with any setting a profile has")
     run.add_argument("--tasks", type=comma_list, help="comma-separated task names (default: the profile's)")
@@ -110,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write training curves for TensorBoard under <out>/logs/",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
-    report = sub.add_parser("report", help="redraw tables, figures and report.md from a results folder")
-    report.__class__ = _Parser
+    report = sub.add_parser(
+        "report", allow_abbrev=False, help="redraw tables, figures and report.md from a results folder"
+    )
     report.add_argument(
         "results_dirs",
         type=Path,
@@ -126,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="report every record in the folder, not only the latest run's grid"
     )
     _task_module_option(report)
-    ask = sub.add_parser("predict", help="ask a trained model of a finished study about your own inputs")
-    ask.__class__ = _Parser
+    ask = sub.add_parser(
+        "predict", allow_abbrev=False, help="ask a trained model of a finished study about your own inputs"
+    )
     ask.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
     ask.add_argument("--task", required=True, help="the cell's task")
     ask.add_argument("--model", required=True, help="the cell's model")
@@ -138,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     _task_module_option(ask)
     ask.add_argument("sources", nargs="+", metavar="SOURCE", help="input strings in the task's alphabet")
     again = sub.add_parser(
-        "rescore", help="recompute every cell's test metrics from its saved model, then redraw the report"
+        "rescore",
+        allow_abbrev=False,
+        help="recompute every cell's test metrics from its saved model, then redraw the report",
     )
-    again.__class__ = _Parser
     again.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
     _task_module_option(again)
-    listing = sub.add_parser("list", help="list tasks, models and profiles")
-    listing.__class__ = _Parser
+    listing = sub.add_parser("list", allow_abbrev=False, help="list tasks, models and profiles")
     _task_module_option(listing)
     options = ", ".join(a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help")
     parser.epilog = (
@@ -521,7 +531,14 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "report", "list", "predict", "rescore", "-h", "--help"):
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # `run` takes no positional arguments
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"error: unknown command {argv[0]!r}{hint} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]
     from study.config import ConfigError
     from study.executors import ExecutorError

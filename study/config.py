@@ -464,7 +464,10 @@ def _unknown_setting(name: str, allowed) -> ConfigError:
 
 def _dataclass_from(cls, raw: Any, where: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table of settings, got {raw!r}")
+        plural = (
+            "; did you mean 'models' (a list of model names)?" if where == "model" and isinstance(raw, list) else ""
+        )
+        raise ConfigError(f"{where} must be a table of settings, got {raw!r}{plural}")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:

@@ -298,7 +298,8 @@ def test_bad_task_plugins_are_one_line_exit_2(tmp_path, plugin, extra, message):
         ('modles = ["dot"]\n', "unknown setting 'modles'; did you mean 'models'? (allowed: backend, "),
         ("[tasks.sort]\ntrain_lengths = [4]\n", "tasks.sort.eval_lengths is missing"),
         ('[tasks.date_format.options]\nlocale = "xx_NOPE"\n', "unknown locale 'xx_NOPE'"),
-        ('[tasks.copy.options]\nsymbols = "abc"\n', "task 'copy': bad options"),
+        ('[tasks.copy.options]\nsymbols = "abc"\n', "task 'copy' has no option 'symbols'"),
+        ('model = ["none"]\n', "did you mean 'models' (a list of model names)?"),
         ('[model]\ncell = "transformer"\n', "model.cell must be 'gru' or 'lstm'"),
         ("[train]\nbatch_size = 0\n", "train.batch_size must be a positive integer, got 0"),
     ],
@@ -400,15 +401,17 @@ def test_a_cell_id_changes_with_its_task_plan_and_version_only():
     assert cell_id(_identity(R(cell, task=default), config)) == base
 
 
-@pytest.mark.slow
-def test_output_piped_into_a_log_has_lines_and_no_bar_frames(tmp_path):
-    """A cell trained in the study's own process (--jobs 1) with output piped, as into a log
-    file: the header and the cell's line, no progress-bar frames (carriage returns)."""
-    out = tmp_path / "out"
-    result = run_cli(
-        "--profile", "smoke", "--tasks", "copy", "--models", "dot", "--seeds", "0", "--jobs", "1", "--out", str(out)
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "1 cell (1 task x 1 model x 1 seed)" in result.stdout and "copy/dot/seed 0: exact-match" in result.stdout
-    assert "\r" not in result.stdout + result.stderr
-    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr  # TensorFlow's start-up notices
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["repport", "results/smoke"], "unknown command 'repport'; did you mean 'report'?"),
+        (["--task-module", "x.py", "list"], "the command goes first: python run_study.py list"),
+        (["--profil", "smoke"], "unrecognized arguments: --profil"),  # no silent prefix match
+    ],
+)
+def test_a_misspelt_or_misplaced_command_or_option_is_named(argv, message, capsys):
+    import run_study
+
+    assert run_study.main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr

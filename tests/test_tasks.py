@@ -286,3 +286,15 @@ def test_symbol_tasks_give_predict_a_verdict(name):
     task = get_task(name)
     sources, targets = task.sample(np.random.default_rng(3), 20, 9)
     assert [task.target_for(s) for s in sources] == targets
+
+
+def test_an_unknown_task_option_is_named_with_the_closest_and_the_tasks_options():
+    from study.tasks import TaskOptionError
+
+    with pytest.raises(
+        TaskOptionError,
+        match=r"task 'copy' has no option 'alphabett'; did you mean 'alphabet'\? \(its options: alphabet\)",
+    ):
+        get_task("copy", alphabett="ab")
+    with pytest.raises(TaskOptionError, match=r"task 'date_format' has no option 'colour' \(its options: "):
+        get_task("date_format", colour="red")

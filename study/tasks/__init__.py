@@ -82,6 +82,24 @@ def available_tasks() -> list[str]:
     return TASKS.names()
 
 
+def _check_option_names(name: str, cls: type, options: dict) -> None:
+    """Refuses, in the task's own terms, an option its constructor does not take: 'task 'copy' has
+    no option 'alphabett'; did you mean 'alphabet'? (its options: alphabet)'.  A constructor that
+    takes **kwargs is left to judge its options itself."""
+    import difflib
+
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [n for n, p in parameters.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for option in options:
+        if option not in known:
+            close = difflib.get_close_matches(str(option), known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            listed = ", ".join(known) if known else "none"
+            raise TaskOptionError(f"task {name!r} has no option {option!r}{hint} (its options: {listed})")
+
+
 def get_task(name: str, **options: Any) -> Task:
     """Builds the task registered as `name` with its options, after checking its contract.
 
@@ -95,6 +113,7 @@ def get_task(name: str, **options: Any) -> Task:
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise TaskContractError(f"task {name!r} violates the task contract: it does not implement {missing}")
+    _check_option_names(name, cls, options)
     try:
         task = cls(**options)
     except (TypeError, ValueError) as exc:
