@@ -662,6 +662,12 @@ def test_per_unit_accuracy_splits_the_position_accuracy_at_the_unit_width():
     assert "| dates written |" in table and "| 5* |" in table
 
 
+def _seed_row(seed: int, series: str, acc: float) -> dict:
+    """One seed's exact match at one length of one task and setting, as `metrics_frame` writes it."""
+    return {"task": "t", "setting": "s", "train_min": 1, "train_max": 4, "length": 4, "in_training_range": True,
+            "seed": seed, "series": series, "seq_acc": acc, "n_examples": 1000}  # fmt: skip
+
+
 def test_comparisons_separate_only_what_the_seeds_support():
     """A consistent gap over seeds is separated after Holm's correction; a gap the seeds disagree
     on is not, and says how many seeds it would need; corrected p-values are never below the raw."""
@@ -670,20 +676,7 @@ def test_comparisons_separate_only_what_the_seeds_support():
     rows = []
     for seed, (a, b, c) in enumerate([(0.99, 0.10, 0.95), (0.98, 0.12, 0.60), (0.99, 0.11, 0.99)]):
         for model, acc in (("x", a), ("y", b), ("z", c)):
-            rows.append(
-                {
-                    "task": "t",
-                    "setting": "s",
-                    "train_min": 1,
-                    "train_max": 4,
-                    "length": 4,
-                    "in_training_range": True,
-                    "seed": seed,
-                    "series": model,
-                    "seq_acc": acc,
-                    "n_examples": 1000,
-                }
-            )
+            rows.append(_seed_row(seed, model, acc))
     import pandas as pd
 
     frame = comparison_frame(pd.DataFrame(rows)).set_index(["first", "second"])
@@ -807,22 +800,7 @@ def test_seeds_that_agree_to_the_example_are_not_certainty():
 
     from study.report.tables import comparison_frame
 
-    rows = [
-        {
-            "task": "t",
-            "setting": "s",
-            "train_min": 1,
-            "train_max": 4,
-            "length": 4,
-            "in_training_range": True,
-            "seed": seed,
-            "series": model,
-            "seq_acc": acc,
-            "n_examples": 1000,
-        }
-        for seed in range(3)
-        for model, acc in (("x", 0.999), ("y", 1.0))
-    ]
+    rows = [_seed_row(seed, model, acc) for seed in range(3) for model, acc in (("x", 0.999), ("y", 1.0))]
     frame = comparison_frame(pd.DataFrame(rows))
     assert not frame["separated"].any() and frame["p"].iloc[0] > 0.05
 

@@ -426,6 +426,13 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
+def _two_worker_study(tmp_path, launcher=(), **popen) -> subprocess.Popen:
+    """The tiny study with two worker processes, started as `python [launcher] run_study.py ...`."""
+    config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
+    command = [sys.executable, *launcher, str(ROOT / "run_study.py"), "--config", str(config)]
+    return subprocess.Popen([*command, "--out", str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=ENV, **popen)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -437,22 +444,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_workers_exit_when_the_study_process_is_killed(tmp_path):
-    config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "run_study.py"),
-            "--config",
-            str(config),
-            "--out",
-            str(tmp_path / "out"),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _two_worker_study(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     workers: list[int] = []
     while time.time() < deadline and len(workers) < 2:
@@ -474,30 +466,13 @@ def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
     """Ctrl-C while workers start, train or hand back records: exit 130 (or 0 when the study had
     finished) within 60 s, with no traceback and nothing printed about ignored exceptions.  The
     signal goes to the whole process group, workers included, as a terminal sends it."""
-    config = _config(tmp_path, TINY.replace("jobs = 1", "jobs = 2"))
     # Python's own Ctrl-C handling even where this test runs with SIGINT ignored (a background job)
     with_ctrl_c = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            with_ctrl_c,
-            str(ROOT / "run_study.py"),
-            "--config",
-            str(config),
-            "--out",
-            str(tmp_path / "out"),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    proc = _two_worker_study(
+        tmp_path, ["-c", with_ctrl_c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
