@@ -4,6 +4,7 @@ compilation cache.  Every command that runs a model (the study, predict, rescore
 `study.models.load_trained`) starts the backend here first.
 
     start_backend("tensorflow")        # before the first `import keras`
+    set_random_seed(0)                 # keras.utils.set_random_seed, as quiet on JAX as on TensorFlow
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def start_tensorflow(threads: int | None = None):
         # not tf.function's retracing notices, which every new batch shape of greedy decoding triggers
         tf.get_logger().setLevel("ERROR")
     return tf
+
+
+def set_random_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed(seed)` (Python, NumPy and the backend's generators), with
+    TensorFlow's start-up notices filtered out: Keras also seeds TensorFlow whenever it is
+    installed, so on JAX this is where TensorFlow is first imported."""
+    import keras
+
+    with start_up_notices_filtered():
+        keras.utils.set_random_seed(seed)
 
 
 def jax_cache_dir() -> Path:

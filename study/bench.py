@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
+from study.backend import set_random_seed
 from study.text import comma_list
 
 
@@ -128,7 +129,6 @@ def _data(args):
 
 def measure_project(args, train, test, sv, tv) -> dict:
     """Training and decoding throughput of the study's own code."""
-    import keras
     import numpy as np
 
     from study.config import ModelConfig, TrainConfig
@@ -136,7 +136,7 @@ def measure_project(args, train, test, sv, tv) -> dict:
     from study.models import build_model
     from study.train import BucketedBatches, EncodedSet, compile_model
 
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model = build_model(
         args.attention,
         sv.size,
@@ -408,7 +408,7 @@ def time_to_accuracy(args) -> dict:
     ours = HeldOut(clock)
     train(run, cfg, seed=0, progress=False, extra_callbacks=[ours])
 
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model, encoder, step = build_baseline(args, sv.size, tv.size)
     x = [sv.encode_batch(train_set.sources), tv.encode_batch(train_set.targets, start=True)]
     y = tv.encode_batch(train_set.targets, end=True)

@@ -15,6 +15,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Iterable
 
+from study.backend import set_random_seed
 from study.config import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ def prepare(
 
     Raises `study.train.MemoryBudgetError` when one training step on the longest batch would
     need more than 80% of `memory_share` of the free memory (`what` names the cell)."""
-    import keras
 
     from study.data import make_splits
     from study.models import build_model, effective_model_config, get_model_spec
@@ -85,7 +85,7 @@ def prepare(
         share=memory_share,
         what=f"{what} (sources up to {longest_source} and targets up to {longest_target} characters)",
     )
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     model = build_model(
         model_name, sv.size, tv.size, model_cfg, alphabets={"source": sv.alphabet, "target": tv.alphabet}
     )
