@@ -373,7 +373,7 @@ def prepare(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     studies, out = prepare(args)
     from study.report import write_report
-    from study.runner import StudyInterrupted, run_study, select_shard, study_cells, summary_line
+    from study.runner import StudyInterrupted, expand_grid, run_study, select_shard, summary_line
 
     started = time.perf_counter()
 
@@ -386,7 +386,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = []
     n_ok = 0
     for config, folder in studies:
-        grid = study_cells(config)
+        grid = [(cell, None) for cell in expand_grid(config)]  # the header's counts: no task is built for ids here
         if not args.quiet:
             where = (
                 f"Ray ({args.address or 'local instance'})"

@@ -31,9 +31,8 @@ from study.config import StudyConfig, available_cores
 from study.text import comma_list
 
 EXECUTORS = ("local", "ray")
-RAY_RETRIES = (
-    3  # attempts after a Ray worker dies mid-cell (a Python error inside a cell is a failed record, not a retry)
-)
+# attempts after a Ray worker dies mid-cell (a Python error inside a cell is a failed record, not a retry)
+RAY_RETRIES = 3
 ROOT = Path(__file__).resolve().parent.parent
 _THREAD_VARS = (
     "OMP_NUM_THREADS",

@@ -532,9 +532,8 @@ def test_every_character_of_the_advertised_locales_is_drawn_readably(tmp_path):
                 },
             }
         )
-    odd = (
-        "7\u202f3\u200f\u1200"  # a narrow no-break space, a right-to-left mark, an Ethiopic letter no bundled font has
-    )
+    # a narrow no-break space, a right-to-left mark, an Ethiopic letter no bundled font has
+    odd = "7\u202f3\u200f\u1200"
     records.append(
         {
             "status": "ok",
