@@ -129,12 +129,18 @@ def device_name() -> str:
         return "unknown"
 
 
-def attention_example_length(plan: TaskPlan, lengths: tuple[int, ...]) -> int:
-    """The evaluation length whose test example is drawn as an attention map: the one nearest
-    the middle of the training range, the longer of two equally near (a longer example shows
-    more of the alignment)."""
+def attention_example_lengths(plan: TaskPlan, lengths: tuple[int, ...]) -> dict[str, int]:
+    """The evaluation lengths whose test examples a record keeps with their attention weights, by
+    record key: "attention_example", the length nearest the middle of the training range (the
+    longer of two equally near: a longer example shows more of the alignment), and
+    "attention_example_beyond", the first evaluation length beyond the training range (absent when
+    none is evaluated), where the map shows how the model fails."""
     middle = (min(lengths) + max(lengths)) / 2
-    return min(plan.eval_lengths, key=lambda length: (abs(length - middle), -length))
+    chosen = {"attention_example": min(plan.eval_lengths, key=lambda length: (abs(length - middle), -length))}
+    beyond = [length for length in plan.eval_lengths if length > max(lengths)]
+    if beyond:
+        chosen["attention_example_beyond"] = min(beyond)
+    return chosen
 
 
 def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
@@ -147,32 +153,36 @@ def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
     return {"backup": out / "backups" / cid, "model": out / "models" / f"{cid}.keras", "logs": out / "logs" / cid}
 
 
-def example_index(predictions: list[str], targets: list[str], kept: int) -> int:
+def example_index(predictions: list[str], targets: list[str], kept: int, right: bool = True) -> int:
     """The index of the first of the first `kept` examples (those whose attention weights were
-    kept) whose prediction equals its target; 0 when none does."""
-    return next((k for k in range(min(kept, len(predictions))) if predictions[k] == targets[k]), 0)
+    kept) whose prediction equals its target (`right`) or differs from it (not `right`); 0 when
+    none does."""
+    return next((k for k in range(min(kept, len(predictions))) if (predictions[k] == targets[k]) == right), 0)
 
 
 def test_metrics(
-    model, tests: dict, train_lengths, map_length: int | None, sv, tv, end_token: bool = True
-) -> tuple[list[dict], dict | None]:
+    model, tests: dict, train_lengths, map_lengths: dict[str, int], sv, tv, end_token: bool = True
+) -> tuple[list[dict], dict[str, dict]]:
     """Greedy-decodes each test set of `tests` ({length: Dataset}) and scores it (`study.evaluate`);
-    returns the per-length metric rows and the attention example at `map_length` (or None): the
-    first test example the model gets right there among those whose attention weights were kept
-    (every example; the first alone for a model trained without END), else the first one (drawn
-    WRONG), so that the map shows the mechanism where it works.  A model trained without END
+    returns the per-length metric rows and the attention examples, {record key: example}, at the
+    lengths of `map_lengths` ({record key: length}, `attention_example_lengths`).  Inside the
+    training range the example is the first test example the model gets right among those whose
+    attention weights were kept (every example; the first alone for a model trained without END),
+    so that the map shows the mechanism where it works; beyond it, the first one it gets wrong,
+    so that the map shows how it fails; else the first one.  A model trained without END
     (`end_token` False) is decoded at each target's length, so its exact match is its
     oracle-length exact match."""
     import numpy as np
 
     from study.evaluate import evaluate_with_predictions
 
-    metrics, example = [], None
+    metrics, examples = [], {}
     for length, test in tests.items():
         Interrupt.check()
         t0 = time.perf_counter()
+        keys = [key for key, at in map_lengths.items() if at == length]
         scored, predictions, weights = evaluate_with_predictions(
-            model, test.sources, test.targets, sv, tv, end_token=end_token, with_attention=length == map_length
+            model, test.sources, test.targets, sv, tv, end_token=end_token, with_attention=bool(keys)
         )
         metrics.append(
             {
@@ -184,9 +194,10 @@ def test_metrics(
                 "decode_seconds": time.perf_counter() - t0,
             }
         )
-        if length == map_length:
-            i = example_index(predictions, test.targets, len(weights) if weights is not None else 1)
-            example = {
+        for key in keys:
+            kept = len(weights) if weights is not None else 1
+            i = example_index(predictions, test.targets, kept, right=in_training_range(length, train_lengths))
+            examples[key] = {
                 "length": length,
                 "index": i,
                 "source": test.sources[i],
@@ -197,7 +208,7 @@ def test_metrics(
                 if weights is None
                 else np.round(weights[i, : len(predictions[i]) + 1, : len(test.sources[i])], 4).tolist(),
             }
-    return metrics, example
+    return metrics, examples
 
 
 def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path | None = None) -> dict:
@@ -241,6 +252,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
     )
     model, sv, tv = run.model, run.source_vocab, run.target_vocab
     record["param_count"] = int(model.count_params())
+    record["n_validation_examples"] = len(run.splits.validation)  # distinct; fewer than asked where fewer exist
     extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
     result = train(
         run,
@@ -277,12 +289,16 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         model.save(paths["model"])
         record["model_file"] = str(paths["model"].relative_to(Path(out)))
     eval_started = time.perf_counter()
-    map_length = attention_example_length(cell.task, cell.train_lengths)
-    metrics, example = test_metrics(
-        model, run.splits.test, cell.train_lengths, map_length, sv, tv, config.train.end_token
+    metrics, examples = test_metrics(
+        model,
+        run.splits.test,
+        cell.train_lengths,
+        attention_example_lengths(cell.task, cell.train_lengths),
+        sv,
+        tv,
+        config.train.end_token,
     )
-    if example is not None:
-        record["attention_example"] = example
+    record.update(examples, test_items="distinct")  # records without it drew test sets with replacement
     record["seconds"]["test_decoding"] = time.perf_counter() - eval_started
     # a resumed cell's wall time includes the training done before the resume
     record.update(

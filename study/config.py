@@ -322,9 +322,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the default: every core task and model, 3 seeds, evaluation beyond the trained range
     "standard": {
         "tasks": {
-            "copy": {"train_lengths": "4..32", "eval_lengths": [4, 8, 16, 24, 32, 48, 64]},
-            "reverse": {"train_lengths": "4..32", "eval_lengths": [4, 8, 16, 24, 32, 48, 64]},
-            "date_format": {"train_lengths": "1..4", "eval_lengths": [1, 2, 3, 4, 5, 6, 8]},
+            # beyond the trained range every 4 symbols (every date), so the first untrained lengths are seen
+            "copy": {"train_lengths": "4..32", "eval_lengths": [4, 8, 16, 24, 32, *range(36, 65, 4)]},
+            "reverse": {"train_lengths": "4..32", "eval_lengths": [4, 8, 16, 24, 32, *range(36, 65, 4)]},
+            "date_format": {"train_lengths": "1..4", "eval_lengths": [1, 2, 3, 4, 5, 6, 7, 8]},
         },
         "models": ["none", "additive", "dot", "general"],
         "seeds": [0, 1, 2],

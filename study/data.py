@@ -24,6 +24,12 @@ looking at the other splits: a source's SHA-256 puts it in the test region
 (20% of all sources), the validation region (10%) or the training region (70%),
 and each split keeps only the draws that fall in its own region.  So what is
 evaluated (`eval_lengths`, `n_test`) never changes a training example.
+
+Test and validation sets hold distinct sources (drawn without replacement): a repeated item
+would count as several independent trials and narrow the intervals.  Where a length has fewer
+distinct sources in the split's region than asked (copy over "ab" at length 3), the set holds
+all of them and is shorter than asked; the records give each set's size (`n_examples`).  The
+training split draws with replacement, as a training stream does.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 FORMAT_VERSION = 2  # bump when the layout of cache files or the way splits are drawn changes
 MAX_REDRAW_ROUNDS = 200
+# a distinct split whose last this many rounds of draws found no new source has found every one
+SATURATED_ROUNDS = 20
+# splits whose sources are distinct (drawn without replacement)
+DISTINCT_SPLITS = ("test", "validation")
 # the share of the space of sources each split draws from: [start, end) of a source's hash in [0, 1)
 REGIONS = {"test": (0.0, 0.2), "validation": (0.2, 0.3), "train": (0.3, 1.0)}
 
@@ -86,8 +96,11 @@ class Splits:
 
 
 def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int) -> dict:
-    """The identity of one split (JSON-serialisable): nothing but its own settings."""
-    return {
+    """The identity of one split (JSON-serialisable): nothing but its own settings.  Test and
+    validation keys carry `"items": "distinct"` (see the module docstring); it names the cache
+    file and leaves the random draws alone (`_rng`), so a distinct set is the old draw with its
+    repeats replaced by the next new sources."""
+    key = {
         "format": FORMAT_VERSION,
         "task": task.spec,
         "split": split,
@@ -95,6 +108,9 @@ def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int)
         "n": int(n),
         "seed": int(seed),
     }
+    if split in DISTINCT_SPLITS:
+        key["items"] = "distinct"
+    return key
 
 
 def source_region(source: str) -> float:
@@ -112,6 +128,7 @@ def _rng(key: dict, *extra: int) -> np.random.Generator:
     versions, so a locale whose dates two CLDR releases write alike gets the same data under
     both (the versions still tell the two datasets apart in the cache)."""
     draws = {**key, "task": {k: v for k, v in key["task"].items() if k != "data"}}
+    draws.pop("items", None)
     entropy = int.from_bytes(
         hashlib.sha256((json.dumps(draws, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little"
     )
@@ -120,9 +137,18 @@ def _rng(key: dict, *extra: int) -> np.random.Generator:
 
 def _generate(task: Task, key: dict) -> Dataset:
     """Draws `key['n']` examples split evenly over `key['lengths']`, keeping only sources in the
-    split's region (`REGIONS`; splits of other names draw from all sources)."""
+    split's region (`REGIONS`; splits of other names draw from all sources).  A distinct split
+    (`"items": "distinct"`) skips sources it already holds, and stops short of its count once
+    `SATURATED_ROUNDS` rounds in a row found nothing new: it then holds every source of that
+    length in its region.
+
+    Raises:
+        ValueError: no source at all of some length falls in the split's region, or a split that
+            allows repeats cannot be filled in `MAX_REDRAW_ROUNDS` rounds.
+    """
     lengths = key["lengths"]
     n = key["n"]
+    distinct = key.get("items") == "distinct"
     lo, hi = REGIONS.get(key["split"], (0.0, 1.0))
     counts = [n // len(lengths) + (1 if i < n % len(lengths) else 0) for i in range(len(lengths))]
     sources: list[str] = []
@@ -132,25 +158,38 @@ def _generate(task: Task, key: dict) -> Dataset:
         rng = _rng(key, length)
         got_s: list[str] = []
         got_t: list[str] = []
+        seen: set[str] = set()
+        idle_rounds = 0
         for _ in range(MAX_REDRAW_ROUNDS):
-            if len(got_s) >= count:
+            if len(got_s) >= count or (distinct and got_s and idle_rounds >= SATURATED_ROUNDS):
                 break
             draws = int((count - len(got_s)) / (hi - lo)) + 8  # about enough for one round
             sample = task.sample(rng, draws, length)
             check_sample(task, sample, draws, length, key["split"])  # every generated example keeps the task contract
-            s, t = sample
-            for src, tgt in zip(s, t):
-                if lo <= source_region(src) < hi:
+            before = len(got_s)
+            for src, tgt in zip(*sample):
+                if lo <= source_region(src) < hi and not (distinct and src in seen):
+                    seen.add(src)
                     got_s.append(src)
                     got_t.append(tgt)
-        else:
+            idle_rounds = idle_rounds + 1 if len(got_s) == before else 0
+        if not got_s or (len(got_s) < count and not distinct):
             raise ValueError(
                 f"task {task.name!r}: cannot draw {count} {key['split']} examples of length {length} from the "
                 f"{100 * (hi - lo):.0f}% of sources reserved for that split; the task has too few distinct examples at this length"
             )
+        if len(got_s) < count:
+            log.info(
+                "task %r: %d distinct %s sources of length %d exist in that split's share (asked %d); the set holds all of them",
+                task.name,
+                len(got_s),
+                key["split"],
+                length,
+                count,
+            )
         sources += got_s[:count]
         targets += got_t[:count]
-        example_lengths += [length] * count
+        example_lengths += [length] * min(count, len(got_s))
     return Dataset(sources, targets, np.asarray(example_lengths, dtype=np.int32))
 
 
@@ -182,7 +221,12 @@ def _read_cache(path: Path, key: dict) -> Dataset | None:
             checksum = str(f["checksum"])
         if stored_key != key:
             raise ValueError("its key does not match")
-        if len(sources) != key["n"] or len(targets) != key["n"] or len(lengths) != key["n"]:
+        size = {len(sources), len(targets), len(lengths)}
+        if (
+            len(size) != 1
+            or not (0 < size.pop() <= key["n"])
+            or (key.get("items") != "distinct" and len(sources) != key["n"])
+        ):
             raise ValueError("it holds the wrong number of examples")
         if _checksum(sources, targets, lengths) != checksum:
             raise ValueError("its checksum does not match its contents")
@@ -269,7 +313,8 @@ def training_splits(
 def test_splits(
     task: Task, eval_lengths: Iterable[int], n_test: int, seed: int, cache_dir: Path | str | None = DATASETS_DIR
 ) -> dict[int, Dataset]:
-    """One test set of `n_test` examples per evaluation length, {length: Dataset}, in length order."""
+    """One test set of `n_test` distinct examples per evaluation length (all of them where a length
+    has fewer), {length: Dataset}, in length order."""
     return {
         length: load_split(task, "test", [length], n_test, seed, cache_dir=cache_dir)[1]
         for length in sorted(set(eval_lengths))

@@ -181,7 +181,7 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
     as it was (`record_task`)."""
     import time
 
-    from study.cell import attention_example_length, test_metrics
+    from study.cell import attention_example_lengths, test_metrics
     from study.config import TaskPlan
     from study.data import test_splits
     from study.evaluate import METRICS_VERSION
@@ -203,18 +203,22 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
             tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
             plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
             started = time.perf_counter()
-            metrics, example = test_metrics(
+            metrics, examples = test_metrics(
                 trained,
                 tests,
                 record["train_lengths"],
-                attention_example_length(plan, tuple(record["train_lengths"])),
+                attention_example_lengths(plan, tuple(record["train_lengths"])),
                 sv,
                 tv,
                 record["train_config"].get("end_token", True),
             )
-            record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=time.perf_counter() - started)
-            if example is not None:
-                record["attention_example"] = example
+            record.update(
+                metrics=metrics,
+                metrics_version=METRICS_VERSION,
+                eval_seconds=time.perf_counter() - started,
+                test_items="distinct",
+                **examples,
+            )
             write_json_atomic(out / "cells" / f"{record['id']}.json", record)
             done += 1
     return done, skipped

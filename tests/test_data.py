@@ -1,5 +1,6 @@
 """Vocabulary round trips, deterministic splits, held-out deduplication and the dataset cache."""
 
+import itertools
 import subprocess
 import sys
 
@@ -56,8 +57,31 @@ def test_splits_are_deterministic_and_disjoint(tmp_path, name):
     assert not held_out & set(a.train.sources)
     assert not set(a.test[2].sources) & set(a.validation.sources)
     assert sorted(set(a.train.lengths.tolist())) == [1, 2, 3] and len(a.train) == 600
-    assert len(a.validation) == 3 * 60 and sorted(set(a.validation.lengths.tolist())) == [1, 2, 3]
+    assert sorted(set(a.validation.lengths.tolist())) == [1, 2, 3]
+    assert (a.validation.lengths == 3).sum() == 60 and len(a.validation) <= 3 * 60  # copy: fewer exist at 1 and 2
     assert set(a.test[5].lengths.tolist()) == {5} and len(a.test[5]) == 100
+
+
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_held_out_sets_hold_distinct_items_and_all_of_them_where_fewer_exist(split):
+    """50 test examples of copy over "ab" at length 3 were 50 copies of one source; now the set
+    holds each source of its share once.  Where enough exist the set has the size asked, and its
+    items are the old draw's with repeats replaced, so long lengths keep their data."""
+    tiny = get_task("copy", alphabet="ab")
+    _, few = data.load_split(tiny, split, [3], 50, 0, cache_dir=None)
+    region = data.REGIONS[split]
+    every = {"".join(s) for s in itertools.product("ab", repeat=3)}
+    assert sorted(few.sources) == sorted(s for s in every if region[0] <= data.source_region(s) < region[1])
+    _, short = data.load_split(get_task("copy"), split, [2], 1000, 0, cache_dir=None)
+    assert len(set(short.sources)) == len(short) < 1000
+    _, enough = data.load_split(get_task("copy"), split, [4], 1000, 0, cache_dir=None)
+    assert len(set(enough.sources)) == len(enough) == 1000
+    with_repeats = data._generate(
+        get_task("copy"),
+        {k: v for k, v in data.split_key(get_task("copy"), split, [4], 1000, 0).items() if k != "items"},
+    )
+    first_new = list(dict.fromkeys(with_repeats.sources))
+    assert enough.sources[: len(first_new)] == first_new
 
 
 @pytest.mark.parametrize("name", ["copy", "date_format"])

@@ -172,7 +172,7 @@ def test_a_model_trained_without_end_is_decoded_at_the_targets_length():
 
 def test_the_attention_example_is_the_first_right_one_of_those_with_weights():
     """The map shows a right example where there is one among the examples whose weights were
-    kept, and the first example otherwise (drawn WRONG)."""
+    kept, and the first example otherwise (drawn WRONG); beyond the range the first wrong one."""
     from study.cell import example_index
 
     targets = ["ab", "cd", "ad", "bb"]
@@ -180,14 +180,20 @@ def test_the_attention_example_is_the_first_right_one_of_those_with_weights():
     assert example_index(["aa", "cc", "ad", "bb"], targets, kept=4) == 2
     assert example_index(["aa", "cc", "ad", "bb"], targets, kept=1) == 0  # only the first has weights
     assert example_index(["aa", "cc", "aa", "ba"], targets, kept=4) == 0
+    assert example_index(["ab", "cd", "aa", "bb"], targets, kept=4, right=False) == 2
+    assert example_index(["ab", "cd", "ad", "bb"], targets, kept=4, right=False) == 0  # none wrong: the first
 
 
 @pytest.mark.parametrize(
     "train,evals,expected",
-    [((2, 3, 4, 5), (2, 5, 8), 5), ((4, 32), (4, 8, 16, 24, 32, 48, 64), 16), ((1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 8), 3)],
+    [
+        ((2, 3, 4, 5), (2, 5, 8), {"attention_example": 5, "attention_example_beyond": 8}),
+        ((4, 32), (4, 8, 16, 24, 32, 36, 40, 64), {"attention_example": 16, "attention_example_beyond": 36}),
+        ((1, 2, 3, 4), (1, 2, 3, 4), {"attention_example": 3}),
+    ],
 )
-def test_the_attention_example_length_is_mid_range_the_longer_of_a_tie(train, evals, expected):
-    from study.cell import attention_example_length
+def test_the_attention_examples_are_mid_range_the_longer_of_a_tie_and_the_first_length_beyond(train, evals, expected):
+    from study.cell import attention_example_lengths
     from study.config import TaskPlan
 
-    assert attention_example_length(TaskPlan("copy", train, evals), train) == expected
+    assert attention_example_lengths(TaskPlan("copy", train, evals), train) == expected

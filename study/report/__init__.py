@@ -14,7 +14,9 @@
                                              a second row with the oracle-length exact match
       figures/position_accuracy.{png,svg}    accuracy per output position at the longest trained
                                              length and the first length beyond it
-      figures/attention_maps.{png,svg}       one test example's weights per task x attention model
+      figures/attention_maps.{png,svg}       one test example's weights per task x attention model,
+                                             inside the trained range (right where one is)
+      figures/attention_maps_beyond.{png,svg}  the same at the first length beyond it (wrong where one is)
       figures/training_curves.{png,svg}      validation exact match, loss and learning rate vs examples seen
       figures/learning_curves_by_length.{png,svg}  validation exact match of each training length vs examples
       report.md                              all of the above with the configuration
@@ -67,6 +69,7 @@ def write_report(out: Path, every: bool = False) -> Path:
         "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
         "Accuracy per output position": plot_position_accuracy(records, figures),
         "Attention maps": plot_attention_maps(records, figures),
+        "Attention maps beyond the trained range": plot_attention_maps(records, figures, "attention_example_beyond"),
         "Training curves": plot_training_curves(records, figures),
         "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }

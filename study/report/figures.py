@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from study.fonts import add_marks_note, character_ticks, readable, use_fonts
-from study.report.tables import MODEL_ORDER, output_shape, series_names
+from study.report.tables import MODEL_ORDER, distinct_test_items, output_shape, series_names
 
 
 def _save(fig, figures: Path, name: str) -> list[str]:
@@ -88,10 +88,14 @@ def model_palette(models: list[str]) -> dict:
 
 
 def seeds_and_examples(records: list[dict]) -> str:
-    """'3 seeds, 1,000 test examples per length and seed' for the records shown."""
+    """'3 seeds, 1,000 test examples per length and seed' for the records shown: the size of their
+    largest test set ('up to' where a length holds fewer distinct sources than that)."""
     seeds = len({r["seed"] for r in records})
-    n_test = sorted({r.get("n_test") for r in records if r.get("n_test")})
-    examples = f", {n_test[0]:,} test examples per length and seed" if len(n_test) == 1 else ""
+    sizes = {m["n_examples"] for r in records for m in r.get("metrics", []) if m.get("n_examples")}
+    examples = ""
+    if sizes:
+        distinct = "distinct " if distinct_test_items(records) else ""
+        examples = f", {'up to ' if len(sizes) > 1 else ''}{max(sizes):,} {distinct}test examples per length and seed"
     return f"{seeds} seed{'s' if seeds != 1 else ''}{examples}"
 
 
@@ -335,16 +339,30 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     return _save(fig, figures, "position_accuracy")
 
 
-def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
-    """One test example per task x attention model (lowest seed): attention weight of each
-    output step (rows) on each source character (columns), with a colour bar; each panel names
-    the example's length, seed, target and prediction and marks the prediction right or wrong."""
+ATTENTION_EXAMPLES = {  # record key: (figure name, what the title says of the example)
+    "attention_example": (
+        "attention_maps",
+        "inside the trained range (mid-range length): the first example the model gets right (the first where none is)",
+    ),
+    "attention_example_beyond": (
+        "attention_maps_beyond",
+        "at the first length beyond the trained range: the first example the model gets wrong (the first where none is)",
+    ),
+}
+
+
+def plot_attention_maps(records: list[dict], figures: Path, key: str = "attention_example") -> list[str]:
+    """One test example per task x attention model (lowest seed), the one kept under the record's
+    `key` (`ATTENTION_EXAMPLES`): attention weight of each output step (rows) on each source
+    character (columns), with a colour bar; each panel names the example's length, seed, target
+    and prediction and marks the prediction right or wrong."""
     import matplotlib.pyplot as plt
 
     use_fonts()
+    name, chosen_how = ATTENTION_EXAMPLES[key]
     chosen: dict[tuple[str, str], dict] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
-        ex = r.get("attention_example")
+        ex = r.get(key)
         if r["status"] == "ok" and ex and ex.get("weights") and (r["task"], r["model"]) not in chosen:
             chosen[(r["task"], r["model"])] = r
     if not chosen:
@@ -367,7 +385,7 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
             if r is None:
                 ax.axis("off")
                 continue
-            ex = r["attention_example"]
+            ex = r[key]
             w = np.asarray(ex["weights"])
             # square cells: a short example is small, not stretched
             image = ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="equal")
@@ -396,18 +414,15 @@ def plot_attention_maps(records: list[dict], figures: Path) -> list[str]:
         key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m),
     )
     note = f"; {', '.join(without)}: no attention, so no weights to show" if without else ""
-    chosen_how = (  # records made before the choice of a right example hold the first example
-        "the first example of the length shown that the model gets right (the first example where none is)"
-        if all("index" in r["attention_example"] for r in chosen.values())
-        else "the first test example of the length shown"
-    )
+    if not all("index" in r[key] for r in chosen.values()):  # records made before the choice hold the first example
+        chosen_how = "the first test example of the length shown"
     suptitle(
         fig,
         "Attention weights of one test example per model (rows: output steps, columns: source characters): "
         f"{chosen_how}{note}",
     )
     add_marks_note(fig, shown_text)
-    return _save(fig, figures, "attention_maps")
+    return _save(fig, figures, name)
 
 
 def _shorten(text: str, most: int = 34) -> str:

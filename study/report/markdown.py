@@ -14,7 +14,7 @@ import re
 import pandas as pd
 
 from study.report.statistics import COMPARISON_METHOD, DIFFERENCE_METHOD, INTERVAL_CENTRE, INTERVAL_METHOD
-from study.report.tables import SETTING_FIELDS, series_names, setting_key
+from study.report.tables import SETTING_FIELDS, distinct_test_items, series_names, setting_key
 from study.text import markdown_cell as md
 
 
@@ -115,11 +115,24 @@ def _length_table(
     return lines
 
 
-def _examples_note(n: float) -> str:
-    """How many test examples stand behind each number."""
-    if math.isnan(n):
+def _examples_note(group: pd.DataFrame, distinct: bool) -> str:
+    """How many test examples stand behind each number of one table (`group`: its summary rows),
+    naming the lengths whose test sets hold fewer because fewer distinct sources exist;
+    `distinct`: whether the records' test sets hold distinct sources (`distinct_test_items`)."""
+    per_length = group.groupby("length")["n_examples"].max().dropna() if "n_examples" in group else pd.Series()
+    if per_length.empty:
         return "? test examples per length and seed"
-    return f"{int(n)} test examples per length and seed (standard error of one seed's exact match at most {50 / math.sqrt(n):.1f} points)"
+    n = int(per_length.max())
+    kind = "distinct test examples" if distinct else "test examples (drawn with replacement: repeats possible)"
+    note = f"{n} {kind} per length and seed (standard error of one seed's exact match at most {50 / math.sqrt(n):.1f} points)"
+    short = per_length[per_length < n]
+    if not short.empty:
+        note += (
+            " except at "
+            + ", ".join(f"length {length} ({int(k)})" for length, k in short.items())
+            + ", where that is every distinct source in the test share"
+        )
+    return note
 
 
 def _setting_names(summary: pd.DataFrame, records_by_setting: dict[str, dict]) -> dict[str, str]:
@@ -164,6 +177,7 @@ def summary_markdown(
     when given, the differences from `none`.  A task run under several settings (a merge of
     different configurations) gets one table per setting, captioned with what differs."""
     names = _setting_names(summary, {setting_key(r): r for r in records or []})
+    distinct = distinct_test_items(records or [])
     parts = []
     for (task, setting, lo, hi), group in summary.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
@@ -173,10 +187,9 @@ def summary_markdown(
             "",
         ]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
-        n = group["n_examples"].max()
         lines += [
             "",
-            f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(n)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
+            f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(group, distinct)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
             "* = inside the trained range.",
             "",
         ]
