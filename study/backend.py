@@ -112,3 +112,14 @@ def start_backend(backend: str | None = None, threads: int | None = None) -> Non
         start_tensorflow(threads)
     elif backend == "jax":
         enable_jax_compilation_cache()
+
+
+def start_backend_unless_started() -> None:
+    """`start_backend()` in a process that has not imported Keras yet; nothing otherwise (the
+    backend is fixed once Keras is imported).  The model modules call it before their own
+    `import keras`, so importing them first (to register the classes for
+    `keras.saving.load_model`) starts TensorFlow as quietly as a study does."""
+    import sys
+
+    if "keras" not in sys.modules:
+        start_backend()

@@ -238,3 +238,32 @@ def test_decoding_on_jax_backend_matches_teacher_forcing():
     from study.backend import START_UP_NOTICES
 
     assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr
+
+
+def test_keras_load_model_after_importing_the_model_modules_is_quiet(tmp_path):
+    """The README's second route to a saved model, `keras.saving.load_model` once the model
+    modules are imported, starts TensorFlow without its start-up notices, as `load_trained` does."""
+    code = textwrap.dedent(
+        f"""
+        import study.models.seq2seq, study.models.transformer
+        import keras
+        from study.config import ModelConfig
+        from study.models import build_model
+
+        path = {str(tmp_path / "m.keras")!r}
+        build_model("dot", 9, 9, ModelConfig(embedding_dim=4, units=8, attention_size=4)).save(path)
+        print(type(keras.saving.load_model(path)).__name__)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "Seq2Seq", result.stderr[-2000:]
+    from study.backend import START_UP_NOTICES
+
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr

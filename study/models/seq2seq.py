@@ -39,6 +39,10 @@ same cell one step at a time inside `keras.ops.while_loop`, and both share
 
 from __future__ import annotations
 
+from study.backend import start_backend_unless_started
+
+start_backend_unless_started()  # before Keras imports the backend: TensorFlow without its start-up notices
+
 import keras
 from keras import ops
 

@@ -19,6 +19,10 @@ the consistency test checks it against the teacher-forced model.
 
 from __future__ import annotations
 
+from study.backend import start_backend_unless_started
+
+start_backend_unless_started()  # before Keras imports the backend: TensorFlow without its start-up notices
+
 import keras
 from keras import ops
 
