@@ -837,3 +837,18 @@ def test_every_row_of_the_learning_curves_names_its_axis_where_the_first_column_
         for ax in row:
             assert ax.title.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width * 1.15
     plt_close(figure)
+
+
+def test_tables_state_how_many_distinct_items_each_length_tested():
+    """A length whose test set holds fewer distinct sources than asked is named with its count;
+    records made before test sets held distinct sources are said to allow repeats."""
+    import pandas as pd
+
+    from study.report.markdown import _examples_note
+
+    group = pd.DataFrame({"length": [1, 1, 2, 4], "n_examples": [6, 6, 58, 1000]})
+    note = _examples_note(group, distinct=True)
+    assert note.startswith("1000 distinct test examples per length and seed")
+    assert "except at length 1 (6), length 2 (58), where that is every distinct source" in note
+    assert "repeats possible" in _examples_note(group.iloc[3:], distinct=False)
+    assert "except" not in _examples_note(group.iloc[3:], distinct=True)
