@@ -20,6 +20,7 @@ with a one-line message and exit code 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
@@ -41,6 +42,8 @@ COMMANDS = ("run", "report", "list", "predict", "rescore")
 
 
 class _Parser(argparse.ArgumentParser):
+    argv: list[str] = []  # the command line being parsed (set by `main`), for the hints below
+
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
         stray = message.partition(":")[2].split() if message.startswith("unrecognized arguments") else []
         commands = [token for token in stray if token in COMMANDS]
@@ -49,7 +52,23 @@ class _Parser(argparse.ArgumentParser):
         # values after a list option, not a mistyped flag
         elif stray and not any(token.startswith("-") for token in stray):
             message += "; lists are comma-separated, e.g. --seeds 0,1,2 --models none,dot"
-        raise UsageError(f"{message} (see --help)")
+        raise UsageError(f"{message}{self._misspelt_options()} (see --help)")
+
+    def _misspelt_options(self) -> str:
+        """'; --task: did you mean --tasks?' for each option of the command line that the command
+        does not know and that is close to one it does ('' when none is)."""
+        parser = self
+        if self._subparsers is not None and self.argv:  # the top-level parser: the command's own options
+            parser = self._subparsers._group_actions[0].choices.get(self.argv[0], self)
+        known = [option for option in parser._option_string_actions if option.startswith("--")]
+        hints = []
+        for token in self.argv:
+            flag = token.split("=", 1)[0]
+            if flag.startswith("--") and flag not in known:
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7)
+                if close:
+                    hints.append(f"{flag}: did you mean {close[0]}?")
+        return "".join(f"; {hint}" for hint in dict.fromkeys(hints))
 
 
 def _count(n: int, noun: str) -> str:
@@ -429,6 +448,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         merge_results([folder for _, folder in studies], out, warn=lambda message: print(message, file=sys.stderr))
         report = write_report(out)
+    if failed:
+        print("failed cells:")
     for r in failed:
         print(summary_line(r))
     print(
@@ -532,8 +553,6 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # `run` takes no positional arguments
-        import difflib
-
         close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"error: unknown command {argv[0]!r}{hint} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
@@ -549,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.trained import TrainedModelError
 
     try:
+        _Parser.argv = list(argv)
         args = build_parser().parse_args(argv)
         command = {
             "run": cmd_run,

@@ -174,9 +174,10 @@ def _generate(task: Task, key: dict) -> Dataset:
                     got_t.append(tgt)
             idle_rounds = idle_rounds + 1 if len(got_s) == before else 0
         if not got_s or (len(got_s) < count and not distinct):
+            found = "no source" if not got_s else f"only {len(got_s)} distinct sources"
             raise ValueError(
-                f"task {task.name!r}: cannot draw {count} {key['split']} examples of length {length} from the "
-                f"{100 * (hi - lo):.0f}% of sources reserved for that split; the task has too few distinct examples at this length"
+                f"task {task.name!r}: {found} of length {length} in the {100 * (hi - lo):.0f}% of sources reserved for "
+                f"{key['split']} examples ({count} asked); use longer lengths or more symbols"
             )
         if len(got_s) < count:
             log.info(

@@ -9,6 +9,7 @@ MODELS.get("nonee")   # UnknownNameError: unknown model 'nonee'; did you mean 'n
 from __future__ import annotations
 
 import difflib
+import sys
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -16,6 +17,18 @@ T = TypeVar("T")
 
 class UnknownNameError(ValueError):
     """A name that is not in a registry; the message lists what exists and suggests the closest."""
+
+
+class DuplicateNameError(ValueError):
+    """A second object registered under a name already taken; names where the first one lives."""
+
+    def __init__(self, kind: str, name: str, existing: object) -> None:
+        self.name = name
+        module = getattr(existing, "__module__", None)
+        file = getattr(sys.modules.get(module), "__file__", None) if module else None
+        where = f"{module}.{getattr(existing, '__qualname__', existing)}" if module else repr(existing)
+        self.where = f"{where} ({file})" if file else where
+        super().__init__(f"duplicate {kind} name {name!r}: already registered by {self.where}")
 
 
 class Registry(Generic[T]):
@@ -32,7 +45,7 @@ class Registry(Generic[T]):
 
         def decorate(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
-                raise ValueError(f"duplicate {self.kind} name {name!r}: already registered by {self._entries[name]!r}")
+                raise DuplicateNameError(self.kind, name, self._entries[name])
             self._entries[name] = obj
             return obj
 

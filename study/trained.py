@@ -156,7 +156,9 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
     use_fonts()
     rows = (list(prediction) + ["END"])[: weights.shape[0]]
     # readable for a short input too
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2)))
+    fig, ax = plt.subplots(
+        figsize=(max(4.5, 0.3 * len(source) + 1.5), max(4.0, 0.3 * len(rows) + 1.2)), layout="constrained"
+    )
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
     character_ticks(ax, "x", list(source), fontsize=8)
     character_ticks(ax, "y", rows, fontsize=8)
@@ -167,18 +169,20 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
         ylabel="predicted character",
     )
     add_marks_note(fig, source + prediction + (target or ""))
-    fig.colorbar(image, ax=ax, label="attention weight")
-    fig.tight_layout()
+    fig.colorbar(image, ax=ax, label="attention weight")  # the constrained layout keeps it clear of the title
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
+
+
+WARNINGS_SHOWN = 3  # skipped cells named one by one by `rescore`
 
 
 def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
     """Recomputes the test metrics of every finished record in `out` from its saved model with
     the current metric code and rewrites the record; returns (rescored, skipped): a record is
     skipped, with a warning, when its model is missing or this machine cannot rebuild its task
-    as it was (`record_task`)."""
+    as it was (`record_task`); past `WARNINGS_SHOWN` such warnings, one line counts the rest."""
     import time
 
     from study.cell import attention_example_lengths, test_metrics
@@ -196,8 +200,9 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
                 task = record_task(record)
                 trained = load_cell_model(out, record)
             except TrainedModelError as exc:
-                warn(f"warning: {exc}; its metrics are left as they are")
                 skipped += 1
+                if skipped <= WARNINGS_SHOWN:
+                    warn(f"warning: {exc}; its metrics are left as they are")
                 continue
             sv, tv = trained.vocabularies()
             tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
@@ -221,4 +226,8 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
             )
             write_json_atomic(out / "cells" / f"{record['id']}.json", record)
             done += 1
+    if skipped > WARNINGS_SHOWN:
+        warn(
+            f"warning: {skipped - WARNINGS_SHOWN} more cells skipped for the same kinds of reason; their metrics are left as they are"
+        )
     return done, skipped

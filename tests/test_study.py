@@ -406,7 +406,9 @@ def test_a_cell_id_changes_with_its_task_plan_and_version_only():
     [
         (["repport", "results/smoke"], "unknown command 'repport'; did you mean 'report'?"),
         (["--task-module", "x.py", "list"], "the command goes first: python run_study.py list"),
-        (["--profil", "smoke"], "unrecognized arguments: --profil"),  # no silent prefix match
+        (["--profil", "smoke"], "unrecognized arguments: --profil smoke; --profil: did you mean --profile?"),
+        (["--profile", "smoke", "--task", "copy"], "--task: did you mean --tasks?"),  # run's option
+        (["predict", "results/reference", "--tasks", "copy", "abc"], "--tasks: did you mean --task?"),  # predict's
     ],
 )
 def test_a_misspelt_or_misplaced_command_or_option_is_named(argv, message, capsys):

@@ -112,12 +112,27 @@ def test_unknown_task_suggests_closest_name():
         get_task("revrese")
 
 
-def test_duplicate_name_is_refused():
-    with pytest.raises(ValueError, match="duplicate task name 'copy'"):
+def test_duplicate_name_is_refused(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"duplicate task name 'copy': already registered by study\.tasks\.copy\.CopyTask"
+    ):
 
         @register_task
         class AnotherCopy(Task):  # noqa: F811
             name = "copy"
+
+    # the same from a task module (a task file both in study/tasks/ and given to --task-module): one line naming both
+    from study.tasks import TaskModuleError, load_task_module
+
+    plugin = tmp_path / "again.py"
+    plugin.write_text(
+        "from study.tasks import register_task\nfrom study.tasks.copy import CopyTask\n\n"
+        "@register_task\nclass Again(CopyTask):\n    name = 'copy'\n"
+    )
+    with pytest.raises(
+        TaskModuleError, match=r"registers the task 'copy', which study\.tasks\.copy\.CopyTask .* rename one"
+    ):
+        load_task_module(plugin)
 
 
 def test_bad_option_and_length_are_refused():

@@ -216,3 +216,18 @@ def test_output_into_a_pipe_closed_early_ends_quietly():
     proc.stdout.close()  # the reader is gone before anything is written
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_rescoring_a_folder_without_models_says_so_in_a_few_lines(tmp_path, capsys):
+    """The committed references hold no trained models: rescoring one names the first few cells,
+    counts the rest in one line, changes nothing and exits 2."""
+    import run_study
+
+    copy = tmp_path / "reference"
+    shutil.copytree(ROOT / "results" / "reference", copy)
+    before = sorted((p.name, p.read_bytes()) for p in (copy / "cells").glob("*.json"))
+    assert run_study.main(["rescore", str(copy)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 5 and all("has no saved model" in line for line in lines[:3]), lines
+    assert "33 more cells skipped" in lines[3] and "no cell of" in lines[4] and "nothing was changed" in lines[4]
+    assert sorted((p.name, p.read_bytes()) for p in (copy / "cells").glob("*.json")) == before

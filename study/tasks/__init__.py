@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from study.registry import Registry, UnknownNameError
+from study.registry import DuplicateNameError, Registry, UnknownNameError
 from study.tasks.base import Task, TaskContractError, check_task
 
 __all__ = [
@@ -221,6 +221,11 @@ def load_task_module(path: str | Path) -> list[str]:
             importlib.import_module(target)
     except TaskContractError:
         raise
+    except DuplicateNameError as exc:
+        raise TaskModuleError(
+            f"task module {target!r} registers the task {exc.name!r}, which {exc.where} already registers: "
+            "rename one of them (a task file in study/tasks/ needs no --task-module)"
+        ) from exc
     except Exception as exc:  # any failure inside user code becomes one clear line
         raise TaskModuleError(f"task module {target!r} failed to import: {type(exc).__name__}: {exc}") from exc
     added = sorted(set(TASKS.names()) - before)
