@@ -393,7 +393,9 @@ def _integer_ticks(ax) -> bool:
 
 def test_figures_say_what_they_show_with_axes_inside_the_metric(drawn):
     fig = drawn["accuracy_vs_length"]
-    assert re.search(r"3 seeds, 1,000 test examples per length and seed", fig._suptitle.get_text().replace("\n", " "))
+    assert re.search(
+        r"3 seeds, 1,000 distinct test examples per length and seed", fig._suptitle.get_text().replace("\n", " ")
+    )
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["none", "additive", "dot", "general"]  # models only
     assert fig.legends[0].get_title().get_text() == "model"
     for ax in fig.axes:
