@@ -14,7 +14,8 @@ from study.report.statistics import accuracy_interval, difference_interval
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells")) + [
-    RESULTS / "bottleneck"
+    RESULTS / "bottleneck",
+    RESULTS / "end-control",
 ]  # the committed reference studies and experiments
 
 
@@ -772,7 +773,7 @@ def _table_numbers(folder: Path) -> set[str]:
 @pytest.mark.parametrize(
     "section,folders",
     [
-        ("## What the study shows", ["reference"]),
+        ("## What the study shows", ["reference", "end-control"]),
         ("[`results/reference-models/`]", ["reference-models"]),
         ("## Is it the bottleneck or the budget?", ["bottleneck", "reference"]),
     ],
