@@ -42,7 +42,7 @@ COMMANDS = ("run", "report", "list", "predict", "rescore")
 
 
 class _Parser(argparse.ArgumentParser):
-    argv: list[str] = []  # the command line being parsed (set by `main`), for the hints below
+    argv: list[str] = []  # the command line this parser parses (`_remember_argv`), for the hints below
 
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
         stray = message.partition(":")[2].split() if message.startswith("unrecognized arguments") else []
@@ -69,6 +69,15 @@ class _Parser(argparse.ArgumentParser):
                 if close:
                     hints.append(f"{flag}: did you mean {close[0]}?")
         return "".join(f"; {hint}" for hint in dict.fromkeys(hints))
+
+
+def _remember_argv(parser: _Parser, argv: list[str]) -> _Parser:
+    """`parser` and each command's parser, told the command line they are about to parse (their
+    errors suggest options from it); returns `parser`."""
+    parser.argv = list(argv)
+    for sub in parser._subparsers._group_actions[0].choices.values() if parser._subparsers else ():
+        sub.argv = list(argv)
+    return parser
 
 
 def _count(n: int, noun: str) -> str:
@@ -568,8 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.trained import TrainedModelError
 
     try:
-        _Parser.argv = list(argv)
-        args = build_parser().parse_args(argv)
+        args = _remember_argv(build_parser(), argv).parse_args(argv)
         command = {
             "run": cmd_run,
             "report": cmd_report,

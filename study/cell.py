@@ -131,12 +131,16 @@ def device_name() -> str:
 
 def attention_example_lengths(plan: TaskPlan, lengths: tuple[int, ...]) -> dict[str, int]:
     """The evaluation lengths whose test examples a record keeps with their attention weights, by
-    record key: "attention_example", the length nearest the middle of the training range (the
-    longer of two equally near: a longer example shows more of the alignment), and
+    record key: "attention_example", the evaluation length inside the training range nearest its
+    middle (the longer of two equally near: a longer example shows more of the alignment; absent
+    when no evaluation length lies inside the range), and
     "attention_example_beyond", the first evaluation length beyond the training range (absent when
     none is evaluated), where the map shows how the model fails."""
     middle = (min(lengths) + max(lengths)) / 2
-    chosen = {"attention_example": min(plan.eval_lengths, key=lambda length: (abs(length - middle), -length))}
+    inside = [length for length in plan.eval_lengths if min(lengths) <= length <= max(lengths)]
+    chosen = {}
+    if inside:  # absent when no evaluation length lies inside the training range
+        chosen["attention_example"] = min(inside, key=lambda length: (abs(length - middle), -length))
     beyond = [length for length in plan.eval_lengths if length > max(lengths)]
     if beyond:
         chosen["attention_example_beyond"] = min(beyond)

@@ -53,10 +53,14 @@ log = logging.getLogger(__name__)
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 FORMAT_VERSION = 2  # bump when the layout of cache files or the way splits are drawn changes
 MAX_REDRAW_ROUNDS = 200
-# a distinct split whose last this many rounds of draws found no new source has found every one
-SATURATED_ROUNDS = 20
+# a distinct split stops short of its count once this many times (sources found / its share of
+# sources) draws in a row found nothing new: for sources about as likely as each other, the chance
+# that one source of the share is still missing is then below e^-20
+SATURATION_DRAWS = 20
 # splits whose sources are distinct (drawn without replacement)
 DISTINCT_SPLITS = ("test", "validation")
+# split-key fields that name the cache file but do not seed the draws (`_rng`)
+NOT_DRAWN = ("items", "saturation_draws")
 # the share of the space of sources each split draws from: [start, end) of a source's hash in [0, 1)
 REGIONS = {"test": (0.0, 0.2), "validation": (0.2, 0.3), "train": (0.3, 1.0)}
 
@@ -110,6 +114,7 @@ def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int)
     }
     if split in DISTINCT_SPLITS:
         key["items"] = "distinct"
+        key["saturation_draws"] = SATURATION_DRAWS
     return key
 
 
@@ -128,7 +133,8 @@ def _rng(key: dict, *extra: int) -> np.random.Generator:
     versions, so a locale whose dates two CLDR releases write alike gets the same data under
     both (the versions still tell the two datasets apart in the cache)."""
     draws = {**key, "task": {k: v for k, v in key["task"].items() if k != "data"}}
-    draws.pop("items", None)
+    for name in NOT_DRAWN:
+        draws.pop(name, None)
     entropy = int.from_bytes(
         hashlib.sha256((json.dumps(draws, sort_keys=True) + repr(extra)).encode()).digest()[:16], "little"
     )
@@ -139,8 +145,9 @@ def _generate(task: Task, key: dict) -> Dataset:
     """Draws `key['n']` examples split evenly over `key['lengths']`, keeping only sources in the
     split's region (`REGIONS`; splits of other names draw from all sources).  A distinct split
     (`"items": "distinct"`) skips sources it already holds, and stops short of its count once
-    `SATURATED_ROUNDS` rounds in a row found nothing new: it then holds every source of that
-    length in its region.
+    `SATURATION_DRAWS` x (sources found / the region's share) draws in a row found nothing new:
+    it then holds every source of that length in its region (each missed with a chance below
+    e^-20 when the task draws its sources about equally often).
 
     Raises:
         ValueError: no source at all of some length falls in the split's region, or a split that
@@ -159,9 +166,12 @@ def _generate(task: Task, key: dict) -> Dataset:
         got_s: list[str] = []
         got_t: list[str] = []
         seen: set[str] = set()
-        idle_rounds = 0
-        for _ in range(MAX_REDRAW_ROUNDS):
-            if len(got_s) >= count or (distinct and got_s and idle_rounds >= SATURATED_ROUNDS):
+        rounds = idle_draws = 0
+        while len(got_s) < count:
+            if distinct and got_s:
+                if idle_draws >= SATURATION_DRAWS * len(got_s) / (hi - lo):
+                    break  # every source of the region found
+            elif rounds >= MAX_REDRAW_ROUNDS:
                 break
             draws = int((count - len(got_s)) / (hi - lo)) + 8  # about enough for one round
             sample = task.sample(rng, draws, length)
@@ -172,7 +182,8 @@ def _generate(task: Task, key: dict) -> Dataset:
                     seen.add(src)
                     got_s.append(src)
                     got_t.append(tgt)
-            idle_rounds = idle_rounds + 1 if len(got_s) == before else 0
+            idle_draws = idle_draws + draws if len(got_s) == before else 0
+            rounds += 1
         if not got_s or (len(got_s) < count and not distinct):
             found = "no source" if not got_s else f"only {len(got_s)} distinct sources"
             raise ValueError(

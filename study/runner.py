@@ -173,7 +173,13 @@ def plan_run(
         existing = None if fresh or not path.exists() else read_record(path)
         if path.exists() and not fresh and existing is None:
             warn(f"warning: record {path} is damaged or incomplete; recomputing {cell.describe()}")
-        if existing is not None and existing.get("status") == "ok":
+        if existing is not None and existing.get("status") == "ok" and existing.get("test_items") != "distinct":
+            # made before held-out sets held distinct sources: its validation and test sets differ
+            warn(
+                f"note: record {path} was made with test and validation sets drawn with replacement; recomputing {cell.describe()}"
+            )
+            todo.append((cell, cid))
+        elif existing is not None and existing.get("status") == "ok":
             records[cid] = existing
         else:
             todo.append((cell, cid))

@@ -190,6 +190,8 @@ def test_the_attention_example_is_the_first_right_one_of_those_with_weights():
         ((2, 3, 4, 5), (2, 5, 8), {"attention_example": 5, "attention_example_beyond": 8}),
         ((4, 32), (4, 8, 16, 24, 32, 36, 40, 64), {"attention_example": 16, "attention_example_beyond": 36}),
         ((1, 2, 3, 4), (1, 2, 3, 4), {"attention_example": 3}),
+        ((6,), (4, 8, 16), {"attention_example_beyond": 8}),  # per_length: no evaluation length inside
+        ((4, 5, 6, 7, 8), (4, 16, 32), {"attention_example": 4, "attention_example_beyond": 16}),
     ],
 )
 def test_the_attention_examples_are_mid_range_the_longer_of_a_tie_and_the_first_length_beyond(train, evals, expected):

@@ -417,3 +417,26 @@ def test_a_misspelt_or_misplaced_command_or_option_is_named(argv, message, capsy
     assert run_study.main(argv) == 2
     stderr = capsys.readouterr().err
     assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_record_made_with_repeated_held_out_items_is_recomputed(tmp_path):
+    """A finished record from before test and validation sets held distinct sources (no
+    `test_items`) shares its cell id with the new one but not its data: a resumed run recomputes
+    it and says why; a record with distinct sets counts as done."""
+    from study.cell import cell_identity
+    from study.records import RECORD_SCHEMA
+    from study.runner import plan_run, study_cells
+
+    config = build_study_config("smoke")
+    (cell, cid), *_ = study_cells(config)
+    (tmp_path / "cells").mkdir()
+    identity = cell_identity(cell, config, cell.task.build())
+    metrics = [{"length": length, "seq_acc": 1.0} for length in identity["eval_lengths"]]
+    record = {"id": cid, **identity, "schema": RECORD_SCHEMA, "status": "ok", "metrics": metrics}
+    (tmp_path / "cells" / f"{cid}.json").write_text(json.dumps(record))
+    notes = []
+    _, done, todo = plan_run(config, tmp_path, False, None, notes.append)
+    assert not done and [c for _, c in todo][:1] == [cid] and "drawn with replacement; recomputing" in notes[0]
+    (tmp_path / "cells" / f"{cid}.json").write_text(json.dumps({**record, "test_items": "distinct"}))
+    _, done, todo = plan_run(config, tmp_path, False, None, notes.append)
+    assert cid in done and cid not in [c for _, c in todo]
