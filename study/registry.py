@@ -23,6 +23,7 @@ class DuplicateNameError(ValueError):
     """A second object registered under a name already taken; names where the first one lives."""
 
     def __init__(self, kind: str, name: str, existing: object) -> None:
+        self.kind = kind
         self.name = name
         module = getattr(existing, "__module__", None)
         file = getattr(sys.modules.get(module), "__file__", None) if module else None

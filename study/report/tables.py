@@ -309,4 +309,5 @@ def unit_frame(records: list[dict]) -> pd.DataFrame:
 def distinct_test_items(records: list[dict]) -> bool:
     """Whether every record's test sets hold distinct sources (records made before that was so
     drew them with replacement and lack `test_items`)."""
-    return all(r.get("test_items") == "distinct" for r in records if r.get("status") == "ok")
+    finished = [r for r in records if r.get("status") == "ok"]
+    return bool(finished) and all(r.get("test_items") == "distinct" for r in finished)

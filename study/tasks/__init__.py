@@ -223,7 +223,7 @@ def load_task_module(path: str | Path) -> list[str]:
         raise
     except DuplicateNameError as exc:
         raise TaskModuleError(
-            f"task module {target!r} registers the task {exc.name!r}, which {exc.where} already registers: "
+            f"task module {target!r} registers the {exc.kind} {exc.name!r}, which {exc.where} already registers: "
             "rename one of them (a task file in study/tasks/ needs no --task-module)"
         ) from exc
     except Exception as exc:  # any failure inside user code becomes one clear line
