@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from study.config import StudyConfig, TaskPlan, TrainConfig, config_to_dict
 from study.files import json_digest
 from study.models import effective_model_config
-from study.records import RECORD_SCHEMA, in_training_range
+from study.records import DISTINCT_ITEMS, RECORD_SCHEMA, in_training_range
 
 if TYPE_CHECKING:
     from study.tasks import Task
@@ -302,7 +302,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         tv,
         config.train.end_token,
     )
-    record.update(examples, test_items="distinct")  # records without it drew test sets with replacement
+    record.update(examples, test_items=DISTINCT_ITEMS)  # records without it drew test sets with replacement
     record["seconds"]["test_decoding"] = time.perf_counter() - eval_started
     # a resumed cell's wall time includes the training done before the resume
     record.update(

@@ -45,6 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from study.files import json_digest, write_atomic
+from study.records import DISTINCT_ITEMS
 from study.tasks import Task
 from study.tasks.base import check_sample
 
@@ -57,7 +58,7 @@ MAX_REDRAW_ROUNDS = 200
 # sources) draws in a row found nothing new: for sources about as likely as each other, the chance
 # that one source of the share is still missing is then below e^-20
 SATURATION_DRAWS = 20
-# splits whose sources are distinct (drawn without replacement)
+# splits whose sources are distinct (drawn without replacement); their keys say so as records do
 DISTINCT_SPLITS = ("test", "validation")
 # split-key fields that name the cache file but do not seed the draws (`_rng`)
 NOT_DRAWN = ("items", "saturation_draws")
@@ -113,7 +114,7 @@ def split_key(task: Task, split: str, lengths: Iterable[int], n: int, seed: int)
         "seed": int(seed),
     }
     if split in DISTINCT_SPLITS:
-        key["items"] = "distinct"
+        key["items"] = DISTINCT_ITEMS
         key["saturation_draws"] = SATURATION_DRAWS
     return key
 
@@ -155,7 +156,7 @@ def _generate(task: Task, key: dict) -> Dataset:
     """
     lengths = key["lengths"]
     n = key["n"]
-    distinct = key.get("items") == "distinct"
+    distinct = key.get("items") == DISTINCT_ITEMS
     lo, hi = REGIONS.get(key["split"], (0.0, 1.0))
     counts = [n // len(lengths) + (1 if i < n % len(lengths) else 0) for i in range(len(lengths))]
     sources: list[str] = []
@@ -237,7 +238,7 @@ def _read_cache(path: Path, key: dict) -> Dataset | None:
         if (
             len(size) != 1
             or not (0 < size.pop() <= key["n"])
-            or (key.get("items") != "distinct" and len(sources) != key["n"])
+            or (key.get("items") != DISTINCT_ITEMS and len(sources) != key["n"])
         ):
             raise ValueError("it holds the wrong number of examples")
         if _checksum(sources, targets, lengths) != checksum:

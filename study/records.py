@@ -19,6 +19,9 @@ import os
 from pathlib import Path
 
 RECORD_SCHEMA = 1
+# a record's `test_items` when its test and validation sets held distinct sources (`study.data`);
+# records made before that was so lack the field: their sets were drawn with replacement
+DISTINCT_ITEMS = "distinct"
 
 
 def in_training_range(length: int, train_lengths) -> bool:

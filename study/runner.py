@@ -26,7 +26,7 @@ from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, fail
 from study.config import StudyConfig, config_to_dict
 from study.executors import run_cells
 from study.files import json_digest, remove_leftovers, write_json_atomic
-from study.records import StudyLock, read_record
+from study.records import DISTINCT_ITEMS, StudyLock, read_record
 from study.text import one_line
 
 
@@ -173,16 +173,15 @@ def plan_run(
         existing = None if fresh or not path.exists() else read_record(path)
         if path.exists() and not fresh and existing is None:
             warn(f"warning: record {path} is damaged or incomplete; recomputing {cell.describe()}")
-        if existing is not None and existing.get("status") == "ok" and existing.get("test_items") != "distinct":
-            # made before held-out sets held distinct sources: its validation and test sets differ
+        if existing is not None and existing.get("status") == "ok":
+            if existing.get("test_items") == DISTINCT_ITEMS:
+                records[cid] = existing
+                continue
+            # made before held-out sets held distinct sources: same id, other validation and test sets
             warn(
                 f"note: record {path} was made with test and validation sets drawn with replacement; recomputing {cell.describe()}"
             )
-            todo.append((cell, cid))
-        elif existing is not None and existing.get("status") == "ok":
-            records[cid] = existing
-        else:
-            todo.append((cell, cid))
+        todo.append((cell, cid))
     others = sorted(set(p.stem for p in cells_dir.glob("*.json")) - {cid for _, cid in grid})
     if others:
         warn(

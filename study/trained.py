@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from study.files import write_json_atomic
-from study.records import StudyLock, load_records
+from study.records import DISTINCT_ITEMS, StudyLock, load_records
 
 
 class TrainedModelError(ValueError):
@@ -221,7 +221,7 @@ def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
                 metrics=metrics,
                 metrics_version=METRICS_VERSION,
                 eval_seconds=time.perf_counter() - started,
-                test_items="distinct",
+                test_items=DISTINCT_ITEMS,
                 **examples,
             )
             write_json_atomic(out / "cells" / f"{record['id']}.json", record)

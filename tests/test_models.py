@@ -226,7 +226,15 @@ def test_decoding_on_jax_backend_matches_teacher_forcing():
         print("ok")
         """
     )
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = _run_without_notices(code, {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert result.stdout.strip().endswith("ok")
+
+
+def _run_without_notices(code: str, env: dict) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh Python process from the repository root; asserts that it succeeded
+    and that its stderr holds none of TensorFlow's start-up notices."""
+    from study.backend import START_UP_NOTICES
+
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -234,10 +242,9 @@ def test_decoding_on_jax_backend_matches_teacher_forcing():
         env=env,
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
-    from study.backend import START_UP_NOTICES
-
+    assert result.returncode == 0, result.stderr[-2000:]
     assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr
+    return result
 
 
 def test_keras_load_model_after_importing_the_model_modules_is_quiet(tmp_path):
@@ -256,14 +263,4 @@ def test_keras_load_model_after_importing_the_model_modules_is_quiet(tmp_path):
         """
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "Seq2Seq", result.stderr[-2000:]
-    from study.backend import START_UP_NOTICES
-
-    assert not [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOTICES)], result.stderr
+    assert _run_without_notices(code, env).stdout.strip() == "Seq2Seq"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from study.files import json_digest
-from study.records import in_training_range
+from study.records import DISTINCT_ITEMS, in_training_range
 from study.report.statistics import accuracy_interval, difference_interval, seeds_needed
 
 MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
@@ -310,4 +310,4 @@ def distinct_test_items(records: list[dict]) -> bool:
     """Whether every record's test sets hold distinct sources (records made before that was so
     drew them with replacement and lack `test_items`)."""
     finished = [r for r in records if r.get("status") == "ok"]
-    return bool(finished) and all(r.get("test_items") == "distinct" for r in finished)
+    return bool(finished) and all(r.get("test_items") == DISTINCT_ITEMS for r in finished)
