@@ -147,35 +147,21 @@ PATIENCES = (20000, 30000, 40000)  # examples: the stretches `patience_table` re
 
 
 def replay_stop(run: dict, patience_examples: int) -> dict:
-    """When `run` would have stopped with another convergence stretch, its tolerances unchanged:
-    replays `study.train.Convergence`'s rule on the recorded history (exact, since the rule
-    only decides when to stop; the learning rate and the updates do not depend on it), and
-    the validation exact match of the weights it would have kept then (best `val_selection`
-    epoch so far).  Only stretches up to the run's own can be replayed: a longer one would
-    need epochs the run never trained."""
-    import math
+    """When `run` would have stopped with another convergence stretch, the rest of its rule
+    unchanged: `study.stopping.StoppingRule.replay` on the recorded history (exact, since the
+    rule only decides when to stop), and the validation exact match of the weights the rule
+    keeps then.  Only stretches up to the run's own can be replayed: a longer one would need
+    epochs the run never trained."""
+    from study.stopping import StoppingRule
 
-    from study.train import last_stretch
-
-    cfg, history = run["train_config"], run["history"]
-    epochs = math.ceil(patience_examples / cfg["epoch_examples"])
-    stop = len(history)
-    for n in range(1, len(history) + 1):
-        stretch = last_stretch(history[:n], epochs)
-        if (
-            stretch
-            and stretch["val_loss"] <= cfg["loss_tolerance"]
-            and stretch["val_seq_acc_by_length"] <= cfg["accuracy_tolerance"]
-        ):
-            stop = n
-            break
-    converged = stop < len(history) or run["converged"]
-    kept = max(history[:stop], key=lambda r: r["val_seq_acc"] + r["val_char_acc"] / 10**6)
+    history = run["history"]
+    replay = StoppingRule.from_config(run["train_config"], patience_examples=patience_examples).replay(history)
+    kept = history[replay["kept_epoch"] - 1]
     longest = str(max(run["train_lengths"]))
     return {
-        "examples": history[stop - 1]["examples_seen"],
-        "seconds": history[stop - 1]["seconds"],
-        "converged": converged,
+        "examples": history[replay["epoch"] - 1]["examples_seen"],
+        "seconds": history[replay["epoch"] - 1]["seconds"],
+        "converged": replay["stop_reason"] != "budget",
         "val_seq_acc": kept["val_seq_acc"],
         "val_seq_acc_longest": kept["val_seq_acc_by_length"][longest],
     }

@@ -32,12 +32,12 @@ then, with schedule "plateau", `keras.callbacks.ReduceLROnPlateau` on the valida
 budget is running out.
 
 Callbacks do the rest, in this order: `GreedyValidation` decodes the validation set
-greedily after every epoch and puts exact match, character accuracy, their combination
-`val_selection` and the teacher-forced validation loss per target character (`val_loss`,
-the training loss's weighting) into the epoch's logs; `TargetReached` stops once exact
-match reaches `target_accuracy`; `Convergence` stops once neither the validation loss nor
-exact match at any training length improved by more than its tolerance over the last
-`patience_examples`, and restores the best weights; `Divergence` (a
+greedily after every epoch and puts exact match, character accuracy and the teacher-forced
+validation loss per target character (`val_loss`, the training loss's weighting) into the
+epoch's logs and its history row; `Convergence` applies the study's one stopping rule
+(`study.stopping.StoppingRule`: the target reached, or neither the validation loss nor exact
+match at any training length improved by more than its tolerance over the last
+`patience_examples`) and restores the weights the rule keeps; `Divergence` (a
 `keras.callbacks.TerminateOnNaN`) stops on a non-finite loss and says where; `EpochBackup`
 saves the whole training state after every epoch so that a killed run resumes from its last
 finished epoch with the same result; `BetweenBatches` lets Ctrl-C stop between updates;
@@ -66,6 +66,7 @@ from study.data import Dataset
 from study.evaluate import decode, decode_at_target_length, decode_steps, score
 from study.files import write_atomic, write_json_atomic
 from study.models.base import EncoderDecoder
+from study.stopping import StoppingRule
 from study.vocab import END, PAD, START, Vocabulary, pad
 
 BUCKET_POOL = 32  # batches per sorting pool
@@ -117,7 +118,7 @@ class TrainResult:
 
     stop_reason: "target_reached", "converged" (`Convergence`), "budget" or "diverged: ...".
     last_stretch: how far each convergence measure moved over the last `patience` epochs
-        (`last_stretch`); None when the run had no more epochs than that stretch.
+        (`study.stopping.last_stretch`); None when the run had no more epochs than that stretch.
     selected_by: "exact match" (best validation exact match, character accuracy breaking
         ties) or "validation loss" (a model whose exact match never rose above the tolerance).
     stop_learning_rate: the learning rate of the last epoch.
@@ -147,26 +148,6 @@ class TrainResult:
         validation loss nor exact match at any training length moved by more than its
         tolerance over the last patience stretch (`Convergence`); never at the budget."""
         return self.stop_reason in ("target_reached", "converged")
-
-
-def last_stretch(history: list[dict], stretch_epochs: int) -> dict | None:
-    """How far the convergence measures moved over the last `stretch_epochs` epochs: the best of
-    those epochs against the best before them.
-
-    Returns {"val_loss": the fall of the best validation loss in nats per target character
-    (positive: it improved), "val_seq_acc_by_length": the largest rise of best exact match at
-    one training length (a share; positive: it improved), "length": that length}, or None
-    when the history is not longer than the stretch."""
-    if len(history) <= stretch_epochs:
-        return None
-    before, stretch = history[:-stretch_epochs], history[-stretch_epochs:]
-    loss_gain = min(r["val_loss"] for r in before) - min(r["val_loss"] for r in stretch)
-    gains = {
-        L: max(r["val_seq_acc_by_length"][L] for r in stretch) - max(r["val_seq_acc_by_length"][L] for r in before)
-        for L in history[-1]["val_seq_acc_by_length"]
-    }
-    length = max(gains, key=lambda L: (gains[L], -int(L)))
-    return {"val_loss": float(loss_gain), "val_seq_acc_by_length": float(gains[length]), "length": int(length)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,10 +314,8 @@ class BucketedBatches(keras.utils.PyDataset):
 
 
 class GreedyValidation(keras.callbacks.Callback):
-    """After every epoch: greedy decoding of the validation set, which puts `val_seq_acc`,
-    `val_char_acc` and `val_selection` = exact match + character accuracy / (n + 1) (exact
-    match first, ties broken by character accuracy) into the epoch's logs, and the
-    teacher-forced validation loss `val_loss` (cross-entropy per target character, END
+    """After every epoch: greedy decoding of the validation set, which puts `val_seq_acc` and
+    `val_char_acc` into the epoch's logs, and the teacher-forced validation loss `val_loss` (cross-entropy per target character, END
     included, the training loss's weighting); appends the epoch's history row (with exact
     match per training length and the epoch's learning rate)."""
 
@@ -382,7 +361,6 @@ class GreedyValidation(keras.callbacks.Callback):
         val = score(predictions, v.targets)
         right = np.array([p == t for p, t in zip(predictions, v.targets)])
         logs["val_seq_acc"], logs["val_char_acc"] = val["seq_acc"], val["char_acc"]
-        logs["val_selection"] = val["seq_acc"] + val["char_acc"] / (len(v) + 1)
         logs["val_loss"] = self.validation_loss()
         self.seconds += time.perf_counter() - t0
         # Keras logs the batch losses' mean weighted by batch size; each batch's loss is its summed
@@ -408,99 +386,77 @@ class GreedyValidation(keras.callbacks.Callback):
         )
 
 
-class TargetReached(keras.callbacks.Callback):
-    """Stops training once validation exact match reaches `target`."""
-
-    def __init__(self, target: float) -> None:
-        super().__init__()
-        self.target, self.reached = target, False
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs.get("val_seq_acc", -1.0) >= self.target:
-            self.reached = True
-            self.model.stop_training = True
-
-
 class Convergence(keras.callbacks.Callback):
-    """Stops training once it has stopped learning, and keeps the best weights.
+    """Stops training by the study's stopping rule (`study.stopping.StoppingRule`: the target
+    reached, or neither the validation loss nor exact match at any training length moved by
+    more than its tolerance over the last stretch) and keeps the weights of the epoch the rule
+    keeps, restored when training ends.  It holds two candidates (the best exact match and the
+    lowest validation loss) since which one is kept is known only at the end.
 
-    Converged: over the last `patience` epochs neither the validation loss per target
-    character fell by more than `loss_tolerance` (nats) nor exact match at any training
-    length rose by more than `accuracy_tolerance` (a share), each against its best before
-    that stretch (`last_stretch`).  Both measures move while a model learns, also a model
-    still at 0% exact match; one lucky validation example moves exact match at its length
-    by 1/n_validation, below the tolerance.  (`keras.callbacks.EarlyStopping` watches one
-    measure; this watches two, with a tolerance each.)
-
-    Best weights: those of the epoch with the best `val_selection` (exact match, character
-    accuracy breaking ties), or, for a model whose validation exact match never rose above
-    `accuracy_tolerance` (0%, or a lucky example or two), of the epoch with the lowest
-    validation loss; restored when training ends.
+    `reason`: "target_reached", "converged" or None (the budget or divergence ended it).
     """
 
-    def __init__(
-        self, validation: GreedyValidation, patience: int, loss_tolerance: float, accuracy_tolerance: float
-    ) -> None:
+    def __init__(self, validation: GreedyValidation, rule: StoppingRule) -> None:
         super().__init__()
-        self.validation, self.patience = validation, patience
-        self.loss_tolerance, self.accuracy_tolerance = loss_tolerance, accuracy_tolerance
+        self.validation, self.rule = validation, rule
         self.reset()
 
     def reset(self) -> None:
-        self.stopped = False
-        self.best = {
-            "selection": (-math.inf, 0, None),
-            "loss": (math.inf, 0, None),
-        }  # measure -> (value, epoch (1-based), weights)
+        self.reason: str | None = None
+        self.best: dict[str, tuple[int, list | None]] = {"selection": (0, None), "loss": (0, None)}  # epoch, weights
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason is not None
 
     def on_train_begin(self, logs=None):
         self.reset()
 
+    def _better(self, measure: str, row: dict) -> bool:
+        epoch = self.best[measure][0]
+        if not epoch:
+            return True
+        best = self.validation.history[epoch - 1]
+        if measure == "loss":
+            return row["val_loss"] < best["val_loss"]
+        return self.rule.selection_key(row) > self.rule.selection_key(best)
+
     def on_epoch_end(self, epoch, logs=None):
         if "val_loss" not in logs:  # diverged
             return
-        if logs["val_selection"] > self.best["selection"][0]:
-            self.best["selection"] = (logs["val_selection"], epoch + 1, self.model.get_weights())
-        if logs["val_loss"] < self.best["loss"][0]:
-            self.best["loss"] = (logs["val_loss"], epoch + 1, self.model.get_weights())
-        stretch = last_stretch(self.validation.history, self.patience)
-        if (
-            stretch
-            and stretch["val_loss"] <= self.loss_tolerance
-            and stretch["val_seq_acc_by_length"] <= self.accuracy_tolerance
-        ):
-            self.stopped = True
+        history = self.validation.history
+        for measure in self.best:
+            if self._better(measure, history[-1]):
+                self.best[measure] = (len(history), self.model.get_weights())
+        self.reason = self.rule.stop_reason(history)
+        if self.reason:
             self.model.stop_training = True
 
     @property
     def selected_by(self) -> str:
-        """ "exact match", or "validation loss" when validation exact match never rose above
-        `accuracy_tolerance` (so a lucky example or two never picks the weights)."""
-        return (
-            "validation loss"
-            if all(r["val_seq_acc"] <= self.accuracy_tolerance for r in self.validation.history)
-            else "exact match"
-        )
+        return self.rule.selected_by(self.validation.history)
 
     @property
     def best_epoch(self) -> int:
         """The epoch (1-based) whose weights are kept; 0 before the first."""
-        return self.best["loss" if self.selected_by == "validation loss" else "selection"][1]
+        return self.best["loss" if self.selected_by == "validation loss" else "selection"][0]
 
     def on_train_end(self, logs=None):
-        weights = self.best["loss" if self.selected_by == "validation loss" else "selection"][2]
+        weights = self.best["loss" if self.selected_by == "validation loss" else "selection"][1]
         if weights is not None:
             self.model.set_weights(weights)
 
     def get_state(self) -> dict:
-        """What `EpochBackup` saves besides the weights: the best values and their epochs."""
-        return {measure: [value, epoch] for measure, (value, epoch, _) in self.best.items()}
+        """What `EpochBackup` saves besides the weights: each candidate's epoch."""
+        return {measure: [None, epoch] for measure, (epoch, _) in self.best.items()}
 
     def weights(self) -> dict[str, list]:
-        return {measure: weights for measure, (_, _, weights) in self.best.items() if weights is not None}
+        return {measure: weights for measure, (_, weights) in self.best.items() if weights is not None}
 
     def set_state(self, state: dict, weights: dict[str, list]) -> None:
-        self.best = {measure: (value, epoch, weights.get(measure)) for measure, (value, epoch) in state.items()}
+        """Restores `get_state`'s candidates (a backup's [value, epoch] pairs; the value is read
+        from the history again)."""
+        self.best = {measure: (epoch, weights.get(measure)) for measure, (_, epoch) in state.items()}
 
 
 class Divergence(keras.callbacks.TerminateOnNaN):
@@ -705,8 +661,8 @@ def train_model(
     batches = BucketedBatches(EncodedSet.build(train, source_vocab, target_vocab, cfg.end_token), cfg, seed)
     compile_model(model, cfg)
     validating = GreedyValidation(batches, validation, source_vocab, target_vocab, started)
-    target = TargetReached(cfg.target_accuracy)
-    convergence = Convergence(validating, cfg.patience, cfg.loss_tolerance, cfg.accuracy_tolerance)
+    rule = StoppingRule.from_config(cfg)
+    convergence = Convergence(validating, rule)
     plateau = None
     if cfg.schedule == "plateau":
         plateau = keras.callbacks.ReduceLROnPlateau(
@@ -723,7 +679,6 @@ def train_model(
     callbacks: list[keras.callbacks.Callback] = [
         timing,
         validating,
-        target,
         *([plateau] if plateau else []),
         convergence,
         diverging,
@@ -753,7 +708,7 @@ def train_model(
         stop_reason, examples_seen = diverging.reason, diverging.examples_seen
     else:
         examples_seen = history[-1]["examples_seen"] if history else 0
-        stop_reason = "target_reached" if target.reached else "converged" if convergence.stopped else "budget"
+        stop_reason = convergence.reason or "budget"
     best_epoch = convergence.best_epoch if history else 0
     best = history[best_epoch - 1]["val_seq_acc"] if best_epoch else 0.0
     seconds = history[-1]["seconds"] if history and not diverging.reason else time.perf_counter() - started
@@ -770,7 +725,7 @@ def train_model(
         best_epoch,
         best,
         seconds,
-        last_stretch(history, cfg.patience),
+        rule.stretch(history),
         convergence.selected_by,
         history[-1]["learning_rate"] if history else None,
         times,

@@ -127,6 +127,8 @@ def test_replaying_a_shorter_convergence_stretch_stops_where_the_rule_would_have
             "patience_examples": 30000,
             "loss_tolerance": 0.005,
             "accuracy_tolerance": 0.05,
+            "target_accuracy": 1.0,
+            "max_examples": 60000,
         },
     }
     two, three = sweep.replay_stop(run, 20000), sweep.replay_stop(run, 30000)

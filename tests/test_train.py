@@ -3,6 +3,9 @@ the best validation weights restored, each stop reason (target reached, converge
 the epoch its definition gives, a learning rate that falls only on a plateau, and validation
 exact match per length and validation loss in the history."""
 
+import json
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -254,7 +257,8 @@ def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_exa
     neither chooses its weights nor keeps it training (a model whose exact match never rose
     above the tolerance keeps the weights of its lowest validation loss); a loss that stops
     falling stops it."""
-    from study.train import Convergence, TrainResult, last_stretch
+    from study.stopping import StoppingRule, last_stretch
+    from study.train import Convergence, TrainResult
 
     class Model:  # what the callback touches of a Keras model: weights and stop_training
         stop_training = False
@@ -275,15 +279,28 @@ def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_exa
         validation = History()
         validation.history = []
         model = Model()
-        callback = Convergence(validation, patience, loss_tolerance=0.005, accuracy_tolerance=0.05)
+        rule = StoppingRule(
+            patience_examples=patience * 10,
+            epoch_examples=10,
+            loss_tolerance=0.005,
+            accuracy_tolerance=0.05,
+            target_accuracy=1.0,
+            max_examples=100,
+        )
+        callback = Convergence(validation, rule)
         callback.set_model(model)
         callback.on_train_begin()
         for epoch, (loss, acc) in enumerate(zip(losses, accuracies)):
             model.epoch = epoch + 1
             validation.history.append(
-                {"val_loss": loss, "val_seq_acc": acc, "val_seq_acc_by_length": {"4": acc, "8": 0.0}}
+                {
+                    "val_loss": loss,
+                    "val_seq_acc": acc,
+                    "val_char_acc": acc,
+                    "val_seq_acc_by_length": {"4": acc, "8": 0.0},
+                }
             )
-            callback.on_epoch_end(epoch, {"val_loss": loss, "val_selection": acc})
+            callback.on_epoch_end(epoch, {"val_loss": loss})
             if model.stop_training:
                 break
         callback.on_train_end()
@@ -352,3 +369,31 @@ def test_jax_keeps_compiled_programs_between_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert any((tmp_path / "seq2seq-length-study" / "jax").iterdir())
+
+
+def test_the_stopping_rule_replayed_on_every_committed_record_gives_the_record_its_own_stop():
+    """`StoppingRule.replay` on each committed record's history stops at the same epoch, for the
+    same reason, and keeps the same epoch's weights as training with that rule did: the rule that
+    trains, the sweep's replay and the report's definition are one object."""
+    import glob
+
+    from study.stopping import StoppingRule
+
+    records = [
+        json.loads(Path(f).read_text(encoding="utf-8")) for f in glob.glob("results/**/cells/*.json", recursive=True)
+    ]
+    records = [r for r in records if r["status"] == "ok" and "loss_tolerance" in r["train_config"]]
+    assert len(records) >= 100  # every committed study under the current rule
+    for r in records:
+        replay = StoppingRule.from_config(r["train_config"]).replay(r["history"])
+        stopped_at = r["history"][replay["epoch"] - 1]["examples_seen"]
+        assert (replay["stop_reason"], stopped_at, replay["kept_epoch"], replay["selected_by"]) == (
+            r["stop_reason"],
+            r["examples_seen"],
+            r["best_epoch"],
+            r["selected_by"],
+        ), r["id"]
+        assert replay["epoch"] == len(r["history"]), r["id"]
+    rule = StoppingRule.from_config(records[0]["train_config"])
+    assert f"{rule.patience_examples} training examples" in rule.definition()
+    assert f"{rule.max_examples}-example budget" in rule.definition()

@@ -15,6 +15,7 @@ import pandas as pd
 
 from study.report.statistics import COMPARISON_METHOD, DIFFERENCE_METHOD, INTERVAL_CENTRE, INTERVAL_METHOD
 from study.report.tables import SETTING_FIELDS, distinct_test_items, series_names, setting_key
+from study.stopping import StoppingRule
 from study.text import markdown_cell as md
 
 
@@ -274,14 +275,6 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
     return "\n".join(out)
 
 
-CONVERGED_DEFINITION = (
-    "A cell converged when validation exact match reached the target, or when over the last {patience} training "
-    "examples neither its validation loss fell by more than {loss} nats per character nor its validation exact match "
-    "at any training length rose by more than {acc:g} points, at a learning rate that only a plateau lowers; "
-    "a cell that reached the {budget}-example budget did not converge."
-)
-
-
 def convergence_lines(records: list[dict]) -> list[str]:
     """The report's account of how training ended: the definition of converged, and each cell
     that was not, with how far its measures still moved over its last stretch."""
@@ -312,12 +305,7 @@ def convergence_lines(records: list[dict]) -> list[str]:
             ]
         return lines + [""]
     lines = [
-        CONVERGED_DEFINITION.format(
-            patience=cfg.get("patience_examples", "?"),
-            loss=cfg.get("loss_tolerance", "?"),
-            acc=100 * cfg.get("accuracy_tolerance", 0),
-            budget=cfg.get("max_examples", "?"),
-        ),
+        StoppingRule.from_config(cfg).definition(),
         "",
         f"{len(done) - len(open_cells)} of {len(done)} cells converged.",
     ]
