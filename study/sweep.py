@@ -41,6 +41,7 @@ RECIPES: dict[str, dict] = {
     "b256": {"batch_size": 256, "learning_rate": 6e-3},
     "b64-lr1e-3": {"batch_size": 64, "learning_rate": 1e-3},
     "b64-lr1e-2": {"batch_size": 64, "learning_rate": 1e-2},
+    "b32": {"batch_size": 32, "learning_rate": 2.1e-3},
 }
 DEFAULT_RECIPES = ("b64", "b128", "b256")
 
@@ -59,15 +60,22 @@ PROBES: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
 DEFAULT_PROBES = ("copy/none", "copy/dot", "reverse/additive", "date_format/general")
 
 
-def recipe_config(recipe: str, max_examples: int | None = None):
+def recipe_config(recipe: str, max_examples: int | None = None, whole_history: bool = False, n_validation=None):
     """The standard profile's training settings with the recipe's overrides (and a budget of
-    `max_examples`, if given)."""
+    `max_examples`, if given).  `whole_history`: the convergence stretch is the whole budget, so
+    only the target or the budget ends a run and any stopping rule can be replayed on its
+    history (`study.stopping.StoppingRule.replay`); `n_validation`: validation examples per
+    training length (None: the profile's)."""
     from study.config import PROFILES, TrainConfig
 
     settings = {**PROFILES["standard"]["train"], **RECIPES[recipe]}
     if max_examples is not None:
         settings["max_examples"] = max_examples
         settings["warmup_examples"] = min(settings.get("warmup_examples", 0), max_examples - 1)
+    if whole_history:
+        settings["patience_examples"] = settings.get("max_examples", TrainConfig.max_examples)
+    if n_validation is not None:
+        settings["n_validation"] = n_validation
     return TrainConfig(**settings)
 
 
@@ -76,15 +84,16 @@ def run_path(out: Path, recipe: str, probe: str, seed: int) -> Path:
     return out / "runs" / f"{recipe}--{probe.replace('/', '-').replace('@', '-')}--s{seed}.json"
 
 
-def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int | None = None) -> dict:
-    """Trains one probe with one recipe (validation only: no test examples) and writes its run file."""
+def run_probe(recipe: str, probe: str, seed: int, out: str, max_examples: int | None = None, **settings) -> dict:
+    """Trains one probe with one recipe (validation only: no test examples) and writes its run
+    file; `settings`: `recipe_config`'s `whole_history` and `n_validation`."""
     from study.config import PROFILES, ModelConfig, parse_lengths
     from study.experiment import prepare, train
     from study.files import write_json_atomic
     from study.tasks import get_task
 
     task_name, model_name, lengths = PROBES[probe]
-    cfg = recipe_config(recipe, max_examples)
+    cfg = recipe_config(recipe, max_examples, **settings)
     lengths = lengths or parse_lengths(PROFILES["standard"]["tasks"][task_name]["train_lengths"], "train_lengths")
     run = prepare(
         get_task(task_name),
@@ -241,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-examples", type=int, default=None, help="the budget of every run (default: the standard profile's)"
     )
+    p.add_argument(
+        "--whole-history",
+        action="store_true",
+        help="train every run to its budget (or the target), so any stopping rule can be replayed on its history",
+    )
+    p.add_argument("--n-validation", type=int, default=None, help="validation examples per training length")
     p.add_argument("--out", default="results/sweep")
     p.add_argument("--table", action="store_true", help="only redraw the table")
     args = p.parse_args(argv)
@@ -267,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init) as pool:
-            futures = {pool.submit(run_probe, r, q, s, str(out), args.max_examples): (r, q, s) for r, q, s in todo}
+            settings = {"whole_history": args.whole_history, "n_validation": args.n_validation}
+            futures = {
+                pool.submit(run_probe, r, q, s, str(out), args.max_examples, **settings): (r, q, s) for r, q, s in todo
+            }
             for future in concurrent.futures.as_completed(futures):
                 run = future.result()
                 row = summarize(run)
