@@ -227,6 +227,49 @@ class TaskPlan:
                     raise ConfigError(f"tasks.{self.name}.{field} must hold positive integers, got {v!r}")
 
 
+FAMILY_LENGTHS = ("trained", "beyond", "all")
+EACH_OTHER = "each other"
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonFamily:
+    """One family of paired comparisons between models, declared before the data and corrected
+    together (Holm) in the report's "Which models differ".
+
+    name: how the report heads it.
+    against: a model name (each other model compared with it, at each length), or "each other":
+        the pairs of models of which neither is named by a family's `against`.
+    lengths: "trained" (the lengths a model was trained on), "beyond" (evaluation lengths past
+        the trained range) or "all".
+    primary: the claim under test; the other families are exploratory.
+    A comparison belongs to the first family it fits; one that fits none gets no verdict.
+    Raises ConfigError for an unknown `lengths`.
+    """
+
+    name: str
+    against: str = EACH_OTHER
+    lengths: str = "all"
+    primary: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lengths not in FAMILY_LENGTHS:
+            raise ConfigError(f"families: lengths must be one of {', '.join(FAMILY_LENGTHS)}, got {self.lengths!r}")
+        for name in ("name", "against"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"families: {name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.primary, bool):
+            raise ConfigError(f"families: primary must be true or false, got {self.primary!r}")
+
+
+# the claim under test (attention against the single context vector inside the trained range) and
+# two exploratory families, each corrected on its own
+STANDARD_FAMILIES = (
+    ComparisonFamily("each attention model against none, at the trained lengths", "none", "trained", primary=True),
+    ComparisonFamily("each attention model against none, beyond the trained range", "none", "beyond"),
+    ComparisonFamily("the other pairs of models, at every length", EACH_OTHER, "all"),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """Everything a study run depends on; every results record carries all of it.
@@ -239,7 +282,9 @@ class StudyConfig:
     of the CPU cores (0: one process per core); cell_cpus, cell_gpus: what each
     cell asks of a Ray cluster (`--executor ray`; cell_cpus also caps its threads);
     variant: the name of the config file's `[variants.NAME]` table this study runs (None when
-    the file has none); it names the study in reports and is not part of any cell's identity.
+    the file has none); it names the study in reports and is not part of any cell's identity;
+    families: the families of comparisons the report tests (`ComparisonFamily`), declared
+    before the data; not part of any cell's identity.
     """
 
     profile: str
@@ -256,6 +301,7 @@ class StudyConfig:
     cell_gpus: float = 0.0
     tensorboard: bool = False
     variant: str | None = None
+    families: tuple[ComparisonFamily, ...] = STANDARD_FAMILIES
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
@@ -398,6 +444,7 @@ _STUDY_KEYS = {
     "tensorboard",
     "model",
     "train",
+    "families",
 }
 _TASK_KEYS = {"train_lengths", "eval_lengths", "options"}
 
@@ -551,6 +598,19 @@ def build_study_config(
         cell_cpus=raw.get("cell_cpus", 1),
         cell_gpus=raw.get("cell_gpus", 0.0),
         tensorboard=raw.get("tensorboard", False),
+        families=parse_families(raw.get("families")),
+    )
+
+
+def parse_families(raw: Any) -> tuple[ComparisonFamily, ...]:
+    """A config file's `[[families]]` tables (None: `STANDARD_FAMILIES`); raises ConfigError."""
+    if raw is None:
+        return STANDARD_FAMILIES
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(f"families must be a non-empty list of tables ([[families]]), got {raw!r}")
+    return tuple(
+        f if isinstance(f, ComparisonFamily) else _dataclass_from(ComparisonFamily, f, f"families[{i}]")
+        for i, f in enumerate(raw)
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from study.records import load_records
 from study.report import write_report
-from study.report.statistics import accuracy_interval, difference_interval
+from study.report.statistics import accuracy_interval, difference_bounds, paired_test
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells")) + [
@@ -28,8 +28,11 @@ def test_accuracy_intervals_stay_inside_0_100_and_include_sampling_error():
     assert (lo, hi) == pytest.approx((0.4685, 0.5315), abs=1e-3)
     assert accuracy_interval([0.2, np.nan, 0.2], 1000)[0] == pytest.approx(0.2)  # failed cells are dropped
     assert np.isnan(accuracy_interval([np.nan], 1000)[0])
-    mean, lo, hi = difference_interval([1.0, 1.0, 0.98], [0.0, 0.0, 0.0], 1000)
-    assert mean == pytest.approx(0.9933, abs=1e-4) and 0 < lo < 0.98 and 0.99 < hi < 1.0  # inside +-100 by construction
+    test = paired_test([1.0, 1.0, 0.98], [0.0, 0.0, 0.0], 1000)
+    lo, hi = difference_bounds(test, 0.05)
+    assert (
+        test["mean"] == pytest.approx(0.9933, abs=2e-3) and 0 < lo < 0.98 and hi == 1.0
+    )  # inside +-100 by construction
 
 
 @pytest.mark.parametrize("seeds", [3, 5])
@@ -115,7 +118,7 @@ def figures_not_saved(monkeypatch):
 def test_differences_from_none_are_paired_by_seed():
     import pandas as pd
 
-    from study.report.tables import difference_frame
+    from study.report.tables import comparison_frame, difference_frame
 
     rows = []
     for seed, (none, dot) in enumerate([(0.10, 0.60), (0.30, 0.70), (0.20, 0.80)]):
@@ -127,22 +130,23 @@ def test_differences_from_none_are_paired_by_seed():
                     "train_min": 4,
                     "train_max": 8,
                     "length": 8,
+                    "in_training_range": True,
                     "model": model,
+                    "series": model,
                     "seed": seed,
                     "seq_acc": acc,
                     "n_examples": 1000,
                 }
             )
-    diff = difference_frame(pd.DataFrame(rows))
+    differences = lambda rows: difference_frame(comparison_frame(pd.DataFrame(rows)))  # noqa: E731
+    diff = differences(rows)
     assert list(diff["model"]) == ["dot"]
     row = diff.iloc[0]
-    assert row.diff_mean == pytest.approx(0.5) and row.seeds == 3
+    assert row.diff_mean == pytest.approx(0.5, abs=0.02) and row.seeds == 3
     # paired: the per-seed differences (0.5, 0.4, 0.6) vary far less than either model (0.1-0.3, 0.6-0.8)
     assert 0.2 < row.diff_ci_low < 0.5 < row.diff_ci_high < 0.8
-    unpaired = difference_frame(
-        pd.DataFrame(
-            [{**r, "seq_acc": r["seq_acc"] if r["model"] == "none" else [0.8, 0.6, 0.7][r["seed"]]} for r in rows]
-        )
+    unpaired = differences(
+        [{**r, "seq_acc": r["seq_acc"] if r["model"] == "none" else [0.8, 0.6, 0.7][r["seed"]]} for r in rows]
     )
     assert unpaired.iloc[0].diff_ci_high - unpaired.iloc[0].diff_ci_low > row.diff_ci_high - row.diff_ci_low
 
@@ -673,7 +677,7 @@ def _seed_row(seed: int, series: str, acc: float) -> dict:
 
 def test_comparisons_separate_only_what_the_seeds_support():
     """A consistent gap over seeds is separated after Holm's correction; a gap the seeds disagree
-    on is not, and says how many seeds it would need; corrected p-values are never below the raw."""
+    on is not; corrected p-values are never below the raw."""
     from study.report.tables import comparison_frame
 
     rows = []
@@ -684,9 +688,8 @@ def test_comparisons_separate_only_what_the_seeds_support():
 
     frame = comparison_frame(pd.DataFrame(rows)).set_index(["first", "second"])
     assert frame.loc[("x", "y"), "separated"] and not frame.loc[("x", "z"), "separated"]
-    assert frame.loc[("x", "z"), "seeds_needed"] > 3
     assert (frame["p_holm"] >= frame["p"]).all()
-    assert frame.loc[("x", "y"), "diff_mean"] == pytest.approx(np.mean([0.89, 0.86, 0.88]))
+    assert frame.loc[("x", "y"), "diff_mean"] == pytest.approx(np.mean([0.89, 0.86, 0.88]), abs=0.01)
 
 
 def test_accuracy_figure_marks_what_was_measured_and_what_was_trained(drawn):
@@ -853,3 +856,74 @@ def test_tables_state_how_many_distinct_items_each_length_tested():
     assert "except at length 1 (6), length 2 (58), where that is every distinct source" in note
     assert "repeats possible" in _examples_note(group.iloc[3:], distinct=False)
     assert "except" not in _examples_note(group.iloc[3:], distinct=True)
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+@pytest.mark.parametrize("null", ["same", "smooth", "bimodal"])
+def test_the_paired_test_holds_its_false_positive_rate_on_null_data(seeds, null):
+    """Two models whose runs are drawn from one distribution (the same accuracy for every run;
+    logit-normal around 70%; runs that either work at 95% or fail at 5%, half and half), each
+    run scored on 1,000 test examples: `paired_test` separates them in at most its nominal 5%
+    of 1,500 simulated studies (plus twice the simulation's standard error), while a real gap
+    of 30 points with the same spreads is separated often (always without a spread)."""
+    from scipy.special import expit
+
+    rng = np.random.default_rng(seeds * 10 + ["same", "smooth", "bimodal"].index(null))
+
+    def runs(shift=0.0):
+        if null == "same":
+            p = np.full(seeds, 0.7)
+        elif null == "smooth":
+            p = expit(0.85 + 0.5 * rng.standard_normal(seeds))
+        else:
+            p = np.where(rng.random(seeds) < 0.5, 0.95, 0.05)
+        return rng.binomial(1000, np.clip(p + shift, 0, 1)) / 1000
+
+    studies = 1500
+    false = np.mean([paired_test(runs(), runs(), 1000)["p"] < 0.05 for _ in range(studies)])
+    assert false <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / studies)
+    if null != "bimodal":  # a shift of a bimodal mixture is not one gap
+        found = np.mean([paired_test(runs(0.3), runs(), 1000)["p"] < 0.05 for _ in range(200)])
+        assert found > {"same": 0.95, "smooth": 0.4}[null]  # 3 seeds of a 14-point spread: about half
+
+
+def test_families_are_corrected_apart_and_their_intervals_agree_with_the_verdicts():
+    """The standard families split the comparisons by the claim (attention against none at the
+    trained lengths), beyond the range and the other pairs; each family is Holm-corrected on its
+    own; in every family a pair is separated exactly when its interval excludes 0; pairs against
+    `none` are written model - none."""
+    from study import report
+    from study.config import STANDARD_FAMILIES
+    from study.report.tables import comparison_frame, metrics_frame
+
+    frame = comparison_frame(metrics_frame(report.load_records(RESULTS / "reference")), STANDARD_FAMILIES)
+    assert set(frame["family"]) == {f.name for f in STANDARD_FAMILIES}
+    primary = frame[frame["primary"]]
+    assert primary["in_training_range"].all() and (primary["second"] == "none").all()
+    assert (
+        len(primary) == 42 and not (frame[~frame["primary"]]["in_training_range"] & (frame["second"] == "none")).any()
+    )
+    excludes_zero = (frame["diff_ci_low"] > 0) | (frame["diff_ci_high"] < 0)
+    assert (excludes_zero == frame["separated"]).all()
+    assert ((frame["diff_ci_low"] >= -1) & (frame["diff_ci_high"] <= 1)).all()
+    for _, family in frame.groupby("family"):  # Holm within the family: its size, not the report's
+        from statsmodels.stats.multitest import multipletests
+
+        assert family["p_holm"].to_numpy() == pytest.approx(multipletests(family["p"], method="holm")[1])
+    # the claim's copy at 16 symbols (+94 points on every seed) is separated within its family
+    copy16 = primary[(primary["task"] == "copy") & (primary["length"] == 16)]
+    assert copy16["separated"].all()
+
+
+def test_a_study_declares_its_own_families(tmp_path):
+    """`[[families]]` in a config file replaces the standard families; a bad one is a one-line error."""
+    from study.config import ConfigError, build_study_config
+
+    config = build_study_config(
+        "smoke", {"families": [{"name": "dot against none", "against": "none", "lengths": "all", "primary": True}]}
+    )
+    assert [f.name for f in config.families] == ["dot against none"] and config.families[0].primary
+    with pytest.raises(ConfigError, match="families: lengths must be one of trained, beyond, all"):
+        build_study_config("smoke", {"families": [{"name": "x", "lengths": "inside"}]})
+    with pytest.raises(ConfigError, match="unknown setting 'families\\[0\\].agianst'"):
+        build_study_config("smoke", {"families": [{"name": "x", "agianst": "none"}]})

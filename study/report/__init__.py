@@ -6,8 +6,9 @@
                              seed and its 95% interval (INTERVAL_METHOD), the oracle-length and
                              right-length diagnostics; summary.md adds each attention model's
                              difference from `none`, paired by seed
-      comparisons.csv        every pair of models at every length: paired t-test over seeds,
-                             Holm-corrected (COMPARISON_METHOD), and the seeds a separation would need
+      comparisons.csv        every pair of models at every length, in its declared family
+                             (study.config.ComparisonFamily): paired over seeds (COMPARISON_METHOD),
+                             Holm-corrected within the family, with intervals that agree with the verdicts
       units.csv              per-unit accuracy (one date of date_format) and units written, for
                              tasks with an `output_unit_width`
       figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from study.config import parse_families
 from study.fonts import use_fonts
 from study.records import load_records, read_manifest
 from study.report.figures import (
@@ -53,14 +55,16 @@ def write_report(out: Path, every: bool = False) -> Path:
     use_fonts()
     out = Path(out)
     records = load_records(out, every)
+    manifest = read_manifest(out) or {}
+    families = parse_families((manifest.get("config") or {}).get("families"))
     metrics = metrics_frame(records)
     metrics.to_csv(out / "metrics.csv", index=False)
     summary = summary_frame(metrics)
     summary.to_csv(out / "summary.csv", index=False)
-    table = summary_markdown(summary, difference_frame(metrics), records)
-    (out / "summary.md").write_text(table)
-    comparisons = comparison_frame(metrics)
+    comparisons = comparison_frame(metrics, families)
     comparisons.to_csv(out / "comparisons.csv", index=False)
+    table = summary_markdown(summary, difference_frame(comparisons), records)
+    (out / "summary.md").write_text(table)
     units = unit_frame(records)
     if not units.empty:
         units.to_csv(out / "units.csv", index=False)
@@ -79,8 +83,8 @@ def write_report(out: Path, every: bool = False) -> Path:
             metrics,
             table,
             images,
-            read_manifest(out) or {},
-            comparisons_markdown(comparisons),
+            manifest,
+            comparisons_markdown(comparisons, families),
             units_markdown(units, records),
         )
     )

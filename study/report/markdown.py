@@ -13,64 +13,108 @@ import re
 
 import pandas as pd
 
-from study.report.statistics import COMPARISON_METHOD, DIFFERENCE_METHOD, INTERVAL_CENTRE, INTERVAL_METHOD
+from study.config import STANDARD_FAMILIES
+from study.report.statistics import COMPARISON_METHOD, INTERVAL_CENTRE, INTERVAL_METHOD
 from study.report.tables import SETTING_FIELDS, distinct_test_items, series_names, setting_key
 from study.stopping import StoppingRule
 from study.text import markdown_cell as md
 
 
-def _seed_range(need: pd.Series) -> str:
-    """'51 seeds', or '6-51 seeds (median 12)' for several comparisons."""
-    low, high = int(need.min()), int(need.max())
-    return f"{low} seeds" if low == high else f"{low}-{high} seeds (median {int(need.median())})"
+def _points(x: float) -> str:
+    """A difference in signed percentage points, one decimal ("+94.6"; never "-0.0")."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
-def comparisons_markdown(comparisons: pd.DataFrame) -> str:
-    """One table per task, setting and training range: a row per pair of models, a column per
-    length, each cell the mean difference in points and the corrected p-value, in bold where
-    the pair is separated; then how many comparisons separate and how many seeds the others
-    would need."""
-    if comparisons.empty:
-        return ""
-    parts = [
-        f"Every pair of models at every length ({COMPARISON_METHOD}). A cell gives the first model's exact match minus the "
-        f"second's, in points (mean over seeds), and the corrected p; bold: separated. {int(comparisons['separated'].sum())} of "
-        f"{len(comparisons)} comparisons are separated.",
+def _families_lines(comparisons: pd.DataFrame, families) -> list[str]:
+    """The declared families, the primary first, each with its number of comparisons and the
+    level of its intervals, then the method."""
+    lines = ["The comparisons fall into families declared before the data (the study's configuration):", ""]
+    for family in sorted(families, key=lambda f: not f.primary):
+        rows = comparisons[comparisons["family"] == family.name]
+        role = "primary: the claim under test" if family.primary else "exploratory"
+        level = (
+            f", intervals at {100 * rows['level'].iloc[0]:.4g}%" if len(rows) and rows["level"].notna().any() else ""
+        )
+        lines.append(
+            f"- **{md(family.name)}** ({role}): {len(rows)} comparisons, {int(rows['separated'].sum())} separated{level}"
+        )
+    outside = int((comparisons["family"] == "").sum())
+    if outside:
+        lines.append(f"- {outside} comparisons fit no declared family: shown without a verdict")
+    return lines + [
+        "",
+        f"Method: {COMPARISON_METHOD}. Each family is corrected on its own by Holm's method at 5%; its intervals are at "
+        "1 - 0.05 / (m - R) (m comparisons, R separated: the level at which Holm's procedure stopped), so a pair is "
+        "separated exactly when its interval excludes 0. A difference is the meta-analysis's estimate of the mean "
+        "difference over seeds (first minus second, in percentage points; each seed's difference is beside it in the "
+        "primary family and in comparisons.csv).",
         "",
     ]
-    for (task, setting, lo, hi), group in comparisons.groupby(
-        ["task", "setting", "train_min", "train_max"], sort=False
-    ):
+
+
+def _primary_table(rows: pd.DataFrame) -> list[str]:
+    """One row per comparison of the primary family: its difference, interval, each seed's
+    difference, the corrected p and the verdict."""
+    lines = [
+        "| task | length | first - second | difference [interval] | per seed | p (Holm) | separated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows.itertuples():
+        seeds = ", ".join(_points(float(x)) for x in str(r.seed_differences).split())
+        interval = f"{_points(r.diff_mean)} [{_points(r.diff_ci_low)}, {_points(r.diff_ci_high)}]"
+        verdict = "**yes**" if r.separated else "no"
+        lines.append(
+            f"| {md(r.task)} | {r.length} | {md(r.first)} - {md(r.second)} | {interval} | {seeds} | {r.p_holm:.2g} | {verdict} |"
+        )
+    return lines
+
+
+def _wide_tables(rows: pd.DataFrame) -> list[str]:
+    """One table per task, setting and training range: a row per pair, a column per length,
+    each cell 'difference [interval]', bold where separated."""
+    lines = []
+    for (task, _, lo, hi), group in rows.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
-        lines = [
+        lines += [
             f"#### {md(task)} (trained on lengths {lo}..{hi})",
             "",
-            "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |",
+            "| first - second | " + " | ".join(str(L) for L in lengths) + " |",
             "|---" * (len(lengths) + 1) + "|",
         ]
-        for (a, b), rows in group.groupby(["first", "second"], sort=False):
-            by_length = rows.set_index("length")
+        for (a, b), pair in group.groupby(["first", "second"], sort=False):
+            by_length = pair.set_index("length")
             cells = []
             for L in lengths:
                 if L not in by_length.index or math.isnan(by_length.loc[L, "diff_mean"]):
                     cells.append("n/a")
                     continue
                 r = by_length.loc[L]
-                diff = f"{round(100 * r['diff_mean'], 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
-                text = f"{diff} (p {r['p_holm']:.2g})" if not math.isnan(r["p_holm"]) else diff
+                text = _points(r["diff_mean"])
+                if not math.isnan(r["diff_ci_low"]):
+                    text += f" [{_points(r['diff_ci_low'])}, {_points(r['diff_ci_high'])}]"
                 cells.append(f"**{text}**" if r["separated"] else text)
             lines.append(f"| {md(a)} - {md(b)} | " + " | ".join(cells) + " |")
-        open_pairs = group[~group["separated"] & group["in_training_range"] & group["seeds_needed"].notna()]
-        if len(open_pairs):
-            need = open_pairs["seeds_needed"]
-            lines += [
-                "",
-                f"Not separated inside the trained range: {len(open_pairs)} comparison{'s' if len(open_pairs) != 1 else ''} "
-                "with a nonzero spread; at their observed "
-                f"mean and spread a paired t-test would need {_seed_range(need)} "
-                "to separate them with 80% power at 5% before correction.",
-            ]
-        parts += lines + [""]
+        lines.append("")
+    return lines
+
+
+def comparisons_markdown(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> str:
+    """The report's "Which models differ": the declared families and the method, then the
+    primary family as one row per comparison (interval, each seed's difference, corrected p,
+    verdict), then each exploratory family as tables of differences per length."""
+    if comparisons.empty:
+        return ""
+    parts = _families_lines(comparisons, families)
+    for family in sorted(families, key=lambda f: not f.primary):
+        rows = comparisons[comparisons["family"] == family.name]
+        if rows.empty:
+            continue
+        role = "Primary" if family.primary else "Exploratory"
+        parts += [f"### {role}: {md(family.name)}", ""]
+        parts += (_primary_table(rows) + [""]) if family.primary else _wide_tables(rows)
+    outside = comparisons[comparisons["family"] == ""]
+    if len(outside):
+        parts += ["### In no declared family (no verdict)", ""] + _wide_tables(outside)
     return "\n".join(parts)
 
 
@@ -223,7 +267,8 @@ def summary_markdown(
             ]
             if len(d):
                 lines += [
-                    f"Difference from `none` in exact match (percentage points, mean over seeds, paired by seed; {DIFFERENCE_METHOD}):",
+                    "Difference from `none` in exact match (percentage points, mean over seeds, paired by seed), with the "
+                    'interval of its family of comparisons (see "Which models differ"; the levels differ between families):',
                     "",
                 ]
                 lines += _length_table(d, lengths, lo, hi, "diff", signed=True, missing="n/a") + [""]

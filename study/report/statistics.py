@@ -1,17 +1,18 @@
 """Intervals and paired comparisons over seeds, for proportions such as exact match.
 
-    mean, low, high = accuracy_interval([0.98, 0.97, 1.0], 1000)     # per seed, test examples per seed
-    mean, low, high = difference_interval(model_acc, baseline_acc, 1000)  # paired by seed
-    seeds_needed(0.8)                                                  # seeds a paired t-test needs at 80% power
+    mean, low, high = accuracy_interval([0.98, 0.97, 1.0], 1000)   # per seed, test examples per seed
+    test = paired_test(model_acc, baseline_acc, 1000)               # paired by seed: mean, se, df, p
+    low, high = difference_bounds(test, alpha=0.05 / 42)            # at a family's corrected level
 
-Each method's one-line description (`INTERVAL_METHOD`, `DIFFERENCE_METHOD`,
-`COMPARISON_METHOD`) is what the report prints beside its numbers.  Student-t and
-Clopper-Pearson quantiles from scipy, the power of a paired t-test from statsmodels.
+Each method's one-line description (`INTERVAL_METHOD`, `COMPARISON_METHOD`) is what the
+report prints beside its numbers.  Student-t, normal and Clopper-Pearson quantiles from
+scipy; the random-effects meta-analysis over seeds from statsmodels.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -27,12 +28,6 @@ INTERVAL_METHOD = (
 INTERVAL_CENTRE = (
     "the interval contains the printed mean but is not centred on it: its centre is the seeds' mean logit, "
     "which one seed near 0 or 100 pulls towards itself when the seeds disagree; read such a row by its seeds"
-)
-
-
-DIFFERENCE_METHOD = (
-    "95% interval: Student-t over the per-seed differences on the logit scale of (difference + 1) / 2, its half-width "
-    "at least the test-set sampling error of both models; one seed: that sampling error only"
 )
 
 
@@ -78,47 +73,65 @@ def accuracy_interval(accuracies, n_examples) -> tuple[float, float, float]:
     return float(p.mean()), lo, hi
 
 
-def difference_interval(model_acc, baseline_acc, n_examples) -> tuple[float, float, float]:
-    """Mean per-seed difference model - baseline (paired by seed) and its 95% interval
-    (`DIFFERENCE_METHOD`), inside [-1, 1] by construction."""
-    a, b = np.asarray(model_acc, dtype=float), np.asarray(baseline_acc, dtype=float)
-    n = np.broadcast_to(np.asarray(n_examples, dtype=float), a.shape)
-    keep = ~np.isnan(a) & ~np.isnan(b) & ~np.isnan(n)
-    a, b, n = a[keep], b[keep], n[keep]
-    if len(a) == 0:
-        return math.nan, math.nan, math.nan
-    q = ((a - b + 1) / 2 * n + 0.5) / (n + 1)  # the difference as a proportion, kept off 0 and 1
-    sampling = (np.maximum(a * (1 - a), 0.25 / n) + np.maximum(b * (1 - b), 0.25 / n)) / n  # variance of a - b
-    lo, hi = _logit_t(q, sampling / 4 / (q * (1 - q)) ** 2)  # delta method: d logit(q) / d(a - b) = 1 / (2 q (1 - q))
-    return float((a - b).mean()), 2 * lo - 1, 2 * hi - 1
-
-
 COMPARISON_METHOD = (
-    "paired t-test over seeds of the per-seed differences in exact match (each seed's models share its data and "
-    "test set), two-sided, their spread at least the test-set sampling error of a difference; "
-    "p-values corrected for multiplicity by Holm's method over every comparison of the report; "
-    "a pair is separated when its corrected p is below 0.05"
+    "each pair compared on its per-seed differences in exact match (each seed's models share its data and test "
+    "set): a random-effects meta-analysis over seeds (Paule-Mandel), each seed's difference weighted by its "
+    "test-set sampling variance (binomial, over its test examples), with the modified Hartung-Knapp-Sidik-Jonkman "
+    "standard error (never below the sampling error alone; Roever, Knapp & Friede 2015) and a Student-t with "
+    "seeds - 1 degrees of freedom (statsmodels' combine_effects); two-sided"
 )
 
 
-SEED_COUNTS = np.arange(2, 100_001)  # the seed counts `comparison_frame` considers for a separation
+def paired_test(first, second, n_examples) -> dict:
+    """The paired comparison of two models over seeds (`COMPARISON_METHOD`).
+
+    Args:
+        first, second: exact match per seed (shares in [0, 1]; NaN: a failed cell, its seed dropped).
+        n_examples: test examples per seed (a number or one per seed).
+
+    Returns:
+        {"mean": the random-effects estimate of the mean difference first - second, "se": its
+        standard error, "df": degrees of freedom (seeds - 1; None for one seed, whose test is
+        the normal one on sampling error), "p": two-sided p-value (NaN without a seed),
+        "seeds": seeds compared, "differences": the per-seed differences}.
+        `difference_bounds` turns it into an interval at any level that excludes 0 exactly
+        when p is below that level's alpha.
+    """
+    from scipy import stats
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    n = np.broadcast_to(np.asarray(n_examples, dtype=float), a.shape)
+    keep = ~np.isnan(a) & ~np.isnan(b) & ~np.isnan(n)
+    a, b, n = a[keep], b[keep], n[keep]
+    d = a - b
+    out = {"mean": math.nan, "se": math.nan, "df": None, "p": math.nan, "seeds": len(d), "differences": list(d)}
+    if not len(d):
+        return out
+    # sampling variance of each seed's difference, the two models' errors taken as independent;
+    # never below that of one example in 4n (a seed at 0 or 100% still has a finite test set)
+    v = (np.maximum(a * (1 - a), 0.25 / n) + np.maximum(b * (1 - b), 0.25 / n)) / n
+    if len(d) == 1:
+        se, df, mean = math.sqrt(v[0]), None, float(d[0])
+    else:
+        with warnings.catch_warnings():  # its I-squared divides by zero when the seeds agree exactly; unused here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fit = combine_effects(d, v, method_re="pm", use_t=True)
+        random_effects = 1 / np.sum(1 / (v + fit.tau2))
+        se, df, mean = math.sqrt(max(fit.var_hksj_re, random_effects)), len(d) - 1, float(fit.mean_effect_re)
+    z = abs(mean) / se
+    p = 2 * (stats.norm.sf(z) if df is None else stats.t.sf(z, df))
+    return {**out, "mean": mean, "se": se, "df": df, "p": float(p)}
 
 
-def seeds_needed(effect_size: float) -> float:
-    """The fewest seeds in `SEED_COUNTS` at which a two-sided paired t-test at 5% separates a
-    mean difference of `effect_size` standard deviations with 80% power (statsmodels'
-    `TTestPower`); NaN when not even the most seeds reach it.  The counts are tried in blocks of
-    ten times the last (2-99, 100-999, ...), so a difference that a few seeds separate costs
-    a hundred power evaluations, not 100,000."""
-    from statsmodels.stats.power import TTestPower
+def difference_bounds(test: dict, alpha: float) -> tuple[float, float]:
+    """The (1 - alpha) interval of `paired_test`'s difference: the differences within the
+    possible range [-1, 1] that its test does not reject at `alpha`, so it excludes 0 exactly
+    when the test's p is below `alpha`."""
+    from scipy import stats
 
-    start = 0
-    while start < len(SEED_COUNTS):
-        block = SEED_COUNTS[start : np.searchsorted(SEED_COUNTS, max(100, 10 * SEED_COUNTS[start]))]
-        enough = np.flatnonzero(
-            TTestPower().power(effect_size=effect_size, nobs=block, alpha=0.05, alternative="two-sided") >= 0.8
-        )
-        if len(enough):
-            return int(block[enough[0]])
-        start += len(block)
-    return math.nan
+    if math.isnan(test["mean"]):
+        return math.nan, math.nan
+    quantile = stats.norm.isf(alpha / 2) if test["df"] is None else stats.t.isf(alpha / 2, test["df"])
+    half = quantile * test["se"]
+    return max(-1.0, test["mean"] - half), min(1.0, test["mean"] + half)

@@ -3,7 +3,7 @@ setting, paired differences and comparisons between models, and per-unit accurac
 
     metrics = metrics_frame(load_records(out))   # one row per cell x evaluation length
     summary = summary_frame(metrics)             # per task x setting x model x length, with intervals
-    comparisons = comparison_frame(metrics)      # every pair of models, paired t-test, Holm-corrected
+    comparisons = comparison_frame(metrics)      # every pair of models by family, Holm-corrected per family
 
 Rows of different settings (`setting_key`) are never averaged together; the
 statistics are `study.report.statistics`'.
@@ -16,9 +16,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from study.config import EACH_OTHER, STANDARD_FAMILIES
 from study.files import json_digest
 from study.records import DISTINCT_ITEMS, in_training_range
-from study.report.statistics import accuracy_interval, difference_interval, seeds_needed
+from study.report.statistics import accuracy_interval, difference_bounds, paired_test
 
 MODEL_ORDER = ["none", "none_context", "additive", "dot", "general"]
 
@@ -160,101 +161,107 @@ def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def difference_frame(metrics: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
-    """Per task x setting x training range x length x model: exact match minus the `baseline`
-    model's, paired by seed (same data), with its mean and 95% interval (`difference_interval`)."""
-    keys = ["task", "setting", "train_min", "train_max", "length"]
-    rows = []
-    for key, group in metrics.groupby(keys, sort=False):
-        by_model = group.pivot_table(index="seed", columns="model", values="seq_acc", aggfunc="first", dropna=False)
-        if baseline not in by_model.columns:
+def family_of(first: str, second: str, in_range: bool, families) -> int | None:
+    """The index of the first family in `families` (`study.config.ComparisonFamily`) that the
+    pair (first, second) at a length inside (`in_range`) or beyond the trained range fits; None
+    when it fits none."""
+    named = {f.against for f in families if f.against != EACH_OTHER}
+    for i, family in enumerate(families):
+        if family.lengths != "all" and (family.lengths == "trained") != bool(in_range):
             continue
-        n = (
-            group.groupby("seed")["n_examples"].max().reindex(by_model.index)
-            if "n_examples" in group
-            else pd.Series(np.nan, index=by_model.index)
-        )
-        for model in by_model.columns:
-            if model == baseline:
-                continue
-            mean, lo, hi = difference_interval(by_model[model], by_model[baseline], n)
-            seeds = int((by_model[model].notna() & by_model[baseline].notna()).sum())
-            rows.append(
-                {
-                    **dict(zip(keys, key)),
-                    "model": model,
-                    "seeds": seeds,
-                    "diff_mean": mean,
-                    "diff_ci_low": lo,
-                    "diff_ci_high": hi,
-                }
-            )
-    return pd.DataFrame(rows)
+        if family.against == EACH_OTHER:
+            if first not in named and second not in named:
+                return i
+        elif family.against in (first, second) and first != second:
+            return i
+    return None
 
 
-def comparison_frame(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Every pair of models (`series`) of a task, setting and training range, at every length:
-    the mean, lowest and highest per-seed difference in exact match (first minus second, paired
-    by seed), the paired t-test's p-value (the differences' standard deviation never below the
-    binomial sampling error of one seed's difference, so seeds that agree to the example are not
-    certainty), its Holm-corrected value over all rows
-    (`COMPARISON_METHOD`), whether the pair is separated, and `seeds_needed`: the seeds a paired
-    t-test would need to separate a difference of the observed mean and spread with 80% power
-    at 5% (two-sided, before correction; NaN when the mean difference is 0, or
-    beyond 100,000 seeds)."""
+def comparison_frame(metrics: pd.DataFrame, families=STANDARD_FAMILIES, alpha: float = 0.05) -> pd.DataFrame:
+    """Every pair of models (`series`) of a task, setting and training range, at every length,
+    compared over seeds (`paired_test`, `COMPARISON_METHOD`) and assigned to its family
+    (`family_of`; a pair against a family's `against` model is written model - that model).
+
+    Columns: the keys, `first`, `second`, `family` (its name; "" for none), `primary`, `seeds`,
+    `diff_mean` (first - second, mean over seeds), `diff_min`, `diff_max`, `seed_differences`
+    (each seed's, space-separated), `p`, `p_holm` (Holm-corrected within its family), `level`
+    (the family's interval level) with `diff_ci_low`, `diff_ci_high`, and `separated`.
+
+    Each family is corrected on its own with Holm's method at `alpha`; its intervals are at
+    1 - alpha / (m - R) (m tests, R of them separated: the level at which Holm's procedure
+    stopped), so a pair is separated exactly when its interval excludes 0 (the intervals of
+    separated pairs are at the level of the step that failed, not simultaneous for them)."""
     import itertools
 
-    from scipy import stats
     from statsmodels.stats.multitest import multipletests
 
     keys = ["task", "setting", "train_min", "train_max", "length", "in_training_range"]
     rows = []
     for key, group in metrics.groupby(keys, sort=False):
         by_model = group.pivot_table(index="seed", columns="series", values="seq_acc", aggfunc="first", dropna=False)
-        order = list(dict.fromkeys(group["series"]))
-        counts = (
-            group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False)
-            if "n_examples" in group
-            else None
-        )
-        for a, b in itertools.combinations([m for m in order if m in by_model.columns], 2):
-            keep = (by_model[a] - by_model[b]).notna()
-            pa, pb = by_model[a][keep].to_numpy(), by_model[b][keep].to_numpy()
-            d = pa - pb
-            row = {
-                **dict(zip(keys, key)),
-                "first": a,
-                "second": b,
-                "seeds": len(d),
-                "diff_mean": d.mean() if len(d) else math.nan,
-                "diff_min": d.min() if len(d) else math.nan,
-                "diff_max": d.max() if len(d) else math.nan,
-                "p": math.nan,
-                "seeds_needed": math.nan,
-            }
-            if len(d) > 1:
-                n = counts[a][keep].to_numpy(dtype=float) if counts is not None else np.full(len(d), np.nan)
-                sa, sb = ((np.round(q * n) + 0.5) / (n + 1) for q in (pa, pb))  # smoothed: never exactly 0 or 1
-                floor = math.sqrt(np.nanmean((sa * (1 - sa) + sb * (1 - sb)) / n)) if np.isfinite(n).all() else 0.0
-                # seeds that agree to the example still carry test-set noise
-                spread = max(float(np.std(d, ddof=1)), floor)
-                if spread > 0:
-                    t = d.mean() / (spread / math.sqrt(len(d)))
-                    row["p"] = float(2 * stats.t.sf(abs(t), len(d) - 1))
-                    if d.mean() != 0:
-                        row["seeds_needed"] = seeds_needed(abs(d.mean()) / spread)
-                else:
-                    row["p"] = 1.0  # no spread and no test-set sizes: nothing to test against
-            rows.append(row)
+        counts = group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False)
+        order = [m for m in dict.fromkeys(group["series"]) if m in by_model.columns]
+        for a, b in itertools.combinations(order, 2):
+            index = family_of(a, b, key[-1], families)
+            family = families[index] if index is not None else None
+            if family is not None and family.against == a:
+                a, b = b, a  # the model against the family's reference
+            test = paired_test(by_model[a], by_model[b], counts[a].fillna(counts[b]))
+            d = np.asarray(test["differences"])
+            rows.append(
+                {
+                    **dict(zip(keys, key)),
+                    "first": a,
+                    "second": b,
+                    "family": family.name if family else "",
+                    "primary": bool(family and family.primary),
+                    "seeds": test["seeds"],
+                    "diff_mean": test["mean"],
+                    "diff_min": d.min() if len(d) else math.nan,
+                    "diff_max": d.max() if len(d) else math.nan,
+                    "seed_differences": " ".join(f"{x:.4f}" for x in d),
+                    "p": test["p"],
+                    "_test": test,
+                }
+            )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    tested = frame["p"].notna()
-    frame["p_holm"] = math.nan
-    if tested.any():
-        frame.loc[tested, "p_holm"] = multipletests(frame.loc[tested, "p"], method="holm")[1]
-    frame["separated"] = frame["p_holm"] < 0.05
-    return frame
+    frame["p_holm"], frame["level"] = math.nan, math.nan
+    for name, group in frame[(frame["family"] != "") & frame["p"].notna()].groupby("family", sort=False):
+        frame.loc[group.index, "p_holm"] = multipletests(group["p"], alpha=alpha, method="holm")[1]
+        rejected = int((frame.loc[group.index, "p_holm"] < alpha).sum())
+        frame.loc[group.index, "level"] = 1 - alpha / max(1, len(group) - rejected)
+    bounds = [
+        difference_bounds(r["_test"], 1 - r["level"]) if not math.isnan(r["level"]) else (math.nan, math.nan)
+        for _, r in frame.iterrows()
+    ]
+    frame["diff_ci_low"], frame["diff_ci_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    frame["separated"] = frame["p_holm"] < alpha
+    return frame.drop(columns="_test")
+
+
+def difference_frame(comparisons: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
+    """Per task x setting x training range x length x model: exact match minus the `baseline`
+    model's (paired by seed), from `comparison_frame`'s rows against the baseline, with the
+    interval of each comparison's family (its level differs between families)."""
+    if comparisons.empty:
+        return pd.DataFrame()
+    rows = comparisons[(comparisons["second"] == baseline) & (comparisons["family"] != "")]
+    return rows.rename(columns={"first": "model"})[
+        [
+            "task",
+            "setting",
+            "train_min",
+            "train_max",
+            "length",
+            "model",
+            "seeds",
+            "diff_mean",
+            "diff_ci_low",
+            "diff_ci_high",
+        ]
+    ].reset_index(drop=True)
 
 
 def output_shape(record: dict) -> tuple[float | None, int | None]:
