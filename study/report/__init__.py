@@ -9,6 +9,8 @@
       comparisons.csv        every pair of models at every length, in its declared family
                              (study.config.ComparisonFamily): paired over seeds (COMPARISON_METHOD),
                              Holm-corrected within the family, with intervals that agree with the verdicts
+      quantities.csv         the named quantities (study.report.findings) that report.md's "What this
+                             study found" and the README quote, with each one's caveat
       units.csv              per-unit accuracy (one date of date_format) and units written, for
                              tasks with an `output_unit_width`
       figures/accuracy_vs_length.{png,svg}   one panel per task, one line per model, trained range shaded;
@@ -42,6 +44,7 @@ from study.report.figures import (
     plot_position_accuracy,
     plot_training_curves,
 )
+from study.report.findings import findings_lines, quantities
 from study.report.markdown import comparisons_markdown, report_markdown, summary_markdown, units_markdown
 from study.report.tables import comparison_frame, difference_frame, metrics_frame, summary_frame, unit_frame
 
@@ -50,6 +53,7 @@ def write_report(out: Path, every: bool = False) -> Path:
     """Writes metrics.csv, summary.csv/.md, the figures and report.md into `out` from the latest
     run's records (every record in `out/cells` with `every`); returns report.md's path."""
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     use_fonts()
@@ -65,6 +69,10 @@ def write_report(out: Path, every: bool = False) -> Path:
     comparisons.to_csv(out / "comparisons.csv", index=False)
     table = summary_markdown(summary, difference_frame(comparisons), records)
     (out / "summary.md").write_text(table)
+    named = quantities(summary, comparisons, records)
+    pd.DataFrame([{"name": k, "value": v.value, "unit": v.unit, "caveat": v.caveat} for k, v in named.items()]).to_csv(
+        out / "quantities.csv", index=False
+    )
     units = unit_frame(records)
     if not units.empty:
         units.to_csv(out / "units.csv", index=False)
@@ -86,6 +94,7 @@ def write_report(out: Path, every: bool = False) -> Path:
             manifest,
             comparisons_markdown(comparisons, families),
             units_markdown(units, records),
+            findings_lines(named, summary, comparisons, records),
         )
     )
     return out / "report.md"

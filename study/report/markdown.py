@@ -431,6 +431,7 @@ def report_markdown(
     manifest: dict,
     comparisons: str = "",
     units: str = "",
+    findings: list[str] = (),
 ) -> str:
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
@@ -441,6 +442,7 @@ def report_markdown(
         "Exact match is measured by greedy decoding of each model's own outputs on held-out test sets, one per length.",
         "",
         *_provenance(manifest, len(records)),
+        *findings,
     ]
     for title, paths in images.items():
         if paths:

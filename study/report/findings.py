@@ -1,0 +1,182 @@
+"""Named quantities computed from a study's tables, and the report's "What this study found"
+written from them, so that no number in prose is typed by hand.
+
+    q = quantities(summary, comparisons, records)
+    q["copy.none.exact_match@16"]      # Quantity(value=5.1, unit="%", caveat="still learning at the ceiling")
+    q["copy.dot-none.difference@16"]   # Quantity(value=94.5, unit="points", caveat=...)
+    q["study.wall_minutes"]            # Quantity(value=84.9, unit="min")
+    findings_lines(q, summary, comparisons, records)   # the report's opening block
+
+Names: `<task>.<series>.<measure>@<length>` with the series written `model` or `model/variant`
+(`series_names`' "model · variant"); measures `exact_match` (mean over seeds), `exact_match_lowest`
+and `exact_match_highest` (the seeds' range), `oracle_exact_match` (END held back until the
+target's length); `<task>.<first>-<second>.difference@<length>` (the paired comparison's estimate,
+in points) and `...separated@<length>` (1 when its family separates it, else 0); and
+`study.cells`, `study.converged_cells`, `study.cell_minutes` (summed cell wall time) and
+`study.wall_minutes` (the busiest worker's summed cell wall time: the study's run time without
+start-up and report).  A quantity behind which a cell stopped at the example ceiling while its
+measures still moved carries the caveat "still learning at the ceiling"; prose that quotes it
+must say so (`tests/test_report.py` checks the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import defaultdict
+
+import pandas as pd
+
+from study.report.tables import series_names
+from study.text import markdown_cell as md
+
+STILL_LEARNING = "still learning at the ceiling"
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantity:
+    """One named number: its value (rounded as printed), its unit ("%", "points", "min" or "")
+    and a caveat that every quotation must carry ("" for none)."""
+
+    value: float
+    unit: str = ""
+    caveat: str = ""
+
+    def text(self) -> str:
+        """The value as prose prints it: one decimal ("5.1", "+94.5" for points), whole counts bare."""
+        if self.unit == "points":
+            return f"{self.value:+.1f}"
+        return f"{self.value:.1f}" if self.unit in ("%", "min") else f"{self.value:g}"
+
+
+def series_label(series: str) -> str:
+    """A series as it appears in a quantity's name: "none · converged" -> "none/converged"."""
+    return series.replace(" · ", "/").replace(" ", "_")
+
+
+def _unconverged(records: list[dict]) -> set[tuple[str, str]]:
+    """(task, series) pairs with a cell that reached the example ceiling without converging."""
+    names = series_names(records)
+    return {(r["task"], names[r["id"]]) for r in records if r["status"] == "ok" and r.get("stop_reason") == "budget"}
+
+
+def quantities(summary: pd.DataFrame, comparisons: pd.DataFrame, records: list[dict]) -> dict[str, Quantity]:
+    """Every named quantity of a study (see the module docstring), from its summary table,
+    its comparisons (`comparison_frame`) and its records."""
+    still = _unconverged(records)
+    caveat = lambda task, *series: STILL_LEARNING if any((task, s) in still for s in series) else ""  # noqa: E731
+    out: dict[str, Quantity] = {}
+    for r in summary.itertuples():
+        base = f"{r.task}.{series_label(r.series)}"
+        note = caveat(r.task, r.series)
+        for measure, column in (
+            ("exact_match", "seq_acc_mean"),
+            ("exact_match_lowest", "seq_acc_min"),
+            ("exact_match_highest", "seq_acc_max"),
+            ("oracle_exact_match", "oracle_seq_acc_mean"),
+        ):
+            value = getattr(r, column, float("nan"))
+            if pd.notna(value):
+                out[f"{base}.{measure}@{r.length}"] = Quantity(round(100 * value, 1) + 0.0, "%", note)
+    for r in comparisons.itertuples() if not comparisons.empty else ():
+        if not r.family or pd.isna(r.diff_mean):
+            continue
+        base = f"{r.task}.{series_label(r.first)}-{series_label(r.second)}"
+        note = caveat(r.task, r.first, r.second)
+        out[f"{base}.difference@{r.length}"] = Quantity(round(100 * r.diff_mean, 1) + 0.0, "points", note)
+        out[f"{base}.separated@{r.length}"] = Quantity(float(bool(r.separated)), "", note)
+    ok = [r for r in records if r["status"] == "ok"]
+    workers: dict = defaultdict(float)
+    for r in ok:
+        workers[(r.get("worker") or {}).get("pid")] += r.get("wall_seconds", 0.0)
+    out["study.cells"] = Quantity(len(records))
+    out["study.converged_cells"] = Quantity(sum(bool(r.get("converged")) for r in ok))
+    out["study.cell_minutes"] = Quantity(round(sum(workers.values()) / 60, 1), "min")
+    out["study.wall_minutes"] = Quantity(round(max(workers.values(), default=0.0) / 60, 1), "min")
+    return out
+
+
+def quote(q: dict[str, Quantity], name: str, suffix: str = "", caveat: bool = True) -> str:
+    """`name`'s value as prose quotes it: '5.1% (`copy.none.exact_match@16`; still learning at the
+    ceiling)'; `caveat` False leaves the caveat to the sentence around it."""
+    quantity = q[name]
+    unit = {"%": "%", "points": " points", "min": " min"}.get(quantity.unit, "")
+    notes = "; ".join(n for n in (quantity.caveat if caveat else "", suffix) if n)
+    return f"{quantity.text()}{unit} (`{name}`{'; ' + notes if notes else ''})"
+
+
+def _task_lines(q: dict[str, Quantity], task: str, rows: pd.DataFrame, comparisons: pd.DataFrame) -> list[str]:
+    """The findings of one task: each series at the shortest and longest trained length and at
+    the first length beyond, and where the primary family separates attention from `none`."""
+    lo, hi = int(rows["train_min"].iloc[0]), int(rows["train_max"].iloc[0])
+    beyond = [L for L in sorted(rows["length"].unique()) if L > hi]
+    parts = []
+    for series in dict.fromkeys(rows["series"]):
+        base = f"{task}.{series_label(series)}.exact_match"
+        at = [(f"at {L}", f"{base}@{L}") for L in (lo, hi)] + [
+            (f"at {L}, beyond the range", f"{base}@{L}") for L in beyond[:1]
+        ]
+        values = [f"{where}, {quote(q, name, caveat=False)}" for where, name in at if name in q]
+        caveat = next((q[name].caveat for _, name in at if name in q and q[name].caveat), "")
+        parts.append(f"  - {md(series)}{', ' + caveat if caveat else ''}: " + "; ".join(values))
+    primary = comparisons[(comparisons["task"] == task) & comparisons["primary"]] if not comparisons.empty else []
+    if len(primary):
+        separated = primary[primary["separated"]]
+        by_length = separated.groupby("length")["first"].apply(lambda s: ", ".join(s))
+        where = "; ".join(f"at {L}: {names}" for L, names in by_length.items()) or "at no length"
+        parts.append(
+            f"  - separated from `{primary['second'].iloc[0]}` by the primary test {where} "
+            f"({len(separated)} of {len(primary)} comparisons; the others are not separated with "
+            f"{int(primary['seeds'].max())} seeds)"
+        )
+    return [f"- **{md(task)}** (trained on lengths {lo}..{hi}), exact match:", *parts]
+
+
+def findings_lines(
+    q: dict[str, Quantity], summary: pd.DataFrame, comparisons: pd.DataFrame, records: list[dict]
+) -> list[str]:
+    """The report's "What this study found": how many cells converged and what the study cost,
+    then per task the exact match of every series where it matters and the primary family's
+    verdicts; every number is a named quantity (its name beside it, `quantities`)."""
+    if summary.empty:
+        return []
+    lines = [
+        "## What this study found",
+        "",
+        "Every number below is a named quantity computed from this folder's tables (its name beside it); "
+        f"'{STILL_LEARNING}' marks a number behind which a cell stopped at the example ceiling while still learning.",
+        "",
+        f"- Cells: {quote(q, 'study.cells')}, of which {quote(q, 'study.converged_cells')} converged; run time "
+        f"{quote(q, 'study.wall_minutes', 'the busiest worker')}, cell time in all {quote(q, 'study.cell_minutes')}.",
+    ]
+    for (task, _setting), rows in summary.groupby(["task", "setting"], sort=False):
+        lines += _task_lines(q, task, rows, comparisons)
+    return lines + [""]
+
+
+QUOTED = re.compile(r"([+-]?\d+(?:\.\d+)?)(%| points| min)? \(`([A-Za-z_][^`]*[@.][^`]*)`([^)]*)\)")
+
+
+SENTENCE_START = re.compile(r"(?<=[.!?:])\s+(?=[A-Z*`(])|\n\s*\n|\n\s*- ")
+
+
+def check_quotations(text: str, q: dict[str, Quantity], prefix: str = "") -> list[str]:
+    """The problems of every quotation in `text` ('number (`name`...)' as `quote` writes it) of
+    the quantities `q` whose names start with `prefix` (e.g. "reference:"): a name that does not
+    exist, a number that differs from its quantity, a caveat missing from both the quotation and
+    the sentence before it.  Returns one line per problem."""
+    problems = []
+    for match in QUOTED.finditer(text):
+        number, _, name, rest = match.groups()
+        if not name.startswith(prefix):
+            continue
+        starts = [m.end() for m in SENTENCE_START.finditer(text, 0, match.start())]
+        sentence = text[starts[-1] if starts else 0 : match.start()]
+        quantity = q.get(name[len(prefix) :])
+        if quantity is None:
+            problems.append(f"{name}: no such quantity")
+        elif number != quantity.text():
+            problems.append(f"{name}: quoted {number}, the tables give {quantity.text()}")
+        elif quantity.caveat and quantity.caveat not in rest and quantity.caveat not in " ".join(sentence.split()):
+            problems.append(f"{name}: quoted without '{quantity.caveat}'")
+    return problems
