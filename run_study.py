@@ -242,9 +242,15 @@ def _load_config_file(path: Path) -> dict:
         raise UsageError(f"config file {path} is a folder, not a TOML file")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
+    from study.files import NotUTF8Error, read_text
+
     try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return tomllib.loads(read_text(path))
+    except NotUTF8Error as exc:
+        raise UsageError(f"config file {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
 
 
@@ -561,6 +567,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a character the terminal's encoding lacks is escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # `run` takes no positional arguments
         close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""

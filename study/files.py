@@ -2,11 +2,15 @@
 
     write_atomic(path, lambda f: f.write(b"..."))   # temporary file, fsync, rename
     write_json_atomic(path, {"a": 1})
+    write_text_atomic(path, "text")                    # UTF-8, whatever the locale
+    read_text(path)                                    # UTF-8 whatever the locale, or NotUTF8Error
     json_digest({"a": 1}, 12)                          # 'f2b0...' (SHA-256 of sorted-key JSON)
 
 A file written atomically is either absent (or its previous version) or complete:
 a process killed at any point leaves at most a `.<name>.*.tmp` file beside it,
 which no reader takes for the real one.
+
+Every text file the study reads or writes is UTF-8, whatever the locale says.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
+
+
+class NotUTF8Error(ValueError):
+    """A text file the study reads that is not UTF-8; the message names the file."""
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -43,7 +51,7 @@ def new_file_mode() -> int:
     """The mode `open()` gives a new file: 0o666 less the process's umask (read from
     /proc/self/status where Linux gives it, so the umask is never changed, even briefly)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("Umask:"):
                 return 0o666 & ~int(line.split()[1], 8)
     except (OSError, ValueError):
@@ -57,6 +65,23 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     """`payload` as indented JSON with sorted keys, written with `write_atomic`."""
     data = json.dumps(payload, indent=1, sort_keys=True, allow_nan=True).encode()
     write_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` encoded as UTF-8, written with `write_atomic`."""
+    data = text.encode("utf-8")
+    write_atomic(path, lambda f: f.write(data))
+
+
+def read_text(path: Path) -> str:
+    """The text of `path` decoded as UTF-8 (a leading byte-order mark dropped), whatever the
+    locale; `NotUTF8Error` naming the file and the first byte that is not UTF-8."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotUTF8Error(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def remove_leftovers(folder: Path) -> None:

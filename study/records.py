@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from study.files import read_text
+
 RECORD_SCHEMA = 1
 # a record's `test_items` when its test and validation sets held distinct sources (`study.data`);
 # records made before that was so lack the field: their sets were drawn with replacement
@@ -32,7 +34,7 @@ def in_training_range(length: int, train_lengths) -> bool:
 def read_record(path: Path) -> dict | None:
     """A record, or None when the file is unreadable, belongs to another id, or is incomplete."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_text(path))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA or record.get("id") != path.stem:
@@ -62,7 +64,7 @@ class StudyLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
+        self.file = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,7 +92,7 @@ def read_manifest(out: Path) -> dict | None:
     """`<out>/study.json` (config, the cells of the latest run, the whole grid, the shard), or None
     when it is missing or unreadable."""
     try:
-        manifest = json.loads((Path(out) / "study.json").read_text())
+        manifest = json.loads(read_text(Path(out) / "study.json"))
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("cells"), list) else None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from study.files import write_text_atomic
 from study.fonts import use_fonts
 from study.records import load_records, read_manifest
 from study.report.figures import (
@@ -54,16 +55,16 @@ def write_report(out: Path, every: bool = False) -> Path:
     out = Path(out)
     records = load_records(out, every)
     metrics = metrics_frame(records)
-    metrics.to_csv(out / "metrics.csv", index=False)
+    write_csv(metrics, out / "metrics.csv")
     summary = summary_frame(metrics)
-    summary.to_csv(out / "summary.csv", index=False)
+    write_csv(summary, out / "summary.csv")
     table = summary_markdown(summary, difference_frame(metrics), records)
-    (out / "summary.md").write_text(table)
+    write_text_atomic(out / "summary.md", table)
     comparisons = comparison_frame(metrics)
-    comparisons.to_csv(out / "comparisons.csv", index=False)
+    write_csv(comparisons, out / "comparisons.csv")
     units = unit_frame(records)
     if not units.empty:
-        units.to_csv(out / "units.csv", index=False)
+        write_csv(units, out / "units.csv")
     figures = out / "figures"
     images = {
         "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
@@ -73,7 +74,8 @@ def write_report(out: Path, every: bool = False) -> Path:
         "Training curves": plot_training_curves(records, figures),
         "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }
-    (out / "report.md").write_text(
+    write_text_atomic(
+        out / "report.md",
         report_markdown(
             records,
             metrics,
@@ -82,6 +84,11 @@ def write_report(out: Path, every: bool = False) -> Path:
             read_manifest(out) or {},
             comparisons_markdown(comparisons),
             units_markdown(units, records),
-        )
+        ),
     )
     return out / "report.md"
+
+
+def write_csv(frame, path: Path) -> None:
+    """`frame` as UTF-8 CSV without its index, written atomically (`study.files`)."""
+    write_text_atomic(path, frame.to_csv(index=False))
