@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from helpers import ROOT, run_cli
 
 # a locale whose encoding is ASCII: Python's UTF-8 mode and C-locale coercion are turned off, so
@@ -105,3 +107,79 @@ def test_a_task_module_and_the_terminal_under_an_ascii_locale(tmp_path):
     result = _in_ascii_locale(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "copies \\xe9 and \\xfc" in result.stdout
+
+
+def _pandas_missing_values() -> list[str]:
+    try:
+        from pandas._libs.parsers import STR_NA_VALUES
+    except ImportError:  # where pandas moves it: the list its documentation gives
+        STR_NA_VALUES = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"}
+        STR_NA_VALUES |= {"1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+    return sorted(STR_NA_VALUES)
+
+
+@pytest.mark.parametrize("name", [*_pandas_missing_values(), "True", "false", "inf", "Infinity"])
+def test_a_name_csv_readers_take_for_a_value_is_refused_at_registration(name, monkeypatch):
+    """Task and model names (and a model's attention) name rows of metrics.csv and summary.csv:
+    one that `pd.read_csv` reads back as a missing value, a boolean or a number is refused."""
+    import dataclasses
+
+    from study.models import MODELS, ModelSpec
+    from study.tasks import TASKS, Task, register_task
+
+    for registry in (TASKS, MODELS):  # a name that gets through is gone after the test
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    task = type("Named", (Task,), {"name": name})
+    with pytest.raises(ValueError, match="task name") as refused:
+        register_task(task)
+    assert "\n" not in str(refused.value)
+    if name.isidentifier():
+        assert "read_csv" in str(refused.value)
+    with pytest.raises(ValueError, match="model name"):
+        MODELS.register(name)(MODELS.get("dot"))
+    with pytest.raises(ValueError, match="attention name"):
+        dataclasses.replace(ModelSpec("dot_x", "dot", "x"), attention=name)
+    assert name not in TASKS and name not in MODELS
+
+
+def test_every_registered_name_survives_a_csv_round_trip(tmp_path):
+    import pandas as pd
+
+    from study.models import MODELS, available_models
+    from study.tasks import available_tasks
+
+    names = {
+        "task": available_tasks(),
+        "model": available_models(),
+        "attention": [MODELS.get(m).attention for m in available_models()],
+    }
+    for column, values in names.items():
+        path = tmp_path / f"{column}.csv"
+        pd.DataFrame({column: values}).to_csv(path, index=False, encoding="utf-8")
+        assert pd.read_csv(path, encoding="utf-8")[column].tolist() == values
+
+
+def test_a_task_module_registering_a_missing_value_name_is_one_line(tmp_path):
+    plugin = tmp_path / "na_task.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        from study.tasks import Task, register_task
+
+        @register_task
+        class Missing(Task):
+            name = "NA"
+            version = 1
+            description = "copies"
+            length_unit = "symbols"
+            input_alphabet = "ab"
+            output_alphabet = "ab"
+
+            def sample(self, rng, n, length):
+                src = ["a" * length] * n
+                return src, src
+        """),
+        encoding="utf-8",
+    )
+    result = run_cli("list", "--task-module", str(plugin))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "na_task.py" in result.stderr and "'NA'" in result.stderr and "missing value" in result.stderr
