@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from study.files import read_text
+from study.files import OutputError, make_folder, read_text
 
 RECORD_SCHEMA = 1
 # a record's `test_items` when its test and validation sets held distinct sources (`study.data`);
@@ -63,8 +63,11 @@ class StudyLock:
     def __enter__(self) -> "StudyLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+", encoding="utf-8")
+        make_folder(self.path.parent)
+        try:
+            self.file = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

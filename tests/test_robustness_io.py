@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,199 @@ def test_a_task_module_registering_a_missing_value_name_is_one_line(tmp_path):
     result = run_cli("list", "--task-module", str(plugin))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "na_task.py" in result.stderr and "'NA'" in result.stderr and "missing value" in result.stderr
+
+
+SMALL_RESULTS = ROOT / "results" / "end-control"  # 6 committed cells: a report without training
+
+
+def _main(capsys, *argv) -> tuple[int, str]:
+    """`run_study.main(argv)` in this process: (exit code, stderr)."""
+    import run_study
+
+    code = run_study.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def _one_line(err: str, *words: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert str(word) in err, (word, err)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """A copy of a small committed results folder; the backend must not start and figures are
+    built but not rendered (the slow part)."""
+    import shutil
+
+    from study import backend, report
+
+    copy = tmp_path / "results"
+    shutil.copytree(SMALL_RESULTS, copy)
+    monkeypatch.setattr(report.figures, "_save", lambda fig, folder, name: [f"figures/{name}.png"])
+    monkeypatch.setattr(backend, "start_backend", lambda *a, **k: pytest.fail("the backend started"))
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
+    return copy
+
+
+def _failing(errno_: int, where: Path):
+    """A stand-in for `open`, `tempfile.mkstemp` and `os.mkdir` that raises `errno_` for
+    files and folders written under `where`, as a full disk or a read-only file system does."""
+    import io
+    import tempfile
+
+    real_open, real_mkstemp, real_mkdir = io.open, tempfile.mkstemp, os.mkdir
+
+    def target(file) -> str:
+        return os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else os.path.abspath(file)
+
+    def hit(path) -> bool:
+        return str(target(path)).startswith(str(where))
+
+    def refuse():
+        raise OSError(errno_, os.strerror(errno_))
+
+    def open_(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and hit(file):
+            refuse()
+        return real_open(file, mode, *args, **kwargs)
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and hit(dir):
+            refuse()
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if hit(path):
+            refuse()
+        return real_mkdir(path, *args, **kwargs)
+
+    return {"open": open_, "mkstemp": mkstemp, "mkdir": mkdir}
+
+
+def _patch_writes(monkeypatch, errno_: int, where: Path) -> None:
+    import builtins
+    import io
+    import tempfile
+
+    fake = _failing(errno_, where)
+    monkeypatch.setattr(builtins, "open", fake["open"])
+    monkeypatch.setattr(io, "open", fake["open"])
+    monkeypatch.setattr(tempfile, "mkstemp", fake["mkstemp"])
+    monkeypatch.setattr(os, "mkdir", fake["mkdir"])
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_run_out_a_symbolic_link_to_nowhere_is_refused_before_the_backend_starts(tmp_path, results, capsys, below):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    out = link / below if below else link
+    code, err = _main(capsys, "--profile", "smoke", "--out", out, "--quiet")
+    assert code == 2
+    _one_line(err, link, "symbolic link", tmp_path / "nowhere", "does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_report_out_a_symbolic_link_to_nowhere_is_one_line(tmp_path, results, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    before = _snapshot(results)
+    code, err = _main(capsys, "report", results, "--out", link)
+    assert code == 2
+    _one_line(err, link, "symbolic link", "does not exist")
+    assert _snapshot(results) == before and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "rescore"])
+def test_report_and_rescore_on_a_read_only_folder_are_one_line_and_change_nothing(
+    results, capsys, monkeypatch, command
+):
+    """A read-only file system, simulated (tests may run as root, for whom permission bits do not
+    stop a write): every file or folder created under the results folder fails with EROFS."""
+    import errno
+
+    before = _snapshot(results)
+    _patch_writes(monkeypatch, errno.EROFS, results)
+    code, err = _main(capsys, command, results)
+    assert code == 2
+    _one_line(err, results, "Read-only file system")
+    assert _snapshot(results) == before
+
+
+class _Full:
+    """A file on a disk that fills up: the first write stores half its data, then ENOSPC."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data):
+        import errno
+
+        self.file.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, attr):
+        return getattr(self.file, attr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def _disk_full_at(monkeypatch, name: str) -> None:
+    """Every file named `name` (or a temporary file for it) fills the disk when written."""
+    import builtins
+    import io
+
+    real_open = io.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        path = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else str(file)
+        full = any(c in mode for c in "wa") and os.path.basename(path).startswith((name, f".{name}."))
+        return _Full(handle) if full else handle
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "summary.md", "report.md"])
+def test_a_full_disk_while_the_report_is_written_is_one_line_and_leaves_no_partial_file(
+    results, capsys, monkeypatch, name
+):
+    """ENOSPC in the middle of writing one file of the report: the error names that file, the
+    previous version of it stays whole, the records are untouched and no temporary file is left."""
+    before = _snapshot(results)
+    _disk_full_at(monkeypatch, name)
+    code, err = _main(capsys, "report", results)
+    assert code == 2
+    _one_line(err, results / name, "No space left on device")
+    after = _snapshot(results)
+    assert after[name] == before[name]
+    assert {k: v for k, v in after.items() if k.startswith("cells")} == {
+        k: v for k, v in before.items() if k.startswith("cells")
+    }
+    assert not [p for p in results.rglob(".*") if p.name != ".lock"], "a temporary file was left"
+
+
+def test_a_figure_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from study.report.figures import _save
+
+    figures = tmp_path / "figures"
+    _save(plt.figure(), figures, "curve")
+    before = _snapshot(figures)
+    _disk_full_at(monkeypatch, "curve.png")
+    with pytest.raises(OSError, match=f"{figures / 'curve.png'}: No space left on device"):
+        _save(plt.figure(), figures, "curve")
+    assert _snapshot(figures) == before and sorted(p.name for p in figures.iterdir()) == ["curve.png", "curve.svg"]
