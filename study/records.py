@@ -49,7 +49,8 @@ def read_record(path: Path) -> dict | None:
 
 
 class StudyLockedError(RuntimeError):
-    """Another process is running a study in the same results folder."""
+    """The results folder cannot be locked: another process is running a study in it, or its
+    file system has no `flock` (Lustre, some NFS mounts)."""
 
 
 class StudyLock:
@@ -64,6 +65,7 @@ class StudyLock:
         import fcntl
 
         make_folder(self.path.parent)
+        created = not os.path.lexists(self.path)
         try:
             self.file = open(self.path, "a+", encoding="utf-8")
         except OSError as exc:
@@ -76,6 +78,14 @@ class StudyLock:
             self.file.close()
             raise StudyLockedError(
                 f"results folder {self.path.parent} is in use by another study (pid {holder}); wait for it or choose another --out"
+            ) from None
+        except OSError as exc:  # ENOSYS, EOPNOTSUPP, ENOLCK: a file system without flock (Lustre, some NFS)
+            self.file.close()
+            if created:
+                self.path.unlink(missing_ok=True)
+            raise StudyLockedError(
+                f"results folder {self.path.parent} cannot be locked: flock does not work on its file system "
+                f"({exc.strerror or exc}); give a folder on a local disk (--out), then copy it where you want it"
             ) from None
         self.file.seek(0)
         self.file.truncate()

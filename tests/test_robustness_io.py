@@ -380,3 +380,30 @@ def test_a_figure_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkey
     with pytest.raises(OSError, match=f"{figures / 'curve.png'}: No space left on device"):
         _save(plt.figure(), figures, "curve")
     assert _snapshot(figures) == before and sorted(p.name for p in figures.iterdir()) == ["curve.png", "curve.svg"]
+
+
+@pytest.mark.parametrize("code", ["ENOSYS", "EOPNOTSUPP", "ENOLCK"])
+def test_a_folder_on_a_file_system_without_flock_is_one_line_and_leaves_no_lock_file(
+    tmp_path, results, capsys, monkeypatch, code
+):
+    """`flock` failing as on Lustre or some NFS mounts: merging into (or running a study in) such a
+    folder is refused naming the folder and what to do, and the `.lock` the attempt made is gone."""
+    import errno
+    import fcntl
+
+    def no_flock(file, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "merged"
+    code_, err = _main(capsys, "report", results, "--out", out)
+    assert code_ == 2
+    _one_line(err, out, "flock", "local disk")
+    assert not (out / ".lock").exists()
+    (results / ".lock").write_text("4242", encoding="utf-8")  # a lock file made earlier is left alone
+
+    from study.records import StudyLock, StudyLockedError
+
+    with pytest.raises(StudyLockedError, match="flock does not work on its file system"):
+        StudyLock(results).__enter__()
+    assert (results / ".lock").read_text(encoding="utf-8") == "4242"
