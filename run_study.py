@@ -242,9 +242,15 @@ def _load_config_file(path: Path) -> dict:
         raise UsageError(f"config file {path} is a folder, not a TOML file")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
+    from study.files import NotUTF8Error, read_text
+
     try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return tomllib.loads(read_text(path))
+    except NotUTF8Error as exc:
+        raise UsageError(f"config file {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
 
 
@@ -283,13 +289,28 @@ def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
 
 
 def _check_output_dir(out: Path) -> None:
+    """Refuses a folder the study could not write: a file, a symbolic link to nowhere (itself or
+    a parent to be created), or a folder (the nearest existing one, when `out` is still to be
+    created) where no file can be made (read-only file system, no permission: a probe file
+    is created and removed there)."""
+    from study.files import OutputError, check_writable
+
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} is a file; give a folder with --out")
     probe = out
     while not probe.exists():
+        if probe.is_symlink():
+            raise UsageError(
+                f"output folder {out}: {probe} is a symbolic link to {os.readlink(probe)}, which does not exist; "
+                "create its target or give another folder"
+            )
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {out} is not writable (nearest existing folder: {probe})")
+    if not probe.is_dir():
+        raise UsageError(f"output folder {out} cannot be created: {probe} is a file")
+    try:
+        check_writable(probe)
+    except OutputError as exc:
+        raise UsageError(f"output folder {out} is not writable: {exc}") from None
 
 
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -391,7 +412,8 @@ def prepare(args: argparse.Namespace):
             raise UsageError("--executor ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
         if args.address:
             check_ray_address(args.address)
-    _check_output_dir(out)
+    for folder in {out, *(folder for _, folder in studies)}:
+        _check_output_dir(folder)
     from study.backend import start_backend
 
     start_backend(studies[0][0].backend)  # after every check: bad input is refused without waiting for it
@@ -482,10 +504,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.results_dirs) > 1 and args.out is None:
         raise UsageError("several results folders are merged into one: give the merged folder with --out")
     out = args.out or args.results_dirs[0]
+    _check_output_dir(out)
     if out.resolve() != args.results_dirs[0].resolve() or len(args.results_dirs) > 1:
         from study.merge import merge_results
 
-        _check_output_dir(out)
         records, _ = merge_results(args.results_dirs, out, warn=lambda message: print(message, file=sys.stderr))
         print(f"merged {len(records)} cells from {len(args.results_dirs)} folder(s) into {out}")
     print(f"report: {write_report(out, every=args.all)}")
@@ -548,8 +570,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from study.report import write_report
     from study.trained import rescore
 
-    start_backend()
     out = _results_folder(args)
+    _check_output_dir(out)  # before the backend starts
+    start_backend()
     done, skipped = rescore(out, warn=lambda message: print(message, file=sys.stderr))
     if skipped and not done:
         raise UsageError(f"no cell of {out} could be rescored ({skipped} skipped, warnings above); nothing was changed")
@@ -561,6 +584,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a character the terminal's encoding lacks is escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # `run` takes no positional arguments
         close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -570,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]
     from study.config import ConfigError
     from study.executors import ExecutorError
+    from study.files import OutputError
     from study.merge import MergeConflictError
     from study.records import NoResultsError, StudyLockedError
     from study.registry import UnknownNameError
@@ -600,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         ExecutorError,
         MergeConflictError,
         TrainedModelError,
+        OutputError,
     ) as exc:
         from study.text import one_line
 

@@ -519,7 +519,13 @@ def length_curve(args, lengths: list[int]) -> list[dict]:
             "--backend",
             args.backend,
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": args.backend})
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env={**os.environ, "KERAS_BACKEND": args.backend, "PYTHONIOENCODING": "utf-8"},
+        )
         if result.returncode != 0:
             rows.append(
                 {

@@ -69,7 +69,11 @@ def visible_gpus() -> list[str]:
         return [g for g in comma_list(listed) if g != "-1"]
     try:
         result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
         return []

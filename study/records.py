@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from study.files import OutputError, make_folder, read_text
+
 RECORD_SCHEMA = 1
 # a record's `test_items` when its test and validation sets held distinct sources (`study.data`);
 # records made before that was so lack the field: their sets were drawn with replacement
@@ -32,7 +34,7 @@ def in_training_range(length: int, train_lengths) -> bool:
 def read_record(path: Path) -> dict | None:
     """A record, or None when the file is unreadable, belongs to another id, or is incomplete."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_text(path))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA or record.get("id") != path.stem:
@@ -47,7 +49,8 @@ def read_record(path: Path) -> dict | None:
 
 
 class StudyLockedError(RuntimeError):
-    """Another process is running a study in the same results folder."""
+    """The results folder cannot be locked: another process is running a study in it, or its
+    file system has no `flock` (Lustre, some NFS mounts)."""
 
 
 class StudyLock:
@@ -61,8 +64,12 @@ class StudyLock:
     def __enter__(self) -> "StudyLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
+        make_folder(self.path.parent)
+        created = not os.path.lexists(self.path)
+        try:
+            self.file = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -71,6 +78,14 @@ class StudyLock:
             self.file.close()
             raise StudyLockedError(
                 f"results folder {self.path.parent} is in use by another study (pid {holder}); wait for it or choose another --out"
+            ) from None
+        except OSError as exc:  # ENOSYS, EOPNOTSUPP, ENOLCK: a file system without flock (Lustre, some NFS)
+            self.file.close()
+            if created:
+                self.path.unlink(missing_ok=True)
+            raise StudyLockedError(
+                f"results folder {self.path.parent} cannot be locked: flock does not work on its file system "
+                f"({exc.strerror or exc}); give a folder on a local disk (--out), then copy it where you want it"
             ) from None
         self.file.seek(0)
         self.file.truncate()
@@ -90,7 +105,7 @@ def read_manifest(out: Path) -> dict | None:
     """`<out>/study.json` (config, the cells of the latest run, the whole grid, the shard), or None
     when it is missing or unreadable."""
     try:
-        manifest = json.loads((Path(out) / "study.json").read_text())
+        manifest = json.loads(read_text(Path(out) / "study.json"))
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("cells"), list) else None

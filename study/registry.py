@@ -4,6 +4,11 @@ MODELS = Registry("model")
 @MODELS.register("none")
 def build(...): ...
 MODELS.get("nonee")   # UnknownNameError: unknown model 'nonee'; did you mean 'none'? (available: none)
+MODELS.register("NA")  # ValueError: pandas.read_csv would read it back as a missing value
+
+A name is an identifier that CSV readers read back as itself: it names the rows of metrics.csv
+and summary.csv, so `NA`, `null`, `True` or `inf` would come back as missing values, booleans
+or numbers and drop out of every grouping.
 """
 
 from __future__ import annotations
@@ -13,6 +18,24 @@ import sys
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
+
+# pandas' default missing values (`keep_default_na`; a test compares this with pandas' own list)
+CSV_MISSING_VALUES = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A"}
+    | {"NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+CSV_NON_STRINGS = frozenset({"true", "false", "inf", "infinity"})  # as booleans and numbers, any case
+
+
+def check_csv_name(kind: str, name: str) -> None:
+    """`ValueError` saying why when `pandas.read_csv` with its defaults would read `name`
+    back as a missing value, a boolean or a number instead of the string."""
+    if name in CSV_MISSING_VALUES or name.lower() in CSV_NON_STRINGS:
+        what = "a missing value" if name in CSV_MISSING_VALUES else "a boolean or a number"
+        raise ValueError(
+            f"{kind} name {name!r} cannot be used: pandas.read_csv and other CSV readers read it back as {what}, "
+            "so its rows in metrics.csv and summary.csv would lose their name; choose another name"
+        )
 
 
 class UnknownNameError(ValueError):
@@ -43,6 +66,7 @@ class Registry(Generic[T]):
         """Decorator that registers its argument under `name`; a duplicate name is an error."""
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"{self.kind} name must be an identifier-like string, got {name!r}")
+        check_csv_name(self.kind, name)
 
         def decorate(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:

@@ -25,7 +25,7 @@ from typing import Callable
 from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, failed_record
 from study.config import StudyConfig, config_to_dict
 from study.executors import run_cells
-from study.files import json_digest, remove_leftovers, write_json_atomic
+from study.files import json_digest, make_folder, remove_leftovers, write_json_atomic
 from study.records import DISTINCT_ITEMS, StudyLock, read_record
 from study.text import one_line
 
@@ -153,7 +153,7 @@ def plan_run(
     `<out>/study.json`, removes half-written records and warns about damaged ones and about
     records of other grids in the folder."""
     cells_dir = out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(cells_dir)
     remove_leftovers(cells_dir)  # writers killed before their rename; never read as records
     grid = study_cells(config)
     selected = select_shard(grid, shard)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import study.backend  # noqa: F401  (sets TensorFlow's log level before anything imports it)
+from study.files import read_text, write_text_atomic
 from study.text import comma_list
 
 # name -> overrides of the standard profile's [train]: batch 64, 128 and 256 with the peak
@@ -208,7 +209,7 @@ def table(out: Path) -> str:
     """Markdown: one row per recipe and probe (means over its seeds), then every run."""
     import pandas as pd
 
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    runs = [json.loads(read_text(p)) for p in sorted((out / "runs").glob("*.json"))]
     rows = pd.DataFrame([summarize(r) for r in runs]).sort_values(["probe", "recipe", "seed"])
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     text = table(out)
-    (out / "sweep.md").write_text(text)
+    write_text_atomic(out / "sweep.md", text)
     print(text)
     return 0
 

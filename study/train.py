@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from study.config import ModelConfig, TrainConfig
 from study.data import Dataset
 from study.evaluate import decode, decode_at_target_length, decode_steps, score
-from study.files import write_atomic, write_json_atomic
+from study.files import read_text, write_atomic, write_json_atomic
 from study.models.base import EncoderDecoder
 from study.stopping import StoppingRule
 from study.vocab import END, PAD, START, Vocabulary, pad
@@ -562,7 +562,7 @@ class EpochBackup(keras.callbacks.Callback):
 
     def _state(self) -> dict | None:
         try:
-            return json.loads((self.folder / "state.json").read_text())
+            return json.loads(read_text(self.folder / "state.json"))
         except (OSError, ValueError):
             return None
 

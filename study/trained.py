@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from study.files import write_json_atomic
+from study.files import write_atomic, write_json_atomic
 from study.records import DISTINCT_ITEMS, StudyLock, load_records
 
 
@@ -170,8 +170,7 @@ def _draw_attention(weights, source: str, prediction: str, target: str | None, t
     )
     add_marks_note(fig, source + prediction + (target or ""))
     fig.colorbar(image, ax=ax, label="attention weight")  # the constrained layout keeps it clear of the title
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    write_atomic(Path(path), lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight"))
     plt.close(fig)
 
 

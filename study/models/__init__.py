@@ -23,7 +23,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from study.config import ModelConfig
-from study.registry import Registry, UnknownNameError
+from study.registry import Registry, UnknownNameError, check_csv_name
 
 if TYPE_CHECKING:
     from study.models.base import EncoderDecoder
@@ -46,6 +46,9 @@ class ModelSpec:
     placement: str = "output"
     family: str = "rnn"
     variant: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:  # `attention` is a column of metrics.csv beside the name
+        check_csv_name("attention", self.attention)
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

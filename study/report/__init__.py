@@ -35,6 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from study.config import parse_families
+from study.files import write_text_atomic
 from study.fonts import use_fonts
 from study.records import load_records, read_manifest
 from study.report.figures import (
@@ -62,20 +63,21 @@ def write_report(out: Path, every: bool = False) -> Path:
     manifest = read_manifest(out) or {}
     families = parse_families((manifest.get("config") or {}).get("families"))
     metrics = metrics_frame(records)
-    metrics.to_csv(out / "metrics.csv", index=False)
+    write_csv(metrics, out / "metrics.csv")
     summary = summary_frame(metrics)
-    summary.to_csv(out / "summary.csv", index=False)
+    write_csv(summary, out / "summary.csv")
     comparisons = comparison_frame(metrics, families)
-    comparisons.to_csv(out / "comparisons.csv", index=False)
+    write_csv(comparisons, out / "comparisons.csv")
     table = summary_markdown(summary, difference_frame(comparisons), records)
-    (out / "summary.md").write_text(table)
+    write_text_atomic(out / "summary.md", table)
     named = quantities(summary, comparisons, records)
-    pd.DataFrame([{"name": k, "value": v.value, "unit": v.unit, "caveat": v.caveat} for k, v in named.items()]).to_csv(
-        out / "quantities.csv", index=False
+    write_csv(
+        pd.DataFrame([{"name": k, "value": v.value, "unit": v.unit, "caveat": v.caveat} for k, v in named.items()]),
+        out / "quantities.csv",
     )
     units = unit_frame(records)
     if not units.empty:
-        units.to_csv(out / "units.csv", index=False)
+        write_csv(units, out / "units.csv")
     figures = out / "figures"
     images = {
         "Accuracy vs length": plot_accuracy_vs_length(summary, records, figures),
@@ -85,7 +87,8 @@ def write_report(out: Path, every: bool = False) -> Path:
         "Training curves": plot_training_curves(records, figures),
         "Validation exact match per length over training": plot_learning_curves_by_length(records, figures),
     }
-    (out / "report.md").write_text(
+    write_text_atomic(
+        out / "report.md",
         report_markdown(
             records,
             metrics,
@@ -95,6 +98,11 @@ def write_report(out: Path, every: bool = False) -> Path:
             comparisons_markdown(comparisons, families),
             units_markdown(units, records),
             findings_lines(named, summary, comparisons, records),
-        )
+        ),
     )
     return out / "report.md"
+
+
+def write_csv(frame, path: Path) -> None:
+    """`frame` as UTF-8 CSV without its index, written atomically (`study.files`)."""
+    write_text_atomic(path, frame.to_csv(index=False))

@@ -17,18 +17,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study.files import write_atomic
 from study.fonts import add_marks_note, character_ticks, readable, use_fonts
 from study.report.tables import MODEL_ORDER, distinct_test_items, output_shape, series_names
 
 
 def _save(fig, figures: Path, name: str) -> list[str]:
-    figures.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.rcParams["svg.hashsalt"] = "seq2seq-length-study"  # stable element ids
     for ext in ("png", "svg"):  # no date stamp, so a redraw of the same results gives the same files
-        fig.savefig(
-            figures / f"{name}.{ext}", dpi=130, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None
+        metadata = {"Date": None} if ext == "svg" else None
+        write_atomic(
+            figures / f"{name}.{ext}",
+            lambda f, ext=ext, metadata=metadata: fig.savefig(
+                f, format=ext, dpi=130, bbox_inches="tight", metadata=metadata
+            ),
         )
     import matplotlib.pyplot as plt
 

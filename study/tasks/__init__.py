@@ -169,8 +169,9 @@ def check_process_independence(task: Task) -> None:
             [sys.executable, "-c", code],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": seed, _IN_CHECK: "1"},
+            encoding="utf-8",
+            errors="replace",
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONIOENCODING": "utf-8", _IN_CHECK: "1"},
         )
         for seed in ("1", "2")
     ]
