@@ -72,6 +72,9 @@ def test_accuracy_interval_coverage_when_seeds_either_work_or_fail(seeds, floor,
     assert floor <= covered / 600 <= 1 - one_side + 0.08  # the bound: every one-sided study missed
 
 
+TABLES = ("metrics.csv", "summary.csv", "summary.md", "comparisons.csv", "quantities.csv", "report.md", "units.csv")
+
+
 def test_a_reference_study_is_committed():
     assert RESULTS / "reference" in REFERENCES
 
@@ -85,14 +88,14 @@ def test_reference_report_redraws_to_the_committed_tables(tmp_path, reference, m
 
     copy = tmp_path / "reference"
     shutil.copytree(reference, copy)
-    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
+    for name in TABLES:
         (copy / name).unlink(missing_ok=True)
     if reference.name != "reference":
         monkeypatch.setattr(
             report.figures, "_save", lambda fig, folder, name: plt_close(fig) or [f"figures/{name}.png"]
         )
     write_report(copy)
-    for name in ("metrics.csv", "summary.csv", "summary.md", "report.md", "units.csv"):
+    for name in TABLES:
         assert (copy / name).exists() == (reference / name).exists(), name
         if (copy / name).exists():
             assert (copy / name).read_text() == (reference / name).read_text(), name
@@ -772,31 +775,58 @@ def _table_numbers(folder: Path) -> set[str]:
     return {f"{100 * x:.1f}" for column in values for x in column.dropna()}
 
 
-# the experiment beside the reference
-@pytest.mark.parametrize(
-    "section,folders",
-    [
-        ("## What the study shows", ["reference", "end-control"]),
-        ("[`results/reference-models/`]", ["reference-models"]),
-        ("## Is it the bottleneck or the budget?", ["bottleneck", "reference"]),
-    ],
-)
-def test_the_readme_findings_are_numbers_of_the_committed_tables(section, folders):
-    """Every number with one decimal in the README's account of a reference study or experiment
-    is one its committed tables hold, so a regenerated study cannot leave a stale claim behind."""
-    import re
+def _committed_quantities(folder: str) -> dict:
+    """The named quantities of a committed results folder (its quantities.csv)."""
+    import pandas as pd
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index(section)
-    text = readme[
-        start : readme.index("\n## ", start + 1)
-        if section.startswith("## ")
-        else readme.index("The comparison is fair", start)
-    ]
-    numbers = re.findall(r"(?<![\d.])(\d{1,3}\.\d)(?![\d.])", text)
-    assert numbers
-    known = set().union(*(_table_numbers(RESULTS / folder) for folder in folders))
-    assert [n for n in numbers if n not in known] == []
+    from study.report.findings import Quantity
+
+    table = pd.read_csv(RESULTS / folder / "quantities.csv", keep_default_na=False)
+    return {r.name: Quantity(float(r.value), r.unit, r.caveat) for r in table.itertuples()}
+
+
+QUOTED_FOLDERS = ("reference", "reference-models", "bottleneck", "end-control")
+
+
+def test_every_number_the_readme_quotes_is_its_named_quantity_with_its_caveat():
+    """Each quotation in the README ('98.6% (`reference:copy.additive.exact_match@32`)') names a
+    quantity of a committed folder, gives its value as the tables do, and carries 'still learning
+    at the ceiling' (in the quotation or its sentence) where a cell behind it did not converge; in
+    the accounts of the reference studies and experiments every number with a decimal is such a
+    quotation, so a regenerated study cannot leave a stale or unqualified claim behind."""
+    from study.report.findings import QUOTED, check_quotations
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    problems = []
+    for folder in QUOTED_FOLDERS:
+        problems += check_quotations(readme, _committed_quantities(folder), prefix=f"{folder}:")
+    prefixes = {name.split(":")[0] for _, _, name, _ in QUOTED.findall(readme)}
+    assert prefixes <= set(QUOTED_FOLDERS) and problems == []
+    quoted = {m.start(1) for m in QUOTED.finditer(readme)}
+    for start, end in (
+        (readme.index("## What the study shows"), readme.index("## Running a study")),
+        (readme.index("[`results/reference-models/`]"), readme.index("The comparison is fair")),
+    ):
+        loose = [
+            m.group(1)
+            for m in re.finditer(r"(?<![\d.])([+-]?\d{1,3}\.\d)(?![\d.])", readme[start:end])
+            if start + m.start(1) not in quoted
+        ]
+        assert loose == [], f"numbers without a named quantity: {loose}"
+    assert "still learning at the ceiling" in readme
+
+
+def test_a_quoted_number_that_differs_from_its_quantity_or_drops_its_caveat_is_found():
+    from study.report.findings import check_quotations
+
+    q = _committed_quantities("reference")
+    assert check_quotations("copy scores 98.6% (`reference:copy.additive.exact_match@32`).", q, "reference:") == []
+    assert check_quotations("copy scores 98.7% (`reference:copy.additive.exact_match@32`).", q, "reference:")
+    assert check_quotations("Copy/none: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:")
+    assert not check_quotations(
+        "Copy/none, still learning at the ceiling: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:"
+    )
+    assert check_quotations("x 1.0% (`reference:copy.nope.exact_match@16`)", q, "reference:")
 
 
 def test_seeds_that_agree_to_the_example_are_not_certainty():
