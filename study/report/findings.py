@@ -154,7 +154,7 @@ def findings_lines(
     return lines + [""]
 
 
-QUOTED = re.compile(r"([+-]?\d+(?:\.\d+)?)(%| points| min)? \(`([A-Za-z_][^`]*[@.][^`]*)`([^)]*)\)")
+QUOTED = re.compile(r"([+-]?\d+(?:\.\d+)?)(%| points| min)?\s+\(`([A-Za-z_][^`]*[@.][^`]*)`([^)]*)\)")
 
 
 SENTENCE_START = re.compile(r"(?<=[.!?:])\s+(?=[A-Z*`(])|\n\s*\n|\n\s*- ")
