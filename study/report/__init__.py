@@ -46,7 +46,13 @@ from study.report.figures import (
     plot_training_curves,
 )
 from study.report.findings import findings_lines, quantities
-from study.report.markdown import comparisons_markdown, report_markdown, summary_markdown, units_markdown
+from study.report.markdown import (
+    comparisons_markdown,
+    hypotheses_lines,
+    report_markdown,
+    summary_markdown,
+    units_markdown,
+)
 from study.report.tables import comparison_frame, difference_frame, metrics_frame, summary_frame, unit_frame
 
 
@@ -98,6 +104,7 @@ def write_report(out: Path, every: bool = False) -> Path:
             comparisons_markdown(comparisons, families),
             units_markdown(units, records),
             findings_lines(named, summary, comparisons, records),
+            hypotheses_lines(comparisons, families),
         ),
     )
     return out / "report.md"

@@ -25,10 +25,19 @@ def _points(x: float) -> str:
     return f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
-def _families_lines(comparisons: pd.DataFrame, families) -> list[str]:
-    """The declared families, the primary first, each with its number of comparisons and the
-    level of its intervals, then the method."""
-    lines = ["The comparisons fall into families declared before the data (the study's configuration):", ""]
+def hypotheses_lines(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> list[str]:
+    """The report's "Hypotheses declared before the data": the families of comparisons of the
+    study's configuration, the primary first, each with its number of comparisons, how many it
+    separates and the level of its intervals, then the method (results in "Which models differ")."""
+    if comparisons.empty:
+        return []
+    lines = [
+        "## Hypotheses declared before the data",
+        "",
+        "The comparisons between models fall into the families of the study's configuration, each corrected on its own "
+        '(results in "Which models differ"):',
+        "",
+    ]
     for family in sorted(families, key=lambda f: not f.primary):
         rows = comparisons[comparisons["family"] == family.name]
         role = "primary: the claim under test" if family.primary else "exploratory"
@@ -50,6 +59,26 @@ def _families_lines(comparisons: pd.DataFrame, families) -> list[str]:
         "primary family and in comparisons.csv).",
         "",
     ]
+
+
+def comparisons_markdown(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> str:
+    """The report's "Which models differ": the primary family as one row per comparison
+    (interval, each seed's difference, corrected p, verdict), then each exploratory family as
+    tables of differences per length (families and method: `hypotheses_lines`)."""
+    if comparisons.empty:
+        return ""
+    parts = []
+    for family in sorted(families, key=lambda f: not f.primary):
+        rows = comparisons[comparisons["family"] == family.name]
+        if rows.empty:
+            continue
+        role = "Primary" if family.primary else "Exploratory"
+        parts += [f"### {role}: {md(family.name)}", ""]
+        parts += (_primary_table(rows) + [""]) if family.primary else _wide_tables(rows)
+    outside = comparisons[comparisons["family"] == ""]
+    if len(outside):
+        parts += ["### In no declared family (no verdict)", ""] + _wide_tables(outside)
+    return "\n".join(parts)
 
 
 def _primary_table(rows: pd.DataFrame) -> list[str]:
@@ -96,26 +125,6 @@ def _wide_tables(rows: pd.DataFrame) -> list[str]:
             lines.append(f"| {md(a)} - {md(b)} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
-
-
-def comparisons_markdown(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> str:
-    """The report's "Which models differ": the declared families and the method, then the
-    primary family as one row per comparison (interval, each seed's difference, corrected p,
-    verdict), then each exploratory family as tables of differences per length."""
-    if comparisons.empty:
-        return ""
-    parts = _families_lines(comparisons, families)
-    for family in sorted(families, key=lambda f: not f.primary):
-        rows = comparisons[comparisons["family"] == family.name]
-        if rows.empty:
-            continue
-        role = "Primary" if family.primary else "Exploratory"
-        parts += [f"### {role}: {md(family.name)}", ""]
-        parts += (_primary_table(rows) + [""]) if family.primary else _wide_tables(rows)
-    outside = comparisons[comparisons["family"] == ""]
-    if len(outside):
-        parts += ["### In no declared family (no verdict)", ""] + _wide_tables(outside)
-    return "\n".join(parts)
 
 
 def _length_table(
@@ -432,6 +441,7 @@ def report_markdown(
     comparisons: str = "",
     units: str = "",
     findings: list[str] = (),
+    hypotheses: list[str] = (),
 ) -> str:
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
     config = first["config"]
@@ -443,6 +453,7 @@ def report_markdown(
         "",
         *_provenance(manifest, len(records)),
         *findings,
+        *hypotheses,
     ]
     for title, paths in images.items():
         if paths:
