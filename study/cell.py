@@ -255,6 +255,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         what=cell.describe(),
     )
     model, sv, tv = run.model, run.source_vocab, run.target_vocab
+    record["floatx"] = keras.config.floatx()  # `prepare` sets float32, whatever keras.json says
     record["param_count"] = int(model.count_params())
     record["n_validation_examples"] = len(run.splits.validation)  # distinct; fewer than asked where fewer exist
     extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
