@@ -80,6 +80,9 @@ def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
         "train_config": identity_train_config(config.train),
         "n_test": config.n_test,
         "backend": config.backend,
+        # the threads a cell trains with (`study.executors.cell_threads`); left out at 1, the
+        # layout every study ran with before it was fixed, so those cells keep their ids
+        **({"cell_threads": config.cell_cpus} if config.cell_cpus != 1 else {}),
     }
 
 
@@ -110,6 +113,25 @@ def versions() -> dict:
 
         out["jax"] = jax.__version__
     return out
+
+
+def thread_layout() -> dict:
+    """The threads this process's backend computes with, as a record keeps them: TensorFlow's
+    intra- and inter-op thread pools (0: TensorFlow's default, every core), or for JAX the
+    intra-op threads its XLA_FLAGS ask for (0: XLA's default)."""
+    import re
+
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+    asked = re.search(r"intra_op_parallelism_threads=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return {"intra_op": int(asked.group(1)) if asked else 0}
 
 
 def device_name() -> str:
@@ -239,6 +261,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         "config": config_to_dict(config),
         "versions": versions(),
         "device": device_name(),
+        "threads": thread_layout(),  # float sums in another layout move where training stops
         "worker": {"host": platform.node(), "pid": os.getpid()},
         "status": "ok",
     }

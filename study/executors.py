@@ -10,10 +10,11 @@ record to `finish` as cells complete; `finish` (in the driver) writes it.
 Workers never write results, so a worker that dies loses only its own cell.
 Each stops at its next safe point once Ctrl-C was pressed (`Interrupt.check`).
 
-Each worker is limited to its share of the CPU cores before TensorFlow or JAX
-starts.  On a machine with GPUs, local workers are pinned round robin, one
-GPU each (`CUDA_VISIBLE_DEVICES`), with memory growth on so that two workers
-can share a card when there are more jobs than GPUs.
+Every cell trains with `cell_threads(config)` threads (`cell_cpus`, 1 by default) whatever
+`--jobs` is, set before TensorFlow or JAX starts: one layout, so one cell gives one record
+whether it ran alone or beside others.  On a machine with GPUs, local workers are
+pinned round robin, one GPU each (`CUDA_VISIBLE_DEVICES`), with memory growth on so
+that two workers can share a card when there are more jobs than GPUs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Callable
 
 from study.backend import start_backend
 from study.cell import Cell, Interrupt, failed_record, run_cell_safely
-from study.config import StudyConfig, available_cores
+from study.config import StudyConfig
 from study.text import comma_list
 
 EXECUTORS = ("local", "ray")
@@ -88,6 +89,14 @@ def pin_gpu(gpu: str | None) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+
+def cell_threads(config: StudyConfig) -> int:
+    """The threads one cell trains with, whatever `--jobs` and the executor: `cell_cpus` (1 by
+    default, the layout the reference studies ran with).  Float sums split over other threads add
+    up in another order and move where a cell stops, so one layout keeps a cell's record
+    reproducible; each record says the layout it ran with (`study.cell.thread_layout`)."""
+    return config.cell_cpus
 
 
 def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots, parent: int) -> None:
@@ -188,8 +197,10 @@ def run_in_process(
     progress: bool = True,
     starting: Callable[[Cell], None] | None = None,
 ) -> None:
-    """The cells one after the other in this process, with this process's backend and threads;
+    """The cells one after the other in this process, with this process's backend, capped at
+    `cell_threads` threads unless its TensorFlow already runs (the command line starts it so);
     training checks for Ctrl-C between batches."""
+    start_backend(config.backend, cell_threads(config))
     for cell, _ in todo:
         if starting is not None:
             starting(cell)
@@ -209,10 +220,10 @@ def run_local(
     finish: Callable[[dict], None],
     out: Path | None = None,
 ) -> None:
-    """Cells in `workers` spawned processes, each limited to its share of the cores and pinned
-    to one GPU when the machine has any.  Workers ignore Ctrl-C and exit by themselves when the
-    parent dies; the parent notices Ctrl-C (`Interrupt.requested`) within half a second of
-    waiting, never while it spawns a worker (a worker cut off mid-spawn prints a traceback),
+    """Cells in `workers` spawned processes, each with the thread layout of `cell_threads` and
+    pinned to one GPU when the machine has any.  Workers ignore Ctrl-C and exit by themselves
+    when the parent dies; the parent notices Ctrl-C (`Interrupt.requested`) within half a second
+    of waiting, never while it spawns a worker (a worker cut off mid-spawn prints a traceback),
     and then stops its workers."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -221,7 +232,7 @@ def run_local(
     gpu_slots = context.SimpleQueue()  # no feeder thread that the interpreter's exit would wait for
     for gpu in gpu_assignment(workers, visible_gpus()):
         gpu_slots.put(gpu)
-    threads = max(1, available_cores() // workers)
+    threads = cell_threads(config)
     pool = ProcessPoolExecutor(
         workers,
         mp_context=context,
@@ -247,7 +258,7 @@ def run_local(
 def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str], out: Path | None) -> dict:
     import ray
 
-    _prepare_worker(config.backend, config.cell_cpus, plugins)
+    _prepare_worker(config.backend, cell_threads(config), plugins)
     record = _run_cell_in_worker(cell, config, out)
     # Ray's own record of the task
     record.setdefault("worker", {})["ray_task_id"] = ray.get_runtime_context().get_task_id()
@@ -302,7 +313,7 @@ def run_ray(
 
     # set when a worker process starts, before NumPy loads its BLAS (which reads the thread caps once);
     # `_prepare_worker` repeats them for workers of a Ray instance started elsewhere
-    runtime_env = {"env_vars": {"KERAS_BACKEND": config.backend, **thread_env(config.cell_cpus)}}
+    runtime_env = {"env_vars": {"KERAS_BACKEND": config.backend, **thread_env(cell_threads(config))}}
     started_here = not ray.is_initialized()
     if started_here:
         try:
