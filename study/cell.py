@@ -80,9 +80,6 @@ def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:
         "train_config": identity_train_config(config.train),
         "n_test": config.n_test,
         "backend": config.backend,
-        # the threads a cell trains with (`study.executors.cell_threads`); left out at 1, the
-        # layout every study ran with before it was fixed, so those cells keep their ids
-        **({"cell_threads": config.cell_cpus} if config.cell_cpus != 1 else {}),
     }
 
 

@@ -161,17 +161,3 @@ def test_a_cell_gives_the_same_record_alone_and_beside_others(alone):
     assert record["threads"] == smoke["threads"] == {"intra_op": 1, "inter_op": 1}
     assert record["config"]["jobs"] == 1 and smoke["config"]["jobs"] == 0
     assert _results(record) == _results(smoke)
-
-
-def test_a_thread_layout_other_than_one_makes_other_cells():
-    """`cell_cpus` 1 (every committed study's) leaves cell ids as they were; 2 threads make other
-    cells, whatever --jobs is."""
-    import dataclasses
-
-    from study.config import build_study_config
-    from study.runner import study_cells
-
-    one = build_study_config("smoke")
-    ids = lambda config: [cid for _, cid in study_cells(config)]  # noqa: E731
-    assert ids(one) == ids(dataclasses.replace(one, jobs=1))
-    assert set(ids(one)).isdisjoint(ids(dataclasses.replace(one, cell_cpus=2)))

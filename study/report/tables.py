@@ -125,8 +125,6 @@ def setting_key(record: dict) -> str:
     letter first so that no CSV reader or spreadsheet takes it for a number: "6e196681" reads as
     infinity): rows of one setting are compared; different settings are never averaged together."""
     fields = {f: record.get(f) for f in SETTING_FIELDS}
-    if "cell_threads" in record:  # part of a cell's identity when not 1 (`study.cell.cell_identity`)
-        fields["cell_threads"] = record["cell_threads"]
     fields["model_size"] = {
         k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")
     }
