@@ -402,6 +402,8 @@ def prepare(args: argparse.Namespace):
     backends = {config.backend for config, _ in studies}
     if len(backends) > 1:
         raise UsageError(f"the variants of one config file run on one backend, got {', '.join(sorted(backends))}")
+    if len({config.cell_cpus for config, _ in studies}) > 1:
+        raise UsageError("the variants of one config file run with one cell_cpus (the threads of each cell)")
     os.environ["KERAS_BACKEND"] = studies[0][0].backend
     if args.address and args.executor != "ray":
         raise UsageError("--address is for --executor ray")
@@ -414,9 +416,11 @@ def prepare(args: argparse.Namespace):
             check_ray_address(args.address)
     for folder in {out, *(folder for _, folder in studies)}:
         _check_output_dir(folder)
-    from study.backend import start_backend
+    from study.executors import cell_threads, limit_threads
 
-    start_backend(studies[0][0].backend)  # after every check: bad input is refused without waiting for it
+    # after every check: bad input is refused without waiting for it; capped as every cell is,
+    # for the cells this process trains itself (--jobs 1)
+    limit_threads(studies[0][0].backend, cell_threads(studies[0][0]))
     return studies, out
 
 

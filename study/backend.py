@@ -3,7 +3,7 @@ notices (logging, CPU instructions, oneDNN, absent CUDA drivers), JAX with its p
 compilation cache.  Every command that runs a model (the study, predict, rescore, the bench,
 `study.models.load_trained`) starts the backend here first.
 
-    start_backend("tensorflow")        # before the first `import keras`
+    start_backend("tensorflow")        # before the first `import keras`; Keras computes in float32
     set_random_seed(0)                 # keras.utils.set_random_seed, as quiet on JAX as on TensorFlow
 """
 
@@ -77,6 +77,19 @@ def start_tensorflow(threads: int | None = None):
     return tf
 
 
+# the dtype of every model the study builds, whatever `floatx` the user's keras.json (under
+# $KERAS_HOME, else ~/.keras) sets: float16 there made training fail (an int16 `Range`), and
+# results would not be those of the same cell id in float32; records keep it (`floatx`)
+FLOATX = "float32"
+
+
+def use_study_floatx() -> None:
+    """Sets Keras's default float dtype to `FLOATX` for this process."""
+    import keras
+
+    keras.config.set_floatx(FLOATX)
+
+
 def set_random_seed(seed: int) -> None:
     """`keras.utils.set_random_seed(seed)` (Python, NumPy and the backend's generators), with
     TensorFlow's start-up notices filtered out: Keras also seeds TensorFlow whenever it is
@@ -106,12 +119,13 @@ def enable_jax_compilation_cache() -> None:
 def start_backend(backend: str | None = None, threads: int | None = None) -> None:
     """Starts the Keras backend (None: `$KERAS_BACKEND`, else TensorFlow) before Keras imports
     it: TensorFlow with its start-up notices filtered and its thread pools capped at `threads`
-    (None: its defaults), or JAX with its compilation cache on."""
+    (None: its defaults), or JAX with its compilation cache on; then Keras in `FLOATX`."""
     backend = backend or os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "tensorflow":
         start_tensorflow(threads)
     elif backend == "jax":
         enable_jax_compilation_cache()
+    use_study_floatx()
 
 
 def start_backend_unless_started() -> None:

@@ -112,6 +112,25 @@ def versions() -> dict:
     return out
 
 
+def thread_layout() -> dict:
+    """The threads this process's backend computes with, as a record keeps them: TensorFlow's
+    intra- and inter-op thread pools (0: TensorFlow's default, every core), or for JAX the
+    intra-op threads its XLA_FLAGS ask for (0: XLA's default)."""
+    import re
+
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+    asked = re.search(r"intra_op_parallelism_threads=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return {"intra_op": int(asked.group(1)) if asked else 0}
+
+
 def device_name() -> str:
     """The accelerator Keras runs on, or the CPU."""
     import keras
@@ -221,27 +240,12 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
     one it finds), and the trained model is saved there (`cell_paths`)."""
     import keras
 
-    from study.evaluate import METRICS_VERSION
     from study.experiment import prepare, train
-    from study.models import get_model_spec
 
     started = time.perf_counter()
     task = cell.task.build()
-    identity = cell_identity(cell, config, task)
-    cid = cell_id(identity)
-    paths = cell_paths(out, cid)
-    record: dict[str, Any] = {
-        "id": cid,
-        **identity,
-        "attention": get_model_spec(cell.model).attention,
-        "length_unit": task.length_unit,
-        "profile": config.profile,
-        "config": config_to_dict(config),
-        "versions": versions(),
-        "device": device_name(),
-        "worker": {"host": platform.node(), "pid": os.getpid()},
-        "status": "ok",
-    }
+    record = _record_start(cell, config, task)
+    paths = cell_paths(out, record["id"])
     run = prepare(
         task,
         cell.model,
@@ -254,7 +258,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         memory_share=1 / config.workers,
         what=cell.describe(),
     )
-    model, sv, tv = run.model, run.source_vocab, run.target_vocab
+    model = run.model
+    record["floatx"] = keras.config.floatx()  # `prepare` sets float32, whatever keras.json says
     record["param_count"] = int(model.count_params())
     record["n_validation_examples"] = len(run.splits.validation)  # distinct; fewer than asked where fewer exist
     extra = [keras.callbacks.TensorBoard(log_dir=str(paths["logs"]))] if config.tensorboard and paths["logs"] else []
@@ -292,26 +297,51 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = True, out: Path |
         paths["model"].parent.mkdir(parents=True, exist_ok=True)
         model.save(paths["model"])
         record["model_file"] = str(paths["model"].relative_to(Path(out)))
+    _evaluate(record, model, run, cell, config)
+    # a resumed cell's wall time includes the training done before the resume
+    record["wall_seconds"] = time.perf_counter() - started + result.times["before_resume"]
+    return record
+
+
+def _record_start(cell: Cell, config: StudyConfig, task: "Task") -> dict[str, Any]:
+    """A record before training: the cell's id and identity, its configuration, and what it runs
+    on (package versions, device, thread layout, worker)."""
+    from study.models import get_model_spec
+
+    identity = cell_identity(cell, config, task)
+    return {
+        "id": cell_id(identity),
+        **identity,
+        "attention": get_model_spec(cell.model).attention,
+        "length_unit": task.length_unit,
+        "profile": config.profile,
+        "config": config_to_dict(config),
+        "versions": versions(),
+        "device": device_name(),
+        "threads": thread_layout(),  # float sums in another layout move where training stops
+        "worker": {"host": platform.node(), "pid": os.getpid()},
+        "status": "ok",
+    }
+
+
+def _evaluate(record: dict, model, run, cell: Cell, config: StudyConfig) -> None:
+    """Greedy-decodes the trained `model` on `run`'s test sets into `record`: metrics per length,
+    attention examples, the metrics version and the decoding time."""
+    from study.evaluate import METRICS_VERSION
+
     eval_started = time.perf_counter()
     metrics, examples = test_metrics(
         model,
         run.splits.test,
         cell.train_lengths,
         attention_example_lengths(cell.task, cell.train_lengths),
-        sv,
-        tv,
+        run.source_vocab,
+        run.target_vocab,
         config.train.end_token,
     )
     record.update(examples, test_items=DISTINCT_ITEMS)  # records without it drew test sets with replacement
     record["seconds"]["test_decoding"] = time.perf_counter() - eval_started
-    # a resumed cell's wall time includes the training done before the resume
-    record.update(
-        metrics=metrics,
-        metrics_version=METRICS_VERSION,
-        eval_seconds=record["seconds"]["test_decoding"],
-        wall_seconds=time.perf_counter() - started + result.times["before_resume"],
-    )
-    return record
+    record.update(metrics=metrics, metrics_version=METRICS_VERSION, eval_seconds=record["seconds"]["test_decoding"])
 
 
 class Interrupt:

@@ -278,9 +278,11 @@ class StudyConfig:
     seeds: one cell per (task, model, seed) (and per training length in regime
     "per_length"); n_test: test examples per evaluation length (1000: the standard
     error of one seed's exact match is at most 50/sqrt(1000) = 1.6 points); backend: Keras
-    backend; jobs: cells trained in parallel processes, each with an equal share
-    of the CPU cores (0: one process per core); cell_cpus, cell_gpus: what each
-    cell asks of a Ray cluster (`--executor ray`; cell_cpus also caps its threads);
+    backend; jobs: cells trained in parallel processes (0: one process per CPU
+    core); cell_cpus: the threads each cell
+    trains with, whatever `jobs` and the executor (a record reproduces under its own
+    thread layout only), and the CPUs it asks of a Ray cluster; cell_gpus: the GPUs it
+    asks of a Ray cluster (`--executor ray`);
     variant: the name of the config file's `[variants.NAME]` table this study runs (None when
     the file has none); it names the study in reports and is not part of any cell's identity;
     families: the families of comparisons the report tests (`ComparisonFamily`), declared

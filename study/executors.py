@@ -7,13 +7,16 @@
 
 Each runs `study.cell.run_cell_safely` for each (cell, id) in `todo` and hands every
 record to `finish` as cells complete; `finish` (in the driver) writes it.
-Workers never write results, so a worker that dies loses only its own cell.
+Workers never write results, so a worker that dies loses only its own cell: a local
+worker's cell is recorded as failed, naming how it died, and the cells other workers were
+running start again on new workers (a Ray worker's cell is retried).
 Each stops at its next safe point once Ctrl-C was pressed (`Interrupt.check`).
 
-Each worker is limited to its share of the CPU cores before TensorFlow or JAX
-starts.  On a machine with GPUs, local workers are pinned round robin, one
-GPU each (`CUDA_VISIBLE_DEVICES`), with memory growth on so that two workers
-can share a card when there are more jobs than GPUs.
+Every cell trains with `cell_threads(config)` threads (`cell_cpus`, 1 by default) whatever
+`--jobs` is, set before TensorFlow or JAX starts: one layout, so one cell gives one record
+whether it ran alone or beside others.  On a machine with GPUs, local workers are
+pinned round robin, one GPU each (`CUDA_VISIBLE_DEVICES`), with memory growth on so
+that two workers can share a card when there are more jobs than GPUs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Callable
 
 from study.backend import start_backend
 from study.cell import Cell, Interrupt, failed_record, run_cell_safely
-from study.config import StudyConfig, available_cores
+from study.config import StudyConfig
 from study.text import comma_list
 
 EXECUTORS = ("local", "ray")
@@ -94,8 +97,23 @@ def pin_gpu(gpu: str | None) -> None:
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 
-def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots, parent: int) -> None:
+# in a local worker: the queue on which it tells the driver which cell it starts (`run_local`)
+_STARTED = None
+
+
+def cell_threads(config: StudyConfig) -> int:
+    """The threads one cell trains with, whatever `--jobs` and the executor: `cell_cpus` (1 by
+    default, the layout the reference studies ran with).  Float sums split over other threads add
+    up in another order and move where a cell stops, so one layout keeps a cell's record
+    reproducible; each record says the layout it ran with (`study.cell.thread_layout`)."""
+    return config.cell_cpus
+
+
+def _local_worker_init(backend: str, threads: int, plugins: list[str], gpu_slots, parent: int, started=None) -> None:
     import signal
+
+    global _STARTED
+    _STARTED = started
 
     # the parent handles Ctrl-C; this process started with SIGINT blocked (`_sigint_blocked`), so a
     # Ctrl-C that reached it while Python was starting is pending: ignoring SIGINT discards it
@@ -192,8 +210,10 @@ def run_in_process(
     progress: bool = True,
     starting: Callable[[Cell], None] | None = None,
 ) -> None:
-    """The cells one after the other in this process, with this process's backend and threads;
+    """The cells one after the other in this process, with this process's backend, capped at
+    `cell_threads` threads unless its TensorFlow already runs (the command line starts it so);
     training checks for Ctrl-C between batches."""
+    start_backend(config.backend, cell_threads(config))
     for cell, _ in todo:
         if starting is not None:
             starting(cell)
@@ -201,8 +221,26 @@ def run_in_process(
         Interrupt.check()
 
 
-def _run_cell_in_worker(cell, config: StudyConfig, out: Path | None) -> dict:
+def _run_cell_in_worker(cell, config: StudyConfig, out: Path | None, index: int | None = None) -> dict:
+    if index is not None and _STARTED is not None:  # a local worker: the driver learns which cell it runs
+        _STARTED.put((index, os.getpid()))
     return run_cell_safely(cell, config, progress=False, out=out)
+
+
+def _local_pool(context, config: StudyConfig, workers: int, plugins: list[str], started):
+    """A process pool of `workers` spawned workers, each pinned to its GPU (if any) and capped at
+    `cell_threads(config)` threads; each tells `started` which cell it begins."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    gpu_slots = context.SimpleQueue()  # no feeder thread that the interpreter's exit would wait for
+    for gpu in gpu_assignment(workers, visible_gpus()):
+        gpu_slots.put(gpu)
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_local_worker_init,
+        initargs=(config.backend, cell_threads(config), plugins, gpu_slots, os.getpid(), started),
+    )
 
 
 def run_local(
@@ -213,45 +251,129 @@ def run_local(
     finish: Callable[[dict], None],
     out: Path | None = None,
 ) -> None:
-    """Cells in `workers` spawned processes, each limited to its share of the cores and pinned
-    to one GPU when the machine has any.  Workers ignore Ctrl-C and exit by themselves when the
-    parent dies; the parent notices Ctrl-C (`Interrupt.requested`) within half a second of
-    waiting, never while it spawns a worker (a worker cut off mid-spawn prints a traceback),
-    and then stops its workers."""
+    """Cells in `workers` spawned processes, each with the thread layout of `cell_threads` and
+    pinned to one GPU when the machine has any.  Workers ignore Ctrl-C and exit by themselves
+    when the parent dies; the parent notices Ctrl-C (`Interrupt.requested`) within half a second
+    of waiting, never while it spawns a worker (a worker cut off mid-spawn prints a traceback),
+    and then stops its workers.
+
+    A worker that dies (killed, out of memory) breaks the pool, which stops every worker: the
+    cell it was running gets a failed record naming how it died, the cells the others were
+    running or had not started go to a new pool, and records already handed back are kept
+    (`_after_a_dead_worker`)."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
-    gpu_slots = context.SimpleQueue()  # no feeder thread that the interpreter's exit would wait for
-    for gpu in gpu_assignment(workers, visible_gpus()):
-        gpu_slots.put(gpu)
-    threads = max(1, available_cores() // workers)
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=_local_worker_init,
-        initargs=(config.backend, threads, plugins, gpu_slots, os.getpid()),
-    )
+    started = context.SimpleQueue()
+    remaining = dict(enumerate(cell for cell, _ in todo))
+    suspected: dict[int, int] = {}  # cell index -> pools that broke, with no culprit known, while it ran
+    while remaining:
+        pool = _local_pool(context, config, min(workers, len(remaining)), plugins, started)
+        lost, running, processes = _run_pool(pool, remaining, config, finish, out, started)
+        if not lost:
+            return
+        for index, error in _after_a_dead_worker(lost, running, processes, suspected).items():
+            finish(failed_record(remaining.pop(index), config, error))
+
+
+def _run_pool(pool, remaining: dict, config: StudyConfig, finish, out, started) -> tuple[set, dict, dict]:
+    """Submits every cell of `remaining` ({index: cell}) to `pool` and hands each record to
+    `finish` as it comes (removing its cell from `remaining`) until all are done or the pool
+    breaks.  Returns (the indices of the cells lost with a broken pool, {worker pid: index of
+    the last cell it started}, {pid: worker process}); the pool is shut down."""
+
+    def note_started() -> None:  # read as it comes: a full pipe would block the workers
+        while not started.empty():
+            index, pid = started.get()
+            running[pid] = index
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    running: dict[int, int] = {}
+    processes: dict = {}
+    lost: set[int] = set()
     try:
+        pending = {}
         with _sigint_blocked():  # a pool spawns its workers as cells are submitted
-            pending = {pool.submit(_run_cell_in_worker, cell, config, out) for cell, _ in todo}
-        while pending:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)  # wakes up for Ctrl-C
+            for index, cell in remaining.items():
+                try:
+                    pending[pool.submit(_run_cell_in_worker, cell, config, out, index)] = index
+                except BrokenProcessPool:  # a worker died already
+                    lost.add(index)
+        while pending and not lost:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)  # wakes up for Ctrl-C
+            processes.update(getattr(pool, "_processes", None) or {})  # to tell, once one dies, which it was
+            note_started()
             for future in done:
-                finish(future.result())
+                index = pending.pop(future)
+                try:
+                    record = future.result()
+                except BrokenProcessPool:
+                    lost.add(index)
+                    continue
+                remaining.pop(index)
+                finish(record)
             Interrupt.check()
+        lost.update(pending.values())
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():
             child.terminate()
         raise
-    pool.shutdown()
+    pool.shutdown()  # a broken pool has stopped its workers: their exit codes are known after this
+    note_started()
+    return lost, running, processes
+
+
+def _after_a_dead_worker(lost: set, running: dict, processes: dict, suspected: dict) -> dict[int, str]:
+    """The cells of a broken pool that fail, {index: one-line reason}; the other `lost` cells run
+    again.  A worker that ended other than by the pool's own SIGTERM died by itself: the cell it
+    was running fails, naming how it died.  When no such worker ran a lost cell, every lost cell
+    that had started is suspected and runs again, and one suspected a second time fails.  Raises
+    ExecutorError when the workers of two pools died before starting any cell."""
+    import signal
+
+    pool_stop = -signal.SIGTERM
+    dead = {pid: p.exitcode for pid, p in processes.items() if p.exitcode not in (None, 0, pool_stop)}
+    culprits = {running[pid]: code for pid, code in dead.items() if running.get(pid) in lost}
+    if culprits:
+        return {
+            index: f"WorkerDied: its worker process {_how_it_ended(code)} while running this cell; the other cells went on"
+            for index, code in culprits.items()
+        }
+    if not running:  # key -1: pools whose workers died before any of them started a cell
+        suspected[-1] = suspected.get(-1, 0) + 1
+        if suspected[-1] >= 2:
+            raise ExecutorError("worker processes die before they start a cell; run with --jobs 1 to see why")
+    failed = {}
+    for index in lost & set(running.values()):
+        suspected[index] = suspected.get(index, 0) + 1
+        if suspected[index] >= 2:
+            failed[index] = (
+                "WorkerDied: a worker process died twice while this cell was running; the other cells went on"
+            )
+    return failed
+
+
+def _how_it_ended(exitcode: int) -> str:
+    """'was killed by SIGKILL (out of memory?)', 'exited with code 1', ..."""
+    import signal
+
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}" + (" (out of memory, or kill -9)" if name == "SIGKILL" else "")
+    return f"exited with code {exitcode}"
 
 
 def _run_cell_on_ray(cell, config: StudyConfig, plugins: list[str], out: Path | None) -> dict:
     import ray
 
-    _prepare_worker(config.backend, config.cell_cpus, plugins)
+    _prepare_worker(config.backend, cell_threads(config), plugins)
     record = _run_cell_in_worker(cell, config, out)
     # Ray's own record of the task
     record.setdefault("worker", {})["ray_task_id"] = ray.get_runtime_context().get_task_id()
@@ -306,7 +428,7 @@ def run_ray(
 
     # set when a worker process starts, before NumPy loads its BLAS (which reads the thread caps once);
     # `_prepare_worker` repeats them for workers of a Ray instance started elsewhere
-    runtime_env = {"env_vars": {"KERAS_BACKEND": config.backend, **thread_env(config.cell_cpus)}}
+    runtime_env = {"env_vars": {"KERAS_BACKEND": config.backend, **thread_env(cell_threads(config))}}
     started_here = not ray.is_initialized()
     if started_here:
         try:

@@ -15,7 +15,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Iterable
 
-from study.backend import set_random_seed
+from study.backend import set_random_seed, use_study_floatx
 from study.config import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ def prepare(
         share=memory_share,
         what=f"{what} (sources up to {longest_source} and targets up to {longest_target} characters)",
     )
+    use_study_floatx()  # whatever keras.json says
     set_random_seed(seed)
     model = build_model(
         model_name, sv.size, tv.size, model_cfg, alphabets={"source": sv.alphabet, "target": tv.alphabet}

@@ -9,7 +9,8 @@
 A record (`cells/<id>.json`) holds one cell's full configuration, task version,
 parameter count, training history, stop reason, per-length metrics (with the
 `metrics_version` of `study.evaluate` that computed them), an attention map,
-timings, package versions, backend, device and the worker that ran it.
+timings, package versions, backend, float dtype (`floatx`), thread layout (`threads`),
+device and the worker that ran it.
 """
 
 from __future__ import annotations

@@ -35,6 +35,59 @@ def test_contract(name):
         assert task.sample(np.random.default_rng(8), 5, length) != (sources, targets)
 
 
+def _lengths(task, count: int) -> list[int]:
+    """The task's first `count` lengths, and its longest when it has one."""
+    first = list(range(task.min_length, task.min_length + count))
+    return sorted({min(length, task.max_length or length) for length in first} | {task.max_length or first[-1]})
+
+
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_generator_uses_every_symbol_of_its_alphabets(name):
+    """What a task declares it can write, its samples write: no symbol of either alphabet is
+    left out (a generator drawing from part of its alphabet, or from one format of several)."""
+    task = get_task(name)
+    sources, targets = [], []
+    for length in _lengths(task, 3):
+        drawn = task.sample(np.random.default_rng(length), 400, length)
+        sources += drawn[0]
+        targets += drawn[1]
+    for label, written, alphabet in (
+        ("source", sources, task.input_alphabet),
+        ("target", targets, task.output_alphabet),
+    ):
+        unused = set(alphabet) - set("".join(written))
+        assert not unused, f"{name}: {label}s never hold {''.join(sorted(unused))!r}"
+
+
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_generator_makes_every_length_it_is_asked_for(name):
+    """Sources grow with the length asked, over the first twelve lengths (and the longest, for a
+    bounded task): a generator that caps, ignores or repeats a length is caught."""
+    task = get_task(name)
+    lengths = _lengths(task, 12)
+    means = [np.mean([len(s) for s in task.sample(np.random.default_rng(k), 50, k)[0]]) for k in lengths]
+    assert all(a < b for a, b in zip(means, means[1:])), dict(zip(lengths, means))
+
+
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_generator_writes_every_format_it_declares(name):
+    task = get_task(name)
+    length = _lengths(task, 2)[-1]
+    sources, targets = task.sample(np.random.default_rng(0), 300, length)
+    written = set().union(*(task.formats_in(s, t) for s, t in zip(sources, targets)))
+    assert written == set(task.formats), f"{name}: never written in {sorted(set(task.formats) - written)}"
+
+
+def test_date_format_tells_each_of_its_formats_apart():
+    """`formats_in` names the one format that wrote a date (so the test above checks each
+    format), and none where two formats write a date alike."""
+    task = get_task("date_format")
+    assert len(task.formats) == len(FORMATS)
+    for i, name in enumerate(task.formats):
+        assert task.formats_in(task.format(dt.date(2021, 3, 3), i), "2021-03-03") == {name}
+    assert task.formats_in("11/12/2021", "2021-11-12") == set()  # skeleton and padded yMd alike
+
+
 # built-in tasks: the contract does not fix a target's length
 @pytest.mark.parametrize("name", ["copy", "reverse", "sort"])
 def test_built_in_symbol_tasks_write_targets_as_long_as_sources(name):

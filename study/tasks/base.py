@@ -47,6 +47,9 @@ class Task(abc.ABC):
         output_unit_width: characters of output per length unit, separator included, when
             that is fixed (a date written as YYYY-MM-DD and a space: 11), so figures can mark
             where each unit of the output begins; None (the default) for tasks without.
+        formats / formats_in: a task that writes its sources in several ways (date_format's
+            date formats) names them, and tells which of them wrote a given example, so the
+            tests can check that its generator uses every one.
 
     Options (e.g. an alphabet or a locale) are keyword arguments of the
     constructor.  The constructor records every one of them in `options` as plain
@@ -112,6 +115,18 @@ class Task(abc.ABC):
         if self.data_versions:
             spec["data"] = dict(sorted(self.data_versions.items()))
         return spec
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Names of the ways `sample` writes a source when it has several (date formats,
+        sentence patterns), each to be drawn; () (the default): one way."""
+        return ()
+
+    def formats_in(self, source: str, target: str) -> set[str]:
+        """The `formats` that certainly wrote parts of the example (`source`, `target`): those
+        alone in writing a part as it is written (a date that two formats write alike names
+        neither)."""
+        return set()
 
     def target_for(self, source: str) -> str | None:
         """The target of one source when the task can compute it (None: it cannot, e.g. a

@@ -202,6 +202,21 @@ class DateFormatTask(Task):
     def output_alphabet(self) -> str:
         return "0123456789- "
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Each entry of `FORMATS` as "kind:spec", e.g. "skeleton:yMd"."""
+        return tuple(f"{kind}:{spec}" for kind, spec in FORMATS)
+
+    def formats_in(self, source: str, target: str) -> set[str]:
+        """The formats that alone write one of the example's dates as the source does."""
+        found = set()
+        for part, iso in zip(source.split(SEPARATOR), target.split(" ")):
+            date = dt.date.fromisoformat(iso)
+            writers = [name for i, name in enumerate(self.formats) if self.format(date, i) == part]
+            if len(writers) == 1:
+                found.add(writers[0])
+        return found
+
     def format(self, date: dt.date, format_index: int) -> str:
         """One date written in format `FORMATS[format_index]` of this task's locale."""
         return format_date(date, self.patterns[format_index], locale=self.locale)
