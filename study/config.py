@@ -20,9 +20,41 @@ class ConfigError(ValueError):
     """A configuration value that is not allowed; the message names the field and what is allowed."""
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# what a field may hold: (test, what the error message says it must be)
+POSITIVE_INTEGER = (lambda v: _integer(v) and v >= 1, "a positive integer")
+COUNT = (lambda v: _integer(v) and v >= 0, "an integer from 0")
+POSITIVE_NUMBER = (lambda v: _number(v) and v > 0, "a positive, finite number")
+SHARE = (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]")
+TOLERANCE = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+FACTOR = (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)")
+BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
+
+
+def one_of(options: tuple[str, ...]):
+    """The rule of a field that holds one of `options`."""
+    return (lambda v: v in options, f"one of {', '.join(options)}")
+
+
+def check_fields(owner: str, config: Any, rules: dict) -> None:
+    """Checks each field of `config` named in `rules` (name -> (test, what it must be)).
+
+    Raises ConfigError: '<owner>.<name> must be <what>, got <value>' for the first that fails."""
+    for name, (test, allowed) in rules.items():
+        value = getattr(config, name)
+        if not test(value):
+            raise ConfigError(f"{owner}.{name} must be {allowed}, got {value!r}")
+
+
 def _positive_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}")
+    check_fields(owner, type("Field", (), {name: value})(), {name: POSITIVE_INTEGER})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +82,10 @@ class ModelConfig:
             _positive_int("model", name, getattr(self, name))
         if not isinstance(self.bidirectional, bool):
             raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
+
+
+SCHEDULES = ("constant", "plateau")
+LOSS_NORMALISATIONS = ("token", "sequence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,62 +150,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epoch_examples is None:
             object.__setattr__(self, "epoch_examples", self.n_train)
-        for name in (
-            "n_train",
-            "epoch_examples",
-            "max_examples",
-            "batch_size",
-            "patience_examples",
-            "lr_patience_examples",
-            "n_validation",
-            "pad_multiple",
-        ):
-            _positive_int("train", name, getattr(self, name))
+        check_fields("train", self, TRAIN_RULES)
         if self.n_train % self.epoch_examples:
             raise ConfigError(
                 f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})"
             )
-        for name in ("learning_rate", "clipnorm", "min_learning_rate"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not value > 0
-                or not math.isfinite(value)
-            ):
-                raise ConfigError(f"train.{name} must be a positive, finite number, got {value!r}")
-        if (
-            isinstance(self.target_accuracy, bool)
-            or not isinstance(self.target_accuracy, (int, float))
-            or not 0 < self.target_accuracy <= 1
-        ):
-            raise ConfigError(f"train.target_accuracy must be a number in (0, 1], got {self.target_accuracy!r}")
-        for name in ("loss_tolerance", "accuracy_tolerance"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ConfigError(f"train.{name} must be a number in [0, 1), got {value!r}")
-        if (
-            isinstance(self.lr_factor, bool)
-            or not isinstance(self.lr_factor, (int, float))
-            or not 0 < self.lr_factor < 1
-        ):
-            raise ConfigError(f"train.lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
         if self.schedule == "plateau" and self.min_learning_rate > self.learning_rate:
             raise ConfigError(
                 f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})"
             )
-        if not isinstance(self.end_token, bool):
-            raise ConfigError(f"train.end_token must be true or false, got {self.end_token!r}")
-        if self.loss_normalisation not in LOSS_NORMALISATIONS:
+        if not 0 <= self.warmup_examples < self.max_examples:
             raise ConfigError(
-                f"train.loss_normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, got {self.loss_normalisation!r}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        value = self.warmup_examples
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.max_examples:
-            raise ConfigError(
-                f"train.warmup_examples must be an integer from 0 to below the budget max_examples ({self.max_examples}), got {value!r}"
+                f"train.warmup_examples must be an integer from 0 to below the budget max_examples ({self.max_examples}), "
+                f"got {self.warmup_examples!r}"
             )
 
     @property
@@ -189,9 +182,31 @@ class TrainConfig:
         return math.ceil(self.lr_patience_examples / self.epoch_examples)
 
 
+TRAIN_RULES = {
+    **dict.fromkeys(
+        (
+            "n_train",
+            "epoch_examples",
+            "max_examples",
+            "batch_size",
+            "patience_examples",
+            "lr_patience_examples",
+            "n_validation",
+            "pad_multiple",
+        ),
+        POSITIVE_INTEGER,
+    ),
+    "warmup_examples": COUNT,
+    **dict.fromkeys(("learning_rate", "clipnorm", "min_learning_rate"), POSITIVE_NUMBER),
+    "target_accuracy": SHARE,
+    **dict.fromkeys(("loss_tolerance", "accuracy_tolerance"), TOLERANCE),
+    "lr_factor": FACTOR,
+    "end_token": BOOLEAN,
+    "loss_normalisation": one_of(LOSS_NORMALISATIONS),
+    "schedule": one_of(SCHEDULES),
+}
+
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) accepts 0..2**32 - 1
-SCHEDULES = ("constant", "plateau")
-LOSS_NORMALISATIONS = ("token", "sequence")
 REGIMES = ("mixed", "per_length")
 BACKENDS = ("tensorflow", "jax")
 
