@@ -40,7 +40,13 @@ from study.report.figures import (
     plot_position_accuracy,
     plot_training_curves,
 )
-from study.report.markdown import comparisons_markdown, report_markdown, summary_markdown, units_markdown
+from study.report.markdown import (
+    comparisons_markdown,
+    length_units,
+    report_markdown,
+    summary_markdown,
+    units_markdown,
+)
 from study.report.tables import comparison_frame, difference_frame, metrics_frame, summary_frame, unit_frame
 
 
@@ -80,7 +86,7 @@ def write_report(out: Path, every: bool = False) -> Path:
             table,
             images,
             read_manifest(out) or {},
-            comparisons_markdown(comparisons),
+            comparisons_markdown(comparisons, length_units(records)),
             units_markdown(units, records),
         )
     )

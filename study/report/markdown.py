@@ -24,17 +24,28 @@ def _seed_range(need: pd.Series) -> str:
     return f"{low} seeds" if low == high else f"{low}-{high} seeds (median {int(need.median())})"
 
 
-def comparisons_markdown(comparisons: pd.DataFrame) -> str:
+def trained_on(lo: int, hi: int, unit: str | None = None) -> str:
+    """'trained on 1..4 dates' in a task's own unit (a record's `length_unit`), or 'trained on
+    lengths 4..32' when the unit is not known."""
+    return f"trained on {lo}..{hi} {unit}" if unit else f"trained on lengths {lo}..{hi}"
+
+
+def length_units(records: list[dict]) -> dict[str, str]:
+    """Each task's unit of length ('symbols', 'dates'), as its records name it."""
+    return {r["task"]: r["length_unit"] for r in records if r.get("length_unit")}
+
+
+def comparisons_markdown(comparisons: pd.DataFrame, units: dict[str, str] | None = None) -> str:
     """One table per task, setting and training range: a row per pair of models, a column per
-    length, each cell the mean difference in points and the corrected p-value, in bold where
-    the pair is separated; then how many comparisons separate and how many seeds the others
-    would need."""
+    length (* marks trained lengths), each cell the mean difference in points and the corrected
+    p-value, in bold where the pair is separated; then how many comparisons separate and how many
+    seeds the others would need.  `units`: each task's unit of length (`length_units`)."""
     if comparisons.empty:
         return ""
     parts = [
         f"Every pair of models at every length ({COMPARISON_METHOD}). A cell gives the first model's exact match minus the "
         f"second's, in points (mean over seeds), and the corrected p; bold: separated. {int(comparisons['separated'].sum())} of "
-        f"{len(comparisons)} comparisons are separated.",
+        f"{len(comparisons)} comparisons are separated; * = inside the trained range.",
         "",
     ]
     for (task, setting, lo, hi), group in comparisons.groupby(
@@ -42,7 +53,7 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
     ):
         lengths = sorted(group["length"].unique())
         lines = [
-            f"#### {md(task)} (trained on lengths {lo}..{hi})",
+            f"#### {md(task)} ({trained_on(lo, hi, (units or {}).get(task))})",
             "",
             "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |",
             "|---" * (len(lengths) + 1) + "|",
@@ -178,12 +189,13 @@ def summary_markdown(
     different configurations) gets one table per setting, captioned with what differs."""
     names = _setting_names(summary, {setting_key(r): r for r in records or []})
     distinct = distinct_test_items(records or [])
+    units = length_units(records or [])
     parts = []
     for (task, setting, lo, hi), group in summary.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
         label = f"; {names[setting]}" if setting in names else ""
         lines = [
-            f"### {md(task)} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)",
+            f"### {md(task)} ({trained_on(lo, hi, units.get(task))}{label}; exact match %, mean [95% interval] over seeds)",
             "",
         ]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
@@ -255,7 +267,7 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
         unit = names.get(task, "unit")
         out += [
             f"**{md(task)}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
-            f"(mean over seeds [min, max]); * marks lengths beyond the trained range.",
+            f"(mean over seeds [min, max]); * = inside the trained range.",
             "",
             "| model | length | " + " | ".join(f"{k}." for k in range(1, most + 1)) + f" | {unit} written |",
             "|---|---|" + "---|" * most + "---|",
@@ -264,7 +276,7 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
             accs = d.groupby("unit")["char_acc"].mean()
             cells = [f"{100 * accs[k]:.0f}" if k in accs.index else "" for k in range(1, most + 1)]
             written = d.groupby("seed")["units_written"].first()
-            star = "" if d["in_training_range"].iloc[0] else "*"
+            star = "*" if d["in_training_range"].iloc[0] else ""  # as in every table: * = trained
             out.append(
                 f"| {md(model)} | {length}{star} | "
                 + " | ".join(cells)
