@@ -10,6 +10,7 @@ draws one series per setting (`study.report.tables.series_names`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from pathlib import Path
@@ -339,14 +340,16 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     return _save(fig, figures, "position_accuracy")
 
 
-ATTENTION_EXAMPLES = {  # record key: (figure name, what the title says of the example)
+ATTENTION_EXAMPLES = {  # record key: (figure name, which length the figure shows, which example it looks for)
     "attention_example": (
         "attention_maps",
-        "inside the trained range (mid-range length): the first example the model gets right (the first where none is)",
+        "at the evaluated length inside the trained range nearest its middle",
+        "the first the model gets right",
     ),
     "attention_example_beyond": (
         "attention_maps_beyond",
-        "at the first length beyond the trained range: the first example the model gets wrong (the first where none is)",
+        "at the first evaluated length beyond the trained range",
+        "the first the model gets wrong",
     ),
 }
 
@@ -354,12 +357,15 @@ ATTENTION_EXAMPLES = {  # record key: (figure name, what the title says of the e
 def plot_attention_maps(records: list[dict], figures: Path, key: str = "attention_example") -> list[str]:
     """One test example per task x attention model (lowest seed), the one kept under the record's
     `key` (`ATTENTION_EXAMPLES`): attention weight of each output step (rows) on each source
-    character (columns), with a colour bar; each panel names the example's length, seed, target
-    and prediction and marks the prediction right or wrong."""
+    character (columns), with a colour bar.  Each panel names the example's length, seed and
+    which test example it is (and why that one), prints its source, and its target and
+    prediction up to and including their first difference, marked right or wrong.  Ticks label
+    every character where the labels fit without overlapping, else every k-th, which the
+    axis label then says (`_fit_character_ticks`)."""
     import matplotlib.pyplot as plt
 
     use_fonts()
-    name, chosen_how = ATTENTION_EXAMPLES[key]
+    name, where, _ = ATTENTION_EXAMPLES[key]
     chosen: dict[tuple[str, str], dict] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
         ex = r.get(key)
@@ -369,19 +375,17 @@ def plot_attention_maps(records: list[dict], figures: Path, key: str = "attentio
         return []
     tasks = list(dict.fromkeys(t for t, _ in chosen))
     models = list(dict.fromkeys(m for _, m in chosen))
-    fig, axes = plt.subplots(
-        len(tasks),
-        len(models),
-        figsize=(4.2 * len(models) + 1.0, 4.4 * len(tasks)),
-        squeeze=False,
-        layout="constrained",
-    )
-    image = None
-    shown_text = ""
+    width = min(7.0, max(4.2, 0.07 * max(len(r[key]["source"]) for r in chosen.values())))  # inches a panel
+    titles = {pair: _attention_title(r, key, int(width * 15)) for pair, r in chosen.items()}
+    heights = [
+        _attention_row_height([chosen[t, m] for m in models if (t, m) in chosen], key, titles, width) for t in tasks
+    ]
+    fig = plt.figure(figsize=(width * len(models) + 1.2, sum(heights)), layout="constrained")
+    axes = fig.subplots(len(tasks), len(models), squeeze=False, gridspec_kw={"height_ratios": heights})
+    image, shown_text, ticks = None, "", []
     for i, task in enumerate(tasks):
         for j, model in enumerate(models):
-            ax = axes[i][j]
-            r = chosen.get((task, model))
+            ax, r = axes[i][j], chosen.get((task, model))
             if r is None:
                 ax.axis("off")
                 continue
@@ -389,45 +393,138 @@ def plot_attention_maps(records: list[dict], figures: Path, key: str = "attentio
             w = np.asarray(ex["weights"])
             # square cells: a short example is small, not stretched
             image = ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="equal")
-            src = list(ex["source"])
-            out = list(ex["prediction"]) + ["END"]
-            out = out[: w.shape[0]]
-            x_step, y_step = max(1, -(-len(src) // 24)), max(1, -(-len(out) // 24))  # at most 24 labels a side
-            character_ticks(ax, "x", src, x_step)
-            character_ticks(ax, "y", out, y_step)
+            ticks += [(ax, "x", list(ex["source"])), (ax, "y", (list(ex["prediction"]) + ["END"])[: w.shape[0]])]
             shown_text += ex["source"] + ex["prediction"] + ex["target"]
             right = ex["prediction"] == ex["target"]
-            verdict = "right" if right else "WRONG"
-            at_length = next((m["seq_acc"] for m in r.get("metrics", []) if m["length"] == ex["length"]), None)
-            accuracy = f" (exact match {100 * at_length:.0f}%)" if at_length is not None else ""
-            ax.set_title(
-                f"{task} / {model}, length {ex['length']}{accuracy}, seed {r['seed']}\n"
-                f"target {_shorten(ex['target'])}\npredicted {_shorten(ex['prediction'])} ({verdict})",
-                fontsize=8,
-                color="black" if right else "#b2182b",
-            )
-            ax.set(xlabel="source character", ylabel="predicted character")
+            ax.set_title(titles[task, model], fontsize=8, color="black" if right else "#b2182b")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
+    _fit_character_ticks(fig, ticks)
     without = sorted(
         {r["model"] for r in records if r.get("attention") == "none"},
         key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m),
     )
     note = f"; {', '.join(without)}: no attention, so no weights to show" if without else ""
-    if not all("index" in r[key] for r in chosen.values()):  # records made before the choice hold the first example
-        chosen_how = "the first test example of the length shown"
     suptitle(
         fig,
-        "Attention weights of one test example per model (rows: output steps, columns: source characters): "
-        f"{chosen_how}{note}",
+        "Attention weights of one test example per model (rows: output steps, columns: source characters), "
+        f"{where}; each panel says which test example it shows{note}",
     )
     add_marks_note(fig, shown_text)
     return _save(fig, figures, name)
 
 
-def _shorten(text: str, most: int = 34) -> str:
-    """`text` quoted for a title, cut to `most` characters, marks as `study.fonts.readable` writes them."""
-    return "'" + readable(text if len(text) <= most else text[: most - 1] + "…") + "'"
+def _attention_row_height(panels: list[dict], key: str, titles: dict, width: float) -> float:
+    """Inches for one task's row of attention maps `width` inches wide: the tallest image at
+    square cells (at most 1.3 times as tall as wide), its title's lines, and the tick labels."""
+    tallest = max(min(1.3, len(r[key]["weights"]) / max(1, len(r[key]["source"]))) for r in panels)
+    lines = max(titles[r["task"], r["model"]].count("\n") + 1 for r in panels)
+    return (width - 1.0) * tallest + 0.15 * lines + 0.9  # an inch of the width goes to the y labels
+
+
+def _attention_title(r: dict, key: str, chars: int) -> str:
+    """A panel's title, each line wrapped to `chars` characters: task, model, seed and length;
+    which test example is shown; its source; its target and prediction up to and including
+    their first difference, and the verdict."""
+    ex = r[key]
+    unit = r.get("length_unit", "")
+    lengths = r.get("train_lengths")
+    trained = f"trained {min(lengths)}..{max(lengths)}; " if lengths else ""
+    at_length = next((m for m in r.get("metrics", []) if m["length"] == ex["length"]), None)
+    accuracy = f"exact match {100 * at_length['seq_acc']:.0f}%" if at_length is not None else ""
+    detail = f" ({trained}{accuracy})" if trained or accuracy else ""
+    target, prediction, first = shown_up_to_difference(ex["target"], ex["prediction"])
+    which = _which_example(r, key, at_length)
+    if first is not None and (len(target) < len(ex["target"]) + 2 or len(prediction) < len(ex["prediction"]) + 2):
+        which += f"; printed up to their first difference, character {first + 1}"
+    lines = [
+        f"{r['task']} / {r['model']}, seed {r['seed']}, length {ex['length']}{' ' + unit if unit else ''}{detail}",
+        which,
+        f"source '{readable(ex['source'])}'",
+        f"target '{target}'",
+        f"predicted '{prediction}' ({'right' if first is None else 'WRONG'})",
+    ]
+    return "\n".join(textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False) for line in lines)
+
+
+def _which_example(r: dict, key: str, at_length: dict | None) -> str:
+    """Which test example a panel shows and why that one: 'test example 7 of 50, the first the
+    model gets right', or the first example when none is right (or, beyond the range, none
+    wrong), or when only the first one's weights were kept (a model trained without END)."""
+    ex = r[key]
+    if "index" not in ex:  # records made before the choice hold the first example
+        return "the first test example of its length"
+    n = f" of {at_length['n_examples']:,}" if at_length and at_length.get("n_examples") else ""
+    looked_for = ATTENTION_EXAMPLES[key][2]
+    wanted_right = key == "attention_example"
+    if (ex["prediction"] == ex["target"]) == wanted_right:
+        return f"test example {ex['index'] + 1}{n}, {looked_for}"
+    if not (r.get("train_config") or {}).get("end_token", True):
+        return f"test example 1{n}, the only one whose weights were kept (a model trained without END)"
+    return f"test example 1{n}: it gets {'none' if wanted_right else 'every one'} {'right' if wanted_right else 'right'}, so the first"
+
+
+def shown_up_to_difference(target: str, prediction: str) -> tuple[str, str, int | None]:
+    """`target` and `prediction` as a title prints them (`study.fonts.readable`), each cut after
+    the first character where they differ ("…" marks a cut), and that character's index (None
+    when they are equal, printed whole).  A prediction that stops early differs where it ends:
+    the target is printed one character past it."""
+    first = next((k for k, (a, b) in enumerate(zip(target, prediction)) if a != b), min(len(target), len(prediction)))
+    if target == prediction:
+        return readable(target), readable(prediction), None
+
+    def cut(text: str) -> str:
+        return readable(text[: first + 1]) + ("…" if len(text) > first + 1 else "")
+
+    return cut(target), cut(prediction), first
+
+
+def _fit_character_ticks(fig, ticks: list[tuple]) -> None:
+    """Labels each (axes, "x" or "y", tokens) of `ticks` with every token where the labels fit
+    without overlapping at the figure's drawn size, else with every k-th for the smallest k that
+    fits; the axis label says which ("every 3rd of 110 labelled").  Measured on the renderer, so
+    wide marks ("NNBSP", "END") and long sources count as drawn."""
+    steps = [1] * len(ticks)
+    for (ax, axis, tokens), step in zip(ticks, steps):
+        _character_axis(ax, axis, tokens, step)
+    for _ in range(8):  # the layout moves as labels change; a few rounds settle it
+        fig.draw_without_rendering()
+        renderer = fig.canvas.get_renderer()
+        changed = False
+        for k, (ax, axis, tokens) in enumerate(ticks):
+            labels = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+            boxes = [t.get_window_extent(renderer) for t in labels if t.get_text()]
+            if not overlapping(boxes) or steps[k] >= len(tokens):
+                continue
+            origin, one = (ax.transData.transform(p) for p in ((0, 0), (1, 1)))
+            per_token = abs(one[0] - origin[0]) if axis == "x" else abs(one[1] - origin[1])
+            extent = max(b.width if axis == "x" else b.height for b in boxes) + 2  # 2 pixels between labels
+            steps[k] = min(len(tokens), max(steps[k] + 1, math.ceil(extent / max(per_token, 1e-9))))
+            _character_axis(ax, axis, tokens, steps[k])
+            changed = True
+        if not changed:
+            return
+
+
+def _character_axis(ax, axis: str, tokens: list[str], step: int) -> None:
+    """Ticks every `step`-th token of an attention map's `axis` and names the axis, with how many
+    of its characters are labelled when not all are."""
+    character_ticks(ax, axis, tokens, step)
+    what = "source character" if axis == "x" else "predicted character"
+    if step > 1:
+        ordinal = {2: "2nd", 3: "3rd"}.get(step, f"{step}th")
+        written = "; the source is written above" if axis == "x" else ""
+        what += f"\n(every {ordinal} of {len(tokens)} labelled{written})"
+    (ax.set_xlabel if axis == "x" else ax.set_ylabel)(what)
+
+
+def overlapping(boxes: list) -> bool:
+    """Whether any two of the bounding boxes `boxes` (matplotlib `Bbox`, e.g. drawn tick labels)
+    overlap, by however little."""
+    for a, b in itertools.combinations(boxes, 2):
+        if min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0):
+            return True
+    return False
 
 
 def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
