@@ -531,10 +531,96 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     """Over training examples (log scale), one line per model and seed (colour and dashes):
     validation exact match over all trained lengths pooled; the loss per target character on a
     log scale (validation, teacher-forced: the convergence measure; the training loss for
-    records that predate it); and the learning rate (log scale)."""
+    records that predate it); and the learning rate (log scale, each rate reached a labelled
+    tick, each model's lines nudged apart by a few percent so that equal rates stay visible).
+    A run with one validation point draws it as a marker; every log axis labels a tick at or
+    beyond each end of its data."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    data, with_validation_loss = _training_rows(records)
+    if data.empty:
+        return []
+    tasks = list(dict.fromkeys(data["task"]))
+    models = list(dict.fromkeys(data["model"]))
+    seeds = sorted(set(data["seed"]))  # one dash pattern per seed, the same in every panel
+    panels = [
+        ("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
+        ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)"),
+    ]
+    nudge = _nudges(models, seeds)
+    if data["learning_rate"].notna().any():
+        data["learning_rate_drawn"] = data["learning_rate"] * [nudge[m, s] for m, s in zip(data["model"], data["seed"])]
+        spread = 100 * (max(nudge.values()) - 1)
+        panels.append(("learning_rate_drawn", f"learning rate (lines nudged\napart, up to {spread:.0f}% off)"))
+    fig, axes = plt.subplots(
+        len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col"
+    )
+    for j, task in enumerate(tasks):
+        d = data[data["task"] == task]
+        for i, (column, label) in enumerate(panels):
+            ax = axes[i][j]
+            _training_panel(ax, d, column, models, seeds, legend=(i, j) == (0, len(tasks) - 1))
+            ax.set(
+                title=task if i == 0 else "",
+                xlabel="training examples seen" if i == len(panels) - 1 else "",
+                ylabel=label,
+            )
+    if axes[0][-1].get_legend() is not None:  # two sections, headed "model" and "seed"
+        sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
+    suptitle(
+        fig,
+        "Training: validation exact match (greedy), loss and learning rate, one line per seed "
+        f"(colour: model, dashes: seed; {seeds_and_examples(records).split(',')[0]})",
+    )
+    fig.tight_layout()
+    return _save(fig, figures, "training_curves")
+
+
+def _training_panel(ax, d: pd.DataFrame, column: str, models: list[str], seeds: list[int], legend: bool) -> None:
+    """One panel of the training curves: `column` of the rows `d` over examples seen (log), a line
+    per model (colour) and seed (dashes); a run validated once drawn as a marker; the exact match
+    on 0-100, the loss and the learning rate on labelled log axes."""
+    import warnings
+
+    import seaborn as sns
+
+    with warnings.catch_warnings():  # one validation point: seaborn's limits are singular until set below
+        warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+        sns.lineplot(
+            data=d,
+            x="examples_seen",
+            y=column,
+            hue="model",
+            hue_order=models,
+            palette=model_palette(models),
+            style="seed",
+            style_order=seeds,
+            estimator=None,
+            linewidth=1.0,
+            ax=ax,
+            legend=legend,
+        )
+    for line in ax.get_lines():
+        if len(line.get_xdata()) == 1:  # a run validated once: a point, not an invisible line
+            line.set_marker("o")
+            line.set_markersize(4)
+    log_scale(ax, "x")
+    _cover(ax, "x", d["examples_seen"])
+    if column == "val_seq_acc":
+        ax.set_ylim(-3, 103)
+    elif column == "loss":
+        log_scale(ax, "y")
+        _label_log_ends(ax, d[column])
+    else:
+        log_scale(ax, "y")
+        _label_rates(ax, d["learning_rate"], d[column])
+
+
+def _training_rows(records: list[dict]) -> tuple[pd.DataFrame, bool]:
+    """One row per record and validation point (task, model, seed, examples seen, validation
+    exact match in %, loss, learning rate), and whether every point has a validation loss (else
+    the training loss stands in for all)."""
     with_validation_loss = all("val_loss" in h for r in records for h in r.get("history", []))
     series = series_names(records)
     rows = [
@@ -550,57 +636,75 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
         for r in records
         for h in r.get("history", [])
     ]
-    if not rows:
-        return []
-    data = pd.DataFrame(rows)
-    tasks = list(dict.fromkeys(data["task"]))
-    models = list(dict.fromkeys(data["model"]))
-    seeds = sorted(set(data["seed"]))  # one dash pattern per seed, the same in every panel
-    panels = [
-        ("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
-        ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)"),
-    ]
-    if data["learning_rate"].notna().any():
-        panels.append(("learning_rate", "learning rate"))
-    fig, axes = plt.subplots(
-        len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col"
+    return pd.DataFrame(rows), with_validation_loss
+
+
+def _nudges(models: list[str], seeds: list[int]) -> dict[tuple[str, int], float]:
+    """A factor near 1 per (model, seed): 5% apart between models, 1.5% between seeds, centred
+    on 1, so that runs at one learning rate draw side by side on a log axis, not on top of
+    each other."""
+    return {
+        (m, s): 1.05 ** (i - (len(models) - 1) / 2) * 1.015 ** (k - (len(seeds) - 1) / 2)
+        for i, m in enumerate(models)
+        for k, s in enumerate(seeds)
+    }
+
+
+def _cover(ax, which: str, values: pd.Series) -> None:
+    """A log axis around a single value (one validation point) spans a factor of 2 each way
+    instead of matplotlib's singular limits."""
+    values = values.dropna()
+    if len(values) and values.min() == values.max():
+        x = float(values.min())
+        (ax.set_xlim if which == "x" else ax.set_ylim)(x / 2, x * 2)
+
+
+NICE = (1, 2, 3, 5)  # the mantissas of the end ticks a log axis gets
+
+
+def _nice(value: float, up: bool) -> float:
+    """The nearest of 1, 2, 3, 5 times a power of ten at or above (`up`) or at or below `value`."""
+    power = math.floor(math.log10(value))
+    candidates = [m * 10.0**p for p in (power - 1, power, power + 1) for m in NICE]
+    return (
+        min(c for c in candidates if c >= value * (1 - 1e-9))
+        if up
+        else max(c for c in candidates if c <= value * (1 + 1e-9))
     )
-    for j, task in enumerate(tasks):
-        d = data[data["task"] == task]
-        for i, (column, label) in enumerate(panels):
-            sns.lineplot(
-                data=d,
-                x="examples_seen",
-                y=column,
-                hue="model",
-                hue_order=models,
-                palette=model_palette(models),
-                style="seed",
-                style_order=seeds,
-                estimator=None,
-                linewidth=1.0,
-                ax=axes[i][j],
-                legend=(i, j) == (0, len(tasks) - 1),
-            )
-            axes[i][j].set(
-                title=task if i == 0 else "",
-                xlabel="training examples seen" if i == len(panels) - 1 else "",
-                ylabel=label,
-            )
-            log_scale(axes[i][j], "x")
-            if column == "val_seq_acc":
-                axes[i][j].set_ylim(-3, 103)
-            else:
-                log_scale(axes[i][j], "y")
-    if axes[0][-1].get_legend() is not None:  # two sections, headed "model" and "seed"
-        sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
-    suptitle(
-        fig,
-        "Training: validation exact match (greedy), loss and learning rate, one line per seed "
-        f"(colour: model, dashes: seed; {seeds_and_examples(records).split(',')[0]})",
-    )
-    fig.tight_layout()
-    return _save(fig, figures, "training_curves")
+
+
+def _label_log_ends(ax, values: pd.Series) -> None:
+    """Labels a log y axis at every power of ten inside its data and at a round value (1, 2, 3 or
+    5 times a power of ten) at or beyond each end, so that no drawn value lies above the highest
+    label or below the lowest (a loss from 1.1 down to 0.0005: 0.0005, 0.001, ..., 1, 2)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    values = values[values > 0].dropna()
+    if values.empty:
+        return
+    low, high = _nice(float(values.min()), up=False), _nice(float(values.max()), up=True)
+    ticks = {low, high} | {10.0**p for p in range(math.ceil(math.log10(low)), math.floor(math.log10(high)) + 1)}
+    ax.yaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # every fixed tick labelled
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(low / 1.15, high * 1.15)
+
+
+def _label_rates(ax, rates: pd.Series, drawn: pd.Series) -> None:
+    """Labels a learning-rate axis (log) at every rate the runs reached, the lowest included
+    (at most eight; more get `_label_log_ends`' ticks), its limits around the nudged lines."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    reached = sorted(set(rates.dropna().round(12)))
+    if not reached:
+        return
+    if len(reached) > 8:
+        _label_log_ends(ax, drawn)
+        return
+    ax.yaxis.set_major_locator(FixedLocator(reached))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(min(reached + [drawn.min()]) / 1.2, max(reached + [drawn.max()]) * 1.2)
 
 
 def _shown_lengths(lengths: list[int], most: int = 6) -> list[int]:
