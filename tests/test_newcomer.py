@@ -123,9 +123,9 @@ def test_attention_map_titles_print_target_and_prediction_up_to_their_first_diff
         wrong += 1
         first = next((k for k, (a, b) in enumerate(zip(ex["target"], ex["prediction"])) if a != b), None)
         first = min(len(ex["target"]), len(ex["prediction"])) if first is None else first
-        assert (
-            target.rstrip("…") == ex["target"][: first + 1] and prediction.rstrip("…") == ex["prediction"][: first + 1]
-        )
+        for printed, whole in ((target, ex["target"]), (prediction, ex["prediction"])):  # whole, or cut after it
+            assert printed == whole or (printed.endswith("…") and printed[:-1] == whole[: first + 1]), (printed, whole)
+        assert f"first difference: character {first + 1}" in ax.get_title().replace("\n", " ")
         assert target != prediction and "(WRONG)" in ax.get_title()
     assert wrong or name == "attention_maps"
 

@@ -435,8 +435,9 @@ def _attention_title(r: dict, key: str, chars: int) -> str:
     detail = f" ({trained}{accuracy})" if trained or accuracy else ""
     target, prediction, first = shown_up_to_difference(ex["target"], ex["prediction"])
     which = _which_example(r, key, at_length)
-    if first is not None and (len(target) < len(ex["target"]) + 2 or len(prediction) < len(ex["prediction"]) + 2):
-        which += f"; printed up to their first difference, character {first + 1}"
+    if first is not None:
+        cut = target.endswith("…") or prediction.endswith("…")
+        which += f"; {'printed up to ' if cut else ''}their first difference: character {first + 1}"
     lines = [
         f"{r['task']} / {r['model']}, seed {r['seed']}, length {ex['length']}{' ' + unit if unit else ''}{detail}",
         which,
@@ -464,14 +465,17 @@ def _which_example(r: dict, key: str, at_length: dict | None) -> str:
     return f"test example 1{n}: it gets {'none' if wanted_right else 'every one'} {'right' if wanted_right else 'right'}, so the first"
 
 
-def shown_up_to_difference(target: str, prediction: str) -> tuple[str, str, int | None]:
-    """`target` and `prediction` as a title prints them (`study.fonts.readable`), each cut after
-    the first character where they differ ("…" marks a cut), and that character's index (None
-    when they are equal, printed whole).  A prediction that stops early differs where it ends:
+def shown_up_to_difference(target: str, prediction: str, whole: int = 40) -> tuple[str, str, int | None]:
+    """`target` and `prediction` as a title prints them (`study.fonts.readable`): whole when both
+    have at most `whole` characters, else each cut after the first character where they differ
+    ("…" marks a cut), so that two strings that differ never print alike; and the index of that
+    character (None when they are equal).  A prediction that stops early differs where it ends:
     the target is printed one character past it."""
     first = next((k for k, (a, b) in enumerate(zip(target, prediction)) if a != b), min(len(target), len(prediction)))
     if target == prediction:
         return readable(target), readable(prediction), None
+    if max(len(target), len(prediction)) <= whole:
+        return readable(target), readable(prediction), first
 
     def cut(text: str) -> str:
         return readable(text[: first + 1]) + ("…" if len(text) > first + 1 else "")
