@@ -550,11 +550,13 @@ def _results_folder(args: argparse.Namespace) -> Path:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from study.backend import start_backend
-    from study.trained import predict
+    from study.trained import check_prediction, predict
 
     attention_map = _attention_map_path(args.attention_map)
-    start_backend()
     out = _results_folder(args)
+    # a wrong folder, task, model, seed, source or a missing model is named before the backend's seconds of start-up
+    check_prediction(out, args.task, args.model, args.seed, args.sources, attention_map)
+    start_backend()
     rows = predict(out, args.task, args.model, args.seed, args.sources, attention_map)
     print(f"{args.task}/{args.model}, cell {rows[0]['cell']}:")
     for row in rows:

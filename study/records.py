@@ -113,7 +113,8 @@ def read_manifest(out: Path) -> dict | None:
 
 
 def load_records(out: Path, every: bool = False) -> list[dict]:
-    """The records of the latest study in `out` (those named by study.json), or every record in
+    """The records of the latest study in `out` (those study.json names: its cells, then the
+    records of its settings under other seeds that earlier runs left), or every record in
     `out/cells` (`every`, or when study.json is missing)."""
     out = Path(out)
     cells_dir = out / "cells"
@@ -121,7 +122,7 @@ def load_records(out: Path, every: bool = False) -> list[dict]:
         raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
     manifest = read_manifest(out)
     paths = (
-        [cells_dir / f"{i}.json" for i in manifest["cells"]]
+        [cells_dir / f"{i}.json" for i in [*manifest["cells"], *(manifest.get("other_seeds") or [])]]
         if manifest is not None and not every
         else sorted(cells_dir.glob("*.json"))
     )

@@ -44,8 +44,39 @@ def expand_grid(config: StudyConfig) -> list[Cell]:
 
 def study_cells(config: StudyConfig) -> list[tuple[Cell, str]]:
     """(cell, id) for every cell of the grid; each task is built once."""
+    return [(cell, cell_id(identity)) for cell, identity in _identities(config)]
+
+
+def _identities(config: StudyConfig) -> list[tuple[Cell, dict]]:
+    """(cell, identity) for every cell of the grid (`study.cell.cell_identity`); each task is built once."""
     tasks = {id(plan): plan.build() for plan in config.tasks}
-    return [(cell, cell_id(cell_identity(cell, config, tasks[id(cell.task)]))) for cell in expand_grid(config)]
+    return [(cell, cell_identity(cell, config, tasks[id(cell.task)])) for cell in expand_grid(config)]
+
+
+def settings_key(identity: dict, fields) -> str:
+    """What a cell's identity (or its record, which holds it) says besides the seed, as a hash
+    over `fields` (the identity's keys): records of one study under other seeds share it."""
+    return json_digest({k: identity.get(k) for k in fields if k != "seed"}, 16)
+
+
+def other_seeds(config: StudyConfig, cells_dir: Path, ids: list[str]) -> list[str]:
+    """Of the record ids `ids` in `cells_dir` (records outside this run's grid), those of this
+    study's settings under other seeds: a study re-run with `--seeds 2,3` after `0,1` is one
+    study of four seeds.  Damaged records and records whose held-out sets were drawn with
+    replacement (made before they held distinct sources) are left out."""
+    identities = [identity for _, identity in _identities(config)]
+    if not identities or not ids:
+        return []
+    fields = list(identities[0])
+    ours = {settings_key(identity, fields) for identity in identities}
+    found = []
+    for cid in ids:
+        record = read_record(cells_dir / f"{cid}.json")
+        if record is None or (record["status"] == "ok" and record.get("test_items") != DISTINCT_ITEMS):
+            continue
+        if settings_key(record, fields) in ours:
+            found.append(cid)
+    return found
 
 
 def _cell_key(task: str, model: str, seed: int, train_lengths) -> tuple:
@@ -150,13 +181,16 @@ def plan_run(
 ) -> tuple[list[tuple[Cell, str]], dict[str, dict], list[tuple[Cell, str]]]:
     """What a run of `config` in `out` has to do: the (cell, id) pairs it covers, the records of
     those already finished (by id; none when `fresh`) and the pairs left to run.  Writes
-    `<out>/study.json`, removes half-written records and warns about damaged ones and about
-    records of other grids in the folder."""
+    `<out>/study.json` (with the records of this study's settings under other seeds, which the
+    report includes: `other_seeds`), removes half-written records and warns about damaged ones
+    and about records of other grids in the folder."""
     cells_dir = out / "cells"
     make_folder(cells_dir)
     remove_leftovers(cells_dir)  # writers killed before their rename; never read as records
     grid = study_cells(config)
     selected = select_shard(grid, shard)
+    others = sorted(set(p.stem for p in cells_dir.glob("*.json")) - {cid for _, cid in grid})
+    seeds_before = other_seeds(config, cells_dir, others) if shard is None else []
     write_json_atomic(
         out / "study.json",
         {
@@ -164,6 +198,7 @@ def plan_run(
             "cells": [cid for _, cid in selected],
             "grid": [cid for _, cid in grid],
             "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+            "other_seeds": seeds_before,
         },
     )
     records: dict[str, dict] = {}
@@ -182,11 +217,17 @@ def plan_run(
                 f"note: record {path} was made with test and validation sets drawn with replacement; recomputing {cell.describe()}"
             )
         todo.append((cell, cid))
-    others = sorted(set(p.stem for p in cells_dir.glob("*.json")) - {cid for _, cid in grid})
+    if seeds_before:
+        warn(
+            f"note: {out} also holds {len(seeds_before)} record(s) of this study's settings under other seeds; "
+            "the report covers them with this run's cells"
+        )
+    others = [cid for cid in others if cid not in set(seeds_before)]
     if others:
         warn(
             f"note: {out} also holds {len(others)} record(s) of other grids (earlier runs with other settings); "
-            f"this run's report covers its own {len(selected)} cells only; `python run_study.py report {out} --all` reports every record"
+            f"this run's report covers its own {len(selected) + len(seeds_before)} cells only; "
+            f"`python run_study.py report {out} --all` reports every record"
         )
     return selected, records, todo
 
@@ -226,15 +267,26 @@ def save_record(record: dict, out: Path, config: StudyConfig, asked: dict[tuple,
 
 
 def summary_line(record: dict) -> str:
-    """One line per finished cell: where it stopped and its accuracy inside/beyond the trained range."""
+    """One line per finished cell: where it stopped, and its exact match at its longest trained
+    length and at the first length beyond the trained range, numbers the report's per-length
+    tables and metrics.csv hold for that seed ('copy/dot/seed 0: exact-match 59.0% at 5
+    symbols (longest trained), 0.0% at 8 (first beyond) (budget, ...)')."""
     if record["status"] != "ok":
         return f"{record['task']}/{record['model']}/seed {record['seed']}: FAILED ({one_line(record.get('error'))})"
-    inside = [m["seq_acc"] for m in record["metrics"] if m["in_training_range"]]
-    beyond = [m["seq_acc"] for m in record["metrics"] if not m["in_training_range"]]
-    parts = [f"{record['task']}/{record['model']}/seed {record['seed']}:"]
-    parts.append(f"exact-match {100 * sum(inside) / max(len(inside), 1):.1f}% in range")
+    inside = [m for m in record["metrics"] if m["in_training_range"]]
+    beyond = [m for m in record["metrics"] if m["length"] > max(record["train_lengths"])]
+    unit = record.get("length_unit", "")
+    parts = [f"{record['task']}/{record['model']}/seed {record['seed']}: exact-match"]
+    shown = []
+    if inside:
+        longest = max(inside, key=lambda m: m["length"])
+        shown.append(
+            f"{100 * longest['seq_acc']:.1f}% at {longest['length']}{' ' + unit if unit else ''} (longest trained)"
+        )
     if beyond:
-        parts.append(f"{100 * sum(beyond) / len(beyond):.1f}% beyond")
+        first = min(beyond, key=lambda m: m["length"])
+        shown.append(f"{100 * first['seq_acc']:.1f}% at {first['length']} (first beyond)")
+    parts.append(", ".join(shown) or "not evaluated")
     unfinished = ", not converged" if record.get("converged") is False else ""
     parts.append(
         f"({record['stop_reason']}{unfinished} after {record['examples_seen']} examples, {record['wall_seconds']:.0f}s)"

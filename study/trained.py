@@ -83,16 +83,27 @@ def _usable_here(record: dict) -> bool:
     return True
 
 
+NO_MODEL_HINT = (
+    "trained models stay out of git, so the committed results folders hold records only; to ask a model, "
+    "train one into a folder of your own, e.g. `python run_study.py --profile smoke --out results/smoke` "
+    "(about two minutes), then `python run_study.py predict results/smoke --task copy --model dot abcd`"
+)
+
+
+def cell_model_path(out: Path, record: dict) -> Path:
+    """Where `record`'s saved model is, or TrainedModelError (with how to get a model) when the
+    study saved none there; loads nothing, so it is checked before the backend starts."""
+    path = Path(out) / record.get("model_file", f"models/{record['id']}.keras")
+    if not path.is_file():
+        raise TrainedModelError(f"cell {record['id']} has no saved model ({path} is missing): {NO_MODEL_HINT}")
+    return path
+
+
 def load_cell_model(out: Path, record: dict):
     """The saved model of `record`, or TrainedModelError when the study did not save one."""
     from study.models import load_trained
 
-    path = Path(out) / record.get("model_file", f"models/{record['id']}.keras")
-    if not path.is_file():
-        raise TrainedModelError(
-            f"cell {record['id']} has no saved model ({path} is missing); run its study again with --fresh to train and save it"
-        )
-    return load_trained(path)
+    return load_trained(cell_model_path(out, record))
 
 
 def predict(
@@ -101,26 +112,7 @@ def predict(
     """Greedy predictions of the (task, model, seed) cell's model for `sources`; each row has the
     source, the prediction and, when the task can compute it, the target and whether they match.
     With `attention_map`, draws the first source's attention weights there (PNG)."""
-    record = find_record(out, task, model, seed)  # every check before the backend starts
-    definition = record_task(record)
-    for source in sources:
-        bad = sorted(set(source) - set(definition.input_alphabet))
-        if not source or bad:
-            raise TrainedModelError(
-                f"source {source!r} {'is empty' if not source else f'has characters outside the alphabet of {task}: {bad}'}; "
-                f"allowed: {definition.input_alphabet!r}"
-            )
-    if attention_map is not None and record["attention"] == "none":
-        raise TrainedModelError(f"model {model!r} has no attention to draw")
-    targets = [definition.target_for(s) for s in sources]
-    end_token = record["train_config"].get("end_token", True)
-    if not end_token and (None in targets or attention_map is not None):
-        raise TrainedModelError(
-            f"cell {record['id']} was trained without END (train.end_token = false): it is decoded for its target's length, "
-            f"which task {task!r} cannot give for these inputs"
-            if None in targets
-            else "attention maps are drawn for models trained with END"
-        )
+    record, definition, targets, end_token = check_prediction(out, task, model, seed, sources, attention_map)
     trained = load_cell_model(out, record)
     from study.evaluate import decode, decode_at_target_length, decode_steps
 
@@ -143,6 +135,38 @@ def predict(
         {"source": s, "prediction": p, "target": t, "exact": None if t is None else p == t, "cell": record["id"]}
         for s, p, t in zip(sources, predictions, targets)
     ]
+
+
+def check_prediction(
+    out: Path, task: str, model: str, seed: int | None, sources: list[str], attention_map: Path | None = None
+) -> tuple[dict, object, list, bool]:
+    """Everything `predict` refuses, checked without Keras (so before the backend starts, which
+    takes seconds): the folder's record of (task, model, seed), its task as this machine builds
+    it, the sources in its alphabet, a saved model, and an attention map only where one can be
+    drawn.  Returns (record, task, targets (None where the task cannot compute one), whether the
+    model was trained with END); raises TrainedModelError."""
+    record = find_record(out, task, model, seed)
+    definition = record_task(record)
+    for source in sources:
+        bad = sorted(set(source) - set(definition.input_alphabet))
+        if not source or bad:
+            raise TrainedModelError(
+                f"source {source!r} {'is empty' if not source else f'has characters outside the alphabet of {task}: {bad}'}; "
+                f"allowed: {definition.input_alphabet!r}"
+            )
+    if attention_map is not None and record["attention"] == "none":
+        raise TrainedModelError(f"model {model!r} has no attention to draw")
+    targets = [definition.target_for(s) for s in sources]
+    end_token = record["train_config"].get("end_token", True)
+    if not end_token and (None in targets or attention_map is not None):
+        raise TrainedModelError(
+            f"cell {record['id']} was trained without END (train.end_token = false): it is decoded for its target's length, "
+            f"which task {task!r} cannot give for these inputs"
+            if None in targets
+            else "attention maps are drawn for models trained with END"
+        )
+    cell_model_path(out, record)
+    return record, definition, targets, end_token
 
 
 def _draw_attention(weights, source: str, prediction: str, target: str | None, title: str, path: Path) -> None:

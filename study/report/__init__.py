@@ -49,6 +49,7 @@ from study.report.findings import findings_lines, quantities
 from study.report.markdown import (
     comparisons_markdown,
     hypotheses_lines,
+    length_units,
     report_markdown,
     summary_markdown,
     units_markdown,
@@ -101,7 +102,7 @@ def write_report(out: Path, every: bool = False) -> Path:
             table,
             images,
             manifest,
-            comparisons_markdown(comparisons, families),
+            comparisons_markdown(comparisons, families, length_units(records)),
             units_markdown(units, records),
             findings_lines(named, summary, comparisons, records),
             hypotheses_lines(comparisons, families),

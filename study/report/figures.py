@@ -10,6 +10,7 @@ draws one series per setting (`study.report.tables.series_names`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from pathlib import Path
@@ -343,14 +344,16 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     return _save(fig, figures, "position_accuracy")
 
 
-ATTENTION_EXAMPLES = {  # record key: (figure name, what the title says of the example)
+ATTENTION_EXAMPLES = {  # record key: (figure name, which length the figure shows, which example it looks for)
     "attention_example": (
         "attention_maps",
-        "inside the trained range (mid-range length): the first example the model gets right (the first where none is)",
+        "at the evaluated length inside the trained range nearest its middle",
+        "the first the model gets right",
     ),
     "attention_example_beyond": (
         "attention_maps_beyond",
-        "at the first length beyond the trained range: the first example the model gets wrong (the first where none is)",
+        "at the first evaluated length beyond the trained range",
+        "the first the model gets wrong",
     ),
 }
 
@@ -358,12 +361,15 @@ ATTENTION_EXAMPLES = {  # record key: (figure name, what the title says of the e
 def plot_attention_maps(records: list[dict], figures: Path, key: str = "attention_example") -> list[str]:
     """One test example per task x attention model (lowest seed), the one kept under the record's
     `key` (`ATTENTION_EXAMPLES`): attention weight of each output step (rows) on each source
-    character (columns), with a colour bar; each panel names the example's length, seed, target
-    and prediction and marks the prediction right or wrong."""
+    character (columns), with a colour bar.  Each panel names the example's length, seed and
+    which test example it is (and why that one), prints its source, and its target and
+    prediction up to and including their first difference, marked right or wrong.  Ticks label
+    every character where the labels fit without overlapping, else every k-th, which the
+    axis label then says (`_fit_character_ticks`)."""
     import matplotlib.pyplot as plt
 
     use_fonts()
-    name, chosen_how = ATTENTION_EXAMPLES[key]
+    name, where, _ = ATTENTION_EXAMPLES[key]
     chosen: dict[tuple[str, str], dict] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
         ex = r.get(key)
@@ -373,19 +379,17 @@ def plot_attention_maps(records: list[dict], figures: Path, key: str = "attentio
         return []
     tasks = list(dict.fromkeys(t for t, _ in chosen))
     models = list(dict.fromkeys(m for _, m in chosen))
-    fig, axes = plt.subplots(
-        len(tasks),
-        len(models),
-        figsize=(4.2 * len(models) + 1.0, 4.4 * len(tasks)),
-        squeeze=False,
-        layout="constrained",
-    )
-    image = None
-    shown_text = ""
+    width = min(7.0, max(4.2, 0.07 * max(len(r[key]["source"]) for r in chosen.values())))  # inches a panel
+    titles = {pair: _attention_title(r, key, int(width * 15)) for pair, r in chosen.items()}
+    heights = [
+        _attention_row_height([chosen[t, m] for m in models if (t, m) in chosen], key, titles, width) for t in tasks
+    ]
+    fig = plt.figure(figsize=(width * len(models) + 1.2, sum(heights)), layout="constrained")
+    axes = fig.subplots(len(tasks), len(models), squeeze=False, gridspec_kw={"height_ratios": heights})
+    image, shown_text, ticks = None, "", []
     for i, task in enumerate(tasks):
         for j, model in enumerate(models):
-            ax = axes[i][j]
-            r = chosen.get((task, model))
+            ax, r = axes[i][j], chosen.get((task, model))
             if r is None:
                 ax.axis("off")
                 continue
@@ -393,55 +397,238 @@ def plot_attention_maps(records: list[dict], figures: Path, key: str = "attentio
             w = np.asarray(ex["weights"])
             # square cells: a short example is small, not stretched
             image = ax.imshow(w, cmap="viridis", vmin=0, vmax=1, aspect="equal")
-            src = list(ex["source"])
-            out = list(ex["prediction"]) + ["END"]
-            out = out[: w.shape[0]]
-            x_step, y_step = max(1, -(-len(src) // 24)), max(1, -(-len(out) // 24))  # at most 24 labels a side
-            character_ticks(ax, "x", src, x_step)
-            character_ticks(ax, "y", out, y_step)
+            ticks += [(ax, "x", list(ex["source"])), (ax, "y", (list(ex["prediction"]) + ["END"])[: w.shape[0]])]
             shown_text += ex["source"] + ex["prediction"] + ex["target"]
             right = ex["prediction"] == ex["target"]
-            verdict = "right" if right else "WRONG"
-            at_length = next((m["seq_acc"] for m in r.get("metrics", []) if m["length"] == ex["length"]), None)
-            accuracy = f" (exact match {100 * at_length:.0f}%)" if at_length is not None else ""
-            ax.set_title(
-                f"{task} / {model}, length {ex['length']}{accuracy}, seed {r['seed']}\n"
-                f"target {_shorten(ex['target'])}\npredicted {_shorten(ex['prediction'])} ({verdict})",
-                fontsize=8,
-                color="black" if right else "#b2182b",
-            )
-            ax.set(xlabel="source character", ylabel="predicted character")
+            ax.set_title(titles[task, model], fontsize=8, color="black" if right else "#b2182b")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
+    _fit_character_ticks(fig, ticks)
     without = sorted(
         {r["model"] for r in records if r.get("attention") == "none"},
         key=lambda m: (m not in MODEL_ORDER, MODEL_ORDER.index(m) if m in MODEL_ORDER else 0, m),
     )
     note = f"; {', '.join(without)}: no attention, so no weights to show" if without else ""
-    if not all("index" in r[key] for r in chosen.values()):  # records made before the choice hold the first example
-        chosen_how = "the first test example of the length shown"
     suptitle(
         fig,
-        "Attention weights of one test example per model (rows: output steps, columns: source characters): "
-        f"{chosen_how}{note}",
+        "Attention weights of one test example per model (rows: output steps, columns: source characters), "
+        f"{where}; each panel says which test example it shows{note}",
     )
     add_marks_note(fig, shown_text)
     return _save(fig, figures, name)
 
 
-def _shorten(text: str, most: int = 34) -> str:
-    """`text` quoted for a title, cut to `most` characters, marks as `study.fonts.readable` writes them."""
-    return "'" + readable(text if len(text) <= most else text[: most - 1] + "…") + "'"
+def _attention_row_height(panels: list[dict], key: str, titles: dict, width: float) -> float:
+    """Inches for one task's row of attention maps `width` inches wide: the tallest image at
+    square cells (at most 1.3 times as tall as wide), its title's lines, and the tick labels."""
+    tallest = max(min(1.3, len(r[key]["weights"]) / max(1, len(r[key]["source"]))) for r in panels)
+    lines = max(titles[r["task"], r["model"]].count("\n") + 1 for r in panels)
+    return (width - 1.0) * tallest + 0.15 * lines + 0.9  # an inch of the width goes to the y labels
+
+
+def _attention_title(r: dict, key: str, chars: int) -> str:
+    """A panel's title, each line wrapped to `chars` characters: task, model, seed and length;
+    which test example is shown; its source; its target and prediction up to and including
+    their first difference, and the verdict."""
+    ex = r[key]
+    unit = r.get("length_unit", "")
+    lengths = r.get("train_lengths")
+    trained = f"trained {min(lengths)}..{max(lengths)}; " if lengths else ""
+    at_length = next((m for m in r.get("metrics", []) if m["length"] == ex["length"]), None)
+    accuracy = f"exact match {100 * at_length['seq_acc']:.0f}%" if at_length is not None else ""
+    detail = f" ({trained}{accuracy})" if trained or accuracy else ""
+    target, prediction, first = shown_up_to_difference(ex["target"], ex["prediction"])
+    which = _which_example(r, key, at_length)
+    if first is not None:
+        cut = target.endswith("…") or prediction.endswith("…")
+        which += f"; {'printed up to ' if cut else ''}their first difference: character {first + 1}"
+    lines = [
+        f"{r['task']} / {r['model']}, seed {r['seed']}, length {ex['length']}{' ' + unit if unit else ''}{detail}",
+        which,
+        f"source '{readable(ex['source'])}'",
+        f"target '{target}'",
+        f"predicted '{prediction}' ({'right' if first is None else 'WRONG'})",
+    ]
+    return "\n".join(textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False) for line in lines)
+
+
+def _which_example(r: dict, key: str, at_length: dict | None) -> str:
+    """Which test example a panel shows and why that one: 'test example 7 of 50, the first the
+    model gets right', or the first example when none is right (or, beyond the range, none
+    wrong), or when only the first one's weights were kept (a model trained without END)."""
+    ex = r[key]
+    if "index" not in ex:  # records made before the choice hold the first example
+        return "the first test example of its length"
+    n = f" of {at_length['n_examples']:,}" if at_length and at_length.get("n_examples") else ""
+    looked_for = ATTENTION_EXAMPLES[key][2]
+    wanted_right = key == "attention_example"
+    if (ex["prediction"] == ex["target"]) == wanted_right:
+        return f"test example {ex['index'] + 1}{n}, {looked_for}"
+    if not (r.get("train_config") or {}).get("end_token", True):
+        return f"test example 1{n}, the only one whose weights were kept (a model trained without END)"
+    return f"test example 1{n}: it gets {'none' if wanted_right else 'every one'} {'right' if wanted_right else 'right'}, so the first"
+
+
+def shown_up_to_difference(target: str, prediction: str, whole: int = 40) -> tuple[str, str, int | None]:
+    """`target` and `prediction` as a title prints them (`study.fonts.readable`): whole when both
+    have at most `whole` characters, else each cut after the first character where they differ
+    ("…" marks a cut), so that two strings that differ never print alike; and the index of that
+    character (None when they are equal).  A prediction that stops early differs where it ends:
+    the target is printed one character past it."""
+    first = next((k for k, (a, b) in enumerate(zip(target, prediction)) if a != b), min(len(target), len(prediction)))
+    if target == prediction:
+        return readable(target), readable(prediction), None
+    if max(len(target), len(prediction)) <= whole:
+        return readable(target), readable(prediction), first
+
+    def cut(text: str) -> str:
+        return readable(text[: first + 1]) + ("…" if len(text) > first + 1 else "")
+
+    return cut(target), cut(prediction), first
+
+
+def _fit_character_ticks(fig, ticks: list[tuple]) -> None:
+    """Labels each (axes, "x" or "y", tokens) of `ticks` with every token where the labels fit
+    without overlapping at the figure's drawn size, else with every k-th for the smallest k that
+    fits; the axis label says which ("every 3rd of 110 labelled").  Measured on the renderer, so
+    wide marks ("NNBSP", "END") and long sources count as drawn."""
+    steps = [1] * len(ticks)
+    for (ax, axis, tokens), step in zip(ticks, steps):
+        _character_axis(ax, axis, tokens, step)
+    for _ in range(8):  # the layout moves as labels change; a few rounds settle it
+        fig.draw_without_rendering()
+        renderer = fig.canvas.get_renderer()
+        changed = False
+        for k, (ax, axis, tokens) in enumerate(ticks):
+            labels = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+            boxes = [t.get_window_extent(renderer) for t in labels if t.get_text()]
+            if not overlapping(boxes) or steps[k] >= len(tokens):
+                continue
+            origin, one = (ax.transData.transform(p) for p in ((0, 0), (1, 1)))
+            per_token = abs(one[0] - origin[0]) if axis == "x" else abs(one[1] - origin[1])
+            extent = max(b.width if axis == "x" else b.height for b in boxes) + 2  # 2 pixels between labels
+            steps[k] = min(len(tokens), max(steps[k] + 1, math.ceil(extent / max(per_token, 1e-9))))
+            _character_axis(ax, axis, tokens, steps[k])
+            changed = True
+        if not changed:
+            return
+
+
+def _character_axis(ax, axis: str, tokens: list[str], step: int) -> None:
+    """Ticks every `step`-th token of an attention map's `axis` and names the axis, with how many
+    of its characters are labelled when not all are."""
+    character_ticks(ax, axis, tokens, step)
+    what = "source character" if axis == "x" else "predicted character"
+    if step > 1:
+        ordinal = {2: "2nd", 3: "3rd"}.get(step, f"{step}th")
+        written = "; the source is written above" if axis == "x" else ""
+        what += f"\n(every {ordinal} of {len(tokens)} labelled{written})"
+    (ax.set_xlabel if axis == "x" else ax.set_ylabel)(what)
+
+
+def overlapping(boxes: list) -> bool:
+    """Whether any two of the bounding boxes `boxes` (matplotlib `Bbox`, e.g. drawn tick labels)
+    overlap, by however little."""
+    for a, b in itertools.combinations(boxes, 2):
+        if min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0):
+            return True
+    return False
 
 
 def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
     """Over training examples (log scale), one line per model and seed (colour and dashes):
     validation exact match over all trained lengths pooled; the loss per target character on a
     log scale (validation, teacher-forced: the convergence measure; the training loss for
-    records that predate it); and the learning rate (log scale)."""
+    records that predate it); and the learning rate (log scale, each rate reached a labelled
+    tick, each model's lines nudged apart by a few percent so that equal rates stay visible).
+    A run with one validation point draws it as a marker; every log axis labels a tick at or
+    beyond each end of its data."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    data, with_validation_loss = _training_rows(records)
+    if data.empty:
+        return []
+    tasks = list(dict.fromkeys(data["task"]))
+    models = list(dict.fromkeys(data["model"]))
+    seeds = sorted(set(data["seed"]))  # one dash pattern per seed, the same in every panel
+    panels = [
+        ("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
+        ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)"),
+    ]
+    nudge = _nudges(models, seeds)
+    if data["learning_rate"].notna().any():
+        data["learning_rate_drawn"] = data["learning_rate"] * [nudge[m, s] for m, s in zip(data["model"], data["seed"])]
+        spread = 100 * (max(nudge.values()) - 1)
+        panels.append(("learning_rate_drawn", f"learning rate (lines nudged\napart, up to {spread:.0f}% off)"))
+    fig, axes = plt.subplots(
+        len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col"
+    )
+    for j, task in enumerate(tasks):
+        d = data[data["task"] == task]
+        for i, (column, label) in enumerate(panels):
+            ax = axes[i][j]
+            _training_panel(ax, d, column, models, seeds, legend=(i, j) == (0, len(tasks) - 1))
+            ax.set(
+                title=task if i == 0 else "",
+                xlabel="training examples seen" if i == len(panels) - 1 else "",
+                ylabel=label,
+            )
+    if axes[0][-1].get_legend() is not None:  # two sections, headed "model" and "seed"
+        sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
+    suptitle(
+        fig,
+        "Training: validation exact match (greedy), loss and learning rate, one line per seed "
+        f"(colour: model, dashes: seed; {seeds_and_examples(records).split(',')[0]})",
+    )
+    fig.tight_layout()
+    return _save(fig, figures, "training_curves")
+
+
+def _training_panel(ax, d: pd.DataFrame, column: str, models: list[str], seeds: list[int], legend: bool) -> None:
+    """One panel of the training curves: `column` of the rows `d` over examples seen (log), a line
+    per model (colour) and seed (dashes); a run validated once drawn as a marker; the exact match
+    on 0-100, the loss and the learning rate on labelled log axes."""
+    import warnings
+
+    import seaborn as sns
+
+    with warnings.catch_warnings():  # one validation point: seaborn's limits are singular until set below
+        warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+        sns.lineplot(
+            data=d,
+            x="examples_seen",
+            y=column,
+            hue="model",
+            hue_order=models,
+            palette=model_palette(models),
+            style="seed",
+            style_order=seeds,
+            estimator=None,
+            linewidth=1.0,
+            ax=ax,
+            legend=legend,
+        )
+    for line in ax.get_lines():
+        if len(line.get_xdata()) == 1:  # a run validated once: a point, not an invisible line
+            line.set_marker("o")
+            line.set_markersize(4)
+    log_scale(ax, "x")
+    _cover(ax, "x", d["examples_seen"])
+    if column == "val_seq_acc":
+        ax.set_ylim(-3, 103)
+    elif column == "loss":
+        log_scale(ax, "y")
+        _label_log_ends(ax, d[column])
+    else:
+        log_scale(ax, "y")
+        _label_rates(ax, d["learning_rate"], d[column])
+
+
+def _training_rows(records: list[dict]) -> tuple[pd.DataFrame, bool]:
+    """One row per record and validation point (task, model, seed, examples seen, validation
+    exact match in %, loss, learning rate), and whether every point has a validation loss (else
+    the training loss stands in for all)."""
     with_validation_loss = all("val_loss" in h for r in records for h in r.get("history", []))
     series = series_names(records)
     rows = [
@@ -457,57 +644,75 @@ def plot_training_curves(records: list[dict], figures: Path) -> list[str]:
         for r in records
         for h in r.get("history", [])
     ]
-    if not rows:
-        return []
-    data = pd.DataFrame(rows)
-    tasks = list(dict.fromkeys(data["task"]))
-    models = list(dict.fromkeys(data["model"]))
-    seeds = sorted(set(data["seed"]))  # one dash pattern per seed, the same in every panel
-    panels = [
-        ("val_seq_acc", "validation exact match,\nall trained lengths pooled (%)"),
-        ("loss", f"{'validation' if with_validation_loss else 'training'} loss\n(nats/char, teacher-forced)"),
-    ]
-    if data["learning_rate"].notna().any():
-        panels.append(("learning_rate", "learning rate"))
-    fig, axes = plt.subplots(
-        len(panels), len(tasks), figsize=(4.6 * len(tasks), 3.1 * len(panels)), squeeze=False, sharex="col"
+    return pd.DataFrame(rows), with_validation_loss
+
+
+def _nudges(models: list[str], seeds: list[int]) -> dict[tuple[str, int], float]:
+    """A factor near 1 per (model, seed): 5% apart between models, 1.5% between seeds, centred
+    on 1, so that runs at one learning rate draw side by side on a log axis, not on top of
+    each other."""
+    return {
+        (m, s): 1.05 ** (i - (len(models) - 1) / 2) * 1.015 ** (k - (len(seeds) - 1) / 2)
+        for i, m in enumerate(models)
+        for k, s in enumerate(seeds)
+    }
+
+
+def _cover(ax, which: str, values: pd.Series) -> None:
+    """A log axis around a single value (one validation point) spans a factor of 2 each way
+    instead of matplotlib's singular limits."""
+    values = values.dropna()
+    if len(values) and values.min() == values.max():
+        x = float(values.min())
+        (ax.set_xlim if which == "x" else ax.set_ylim)(x / 2, x * 2)
+
+
+NICE = (1, 2, 3, 5)  # the mantissas of the end ticks a log axis gets
+
+
+def _nice(value: float, up: bool) -> float:
+    """The nearest of 1, 2, 3, 5 times a power of ten at or above (`up`) or at or below `value`."""
+    power = math.floor(math.log10(value))
+    candidates = [m * 10.0**p for p in (power - 1, power, power + 1) for m in NICE]
+    return (
+        min(c for c in candidates if c >= value * (1 - 1e-9))
+        if up
+        else max(c for c in candidates if c <= value * (1 + 1e-9))
     )
-    for j, task in enumerate(tasks):
-        d = data[data["task"] == task]
-        for i, (column, label) in enumerate(panels):
-            sns.lineplot(
-                data=d,
-                x="examples_seen",
-                y=column,
-                hue="model",
-                hue_order=models,
-                palette=model_palette(models),
-                style="seed",
-                style_order=seeds,
-                estimator=None,
-                linewidth=1.0,
-                ax=axes[i][j],
-                legend=(i, j) == (0, len(tasks) - 1),
-            )
-            axes[i][j].set(
-                title=task if i == 0 else "",
-                xlabel="training examples seen" if i == len(panels) - 1 else "",
-                ylabel=label,
-            )
-            log_scale(axes[i][j], "x")
-            if column == "val_seq_acc":
-                axes[i][j].set_ylim(-3, 103)
-            else:
-                log_scale(axes[i][j], "y")
-    if axes[0][-1].get_legend() is not None:  # two sections, headed "model" and "seed"
-        sns.move_legend(axes[0][-1], "center left", bbox_to_anchor=(1.02, 0.5))
-    suptitle(
-        fig,
-        "Training: validation exact match (greedy), loss and learning rate, one line per seed "
-        f"(colour: model, dashes: seed; {seeds_and_examples(records).split(',')[0]})",
-    )
-    fig.tight_layout()
-    return _save(fig, figures, "training_curves")
+
+
+def _label_log_ends(ax, values: pd.Series) -> None:
+    """Labels a log y axis at every power of ten inside its data and at a round value (1, 2, 3 or
+    5 times a power of ten) at or beyond each end, so that no drawn value lies above the highest
+    label or below the lowest (a loss from 1.1 down to 0.0005: 0.0005, 0.001, ..., 1, 2)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    values = values[values > 0].dropna()
+    if values.empty:
+        return
+    low, high = _nice(float(values.min()), up=False), _nice(float(values.max()), up=True)
+    ticks = {low, high} | {10.0**p for p in range(math.ceil(math.log10(low)), math.floor(math.log10(high)) + 1)}
+    ax.yaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # every fixed tick labelled
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(low / 1.15, high * 1.15)
+
+
+def _label_rates(ax, rates: pd.Series, drawn: pd.Series) -> None:
+    """Labels a learning-rate axis (log) at every rate the runs reached, the lowest included
+    (at most eight; more get `_label_log_ends`' ticks), its limits around the nudged lines."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    reached = sorted(set(rates.dropna().round(12)))
+    if not reached:
+        return
+    if len(reached) > 8:
+        _label_log_ends(ax, drawn)
+        return
+    ax.yaxis.set_major_locator(FixedLocator(reached))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(min(reached + [drawn.min()]) / 1.2, max(reached + [drawn.max()]) * 1.2)
 
 
 def _shown_lengths(lengths: list[int], most: int = 6) -> list[int]:

@@ -27,6 +27,7 @@ from collections import defaultdict
 
 import pandas as pd
 
+from study.report.markdown import length_units, trained_on
 from study.report.tables import series_names
 from study.text import markdown_cell as md
 
@@ -105,7 +106,9 @@ def quote(q: dict[str, Quantity], name: str, suffix: str = "", caveat: bool = Tr
     return f"{quantity.text()}{unit} (`{name}`{'; ' + notes if notes else ''})"
 
 
-def _task_lines(q: dict[str, Quantity], task: str, rows: pd.DataFrame, comparisons: pd.DataFrame) -> list[str]:
+def _task_lines(
+    q: dict[str, Quantity], task: str, rows: pd.DataFrame, comparisons: pd.DataFrame, unit: str | None
+) -> list[str]:
     """The findings of one task: each series at the shortest and longest trained length and at
     the first length beyond, and where the primary family separates attention from `none`."""
     lo, hi = int(rows["train_min"].iloc[0]), int(rows["train_max"].iloc[0])
@@ -129,7 +132,7 @@ def _task_lines(q: dict[str, Quantity], task: str, rows: pd.DataFrame, compariso
             f"({len(separated)} of {len(primary)} comparisons; the others are not separated with "
             f"{int(primary['seeds'].max())} seeds)"
         )
-    return [f"- **{md(task)}** (trained on lengths {lo}..{hi}), exact match:", *parts]
+    return [f"- **{md(task)}** ({trained_on(lo, hi, unit)}), exact match:", *parts]
 
 
 def findings_lines(
@@ -150,7 +153,7 @@ def findings_lines(
         f"{quote(q, 'study.wall_minutes', 'the busiest worker')}, cell time in all {quote(q, 'study.cell_minutes')}.",
     ]
     for (task, _setting), rows in summary.groupby(["task", "setting"], sort=False):
-        lines += _task_lines(q, task, rows, comparisons)
+        lines += _task_lines(q, task, rows, comparisons, length_units(records).get(task))
     return lines + [""]
 
 

@@ -25,6 +25,17 @@ def _points(x: float) -> str:
     return f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
+def trained_on(lo: int, hi: int, unit: str | None = None) -> str:
+    """'trained on 1..4 dates' in a task's own unit (a record's `length_unit`), or 'trained on
+    lengths 4..32' when the unit is not known."""
+    return f"trained on {lo}..{hi} {unit}" if unit else f"trained on lengths {lo}..{hi}"
+
+
+def length_units(records: list[dict]) -> dict[str, str]:
+    """Each task's unit of length ('symbols', 'dates'), as its records name it."""
+    return {r["task"]: r["length_unit"] for r in records if r.get("length_unit")}
+
+
 def hypotheses_lines(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> list[str]:
     """The report's "Hypotheses declared before the data": the families of comparisons of the
     study's configuration, the primary first, each with its number of comparisons, how many it
@@ -61,10 +72,14 @@ def hypotheses_lines(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> l
     ]
 
 
-def comparisons_markdown(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> str:
+def comparisons_markdown(
+    comparisons: pd.DataFrame, families=STANDARD_FAMILIES, units: dict[str, str] | None = None
+) -> str:
     """The report's "Which models differ": the primary family as one row per comparison
     (interval, each seed's difference, corrected p, verdict), then each exploratory family as
-    tables of differences per length (families and method: `hypotheses_lines`)."""
+    tables of differences per length (families and method: `hypotheses_lines`).  `units`: each
+    task's unit of length (`length_units`)."""
+    units = units or {}
     if comparisons.empty:
         return ""
     parts = []
@@ -74,10 +89,10 @@ def comparisons_markdown(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) 
             continue
         role = "Primary" if family.primary else "Exploratory"
         parts += [f"### {role}: {md(family.name)}", ""]
-        parts += (_primary_table(rows) + [""]) if family.primary else _wide_tables(rows)
+        parts += (_primary_table(rows) + [""]) if family.primary else _wide_tables(rows, units)
     outside = comparisons[comparisons["family"] == ""]
     if len(outside):
-        parts += ["### In no declared family (no verdict)", ""] + _wide_tables(outside)
+        parts += ["### In no declared family (no verdict)", ""] + _wide_tables(outside, units)
     return "\n".join(parts)
 
 
@@ -98,16 +113,17 @@ def _primary_table(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _wide_tables(rows: pd.DataFrame) -> list[str]:
-    """One table per task, setting and training range: a row per pair, a column per length,
-    each cell 'difference [interval]', bold where separated."""
+def _wide_tables(rows: pd.DataFrame, units: dict[str, str]) -> list[str]:
+    """One table per task, setting and training range: a row per pair, a column per length
+    (* = inside the trained range), each cell 'difference [interval]', bold where separated.
+    `units`: each task's unit of length (`length_units`)."""
     lines = []
     for (task, _, lo, hi), group in rows.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
         lines += [
-            f"#### {md(task)} (trained on lengths {lo}..{hi})",
+            f"#### {md(task)} ({trained_on(lo, hi, units.get(task))}; * = inside the trained range)",
             "",
-            "| first - second | " + " | ".join(str(L) for L in lengths) + " |",
+            "| first - second | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |",
             "|---" * (len(lengths) + 1) + "|",
         ]
         for (a, b), pair in group.groupby(["first", "second"], sort=False):
@@ -232,12 +248,13 @@ def summary_markdown(
     different configurations) gets one table per setting, captioned with what differs."""
     names = _setting_names(summary, {setting_key(r): r for r in records or []})
     distinct = distinct_test_items(records or [])
+    units = length_units(records or [])
     parts = []
     for (task, setting, lo, hi), group in summary.groupby(["task", "setting", "train_min", "train_max"], sort=False):
         lengths = sorted(group["length"].unique())
         label = f"; {names[setting]}" if setting in names else ""
         lines = [
-            f"### {md(task)} (trained on lengths {lo}..{hi}{label}; exact match %, mean [95% interval] over seeds)",
+            f"### {md(task)} ({trained_on(lo, hi, units.get(task))}{label}; exact match %, mean [95% interval] over seeds)",
             "",
         ]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
@@ -310,7 +327,7 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
         unit = names.get(task, "unit")
         out += [
             f"**{md(task)}**: character accuracy of each {unit.rstrip('s')} (%, mean over seeds), and {unit} written "
-            f"(mean over seeds [min, max]); * marks lengths beyond the trained range.",
+            f"(mean over seeds [min, max]); * = inside the trained range.",
             "",
             "| model | length | " + " | ".join(f"{k}." for k in range(1, most + 1)) + f" | {unit} written |",
             "|---|---|" + "---|" * most + "---|",
@@ -319,7 +336,7 @@ def units_markdown(units: pd.DataFrame, records: list[dict]) -> str:
             accs = d.groupby("unit")["char_acc"].mean()
             cells = [f"{100 * accs[k]:.0f}" if k in accs.index else "" for k in range(1, most + 1)]
             written = d.groupby("seed")["units_written"].first()
-            star = "" if d["in_training_range"].iloc[0] else "*"
+            star = "*" if d["in_training_range"].iloc[0] else ""  # as in every table: * = trained
             out.append(
                 f"| {md(model)} | {length}{star} | "
                 + " | ".join(cells)
