@@ -394,7 +394,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "n_test": 1000,
         "model": {},
-        # the recipe chosen by `python -m study.sweep` (BENCHMARKS.md): a 100,000-example pool,
+        # the recipe chosen by the sweep (examples/sweep.toml; BENCHMARKS.md): a 100,000-example pool,
         # validation every 10,000, Adam at 3e-3 with a 5,000-example warm-up, halved when the
         # validation loss stalls for 20,000 examples; converged when 40,000 examples gain neither
         # 0.005 nats per character nor 5 points at any training length; the budget a ceiling

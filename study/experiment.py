@@ -4,9 +4,10 @@ splits and vocabularies, the seed, the model, then `study.train.train_model`.
     run = prepare(get_task("copy"), "dot", range(4, 33), [32], ModelConfig(), TrainConfig(), n_test=1000, seed=0)
     result = train(run, TrainConfig(), seed=0)   # run.model is trained in place
 
-A study cell (`study.cell.run_cell`), a sweep probe (`study.sweep.run_probe`) and the bench's
-time to accuracy (`study.bench.time_to_accuracy`) all go through these two functions, so the
-recipe the sweep chooses and the time the bench reports are what the study runs.
+A study cell (`study.cell.run_cell`; the recipe sweep's cells are study cells of a config with
+recipe variants, `examples/sweep.toml`) and the bench's time to accuracy
+(`study.bench.time_to_accuracy`) both go through these two functions, so the recipe the sweep
+chooses and the time the bench reports are what the study runs.
 """
 
 from __future__ import annotations

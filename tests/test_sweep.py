@@ -1,58 +1,162 @@
-"""The recipe sweep: runs train on training and validation data only, and the table says what they did."""
+"""The recipe sweep: a study of recipe variants run by the study's runner, and the tables that
+`study.sweep` draws from its records (or from the run files of the sweep's earlier runner)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
 
 import pytest
 
+from helpers import ROOT, run_cli
 from study import sweep
+from study.records import RECORD_SCHEMA
 
-TINY_STANDARD = {
-    "tasks": {"date_format": {"train_lengths": "1..2", "eval_lengths": [1, 2]}},
-    "models": ["dot"],
-    "seeds": [0],
-    "n_test": 8,
-    "model": {"embedding_dim": 8, "units": 16, "attention_size": 8},
-    "train": {
-        "n_train": 512,
-        "epoch_examples": 256,
-        "max_examples": 768,
-        "patience_examples": 512,
-        "batch_size": 32,
-        "learning_rate": 0.003,
-        "schedule": "plateau",
-        "warmup_examples": 64,
-        "lr_patience_examples": 256,
-        "n_validation": 16,
-    },
-}
+COMMITTED = ROOT / "results" / "sweep"
+
+
+def test_the_committed_sweep_redraws_byte_for_byte_from_its_run_files():
+    """results/sweep holds runs of the sweep's earlier runner (`runs/*.json`); they still draw
+    its committed sweep.md, every per-run row and replayed stretch the same."""
+    assert sweep.table(COMMITTED) == (COMMITTED / "sweep.md").read_text(encoding="utf-8")
+
+
+def _as_record(run: dict) -> dict:
+    """An old-format sweep run written as the study's record of the same cell (its recipe the
+    variant's name), with the fields a study record has and the tables read."""
+    task, model = run["probe"].split("/")
+    return {
+        "schema": RECORD_SCHEMA,
+        "id": f"{task}-{model}-s{run['seed']}-{run['recipe']}",
+        "status": "ok",
+        "task": task,
+        "model": model,
+        "seed": run["seed"],
+        "regime": "mixed",
+        "profile": "standard",
+        "config": {"variant": run["recipe"]},
+        "train_config": run["train_config"],
+        "train_lengths": run["train_lengths"],
+        "eval_lengths": [],
+        "metrics": [],
+        "history": run["history"],
+        "stop_reason": run["stop_reason"],
+        "converged": run["converged"],
+        "last_stretch": run["last_stretch"],
+        "examples_seen": run["examples_seen"],
+        "train_seconds": run["seconds"],
+        "wall_seconds": run["seconds"] + 10.0,
+    }
+
+
+def test_a_study_folder_of_the_same_runs_draws_the_same_tables(tmp_path):
+    """The committed runs written as a study's cell records (`cells/<id>.json`, named by
+    `study.json`) draw the committed sweep.md: a variant is a recipe, a cell's task and model its
+    probe, its training seconds (not its wall time, which includes test decoding) its seconds."""
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((COMMITTED / "runs").glob("*.json"))]
+    (tmp_path / "cells").mkdir()
+    for run in runs:
+        record = _as_record(run)
+        (tmp_path / "cells" / f"{record['id']}.json").write_text(json.dumps(record), encoding="utf-8")
+    failed = {**_as_record(runs[0]), "id": "copy-dot-s9-b64", "status": "failed", "seed": 9, "history": []}
+    (tmp_path / "cells" / "copy-dot-s9-b64.json").write_text(json.dumps(failed), encoding="utf-8")
+    ids = sorted(p.stem for p in (tmp_path / "cells").glob("*.json"))
+    (tmp_path / "study.json").write_text(json.dumps({"cells": ids, "grid": ids}), encoding="utf-8")
+    assert sweep.table(tmp_path) == (COMMITTED / "sweep.md").read_text(encoding="utf-8")
+    one_length = sweep.run_from_record({**_as_record(runs[0]), "regime": "per_length", "train_lengths": [1]})
+    assert one_length["probe"] == runs[0]["probe"] + "@1"
+
+
+def test_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert sweep.main([str(tmp_path)]) == 2
+    (tmp_path / "runs").mkdir()
+    assert sweep.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "no finished sweep runs" in err[1]
+    assert not (tmp_path / "sweep.md").exists()
+
+
+def test_the_sweep_config_is_recipes_over_one_probe_grid_with_small_test_sets(tmp_path):
+    """examples/sweep.toml: every variant is the standard study but for its recipe (batch size,
+    learning rate) and, for the learning rate of `none`, its models and tasks; test sets are
+    few and small, since a sweep is judged on validation data."""
+    import run_study
+    from study.config import build_study_config
+
+    args = run_study.build_parser().parse_args(["run", "--config", "examples/sweep.toml", "--out", str(tmp_path / "s")])
+    studies, out = run_study.prepare(args)
+    standard = build_study_config("standard")
+    assert [folder for _, folder in studies] == [out / config.variant for config, _ in studies]
+    recipes = {config.variant: config for config, _ in studies}
+    assert {"b64", "b128", "b256"} <= set(recipes) and recipes["b64"].train == standard.train
+    for config in recipes.values():
+        assert dataclasses.replace(config.train, batch_size=64, learning_rate=0.003) == standard.train
+        assert config.n_test <= 100 and all(len(plan.eval_lengths) <= 2 for plan in config.tasks)
+        assert [p.train_lengths for p in config.tasks] == [
+            p.train_lengths for p in standard.tasks if p.name in {t.name for t in config.tasks}
+        ]
+    assert len({(c.models, c.seeds, c.tasks) for c in (recipes["b64"], recipes["b128"], recipes["b256"])}) == 1
+
+
+def test_the_bench_recipe_is_the_standard_recipe_with_convergence_stopping_off():
+    from study.bench import bench_recipe
+    from study.config import build_study_config
+
+    standard = build_study_config("standard").train
+    assert bench_recipe() != standard
+    assert dataclasses.replace(bench_recipe(), patience_examples=standard.patience_examples) == standard
+
+
+TINY_SWEEP = """
+profile = "smoke"
+models = ["dot"]
+seeds = [0]
+n_test = 8
+[tasks.date_format]
+train_lengths = [1, 2]
+eval_lengths = [2]
+[train]
+n_train = 512
+epoch_examples = 256
+max_examples = 1024
+patience_examples = 512
+n_validation = 16
+[variants.b16]
+train = { batch_size = 16 }
+[variants.b32]
+train = { batch_size = 32 }
+"""
 
 
 @pytest.mark.slow
-def test_a_sweep_probe_trains_exactly_what_a_study_cell_trains(tmp_path, monkeypatch):
-    """The sweep, the bench and the study train through `study.experiment`: a probe run with the
-    standard recipe and the study's cell of the same task, model and seed have the same history
-    (losses, validation, learning rates, stop) to the last digit.  The sweep's run file holds
-    the recipe and tabulates."""
-    import dataclasses
-
-    from study.bench import bench_recipe
-    from study.cell import identity_train_config, run_cell
-    from study.config import PROFILES, TrainConfig, build_study_config
-    from study.runner import expand_grid
-
-    monkeypatch.setitem(PROFILES, "standard", TINY_STANDARD)
-    monkeypatch.setitem(sweep.RECIPES, "standard", {})
-    monkeypatch.setitem(sweep.PROBES, "date_format/dot", ("date_format", "dot", None))
-    run = sweep.run_probe("standard", "date_format/dot", 0, str(tmp_path))
-    (cell,) = expand_grid(build_study_config("standard"))
-    record = run_cell(cell, build_study_config("standard"), progress=False)
-    drop = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
-    assert drop(run["history"]) == drop(record["history"]) and len(run["history"]) == 3
-    assert (run["stop_reason"], run["examples_seen"]) == (record["stop_reason"], record["examples_seen"])
-    # the run file: every setting
-    assert run["train_config"] == dataclasses.asdict(build_study_config("standard").train)
-    assert identity_train_config(TrainConfig(**run["train_config"])) == record["train_config"]
-    # the bench's recipe: the study's, patience off
-    assert dataclasses.replace(bench_recipe(), patience_examples=512) == build_study_config("standard").train
-    assert "| date_format/dot | standard | 0 |" in sweep.table(tmp_path)
+def test_a_tiny_sweep_runs_as_a_study_and_its_tables_come_from_the_records(tmp_path, monkeypatch):
+    """`run_study.py --config` with recipe variants trains one study per recipe (the batch size
+    in each record), and `python -m study.sweep` tabulates their records into sweep.md: a row per
+    recipe, each run's numbers its record's, and the record's own stretch replayed through the
+    stopping rule stops where training did."""
+    config = tmp_path / "sweep.toml"
+    config.write_text(TINY_SWEEP, encoding="utf-8")
+    out = tmp_path / "sweep"
+    result = run_cli("--config", str(config), "--out", str(out), "--quiet", "--jobs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {p.parent.parent.name: json.loads(p.read_text()) for p in out.glob("b*/cells/*.json")}
+    assert {name: r["train_config"]["batch_size"] for name, r in records.items()} == {"b16": 16, "b32": 32}
+    drawn = subprocess.run(
+        [sys.executable, "-m", "study.sweep", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    text = (out / "sweep.md").read_text(encoding="utf-8")
+    assert text == drawn.stdout and (out / "report.md").exists()
+    for name, r in records.items():
+        best = 100 * max(row["val_seq_acc"] for row in r["history"])
+        assert f"| date_format/dot | {name} | 0 | {best:.1f} |" in text
+        assert f"| {r['stop_reason']} | {r['examples_seen']} | {r['train_seconds']:.0f} |" in text
+    monkeypatch.setattr(sweep, "PATIENCES", (256, 512))
+    runs = sweep.read_runs(out)
+    assert sorted(run["recipe"] for run in runs) == ["b16", "b32"]
+    for run in runs:
+        assert sweep.replay_stop(run, 512)["examples"] == run["examples_seen"]
+    assert "| date_format/dot | b16 | 256 |" in sweep.patience_table(runs)
 
 
 def test_the_sweep_table_reports_convergence_and_the_longest_length():
@@ -94,13 +198,6 @@ def test_the_sweep_table_reports_convergence_and_the_longest_length():
     row = sweep.summarize(run)
     assert row["best_val_seq_acc"] == 0.95 and row["best_val_seq_acc_longest"] == 0.95 and row["best_val_loss"] == 0.2
     assert row["converged"] and row["last_stretch_loss"] == 0.001
-
-
-def test_unknown_recipes_and_probes_are_one_line_errors(capsys):
-    assert sweep.main(["--recipes", "nope"]) == 2
-    assert "unknown recipe 'nope'" in capsys.readouterr().err
-    assert sweep.main(["--probes", "copy/nope"]) == 2
-    assert "unknown probe 'copy/nope'" in capsys.readouterr().err
 
 
 def test_replaying_a_shorter_convergence_stretch_stops_where_the_rule_would_have():
