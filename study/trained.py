@@ -85,8 +85,13 @@ def _usable_here(record: dict) -> bool:
 
 def load_cell_model(out: Path, record: dict):
     """The saved model of `record`, or TrainedModelError when the study did not save one."""
-    from study.models import load_trained
+    from study.models import MODELS, load_trained
 
+    if record["model"] not in MODELS:
+        raise TrainedModelError(
+            f"cell {record['id']}: {MODELS.unknown_message(record['model'])}; "
+            "if it comes from a model file of your own, load it with --model-module PATH"
+        )
     path = Path(out) / record.get("model_file", f"models/{record['id']}.keras")
     if not path.is_file():
         raise TrainedModelError(

@@ -26,8 +26,8 @@ start_backend_unless_started()  # before Keras imports the backend: TensorFlow w
 import keras
 from keras import ops
 
-from study.models.attention import MASKED_SCORE
 from study.models.base import EncoderDecoder
+from study.models.layers.attention import MASKED_SCORE
 from study.vocab import PAD
 
 
