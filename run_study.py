@@ -20,6 +20,7 @@ with a one-line message and exit code 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 import re
@@ -193,16 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _task_module_option(parser: argparse.ArgumentParser) -> None:
+    """--task-module and --model-module, which every command takes."""
     parser.add_argument(
         "--task-module", action="append", default=[], help="a Python file or module defining extra tasks (repeatable)"
+    )
+    parser.add_argument(
+        "--model-module",
+        action="append",
+        default=[],
+        help="a Python file or module defining a model family (repeatable)",
     )
 
 
 def _load_task_modules(args: argparse.Namespace) -> None:
+    """Loads the --task-module and --model-module files of the command line."""
+    from study.models import load_model_module
     from study.tasks import load_task_module
 
     for module in args.task_module:
         load_task_module(module)
+    for module in args.model_module:
+        load_model_module(module)
 
 
 def _require_folder(path: Path, what: str = "results folder") -> Path:
@@ -377,7 +389,6 @@ def prepare(args: argparse.Namespace):
     Returns (studies, out): `studies` a list of (config, folder), one per `[variants.NAME]`
     table of the config file (each in `<out>/<NAME>`, reported together in `out`), or the one
     study, in `out` itself."""
-    import dataclasses
 
     from study.config import PROFILES, build_study_config
 
@@ -529,12 +540,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         data = "".join(f" ({k} {v})" for k, v in task.data_versions.items())
         print(f"  {name:<12} v{task.version}  length = {task.length_unit:<8} {task.description}{data}")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from study.models import MODELS, available_models
+    from study.models import FAMILIES, MODELS, available_models
 
     print("models:")
     width = max(map(len, available_models()))
     for name in available_models():
         print(f"  {name:<{width}}  {MODELS.get(name).description}")
+    print("model settings ([model] table), by family:")
+    for name in FAMILIES.in_order():
+        fields = dataclasses.fields(FAMILIES.get(name).settings)
+        print(f"  {name:<{width}}  {', '.join(f'{f.name} = {f.default!r}' for f in fields)}")
     print("profiles:")
     for name, p in PROFILES.items():
         print(f"  {name:<12} tasks {', '.join(p['tasks'])}; models {', '.join(p['models'])}; seeds {p['seeds']}")
@@ -604,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.executors import ExecutorError
     from study.files import OutputError
     from study.merge import MergeConflictError
+    from study.models import ModelModuleError
     from study.records import NoResultsError, StudyLockedError
     from study.registry import UnknownNameError
     from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
@@ -628,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         TaskContractError,
         TaskModuleError,
         TaskOptionError,
+        ModelModuleError,
         NoResultsError,
         StudyLockedError,
         ExecutorError,

@@ -1,6 +1,6 @@
 """Typed configuration of models and training, with validation that names the bad value.
 
-ModelConfig(units=128, attention_size=64)      # sizes shared by every model of a comparison
+ModelConfig(units=128, heads=8)                # the [model] table: settings of the model families
 TrainConfig(n_train=10000, max_examples=300000)  # a pool of 10,000, validated after every pass; at most 300,000 examples
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from study.text import comma_list
@@ -57,31 +58,40 @@ def _positive_int(owner: str, name: str, value: Any) -> None:
     check_fields(owner, type("Field", (), {name: value})(), {name: POSITIVE_INTEGER})
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Sizes and variants of the encoder-decoder; identical for every attention type in a study.
+class ModelConfig(Mapping):
+    """The `[model]` table: settings of the model families by name, e.g. ModelConfig(units=64, heads=8).
 
-    cell: "gru" or "lstm", for encoder and decoder alike.
-    embedding_dim: size of the source and target character embeddings.
-    units: hidden size of encoder and decoder (and of the attentional layer).
-    attention_size: hidden size of the additive (Bahdanau) scorer.
-    bidirectional: run the encoder in both directions (its outputs and final
-        states are projected back to `units`).
+    Each setting reaches every family whose settings have a field of that name (`units` the
+    RNNs and the Transformer, `cell` the RNNs, `heads` the Transformer; `study.models`); an
+    empty table leaves every family at its defaults.  A name no registered family has is refused
+    here; the values are checked by the settings of each family the study uses
+    (`study.models.effective_model_config`).
     """
 
-    cell: str = "gru"
-    embedding_dim: int = 32
-    units: int = 128
-    attention_size: int = 64
-    bidirectional: bool = False
+    def __init__(self, **settings: Any) -> None:
+        if settings:
+            from study.models import model_setting_names
 
-    def __post_init__(self) -> None:
-        if self.cell not in ("gru", "lstm"):
-            raise ConfigError(f"model.cell must be 'gru' or 'lstm', got {self.cell!r}")
-        for name in ("embedding_dim", "units", "attention_size"):
-            _positive_int("model", name, getattr(self, name))
-        if not isinstance(self.bidirectional, bool):
-            raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
+            known = model_setting_names()
+            unknown = sorted(set(settings) - set(known))
+            if unknown:
+                raise _unknown_setting(f"model.{unknown[0]}", known)
+        self._settings = dict(sorted(settings.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings[key]
+
+    def __iter__(self):
+        return iter(self._settings)
+
+    def __len__(self) -> int:
+        return len(self._settings)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._settings.items()))
+
+    def __repr__(self) -> str:
+        return f"ModelConfig({', '.join(f'{k}={v!r}' for k, v in self._settings.items())})"
 
 
 SCHEDULES = ("constant", "plateau")
@@ -529,10 +539,7 @@ def _unknown_setting(name: str, allowed) -> ConfigError:
 
 def _dataclass_from(cls, raw: Any, where: str):
     if not isinstance(raw, dict):
-        plural = (
-            "; did you mean 'models' (a list of model names)?" if where == "model" and isinstance(raw, list) else ""
-        )
-        raise ConfigError(f"{where} must be a table of settings, got {raw!r}{plural}")
+        raise ConfigError(f"{where} must be a table of settings, got {raw!r}")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
@@ -607,7 +614,7 @@ def build_study_config(
         models=tuple(dict.fromkeys(models)),
         seeds=tuple(dict.fromkeys(seeds)),
         regime=raw.get("regime", "mixed"),
-        model=_dataclass_from(ModelConfig, raw.get("model", {}), "model"),
+        model=_model_table(raw.get("model", {}), models),
         train=_dataclass_from(TrainConfig, raw.get("train", {}), "train"),
         n_test=raw.get("n_test", 1000),
         backend=raw.get("backend", "tensorflow"),
@@ -617,6 +624,21 @@ def build_study_config(
         tensorboard=raw.get("tensorboard", False),
         families=parse_families(raw.get("families")),
     )
+
+
+def _model_table(raw: Any, models: list[str]) -> ModelConfig:
+    """The `[model]` table, its values checked by the families of `models` (names not registered
+    are left to the grid's own check)."""
+    if not isinstance(raw, dict):
+        plural = "; did you mean 'models' (a list of model names)?" if isinstance(raw, list) else ""
+        raise ConfigError(f"model must be a table of settings, got {raw!r}{plural}")
+    from study.models import MODELS, effective_model_config
+
+    table = ModelConfig(**raw)
+    for name in models:
+        if name in MODELS:
+            effective_model_config(name, table)
+    return table
 
 
 def parse_families(raw: Any) -> tuple[ComparisonFamily, ...]:
@@ -633,6 +655,9 @@ def parse_families(raw: Any) -> tuple[ComparisonFamily, ...]:
 
 def config_to_dict(config: StudyConfig) -> dict:
     """A JSON-serialisable copy of the configuration."""
+    from study.models import model_settings_table
+
     out = dataclasses.asdict(config)
+    out["model"] = model_settings_table(config.models, config.model)
     out["tasks"] = [{**t, "options": dict(t["options"])} for t in out["tasks"]]
     return out

@@ -139,13 +139,12 @@ def _exit_with_parent(parent: int, every: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _prepare_worker(backend: str, threads: int, plugins: list[str]) -> None:
+def _prepare_worker(backend: str, threads: int, plugins: list[tuple[str, str]]) -> None:
     os.environ["KERAS_BACKEND"] = backend
     limit_threads(backend, threads)
-    from study.tasks import load_task_module
+    from study.plugins import load_plugins
 
-    for module in plugins:
-        load_task_module(module)
+    load_plugins(plugins)
 
 
 @contextlib.contextmanager
@@ -189,7 +188,7 @@ def run_cells(
         KeyboardInterrupt: Ctrl-C (`Interrupt.requested`), at the executor's next safe point.
         ExecutorError: Ray is missing or its cluster cannot be reached.
     """
-    from study.tasks import loaded_plugins
+    from study.plugins import loaded_plugins
 
     if not todo:
         return

@@ -63,8 +63,8 @@ def prepare(
     need more than 80% of `memory_share` of the free memory (`what` names the cell)."""
 
     from study.data import make_splits
-    from study.models import build_model, effective_model_config, get_model_spec
-    from study.train import check_memory, estimate_training_bytes
+    from study.models import build_model, training_bytes
+    from study.train import check_memory
     from study.vocab import Vocabulary
 
     t0 = time.perf_counter()
@@ -73,14 +73,7 @@ def prepare(
     sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
     longest_source = max(len(s) for s in splits.train.sources)
     longest_target = max(len(t) for t in splits.train.targets)
-    needed = estimate_training_bytes(
-        effective_model_config(model_name, model_cfg),
-        train_cfg,
-        longest_source,
-        longest_target,
-        tv.size,
-        get_model_spec(model_name).attention,
-    )
+    needed = training_bytes(model_name, model_cfg, train_cfg.batch_size, longest_source, longest_target, tv.size)
     check_memory(
         needed,
         share=memory_share,

@@ -14,7 +14,10 @@ or numbers and drop out of every grouping.
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import sys
+from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -92,8 +95,39 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """Registered names in the order they were registered."""
+        return list(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_plugin(target: str | Path, prefix: str) -> str:
+    """Imports a plugin: a Python file (as the module `<prefix><file stem>`, once per process) or
+    a dotted module name.  Returns what another process passes to load the same plugin: a file's
+    absolute path, or the module name.  Errors inside the plugin propagate as they are; a file
+    that is missing raises FileNotFoundError."""
+    target = str(target)
+    if not (target.endswith(".py") or Path(target).exists()):
+        importlib.import_module(target)
+        return target
+    file = Path(target).resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file: {target}")
+    module_name = f"{prefix}{file.stem}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {target} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    return str(file)

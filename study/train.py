@@ -61,7 +61,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.config import ModelConfig, TrainConfig
+from study.config import TrainConfig
 from study.data import Dataset
 from study.evaluate import decode, decode_at_target_length, decode_steps, score
 from study.files import read_text, write_atomic, write_json_atomic
@@ -78,23 +78,6 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 class MemoryBudgetError(MemoryError):
     """A cell would need more memory than the machine has free; the message says what to lower."""
-
-
-def estimate_training_bytes(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, source_len: int, target_len: int, vocab_size: int, attention: str
-) -> int:
-    """Rough peak activation memory of one training step on the longest batch (float32, forward
-    activations kept for the backward pass, about 3 copies of the largest tensors)."""
-    b, s, t, u = train_cfg.batch_size, source_len, target_len + 1, model_cfg.units
-    directions = 2 if model_cfg.bidirectional else 1
-    floats = b * (s * directions + t) * 8 * u  # recurrent gates and states per step
-    floats += 3 * b * t * vocab_size  # logits, softmax, gradient
-    if attention != "none":
-        floats += 3 * b * t * s  # scores, weights, gradient
-        floats += 2 * b * t * (2 * u)  # context and attentional state
-        if attention == "additive":
-            floats += 2 * b * t * s * model_cfg.attention_size  # tanh(W1 h + W2 s) and its gradient
-    return 4 * floats
 
 
 def check_memory(needed: int, share: float = 1.0, what: str = "this cell") -> None:

@@ -101,8 +101,13 @@ def cell_model_path(out: Path, record: dict) -> Path:
 
 def load_cell_model(out: Path, record: dict):
     """The saved model of `record`, or TrainedModelError when the study did not save one."""
-    from study.models import load_trained
+    from study.models import MODELS, load_trained
 
+    if record["model"] not in MODELS:
+        raise TrainedModelError(
+            f"cell {record['id']}: {MODELS.unknown_message(record['model'])}; "
+            "if it comes from a model file of your own, load it with --model-module PATH"
+        )
     return load_trained(cell_model_path(out, record))
 
 

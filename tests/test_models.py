@@ -1,10 +1,15 @@
-"""The models: decoding matches the trained model, padding changes nothing, shapes and sizes,
-and a small run that shows attention's effect."""
+"""The models: decoding matches the trained model, padding changes nothing, a saved model loads
+back the same, shapes and sizes, and a small run that shows attention's effect.
+
+The contract tests run over the whole registry, with the example family kept outside the
+repository (`examples/my_model.py`) loaded first: a new family is tested without a test of its own.
+"""
 
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,27 +18,43 @@ import pytest
 from study.config import ModelConfig, TrainConfig
 from study.data import make_splits
 from study.evaluate import evaluate
-from study.models import available_models, build_model, effective_model_config, get_model_spec
+from study.models import (
+    available_models,
+    build_model,
+    effective_model_config,
+    get_model_spec,
+    load_model_module,
+    load_trained,
+)
+from study.models.rnn import RNNSettings
 from study.registry import UnknownNameError
 from study.tasks import get_task
 from study.train import EncodedSet, compile_model, train_model
 from study.vocab import END, PAD, START, Vocabulary
 
-TINY = ModelConfig(embedding_dim=8, units=16, attention_size=8)
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_model.py"
+EXAMPLE_MODELS = load_model_module(EXAMPLE)  # [] when another test module loaded it first
+TINY = ModelConfig(embedding_dim=8, units=16, attention_size=8, key_size=8)
 VARIANTS = [(name, TINY) for name in available_models()] + [
     ("none", ModelConfig(cell="lstm", embedding_dim=8, units=16, bidirectional=True)),
     ("dot_recurrent", ModelConfig(cell="lstm", embedding_dim=8, units=16, attention_size=8)),
     ("general_recurrent", ModelConfig(embedding_dim=8, units=16, attention_size=8, bidirectional=True)),
 ]
-IDS = [f"{n}-{c.cell}{'-bi' if c.bidirectional else ''}" for n, c in VARIANTS]
+IDS = available_models() + ["none-lstm-bi", "dot_recurrent-lstm", "general_recurrent-bi"]
+
+
+def test_the_registry_wide_tests_cover_a_family_loaded_from_outside():
+    assert "multiplicative" in available_models() and get_model_spec("multiplicative").family == "multiplicative"
+    assert "multiplicative" in IDS
 
 
 def test_registered_variants_change_only_their_own_fields():
-    assert effective_model_config("additive_lstm", TINY) == ModelConfig(
+    assert effective_model_config("additive_lstm", TINY) == RNNSettings(
         cell="lstm", embedding_dim=8, units=16, attention_size=8
     )
     assert effective_model_config("none_bidirectional", TINY).bidirectional is True
-    assert effective_model_config("additive", TINY) == TINY
+    assert effective_model_config("additive", TINY) == RNNSettings(embedding_dim=8, units=16, attention_size=8)
+    assert effective_model_config("transformer", ModelConfig(units=16, heads=2)).heads == 2
 
 
 def _task_data():
@@ -140,23 +161,42 @@ def test_teacher_forced_attention_is_masked(trained):
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
 
 
+def test_a_saved_model_loads_back_and_decodes_the_same(trained, tmp_path):
+    """Save and load round trip: `load_trained` (no import list: each family registers its own
+    Keras classes) gives a model with the same alphabets, logits and greedy output."""
+    name, model, splits, sv, tv = trained
+    model.alphabets = {"source": sv.alphabet, "target": tv.alphabet}
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = load_trained(path)
+    assert type(loaded) is type(model) and loaded.vocabularies()[1].alphabet == tv.alphabet
+    source = sv.encode_batch(splits.test[7].sources[:8])
+    a = model.greedy_decoder(STEPS, with_logits=True).predict(source, verbose=0)
+    b = loaded.greedy_decoder(STEPS, with_logits=True).predict(source, verbose=0)
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,config", VARIANTS, ids=IDS)
 def test_shapes_and_parameter_counts(name, config):
     model = build_model(name, 11, 13, config)
     logits = model((np.ones((3, 5), "int32"), np.ones((3, 4), "int32")))
     assert tuple(logits.shape) == (3, 4, 13)
-    config = effective_model_config(name, config)  # a registered variant's own cell / encoder
-    e, u, a = config.embedding_dim, config.units, config.attention_size
-    gates = 3 if config.cell == "gru" else 4
-    rnn = lambda n_in: gates * (n_in * u + u * u + (2 * u if config.cell == "gru" else u))  # noqa: E731
     spec = get_model_spec(name)
     if spec.family == "transformer":  # sized to the GRU models' parameter count, not to a formula
         additive = build_model("additive", 11, 13, config).count_params()
         assert 0.8 < model.count_params() / additive < 1.25
         assert 0.9 < build_model(name, 19, 19).count_params() / build_model("additive", 19, 19).count_params() < 1.1
         return
+    if spec.family != "rnn":  # a family of its own: the output shape is its contract here
+        return
+    config = effective_model_config(name, config)  # a registered variant's own cell / encoder
+    e, u, a = config.embedding_dim, config.units, config.attention_size
+    gates = 3 if config.cell == "gru" else 4
+    rnn = lambda n_in: gates * (n_in * u + u * u + (2 * u if config.cell == "gru" else u))  # noqa: E731
     attention = spec.attention
-    decoder_input = e + u if spec.placement in ("recurrent", "every_step") else e  # the context is fed into the cell
+    placement = spec.option("placement", "output")
+    decoder_input = e + u if placement in ("recurrent", "every_step") else e  # the context is fed into the cell
     expected = 11 * e + 13 * e + rnn(e) * (2 if config.bidirectional else 1) + rnn(decoder_input) + u * 13 + 13
     n_states = 2 if config.cell == "lstm" else 1
     if config.bidirectional:
@@ -164,13 +204,13 @@ def test_shapes_and_parameter_counts(name, config):
         if attention != "none":
             expected += 2 * u * u + u
     # read-out of [c; s] or s
-    expected += (2 * u * u + u) if attention != "none" or spec.placement == "every_step" else (u * u + u)
+    expected += (2 * u * u + u) if attention != "none" or placement == "every_step" else (u * u + u)
     expected += {"none": 0, "dot": 0, "general": u * u, "additive": 2 * u * a + a + a}[attention]
     assert model.count_params() == expected
 
 
 def test_the_context_at_every_step_is_for_a_model_without_attention():
-    from study.models.seq2seq import Seq2Seq
+    from study.models.layers.seq2seq import Seq2Seq
 
     with pytest.raises(ValueError, match="every_step"):
         Seq2Seq(11, 13, attention="dot", placement="every_step")
@@ -248,11 +288,12 @@ def _run_without_notices(code: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_keras_load_model_after_importing_the_model_modules_is_quiet(tmp_path):
-    """The README's second route to a saved model, `keras.saving.load_model` once the model
-    modules are imported, starts TensorFlow without its start-up notices, as `load_trained` does."""
+    """The README's second route to a saved model, `keras.saving.load_model` once every family's
+    Keras classes are imported, starts TensorFlow without its start-up notices, as `load_trained` does."""
     code = textwrap.dedent(
         f"""
-        import study.models.seq2seq, study.models.transformer
+        from study.models import keras_classes
+        keras_classes()
         import keras
         from study.config import ModelConfig
         from study.models import build_model

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import run_cli
 from study.cell import cell_id, cell_identity
-from study.config import ConfigError, build_study_config
+from study.config import ConfigError, ModelConfig, build_study_config
 from study.runner import expand_grid
 from study.tasks import get_task
 
@@ -335,8 +335,8 @@ R = dataclasses.replace
         (lambda c: R(c, regime="per_length"), {}),
         (lambda c: R(c, n_test=c.n_test + 1), {}),
         (lambda c: R(c, backend="jax"), {}),
-        (lambda c: R(c, model=R(c.model, units=c.model.units + 1)), {}),
-        (lambda c: R(c, model=R(c.model, cell="lstm")), {}),
+        (lambda c: R(c, model=ModelConfig(**{**c.model, "units": c.model["units"] + 1})), {}),
+        (lambda c: R(c, model=ModelConfig(**{**c.model, "cell": "lstm"})), {}),
         (lambda c: R(c, train=R(c.train, learning_rate=c.train.learning_rate / 2)), {}),
         (lambda c: R(c, train=R(c.train, n_validation=c.train.n_validation + 1)), {}),
         (lambda c: R(c, train=R(c.train, pad_multiple=c.train.pad_multiple + 1)), {}),

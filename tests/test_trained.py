@@ -37,7 +37,7 @@ def test_a_saved_model_reloads_in_a_fresh_process_and_decodes_the_same(smoke_run
     code = textwrap.dedent(
         f"""
         import json, keras
-        import study.models.seq2seq, study.models.transformer  # register the model classes
+        from study.models import keras_classes; keras_classes()  # register the model classes
         from study.evaluate import decode, decode_steps
         model = keras.saving.load_model({str(out / record["model_file"])!r}, compile=False)
         sv, tv = model.vocabularies()

@@ -15,7 +15,6 @@ the first time each configuration is built.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -25,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from study.registry import DuplicateNameError, Registry, UnknownNameError
+from study.registry import DuplicateNameError, Registry, UnknownNameError, import_plugin
 from study.tasks.base import Task, TaskContractError, check_task
 
 __all__ = [
@@ -199,27 +198,8 @@ def load_task_module(path: str | Path) -> list[str]:
     _discover()
     before = set(TASKS.names())
     target = str(path)
-    recorded = target  # what worker processes load: a file by its absolute path, a module by name
     try:
-        if target.endswith(".py") or Path(target).exists():
-            file = Path(target).resolve()
-            recorded = str(file)
-            if not file.is_file():
-                raise FileNotFoundError(f"no such file: {target}")
-            module_name = f"study_task_plugin_{file.stem}"
-            if module_name not in sys.modules:
-                spec = importlib.util.spec_from_file_location(module_name, file)
-                if spec is None or spec.loader is None:
-                    raise ImportError(f"cannot load {target} as a Python module")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[module_name]
-                    raise
-        else:
-            importlib.import_module(target)
+        recorded = import_plugin(target, "study_task_plugin_")
     except TaskContractError:
         raise
     except DuplicateNameError as exc:

@@ -46,8 +46,8 @@ start_backend_unless_started()  # before Keras imports the backend: TensorFlow w
 import keras
 from keras import ops
 
-from study.models.attention import SCORERS, attend
 from study.models.base import EncoderDecoder
+from study.models.layers.attention import SCORERS, attend
 from study.vocab import PAD
 
 RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
