@@ -123,11 +123,12 @@ SETTING_FIELDS = (
 def setting_key(record: dict) -> str:
     """What defines a cell besides its seed and model, as a short hash ("s" and 8 hex digits, the
     letter first so that no CSV reader or spreadsheet takes it for a number: "6e196681" reads as
-    infinity): rows of one setting are compared; different settings are never averaged together."""
+    infinity): rows of one setting are compared; different settings are never averaged together.
+    The model sizes come from the study's `[model]` table (the settings of all its families), so
+    models of different families in one study share a setting and are compared."""
     fields = {f: record.get(f) for f in SETTING_FIELDS}
-    fields["model_size"] = {
-        k: v for k, v in (record.get("model_config") or {}).items() if k not in ("cell", "bidirectional")
-    }
+    sizes = (record.get("config") or {}).get("model") or record.get("model_config") or {}
+    fields["model_size"] = {k: v for k, v in sizes.items() if k not in ("cell", "bidirectional")}
     return "s" + json_digest(fields, 8)
 
 
