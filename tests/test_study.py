@@ -79,9 +79,9 @@ def test_rerun_skips_finished_cells_and_report_redraws(smoke_run):
     out, _ = smoke_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     metrics_before = (out / "metrics.csv").read_text()
-    # a record of another grid in the folder: said so, and `report --all` includes it
+    # a record of another grid (other settings) in the folder: said so, and `report --all` includes it
     record = json.loads(next(iter((out / "cells").glob("*.json"))).read_text())
-    record.update(id="copy-none-s7-000000000000", seed=7)
+    record.update(id="copy-none-s7-000000000000", seed=7, n_test=record["n_test"] + 1)
     (out / "cells" / "copy-none-s7-000000000000.json").write_text(json.dumps(record))
     again = run_cli("--profile", "smoke", "--out", str(out))  # output piped, as into a log file
     assert again.returncode == 0, again.stderr[-2000:]

@@ -153,13 +153,13 @@ def _length_table(
     missing: str,
     interval: bool = True,
     spread: bool = False,
+    mean: bool = True,
 ) -> list[str]:
     """Markdown rows: one per model with the seeds behind it, one column per length (* marks
     trained lengths), each cell 'mean [low, high]' in percent from the columns `<prefix>_mean`,
-    `_ci_low`, `_ci_high` ('mean' alone without `interval`, or for a one-seed row with
-    `signed`, whose interval holds sampling error only and is still shown); with `spread`,
-    'mean (lowest-highest seed) [low, high]' from `_min` and `_max` too."""
-    pattern = "{:+.1f} [{:+.1f}, {:+.1f}]" if signed else "{:.1f} [{:.1f}, {:.1f}]"
+    `_ci_low`, `_ci_high` ('mean' alone without `interval`; '[low, high]' alone without `mean`);
+    with `spread`, 'mean (lowest-highest seed)' from `_min` and `_max` too (one seed: its value)."""
+    number = "{:+.1f}" if signed else "{:.1f}"
     lines = [
         "| model | seeds | " + " | ".join(f"{L}{'*' if lo <= L <= hi else ''}" for L in lengths) + " |",
         "|---" * (len(lengths) + 2) + "|",
@@ -171,13 +171,18 @@ def _length_table(
             if L not in by_length.index or math.isnan(by_length.loc[L, f"{prefix}_mean"]):
                 cells.append(missing)
                 continue
-            parts = ("mean", "ci_low", "ci_high") if interval else ("mean",)
-            values = [round(100 * by_length.loc[L, f"{prefix}_{part}"], 1) + 0.0 for part in parts]  # + 0.0: no "-0.0"
-            cell = pattern.format(*values) if interval else f"{values[0]:.1f}"
+            value = {
+                part: number.format(round(100 * by_length.loc[L, f"{prefix}_{part}"], 1) + 0.0)  # + 0.0: no "-0.0"
+                for part in ("mean", "ci_low", "ci_high")
+                if f"{prefix}_{part}" in by_length.columns
+            }
+            shown = [value["mean"]] if mean else []
             if spread and by_length.loc[L, "seeds"] > 1:  # every seed visible: the lowest and highest
                 low, high = (100 * by_length.loc[L, f"{prefix}_{part}"] for part in ("min", "max"))
-                cell = cell.replace(" [", f" ({low:.1f}-{high:.1f}) [", 1)
-            cells.append(cell)
+                shown.append(f"({low:.1f}-{high:.1f})")
+            if interval:
+                shown.append(f"[{value['ci_low']}, {value['ci_high']}]")
+            cells.append(" ".join(shown))
         seeds = sorted(set(int(x) for x in rows["seeds"]))
         lines.append(
             f"| {md(model)} | {'-'.join(map(str, seeds[:: max(1, len(seeds) - 1)]))} | " + " | ".join(cells) + " |"
@@ -254,16 +259,19 @@ def summary_markdown(
         lengths = sorted(group["length"].unique())
         label = f"; {names[setting]}" if setting in names else ""
         lines = [
-            f"### {md(task)} ({trained_on(lo, hi, units.get(task))}{label}; exact match %, mean [95% interval] over seeds)",
+            f"### {md(task)} ({trained_on(lo, hi, units.get(task))}{label}; exact match %, mean over seeds (lowest-highest seed))",
             "",
         ]
-        lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True)
+        lines += _length_table(
+            group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", spread=True, interval=False
+        )
         lines += [
             "",
-            f"Mean over seeds (lowest-highest seed) [95% interval]; {_examples_note(group, distinct)}; {INTERVAL_METHOD}; {INTERVAL_CENTRE}; "
-            "* = inside the trained range.",
+            f"{_examples_note(group, distinct)}; * = inside the trained range. Their 95% intervals:",
             "",
         ]
+        lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", mean=False)
+        lines += ["", f"{INTERVAL_METHOD}; {INTERVAL_CENTRE}.", ""]
         if group["oracle_seq_acc_mean"].notna().any():
             lines += [
                 "Diagnostics (means over seeds): oracle-length exact match %, END held back until the target's length "

@@ -199,7 +199,11 @@ def comparison_frame(metrics: pd.DataFrame, families=STANDARD_FAMILIES, alpha: f
     rows = []
     for key, group in metrics.groupby(keys, sort=False):
         by_model = group.pivot_table(index="seed", columns="series", values="seq_acc", aggfunc="first", dropna=False)
-        counts = group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False)
+        counts = (
+            group.pivot_table(index="seed", columns="series", values="n_examples", aggfunc="first", dropna=False)
+            if "n_examples" in group
+            else by_model * np.nan  # only failed cells: nothing to compare
+        )
         order = [m for m in dict.fromkeys(group["series"]) if m in by_model.columns]
         for a, b in itertools.combinations(order, 2):
             index = family_of(a, b, key[-1], families)
