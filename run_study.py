@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import difflib
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -266,38 +265,12 @@ def _load_config_file(path: Path) -> dict:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _overrides(args: argparse.Namespace, profile_tasks: dict) -> dict:
-    """Settings given on the command line, in the shape of a config file."""
-    from study.config import parse_lengths
-    from study.tasks import get_task
+def _command_line(args: argparse.Namespace) -> dict:
+    """The study settings given on the command line, as `study.config.study_configs` takes them."""
+    from study.config import COMMAND_LINE_SETTINGS
 
-    for flag, value in (("--train-lengths", args.train_lengths), ("--lengths", args.lengths)):
-        if value:
-            parse_lengths(value, flag)  # a bad value is named by the flag the user typed
-    overrides: dict = {}
-    for name in ("models", "seeds", "regime", "backend", "jobs", "tensorboard"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.tasks is not None or args.lengths or args.train_lengths:
-        selected = args.tasks if args.tasks is not None else list(profile_tasks)
-        tasks = {}
-        for name in selected:
-            get_task(name)  # an unknown name fails here, with a suggestion
-            plan = dict(profile_tasks.get(name, {}))
-            if args.lengths:
-                plan["eval_lengths"] = args.lengths
-            if args.train_lengths:
-                plan["train_lengths"] = args.train_lengths
-            missing = [
-                flag
-                for key, flag in (("train_lengths", "--train-lengths"), ("eval_lengths", "--lengths"))
-                if key not in plan
-            ]
-            if missing:
-                raise UsageError(f"task {name!r} is not in the profile; give its lengths with {' and '.join(missing)}")
-            tasks[name] = plan
-        overrides["tasks"] = tasks
-    return overrides
+    given = {name: getattr(args, name) for name in COMMAND_LINE_SETTINGS if getattr(args, name) is not None}
+    return {**given, "tasks": args.tasks, "train_lengths": args.train_lengths, "eval_lengths": args.lengths}
 
 
 def _check_output_dir(out: Path) -> None:
@@ -325,64 +298,6 @@ def _check_output_dir(out: Path) -> None:
         raise UsageError(f"output folder {out} is not writable: {exc}") from None
 
 
-VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def _variants(file_settings: dict) -> dict[str, dict]:
-    """The config file's `[variants.NAME]` tables, taken out of `file_settings`: each a table of
-    study settings that its own study merges over the rest of the file ({} when there are none)."""
-    variants = file_settings.pop("variants", None)
-    if variants is None:
-        return {}
-    if not isinstance(variants, dict) or not variants:
-        raise UsageError("variants must be one or more tables [variants.NAME] of study settings")
-    for name, settings in variants.items():
-        if not VARIANT_NAME.fullmatch(name):
-            raise UsageError(f"variant name {name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
-        if not isinstance(settings, dict):
-            raise UsageError(f"variants.{name} must be a table of settings, got {settings!r}")
-        if "profile" in settings or "variants" in settings:
-            raise UsageError(f"variants.{name} cannot set profile or variants; set the profile at the top of the file")
-    return variants
-
-
-def _study_config(args: argparse.Namespace, profile: str, file_settings: dict, selected_tasks: dict | None = None):
-    """The validated configuration of one study: the profile, then `file_settings`, then the
-    command line; `selected_tasks` (a variant's own tasks) replaces the task list unless
-    `--tasks` gives one."""
-    from study.config import PROFILES, build_study_config, file_task_plans
-
-    file_settings = dict(file_settings)
-    file_tasks = file_settings.get("tasks")
-    plans = file_task_plans(profile, file_tasks) if isinstance(file_tasks, dict) else {}
-    base_tasks = {
-        **PROFILES[profile]["tasks"],
-        **{name: plan for name, plan in plans.items() if isinstance(plan, dict)},
-    }  # others: refused by the config
-    if args.tasks is not None:
-        file_settings.pop("tasks", None)
-    overrides = _overrides(args, base_tasks)
-    if selected_tasks is not None and "tasks" not in overrides:
-        if not isinstance(selected_tasks, dict):
-            raise UsageError(f"a variant's tasks must be a table of task name -> settings, got {selected_tasks!r}")
-        overrides["tasks"] = {
-            name: {**base_tasks.get(name, {}), **(plan or {})} for name, plan in selected_tasks.items()
-        }
-    config = build_study_config(profile, file_settings, overrides)
-    from study.models import get_model_spec
-
-    for model in config.models:
-        get_model_spec(model)
-    for plan in config.tasks:
-        task = plan.build()
-        for length in (*plan.train_lengths, *plan.eval_lengths):
-            try:
-                task.check_length(length)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-    return config
-
-
 def prepare(args: argparse.Namespace):
     """Validates everything a run needs before anything is written.
 
@@ -390,26 +305,13 @@ def prepare(args: argparse.Namespace):
     table of the config file (each in `<out>/<NAME>`, reported together in `out`), or the one
     study, in `out` itself."""
 
-    from study.config import PROFILES, build_study_config
+    from study.config import study_configs
 
     _load_task_modules(args)
     file_settings = _load_config_file(args.config) if args.config else {}
-    profile = file_settings.pop("profile", None) or args.profile
-    if profile not in PROFILES:
-        build_study_config(profile)  # raises the unknown-profile error
-    variants = _variants(file_settings)
-    out = args.out or Path("results") / profile
-    if variants:
-        from study.config import merge_settings
-
-        studies = []
-        for name, settings in variants.items():
-            settings = dict(settings)
-            selected = settings.pop("tasks", None)
-            config = _study_config(args, profile, merge_settings(file_settings, settings), selected)
-            studies.append((dataclasses.replace(config, variant=name), out / name))
-    else:
-        studies = [(_study_config(args, profile, file_settings), out)]
+    configs = study_configs(args.profile, file_settings, _command_line(args))
+    out = args.out or Path("results") / configs[0].profile
+    studies = [(config, out / config.variant if config.variant else out) for config in configs]
     backends = {config.backend for config, _ in studies}
     if len(backends) > 1:
         raise UsageError(f"the variants of one config file run on one backend, got {', '.join(sorted(backends))}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -289,8 +290,8 @@ class ComparisonFamily:
 # the claim under test (attention against the single context vector inside the trained range) and
 # two exploratory families, each corrected on its own
 STANDARD_FAMILIES = (
-    ComparisonFamily("each attention model against none, at the trained lengths", "none", "trained", primary=True),
-    ComparisonFamily("each attention model against none, beyond the trained range", "none", "beyond"),
+    ComparisonFamily("each other model against none, at the trained lengths", "none", "trained", primary=True),
+    ComparisonFamily("each other model against none, beyond the trained range", "none", "beyond"),
     ComparisonFamily("the other pairs of models, at every length", EACH_OTHER, "all"),
 )
 
@@ -661,3 +662,117 @@ def config_to_dict(config: StudyConfig) -> dict:
     out["model"] = model_settings_table(config.models, config.model)
     out["tasks"] = [{**t, "options": dict(t["options"])} for t in out["tasks"]]
     return out
+
+
+# the command line's study settings (`study_configs`' `command_line`), besides tasks and lengths
+COMMAND_LINE_SETTINGS = ("models", "seeds", "regime", "backend", "jobs", "tensorboard")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def study_configs(profile: str | None, file_settings: dict, command_line: dict) -> list[StudyConfig]:
+    """The validated configurations of one run, each setting taken from the first of: the command
+    line, the config file's variant, the rest of the config file, the profile.
+
+    Args:
+        profile: the profile named on the command line (the file's `profile` wins; None: "standard").
+        file_settings: a parsed config file (`{}` without one); each `[variants.NAME]` table is a
+            study of its own, merged over the rest of the file and named by `variant`.
+        command_line: settings given on the command line: `COMMAND_LINE_SETTINGS`, `tasks` (a list
+            of names: it selects, it does not add), `train_lengths` and `eval_lengths` (strings as
+            typed, applied to every selected task).
+
+    Returns:
+        One StudyConfig per variant in the file's order, or the one study.
+
+    Raises:
+        ConfigError: a one-line message naming the bad key or value (and the flag that gave it).
+    """
+    file_settings = dict(file_settings)
+    profile = file_settings.pop("profile", None) or profile or "standard"
+    if profile not in PROFILES:
+        build_study_config(profile)  # raises the unknown-profile error
+    variants = _variants(file_settings)
+    if not variants:
+        return [_one_study(profile, file_settings, command_line)]
+    configs = []
+    for name, settings in variants.items():
+        settings = dict(settings)
+        selected = settings.pop("tasks", None)
+        config = _one_study(profile, merge_settings(file_settings, settings), command_line, selected)
+        configs.append(dataclasses.replace(config, variant=name))
+    return configs
+
+
+def _variants(file_settings: dict) -> dict[str, dict]:
+    """The config file's `[variants.NAME]` tables, taken out of `file_settings` ({} for none)."""
+    variants = file_settings.pop("variants", None)
+    if variants is None:
+        return {}
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError("variants must be one or more tables [variants.NAME] of study settings")
+    for name, settings in variants.items():
+        if not VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"variant name {name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"variants.{name} must be a table of settings, got {settings!r}")
+        if "profile" in settings or "variants" in settings:
+            raise ConfigError(f"variants.{name} cannot set profile or variants; set the profile at the top of the file")
+    return variants
+
+
+def _command_line_tasks(command_line: dict, base_tasks: dict) -> dict | None:
+    """The command line's task plans ({name: settings}) from `tasks`, `eval_lengths` and
+    `train_lengths` over `base_tasks` (the profile's and the file's), or None when it gives none."""
+    from study.tasks import get_task
+
+    lengths = {key: command_line.get(key) for key in ("train_lengths", "eval_lengths")}
+    flags = {"train_lengths": "--train-lengths", "eval_lengths": "--lengths"}
+    for key, value in lengths.items():
+        if value:
+            parse_lengths(value, flags[key])  # a bad value is named by the flag the user typed
+    if command_line.get("tasks") is None and not any(lengths.values()):
+        return None
+    tasks = {}
+    for name in command_line.get("tasks") or list(base_tasks):
+        get_task(name)  # an unknown name fails here, with a suggestion
+        plan = {**base_tasks.get(name, {}), **{key: value for key, value in lengths.items() if value}}
+        missing = [flags[key] for key in flags if key not in plan]
+        if missing:
+            raise ConfigError(f"task {name!r} is not in the profile; give its lengths with {' and '.join(missing)}")
+        tasks[name] = plan
+    return tasks
+
+
+def _one_study(profile: str, file_settings: dict, command_line: dict, selected_tasks: Any = None) -> StudyConfig:
+    """One study's configuration (`study_configs`); `selected_tasks`, a variant's own tasks,
+    replaces the task list unless the command line gives one.  Checks every model name and every
+    length against its task."""
+    file_settings = dict(file_settings)
+    file_tasks = file_settings.get("tasks")
+    plans = file_task_plans(profile, file_tasks) if isinstance(file_tasks, dict) else {}
+    base_tasks = {**PROFILES[profile]["tasks"], **{n: p for n, p in plans.items() if isinstance(p, dict)}}
+    if command_line.get("tasks") is not None:
+        file_settings.pop("tasks", None)
+    overrides = {name: command_line[name] for name in COMMAND_LINE_SETTINGS if command_line.get(name) is not None}
+    tasks = _command_line_tasks(command_line, base_tasks)
+    if tasks is not None:
+        overrides["tasks"] = tasks
+    elif selected_tasks is not None:
+        if not isinstance(selected_tasks, dict):
+            raise ConfigError(f"a variant's tasks must be a table of task name -> settings, got {selected_tasks!r}")
+        overrides["tasks"] = {
+            name: {**base_tasks.get(name, {}), **(plan or {})} for name, plan in selected_tasks.items()
+        }
+    config = build_study_config(profile, file_settings, overrides)
+    from study.models import get_model_spec
+
+    for model in config.models:
+        get_model_spec(model)
+    for plan in config.tasks:
+        task = plan.build()
+        for length in (*plan.train_lengths, *plan.eval_lengths):
+            try:
+                task.check_length(length)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+    return config

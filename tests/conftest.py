@@ -6,6 +6,7 @@ helpers: tests/helpers.py).
     python -m pytest -q -rs -n 2 --dist loadgroup -m "not slow"   # the fast tier: no training runs or end-to-end studies
 """
 
+import gc
 import os
 
 import pytest
@@ -22,6 +23,16 @@ SHARED_FIXTURES = (
     "trained",
     "drawn",
 )
+
+
+def pytest_sessionfinish(session):
+    """On a pytest-xdist worker, freezes the heap (`gc.freeze`) once the tests are done, so the
+    garbage collections that pytest runs on its way out take milliseconds instead of the seconds
+    that a heap of TensorFlow and JAX objects takes on a busy machine: execnet sends a worker still
+    busy 5 s after the end a SIGINT, which landed in hypothesis's garbage-collector callback and
+    printed a KeyboardInterrupt traceback under a green run."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        gc.freeze()
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

@@ -385,3 +385,13 @@ def test_the_readme_predicts_with_a_folder_a_newcomer_can_make_in_minutes():
     commands = re.findall(r"python run_study.py predict (\S+)", readme)
     assert "results/smoke" in commands and all(folder.endswith("smoke") for folder in commands), commands
     assert "--profile smoke --out results/smoke" in readme  # how to make it, beside the example
+
+
+def test_a_two_seed_interval_says_why_it_is_wide():
+    """With two seeds an interval over seeds that disagree cannot be narrow (a Student-t with one
+    degree of freedom): the bottleneck's 2-seed tables say so; the reference's 3-seed ones do not."""
+    from study.report.statistics import few_seeds_note
+
+    assert few_seeds_note(2) and not few_seeds_note(3) and not few_seeds_note(1)
+    assert few_seeds_note(2) in (RESULTS / "bottleneck" / "summary.md").read_text(encoding="utf-8")
+    assert few_seeds_note(2) not in (RESULTS / "reference" / "summary.md").read_text(encoding="utf-8")

@@ -827,6 +827,15 @@ def test_a_quoted_number_that_differs_from_its_quantity_or_drops_its_caveat_is_f
         "Copy/none, still learning at the ceiling: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:"
     )
     assert check_quotations("x 1.0% (`reference:copy.nope.exact_match@16`)", q, "reference:")
+    assert check_quotations("copy scores 98.6 min (`reference:copy.additive.exact_match@32`).", q, "reference:")
+    assert check_quotations(
+        "Copy/none is not still learning at the ceiling: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:"
+    )
+    assert check_quotations(
+        "| dot, still learning at the ceiling | 1 |\n| none | 5.1% (`reference:copy.none.exact_match@16`) |",
+        q,
+        "reference:",
+    )
 
 
 def test_seeds_that_agree_to_the_example_are_not_certainty():
@@ -886,6 +895,14 @@ def test_tables_state_how_many_distinct_items_each_length_tested():
     assert "except at length 1 (6), length 2 (58), where that is every distinct source" in note
     assert "repeats possible" in _examples_note(group.iloc[3:], distinct=False)
     assert "except" not in _examples_note(group.iloc[3:], distinct=True)
+
+
+def test_the_paired_test_gives_no_verdict_below_three_seeds():
+    """One seed's test set says nothing of the spread between seeds, and with two seeds that either
+    work or fail a test separates null pairs far above 5% of the time: no p-value, no interval."""
+    for seeds in (1, 2):
+        test = paired_test([0.95] * seeds, [0.05] * seeds, 1000)
+        assert np.isnan(test["p"]) and np.isnan(difference_bounds(test, 0.05)[0]) and test["mean"] == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("seeds", [3, 5])
@@ -957,3 +974,23 @@ def test_a_study_declares_its_own_families(tmp_path):
         build_study_config("smoke", {"families": [{"name": "x", "lengths": "inside"}]})
     with pytest.raises(ConfigError, match="unknown setting 'families\\[0\\].agianst'"):
         build_study_config("smoke", {"families": [{"name": "x", "agianst": "none"}]})
+
+
+def test_a_task_under_two_settings_keeps_its_claim_family():
+    """A folder holding a task under two settings names its series "model · variant": the pairs
+    against `none` still belong to the primary family by their models, written model - none, and
+    the summary's differences from `none` keep them."""
+    import pandas as pd
+
+    from study.report.tables import comparison_frame, difference_frame
+
+    rows = [
+        {**_seed_row(seed, f"{model} · {variant}", acc), "model": model, "setting": variant}
+        for variant in ("a", "b")
+        for seed in range(3)
+        for model, acc in (("none", 0.10 + 0.01 * seed), ("dot", 0.95 - 0.01 * seed))
+    ]
+    frame = comparison_frame(pd.DataFrame(rows))
+    assert frame["primary"].all() and set(frame["first"]) == {"dot · a", "dot · b"}
+    assert (frame["diff_mean"] > 0).all() and frame["separated"].all()
+    assert len(difference_frame(frame)) == 2

@@ -20,6 +20,7 @@ import pandas as pd
 
 from study.files import write_atomic
 from study.fonts import add_marks_note, character_ticks, readable, use_fonts
+from study.report.statistics import few_seeds_note
 from study.report.tables import MODEL_ORDER, distinct_test_items, output_shape, series_names
 
 
@@ -237,7 +238,8 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
         fig,
         f"Greedy-decoded exact match vs input length: mean and 95% interval over {seeds_and_examples(records)} (circles: each seed){regime};\n"
         "below, the oracle-length diagnostic: END held back until the target's length (mean, bars: range over seeds); "
-        "dotted: beyond the trained lengths",
+        "dotted: beyond the trained lengths"
+        + (f";\n{note}" if (note := few_seeds_note(len({r["seed"] for r in records}))) else ""),
     )
     fig.tight_layout()
     return _save(fig, figures, "accuracy_vs_length")

@@ -65,10 +65,12 @@ def quantities(summary: pd.DataFrame, comparisons: pd.DataFrame, records: list[d
     """Every named quantity of a study (see the module docstring), from its summary table,
     its comparisons (`comparison_frame`) and its records."""
     still = _unconverged(records)
+    ranges = summary.groupby(["task", "series"])["train_max"].nunique() if not summary.empty else pd.Series(dtype=int)
     caveat = lambda task, *series: STILL_LEARNING if any((task, s) in still for s in series) else ""  # noqa: E731
     out: dict[str, Quantity] = {}
     for r in summary.itertuples():
-        base = f"{r.task}.{series_label(r.series)}"
+        several = ranges.get((r.task, r.series), 1) > 1  # one model per training length (regime per_length)
+        base = f"{r.task}.{series_label(r.series)}" + (f"~{r.train_min}..{r.train_max}" if several else "")
         note = caveat(r.task, r.series)
         for measure, column in (
             ("exact_match", "seq_acc_mean"),
@@ -78,14 +80,16 @@ def quantities(summary: pd.DataFrame, comparisons: pd.DataFrame, records: list[d
         ):
             value = getattr(r, column, float("nan"))
             if pd.notna(value):
-                out[f"{base}.{measure}@{r.length}"] = Quantity(round(100 * value, 1) + 0.0, "%", note)
+                _add(out, f"{base}.{measure}@{r.length}", Quantity(round(100 * value, 1) + 0.0, "%", note))
     for r in comparisons.itertuples() if not comparisons.empty else ():
         if not r.family or pd.isna(r.diff_mean):
             continue
         base = f"{r.task}.{series_label(r.first)}-{series_label(r.second)}"
         note = caveat(r.task, r.first, r.second)
-        out[f"{base}.difference@{r.length}"] = Quantity(round(100 * r.diff_mean, 1) + 0.0, "points", note)
-        out[f"{base}.separated@{r.length}"] = Quantity(float(bool(r.separated)), "", note)
+        if ranges.get((r.task, r.first), 1) > 1:
+            base += f"~{r.train_min}..{r.train_max}"
+        _add(out, f"{base}.difference@{r.length}", Quantity(round(100 * r.diff_mean, 1) + 0.0, "points", note))
+        _add(out, f"{base}.separated@{r.length}", Quantity(float(bool(r.separated)), "", note))
     ok = [r for r in records if r["status"] == "ok"]
     workers: dict = defaultdict(float)
     for r in ok:
@@ -95,6 +99,13 @@ def quantities(summary: pd.DataFrame, comparisons: pd.DataFrame, records: list[d
     out["study.cell_minutes"] = Quantity(round(sum(workers.values()) / 60, 1), "min")
     out["study.wall_minutes"] = Quantity(round(max(workers.values(), default=0.0) / 60, 1), "min")
     return out
+
+
+def _add(out: dict[str, Quantity], name: str, quantity: Quantity) -> None:
+    """Adds a quantity; a name given twice (two rows the names cannot tell apart) is an error."""
+    if name in out:
+        raise ValueError(f"two quantities named {name!r}")
+    out[name] = quantity
 
 
 def quote(q: dict[str, Quantity], name: str, suffix: str = "", caveat: bool = True) -> str:
@@ -122,7 +133,12 @@ def _task_lines(
         values = [f"{where}, {quote(q, name, caveat=False)}" for where, name in at if name in q]
         caveat = next((q[name].caveat for _, name in at if name in q and q[name].caveat), "")
         parts.append(f"  - {md(series)}{', ' + caveat if caveat else ''}: " + "; ".join(values))
-    primary = comparisons[(comparisons["task"] == task) & comparisons["primary"]] if not comparisons.empty else []
+    setting = rows["setting"].iloc[0]
+    primary = (
+        comparisons[(comparisons["task"] == task) & (comparisons["setting"] == setting) & comparisons["primary"]]
+        if not comparisons.empty
+        else []
+    )
     if len(primary):
         separated = primary[primary["separated"]]
         by_length = separated.groupby("length")["first"].apply(lambda s: ", ".join(s))
@@ -143,24 +159,37 @@ def findings_lines(
     verdicts; every number is a named quantity (its name beside it, `quantities`)."""
     if summary.empty:
         return []
+    workers = len({(r.get("worker") or {}).get("pid") for r in records if r["status"] == "ok"})
     lines = [
         "## What this study found",
         "",
         "Every number below is a named quantity computed from this folder's tables (its name beside it); "
         f"'{STILL_LEARNING}' marks a number behind which a cell stopped at the example ceiling while still learning.",
         "",
-        f"- Cells: {quote(q, 'study.cells')}, of which {quote(q, 'study.converged_cells')} converged; run time "
-        f"{quote(q, 'study.wall_minutes', 'the busiest worker')}, cell time in all {quote(q, 'study.cell_minutes')}.",
+        f"- Cells: {quote(q, 'study.cells')}, of which {quote(q, 'study.converged_cells')} converged; the busiest of "
+        f"{workers} worker process{'es' if workers != 1 else ''} ran cells for {quote(q, 'study.wall_minutes')} "
+        f"(the run time of a study run once), cell time in all {quote(q, 'study.cell_minutes')}.",
     ]
     for (task, _setting), rows in summary.groupby(["task", "setting"], sort=False):
         lines += _task_lines(q, task, rows, comparisons, length_units(records).get(task))
     return lines + [""]
 
 
+UNITS = {"%": "%", "points": " points", "min": " min", "": None}
 QUOTED = re.compile(r"([+-]?\d+(?:\.\d+)?)(%| points| min)?\s+\(`([A-Za-z_][^`]*[@.][^`]*)`([^)]*)\)")
 
 
-SENTENCE_START = re.compile(r"(?<=[.!?:])\s+(?=[A-Z*`(])|\n\s*\n|\n\s*- ")
+SENTENCE_START = re.compile(r"(?<=[.!?])\s+(?=[A-Za-z*`(])|(?<=:)\s+(?=[A-Z*`(])|\n\s*\n|\n\s*- |\|")
+
+
+def _carries(caveat: str, quotation: str, sentence: str) -> bool:
+    """Whether a quotation carries `caveat`: in its own parentheses, or earlier in its sentence
+    (a list scoped by the caveat), and not negated there ("not still learning ...")."""
+    for text in (quotation, sentence):
+        at = text.rfind(caveat)
+        if at >= 0 and not re.search(r"\bnot\s+$", text[:at]):
+            return True
+    return False
 
 
 def check_quotations(text: str, q: dict[str, Quantity], prefix: str = "") -> list[str]:
@@ -170,7 +199,7 @@ def check_quotations(text: str, q: dict[str, Quantity], prefix: str = "") -> lis
     the sentence before it.  Returns one line per problem."""
     problems = []
     for match in QUOTED.finditer(text):
-        number, _, name, rest = match.groups()
+        number, unit, name, rest = match.groups()
         if not name.startswith(prefix):
             continue
         starts = [m.end() for m in SENTENCE_START.finditer(text, 0, match.start())]
@@ -180,6 +209,10 @@ def check_quotations(text: str, q: dict[str, Quantity], prefix: str = "") -> lis
             problems.append(f"{name}: no such quantity")
         elif number != quantity.text():
             problems.append(f"{name}: quoted {number}, the tables give {quantity.text()}")
-        elif quantity.caveat and quantity.caveat not in rest and quantity.caveat not in " ".join(sentence.split()):
+        elif (unit or None) != UNITS.get(quantity.unit):
+            problems.append(
+                f"{name}: quoted in {unit or 'no unit'!r}, the quantity is in {quantity.unit or 'no unit'!r}"
+            )
+        elif quantity.caveat and not _carries(quantity.caveat, rest, " ".join(sentence.split())):
             problems.append(f"{name}: quoted without '{quantity.caveat}'")
     return problems

@@ -14,7 +14,7 @@ import re
 import pandas as pd
 
 from study.config import STANDARD_FAMILIES
-from study.report.statistics import COMPARISON_METHOD, INTERVAL_CENTRE, INTERVAL_METHOD
+from study.report.statistics import COMPARISON_METHOD, INTERVAL_CENTRE, INTERVAL_METHOD, few_seeds_note
 from study.report.tables import SETTING_FIELDS, distinct_test_items, series_names, setting_key
 from study.stopping import StoppingRule
 from study.text import markdown_cell as md
@@ -43,10 +43,11 @@ def hypotheses_lines(comparisons: pd.DataFrame, families=STANDARD_FAMILIES) -> l
     if comparisons.empty:
         return []
     lines = [
-        "## Hypotheses declared before the data",
+        "## Hypotheses: the comparison families",
         "",
-        "The comparisons between models fall into the families of the study's configuration, each corrected on its own "
-        '(results in "Which models differ"):',
+        "The comparisons between models fall into the families declared in the study's configuration before it runs "
+        "(a study run before families existed gets the standard ones), each corrected on its own "
+        '(results in "Which models differ"; bold there: separated):',
         "",
     ]
     for family in sorted(families, key=lambda f: not f.primary):
@@ -105,10 +106,12 @@ def _primary_table(rows: pd.DataFrame) -> list[str]:
     ]
     for r in rows.itertuples():
         seeds = ", ".join(_points(float(x)) for x in str(r.seed_differences).split())
-        interval = f"{_points(r.diff_mean)} [{_points(r.diff_ci_low)}, {_points(r.diff_ci_high)}]"
-        verdict = "**yes**" if r.separated else "no"
+        tested = not math.isnan(r.p_holm)
+        interval = _points(r.diff_mean) + (f" [{_points(r.diff_ci_low)}, {_points(r.diff_ci_high)}]" if tested else "")
+        verdict = ("**yes**" if r.separated else "no") if tested else "no test (fewer than 3 seeds)"
+        p = f"{r.p_holm:.2g}" if tested else "-"
         lines.append(
-            f"| {md(r.task)} | {r.length} | {md(r.first)} - {md(r.second)} | {interval} | {seeds} | {r.p_holm:.2g} | {verdict} |"
+            f"| {md(r.task)} | {r.length} | {md(r.first)} - {md(r.second)} | {interval} | {seeds} | {p} | {verdict} |"
         )
     return lines
 
@@ -271,7 +274,8 @@ def summary_markdown(
             "",
         ]
         lines += _length_table(group, lengths, lo, hi, "seq_acc", signed=False, missing="failed", mean=False)
-        lines += ["", f"{INTERVAL_METHOD}; {INTERVAL_CENTRE}.", ""]
+        note = few_seeds_note(int(group["seeds"].max()))
+        lines += ["", f"{INTERVAL_METHOD}; {INTERVAL_CENTRE}{'; ' + note if note else ''}.", ""]
         if group["oracle_seq_acc_mean"].notna().any():
             lines += [
                 "Diagnostics (means over seeds): oracle-length exact match %, END held back until the target's length "

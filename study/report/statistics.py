@@ -25,6 +25,18 @@ INTERVAL_METHOD = (
 )
 
 
+FEW_SEEDS = (
+    "with {seeds} seeds the interval's Student-t has {df} degree{s} of freedom: seeds that disagree give an interval "
+    "as wide as their spread or wider, and only more seeds can narrow it"
+)
+
+
+def few_seeds_note(seeds: int) -> str:
+    """What an interval over `seeds` seeds cannot do, for 2 seeds ('' for 1 or 3 and more: one seed's
+    interval holds sampling error only, and three begin to tell spread from noise)."""
+    return FEW_SEEDS.format(seeds=seeds, df=seeds - 1, s="" if seeds == 2 else "s") if seeds == 2 else ""
+
+
 INTERVAL_CENTRE = (
     "the interval contains the printed mean but is not centred on it: its centre is the seeds' mean logit, "
     "which one seed near 0 or 100 pulls towards itself when the seeds disagree; read such a row by its seeds"
@@ -78,8 +90,10 @@ COMPARISON_METHOD = (
     "set): a random-effects meta-analysis over seeds (Paule-Mandel), each seed's difference weighted by its "
     "test-set sampling variance (binomial, over its test examples), with the modified Hartung-Knapp-Sidik-Jonkman "
     "standard error (never below the sampling error alone; Roever, Knapp & Friede 2015) and a Student-t with "
-    "seeds - 1 degrees of freedom (statsmodels' combine_effects); two-sided"
+    "seeds - 1 degrees of freedom (statsmodels' combine_effects); two-sided; no test below 3 seeds (in simulation, "
+    "2 seeds that either work or fail are separated 13% of the time under the null)"
 )
+MIN_SEEDS = 3  # `paired_test` tests nothing below this many seeds
 
 
 def paired_test(first, second, n_examples) -> dict:
@@ -90,10 +104,12 @@ def paired_test(first, second, n_examples) -> dict:
         n_examples: test examples per seed (a number or one per seed).
 
     Returns:
-        {"mean": the random-effects estimate of the mean difference first - second, "se": its
-        standard error, "df": degrees of freedom (seeds - 1; None for one seed, whose test is
-        the normal one on sampling error), "p": two-sided p-value (NaN without a seed),
-        "seeds": seeds compared, "differences": the per-seed differences}.
+        {"mean": the random-effects estimate of the mean difference first - second (below
+        `MIN_SEEDS` seeds their plain mean), "se": its standard error, "df": degrees of freedom
+        (seeds - 1), "p": two-sided p-value,
+        "seeds": seeds compared, "differences": the per-seed differences}.  Below `MIN_SEEDS`
+        seeds p and the standard error are NaN (one seed's test set says nothing of the spread
+        between seeds; two seeds leave the false-positive rate above 5%).
         `difference_bounds` turns it into an interval at any level that excludes 0 exactly
         when p is below that level's alpha.
     """
@@ -106,21 +122,17 @@ def paired_test(first, second, n_examples) -> dict:
     a, b, n = a[keep], b[keep], n[keep]
     d = a - b
     out = {"mean": math.nan, "se": math.nan, "df": None, "p": math.nan, "seeds": len(d), "differences": list(d)}
-    if not len(d):
-        return out
+    if len(d) < MIN_SEEDS:
+        return {**out, "mean": float(d.mean()) if len(d) else math.nan}
     # sampling variance of each seed's difference, the two models' errors taken as independent;
     # never below that of one example in 4n (a seed at 0 or 100% still has a finite test set)
     v = (np.maximum(a * (1 - a), 0.25 / n) + np.maximum(b * (1 - b), 0.25 / n)) / n
-    if len(d) == 1:
-        se, df, mean = math.sqrt(v[0]), None, float(d[0])
-    else:
-        with warnings.catch_warnings():  # its I-squared divides by zero when the seeds agree exactly; unused here
-            warnings.simplefilter("ignore", RuntimeWarning)
-            fit = combine_effects(d, v, method_re="pm", use_t=True)
-        random_effects = 1 / np.sum(1 / (v + fit.tau2))
-        se, df, mean = math.sqrt(max(fit.var_hksj_re, random_effects)), len(d) - 1, float(fit.mean_effect_re)
-    z = abs(mean) / se
-    p = 2 * (stats.norm.sf(z) if df is None else stats.t.sf(z, df))
+    with warnings.catch_warnings():  # its I-squared divides by zero when the seeds agree exactly; unused here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = combine_effects(d, v, method_re="pm", use_t=True)
+    random_effects = 1 / np.sum(1 / (v + fit.tau2))
+    se, df, mean = math.sqrt(max(fit.var_hksj_re, random_effects)), len(d) - 1, float(fit.mean_effect_re)
+    p = 2 * stats.t.sf(abs(mean) / se, df)
     return {**out, "mean": mean, "se": se, "df": df, "p": float(p)}
 
 
@@ -130,8 +142,8 @@ def difference_bounds(test: dict, alpha: float) -> tuple[float, float]:
     when the test's p is below `alpha`."""
     from scipy import stats
 
-    if math.isnan(test["mean"]):
+    if math.isnan(test["se"]):
         return math.nan, math.nan
-    quantile = stats.norm.isf(alpha / 2) if test["df"] is None else stats.t.isf(alpha / 2, test["df"])
+    quantile = stats.t.isf(alpha / 2, test["df"])
     half = quantile * test["se"]
     return max(-1.0, test["mean"] - half), min(1.0, test["mean"] + half)

@@ -124,12 +124,30 @@ def setting_key(record: dict) -> str:
     """What defines a cell besides its seed and model, as a short hash ("s" and 8 hex digits, the
     letter first so that no CSV reader or spreadsheet takes it for a number: "6e196681" reads as
     infinity): rows of one setting are compared; different settings are never averaged together.
-    The model sizes come from the study's `[model]` table (the settings of all its families), so
-    models of different families in one study share a setting and are compared."""
+    The model sizes are the study's `[model]` table (the RNN sizes always, another family's
+    settings where they differ from their defaults), so the models of different families in one
+    study share a setting, whichever families it ran."""
     fields = {f: record.get(f) for f in SETTING_FIELDS}
-    sizes = (record.get("config") or {}).get("model") or record.get("model_config") or {}
-    fields["model_size"] = {k: v for k, v in sizes.items() if k not in ("cell", "bidirectional")}
+    fields["model_size"] = model_sizes(record)
     return "s" + json_digest(fields, 8)
+
+
+RNN_SIZES = ("embedding_dim", "units", "attention_size")
+
+
+def model_sizes(record: dict) -> dict:
+    """The sizes that enter `setting_key`: of the study's `[model]` table (or, in records that
+    lack it, the cell's own model settings), the RNN sizes and every other setting that differs
+    from its family's default; the cell and direction of an RNN are its model's, not the setting's."""
+    from study.models import available_models, model_settings_table
+
+    defaults = model_settings_table(available_models())
+    table = (record.get("config") or {}).get("model") or record.get("model_config") or {}
+    return {
+        k: v
+        for k, v in table.items()
+        if k not in ("cell", "bidirectional") and (k in RNN_SIZES or k not in defaults or v != defaults[k])
+    }
 
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -205,10 +223,11 @@ def comparison_frame(metrics: pd.DataFrame, families=STANDARD_FAMILIES, alpha: f
             else by_model * np.nan  # only failed cells: nothing to compare
         )
         order = [m for m in dict.fromkeys(group["series"]) if m in by_model.columns]
+        model_of = dict(zip(group["series"], group.get("model", group["series"])))  # "model" or "model · variant"
         for a, b in itertools.combinations(order, 2):
-            index = family_of(a, b, key[-1], families)
+            index = family_of(model_of[a], model_of[b], key[-1], families)
             family = families[index] if index is not None else None
-            if family is not None and family.against == a:
+            if family is not None and family.against == model_of[a]:
                 a, b = b, a  # the model against the family's reference
             test = paired_test(by_model[a], by_model[b], counts[a].fillna(counts[b]))
             d = np.asarray(test["differences"])
@@ -217,6 +236,7 @@ def comparison_frame(metrics: pd.DataFrame, families=STANDARD_FAMILIES, alpha: f
                     **dict(zip(keys, key)),
                     "first": a,
                     "second": b,
+                    "second_model": model_of[b],
                     "family": family.name if family else "",
                     "primary": bool(family and family.primary),
                     "seeds": test["seeds"],
@@ -251,7 +271,7 @@ def difference_frame(comparisons: pd.DataFrame, baseline: str = "none") -> pd.Da
     interval of each comparison's family (its level differs between families)."""
     if comparisons.empty:
         return pd.DataFrame()
-    rows = comparisons[(comparisons["second"] == baseline) & (comparisons["family"] != "")]
+    rows = comparisons[(comparisons["second_model"] == baseline) & (comparisons["family"] != "")]
     return rows.rename(columns={"first": "model"})[
         [
             "task",
