@@ -119,6 +119,12 @@ def load_records(out: Path, every: bool = False) -> list[dict]:
     out = Path(out)
     cells_dir = out / "cells"
     if not cells_dir.is_dir():
+        variants = sorted(p.parent.name for p in out.glob("*/cells"))
+        if variants:  # a config file's variants, each in its own folder, reported together once all finish
+            raise NoResultsError(
+                f"{out} holds the folders of variants ({', '.join(variants)}), not yet reported together; "
+                f"run the same command again to finish the study, or give one variant's folder, e.g. {out / variants[0]}"
+            )
         raise NoResultsError(f"{out} holds no study results (no cells/ folder); run a study with --out {out} first")
     manifest = read_manifest(out)
     paths = (

@@ -172,12 +172,14 @@ def table(folder: Path) -> str:
             f"| {r.probe} | {r.recipe} | {r.seed} | {pct(r.best_val_seq_acc)} | {pct(r.best_val_seq_acc_longest)} | {r.best_val_loss:.4f} | "
             f"{fall} | {r.stop_reason} | {r.examples_seen} | {r.seconds:.0f} |"
         )
-    lines += [
-        "",
-        "The same runs replayed with a shorter or longer convergence stretch (`replay_stop`):",
-        "",
-        patience_table(runs),
-    ]
+    replayed = patience_table(runs)
+    if replayed:
+        lines += [
+            "",
+            "The same runs replayed with a shorter or longer convergence stretch (`replay_stop`):",
+            "",
+            replayed,
+        ]
     return "\n".join(lines) + "\n"
 
 
