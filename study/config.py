@@ -12,14 +12,11 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from study.errors import ConfigError
 from study.text import comma_list
 
 if TYPE_CHECKING:
     from study.tasks import Task
-
-
-class ConfigError(ValueError):
-    """A configuration value that is not allowed; the message names the field and what is allowed."""
 
 
 def _integer(value: Any) -> bool:

@@ -994,3 +994,13 @@ def test_a_task_under_two_settings_keeps_its_claim_family():
     assert frame["primary"].all() and set(frame["first"]) == {"dot · a", "dot · b"}
     assert (frame["diff_mean"] > 0).all() and frame["separated"].all()
     assert len(difference_frame(frame)) == 2
+
+
+@pytest.mark.parametrize("folder", QUOTED_FOLDERS)
+def test_each_report_quotes_its_own_quantities_with_their_caveats(folder):
+    """The opening block of every committed report passes the same check as the README."""
+    from study.report.findings import check_quotations
+
+    report_md = (RESULTS / folder / "report.md").read_text(encoding="utf-8")
+    assert "## What this study found" in report_md
+    assert check_quotations(report_md, _committed_quantities(folder)) == []

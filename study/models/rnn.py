@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from study.config import ConfigError
+from study.errors import ConfigError
 from study.models import ModelFamily, ModelSpec, register_family
 
 

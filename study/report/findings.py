@@ -120,14 +120,19 @@ def quote(q: dict[str, Quantity], name: str, suffix: str = "", caveat: bool = Tr
 def _task_lines(
     q: dict[str, Quantity], task: str, rows: pd.DataFrame, comparisons: pd.DataFrame, unit: str | None
 ) -> list[str]:
-    """The findings of one task: each series at the shortest and longest trained length and at
-    the first length beyond, and where the primary family separates attention from `none`."""
+    """The findings of one task: each series at the shortest, middle and longest evaluated trained
+    length and at the first length beyond, and where the primary family separates the other
+    models from `none`."""
     lo, hi = int(rows["train_min"].iloc[0]), int(rows["train_max"].iloc[0])
-    beyond = [L for L in sorted(rows["length"].unique()) if L > hi]
+    lengths = sorted(int(L) for L in rows["length"].unique())
+    inside = [L for L in lengths if lo <= L <= hi] or [lo, hi]
+    beyond = [L for L in lengths if L > hi]
+    middle = min(inside, key=lambda L: (abs(2 * L - lo - hi), L))  # where a collapse shows
+    shown = list(dict.fromkeys([inside[0], middle, inside[-1]]))
     parts = []
     for series in dict.fromkeys(rows["series"]):
         base = f"{task}.{series_label(series)}.exact_match"
-        at = [(f"at {L}", f"{base}@{L}") for L in (lo, hi)] + [
+        at = [(f"at {L}", f"{base}@{L}") for L in shown] + [
             (f"at {L}, beyond the range", f"{base}@{L}") for L in beyond[:1]
         ]
         values = [f"{where}, {quote(q, name, caveat=False)}" for where, name in at if name in q]
@@ -167,8 +172,8 @@ def findings_lines(
         f"'{STILL_LEARNING}' marks a number behind which a cell stopped at the example ceiling while still learning.",
         "",
         f"- Cells: {quote(q, 'study.cells')}, of which {quote(q, 'study.converged_cells')} converged; the busiest of "
-        f"{workers} worker process{'es' if workers != 1 else ''} ran cells for {quote(q, 'study.wall_minutes')} "
-        f"(the run time of a study run once), cell time in all {quote(q, 'study.cell_minutes')}.",
+        f"{workers} worker process{'es' if workers != 1 else ''} ran cells for "
+        f"{quote(q, 'study.wall_minutes', 'the run time of a study run once')}, cell time in all {quote(q, 'study.cell_minutes')}.",
     ]
     for (task, _setting), rows in summary.groupby(["task", "setting"], sort=False):
         lines += _task_lines(q, task, rows, comparisons, length_units(records).get(task))
