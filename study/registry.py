@@ -131,3 +131,21 @@ def import_plugin(target: str | Path, prefix: str) -> str:
             del sys.modules[module_name]
             raise
     return str(file)
+
+
+def load_plugin(target: str, kind: str, error: type[Exception], keep: tuple[type[Exception], ...] = ()) -> str:
+    """`import_plugin` of a `kind` ("task" or "model") module given on the command line, with every
+    failure inside it as one `error` line naming the module (a name registered twice says where
+    the first one lives); the errors in `keep` propagate as they are.  Returns what
+    `import_plugin` returns."""
+    try:
+        return import_plugin(target, f"study_{kind}_plugin_")
+    except keep:
+        raise
+    except DuplicateNameError as exc:
+        raise error(
+            f"{kind} module {target!r} registers the {exc.kind} {exc.name!r}, which {exc.where} already registers: "
+            f"rename one of them (a {kind} file in study/{kind}s/ needs no --{kind}-module)"
+        ) from exc
+    except Exception as exc:  # any failure inside user code becomes one clear line
+        raise error(f"{kind} module {target!r} failed to import: {type(exc).__name__}: {exc}") from exc

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.registry import DuplicateNameError, Registry, UnknownNameError, check_csv_name, import_plugin
+from study.registry import DuplicateNameError, Registry, UnknownNameError, check_csv_name, load_plugin
 
 if TYPE_CHECKING:
     from study.models.base import EncoderDecoder
@@ -333,15 +333,7 @@ def load_model_module(path: str | Path) -> list[str]:
     """
     target = str(path)
     before = set(MODELS.in_order())
-    try:
-        recorded = import_plugin(target, "study_model_plugin_")
-    except DuplicateNameError as exc:
-        raise ModelModuleError(
-            f"model module {target!r} registers the {exc.kind} {exc.name!r}, which {exc.where} already registers: "
-            "rename one of them (a family file in study/models/ needs no --model-module)"
-        ) from exc
-    except Exception as exc:  # any failure inside user code becomes one clear line
-        raise ModelModuleError(f"model module {target!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    recorded = load_plugin(target, "model", ModelModuleError)
     added = [name for name in MODELS.in_order() if name not in before]
     if recorded in _plugins:
         return added

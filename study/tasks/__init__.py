@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from study.registry import DuplicateNameError, Registry, UnknownNameError, import_plugin
+from study.registry import Registry, UnknownNameError, load_plugin
 from study.tasks.base import Task, TaskContractError, check_task
 
 __all__ = [
@@ -198,17 +198,7 @@ def load_task_module(path: str | Path) -> list[str]:
     _discover()
     before = set(TASKS.names())
     target = str(path)
-    try:
-        recorded = import_plugin(target, "study_task_plugin_")
-    except TaskContractError:
-        raise
-    except DuplicateNameError as exc:
-        raise TaskModuleError(
-            f"task module {target!r} registers the {exc.kind} {exc.name!r}, which {exc.where} already registers: "
-            "rename one of them (a task file in study/tasks/ needs no --task-module)"
-        ) from exc
-    except Exception as exc:  # any failure inside user code becomes one clear line
-        raise TaskModuleError(f"task module {target!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    recorded = load_plugin(target, "task", TaskModuleError, keep=(TaskContractError,))
     added = sorted(set(TASKS.names()) - before)
     for name in added:
         get_task(name)
