@@ -114,12 +114,38 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
     (nothing was measured in between); the trained lengths, side-by-side points included, are
     shaded and named above each panel."""
     import matplotlib.pyplot as plt
-    from matplotlib import transforms
 
     tasks = list(dict.fromkeys(summary["task"]))
     models = list(dict.fromkeys(summary["series"]))  # a model, or a model under one of several settings
     series = series_names(records)
-    seeds = pd.DataFrame(
+    seeds = _seed_accuracy(records, series)
+    style = model_palette(models), model_markers(models)
+    units = {r["task"]: r.get("length_unit", "length") for r in records}
+    per_length = {
+        series[r["id"]] for r in records if r.get("regime") == "per_length"
+    }  # series of one model per training length
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.6), squeeze=False, sharex="col")
+    for j, task in enumerate(tasks):
+        _accuracy_column(
+            [axes[0][j], axes[1][j]],
+            summary[summary["task"] == task],
+            seeds[seeds["task"] == task],
+            models,
+            per_length,
+            style,
+            task,
+            units.get(task, "length"),
+        )
+    _model_legend(fig, axes)
+    suptitle(fig, _accuracy_title(records, models, per_length))
+    fig.tight_layout()
+    return _save(fig, figures, "accuracy_vs_length")
+
+
+def _seed_accuracy(records: list[dict], series: dict) -> pd.DataFrame:
+    """Each seed's exact match and oracle-length exact match per task, series and length, with the
+    longest length it was trained on."""
+    return pd.DataFrame(
         [
             {
                 "task": r["task"],
@@ -135,91 +161,118 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
         ],
         columns=["task", "series", "length", "train_max", "seq_acc", "oracle_seq_acc"],
     )
-    palette, markers = model_palette(models), model_markers(models)
-    units = {r["task"]: r.get("length_unit", "length") for r in records}
-    per_length = {
-        series[r["id"]] for r in records if r.get("regime") == "per_length"
-    }  # series of one model per training length
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.6), squeeze=False, sharex="col")
-    for j, task in enumerate(tasks):
-        data = summary[summary["task"] == task]
-        lo, hi = data["train_min"].min(), data["train_max"].max()
-        points_here = seeds[seeds["task"] == task]
-        # a series of one model per length: each model at its own training length; the others at every length
-        data = data[~data["series"].isin(per_length) | (data["length"] == data["train_max"])]
-        points_here = points_here[
-            ~points_here["series"].isin(per_length) | (points_here["length"] == points_here["train_max"])
-        ]
-        lengths = sorted(set(data["length"]))
-        dodge = 0.012 * (max(lengths) - min(lengths) or 1)  # error bars side by side, not on top of each other
-        offsets = {model: (k - (len(models) - 1) / 2) * dodge for k, model in enumerate(models)}
-        reach = max(map(abs, offsets.values()), default=0.0)
-        for i, (column, label) in enumerate(
-            (("seq_acc", "exact match (%)"), ("oracle_seq_acc", "oracle-length exact match (%)"))
-        ):
-            ax = axes[i][j]
-            # holds every dodged point
-            ax.axvspan(lo - 0.5 - reach, hi + 0.5 + reach, color="0.93", zorder=0, gid="trained")
-            above = transforms.blended_transform_factory(ax.transData, ax.transAxes)
-            ax.text(
-                (lo + hi) / 2,
-                1.01,
-                "trained lengths",
-                transform=above,
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                color="0.35",
-            )
-            for model in models:
-                d = data[data["series"] == model].groupby("length").mean(numeric_only=True).sort_index()
-                mean = d[f"{column}_mean"] if len(d) else pd.Series(dtype=float)
-                if d.empty or mean.isna().all():
-                    continue
-                x = d.index + offsets[model]
-                points = points_here[(points_here["series"] == model) & points_here["length"].isin(d.index)]
-                if i == 0:
-                    bars = [100 * (mean - d["seq_acc_ci_low"]), 100 * (d["seq_acc_ci_high"] - mean)]
-                else:  # the range over seeds
-                    spread = points.groupby("length")[column].agg(["min", "max"]).reindex(d.index)
-                    bars = [100 * (mean - spread["min"]), 100 * (spread["max"] - mean)]
-                ax.errorbar(
-                    x,
-                    100 * mean,
-                    yerr=bars,
-                    marker=markers[model],
-                    markersize=4.5,
-                    capsize=2.5,
-                    color=palette[model],
-                    linestyle="none",
-                    label=model,
-                )
-                xs, ys, measured = np.asarray(x), 100 * mean.to_numpy(), list(d.index)
-                for a in range(len(xs) - 1):  # solid inside the trained range, dotted where a segment leaves it
-                    style = "-" if lo <= measured[a] and measured[a + 1] <= hi else ":"
-                    ax.plot(
-                        xs[a : a + 2],
-                        ys[a : a + 2],
-                        linestyle=style,
-                        linewidth=1.2,
-                        color=palette[model],
-                        gid="inside" if style == "-" else "beyond",
-                    )
-                if i == 0:
-                    # every seed's own exact match
-                    ax.scatter(
-                        points["length"] + offsets[model],
-                        100 * points["seq_acc"],
-                        s=14,
-                        facecolors="none",
-                        edgecolors=palette[model],
-                        linewidths=0.8,
-                        zorder=3,
-                        gid="seed",
-                    )
-            ax.set(xlabel=f"input length ({units.get(task, 'length')})" if i == 1 else "", ylabel=label, ylim=(-3, 105))
-            ax.set_title(task if i == 0 else "", pad=16)  # above the "trained lengths" label
-            ax.set_xticks(lengths)  # only what was measured
+
+
+def _accuracy_column(
+    axes: list,
+    data: pd.DataFrame,
+    points: pd.DataFrame,
+    models: list[str],
+    per_length: set,
+    style: tuple[dict, dict],
+    task: str,
+    unit: str,
+) -> None:
+    """One task's column of the accuracy figure: exact match above, the oracle-length diagnostic
+    below, each series at its lengths (a series of one model per length only at each model's own
+    training length), side by side, over the shaded trained lengths; `style` holds each series'
+    colour and marker."""
+    lo, hi = data["train_min"].min(), data["train_max"].max()
+    # a series of one model per length: each model at its own training length; the others at every length
+    data = data[~data["series"].isin(per_length) | (data["length"] == data["train_max"])]
+    points = points[~points["series"].isin(per_length) | (points["length"] == points["train_max"])]
+    lengths = sorted(set(data["length"]))
+    dodge = 0.012 * (max(lengths) - min(lengths) or 1)  # error bars side by side, not on top of each other
+    offsets = {model: (k - (len(models) - 1) / 2) * dodge for k, model in enumerate(models)}
+    reach = max(map(abs, offsets.values()), default=0.0)
+    palette, markers = style
+    for i, (column, label) in enumerate(
+        (("seq_acc", "exact match (%)"), ("oracle_seq_acc", "oracle-length exact match (%)"))
+    ):
+        ax = axes[i]
+        _trained_span(ax, lo - 0.5 - reach, hi + 0.5 + reach, (lo + hi) / 2)  # holds every dodged point
+        for model in models:
+            d = data[data["series"] == model].groupby("length").mean(numeric_only=True).sort_index()
+            mean = d[f"{column}_mean"] if len(d) else pd.Series(dtype=float)
+            if d.empty or mean.isna().all():
+                continue
+            here = points[(points["series"] == model) & points["length"].isin(d.index)]
+            _accuracy_series(ax, d, mean, here, column, offsets[model], (lo, hi), palette[model], markers[model], model)
+        ax.set(xlabel=f"input length ({unit})" if i == 1 else "", ylabel=label, ylim=(-3, 105))
+        ax.set_title(task if i == 0 else "", pad=16)  # above the "trained lengths" label
+        ax.set_xticks(lengths)  # only what was measured
+
+
+def _trained_span(ax, start: float, end: float, middle: float) -> None:
+    """The trained lengths of a panel, shaded from `start` to `end` and named above the panel at `middle`."""
+    from matplotlib import transforms
+
+    ax.axvspan(start, end, color="0.93", zorder=0, gid="trained")
+    above = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ax.text(middle, 1.01, "trained lengths", transform=above, ha="center", va="bottom", fontsize=8, color="0.35")
+
+
+def _accuracy_series(
+    ax,
+    d: pd.DataFrame,
+    mean: pd.Series,
+    points: pd.DataFrame,
+    column: str,
+    offset: float,
+    trained: tuple,
+    colour,
+    marker: str,
+    model: str,
+) -> None:
+    """One series in one accuracy panel: the mean per length with its bars (the 95% interval for
+    exact match, the range over seeds for the oracle-length diagnostic), a solid line inside the
+    trained lengths and a dotted one where it leaves them, and, for exact match, each seed's own
+    value as an open circle."""
+    lo, hi = trained
+    if column == "seq_acc":
+        bars = [100 * (mean - d["seq_acc_ci_low"]), 100 * (d["seq_acc_ci_high"] - mean)]
+    else:  # the range over seeds
+        spread = points.groupby("length")[column].agg(["min", "max"]).reindex(d.index)
+        bars = [100 * (mean - spread["min"]), 100 * (spread["max"] - mean)]
+    x = d.index + offset
+    ax.errorbar(
+        x,
+        100 * mean,
+        yerr=bars,
+        marker=marker,
+        markersize=4.5,
+        capsize=2.5,
+        color=colour,
+        linestyle="none",
+        label=model,
+    )
+    xs, ys, measured = np.asarray(x), 100 * mean.to_numpy(), list(d.index)
+    for a in range(len(xs) - 1):  # solid inside the trained range, dotted where a segment leaves it
+        style = "-" if lo <= measured[a] and measured[a + 1] <= hi else ":"
+        ax.plot(
+            xs[a : a + 2],
+            ys[a : a + 2],
+            linestyle=style,
+            linewidth=1.2,
+            color=colour,
+            gid="inside" if style == "-" else "beyond",
+        )
+    if column == "seq_acc":
+        # every seed's own exact match
+        ax.scatter(
+            points["length"] + offset,
+            100 * points["seq_acc"],
+            s=14,
+            facecolors="none",
+            edgecolors=colour,
+            linewidths=0.8,
+            zorder=3,
+            gid="seed",
+        )
+
+
+def _model_legend(fig, axes) -> None:
+    """One legend for the whole figure, right of its panels: every series drawn in any panel, once."""
     handles, labels = [], []
     for ax in axes.flat:
         for handle, name in zip(*ax.get_legend_handles_labels()):
@@ -227,6 +280,11 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
                 handles.append(handle)
                 labels.append(name)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
+
+
+def _accuracy_title(records: list[dict], models: list[str], per_length: set) -> str:
+    """The accuracy figure's title: what its rows show, over how many seeds and examples, which
+    series were trained one model per length, and a note when the seeds are too few for a test."""
     regime = (
         "; one model trained per length"
         if per_length == set(models)
@@ -234,15 +292,12 @@ def plot_accuracy_vs_length(summary: pd.DataFrame, records: list[dict], figures:
         if per_length
         else ""
     )
-    suptitle(
-        fig,
+    return (
         f"Greedy-decoded exact match vs input length: mean and 95% interval over {seeds_and_examples(records)} (circles: each seed){regime};\n"
         "below, the oracle-length diagnostic: END held back until the target's length (mean, bars: range over seeds); "
         "dotted: beyond the trained lengths"
-        + (f";\n{note}" if (note := few_seeds_note(len({r["seed"] for r in records}))) else ""),
+        + (f";\n{note}" if (note := few_seeds_note(len({r["seed"] for r in records}))) else "")
     )
-    fig.tight_layout()
-    return _save(fig, figures, "accuracy_vs_length")
 
 
 def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
@@ -254,6 +309,53 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    rows, chance = _position_rows(records)
+    if not rows:
+        return []
+    data = pd.DataFrame(rows)
+    tasks = list(dict.fromkeys(data["task"]))
+    places = [w for w in ("longest trained", "first beyond") if w in set(data["where"])]
+    models = list(dict.fromkeys(data["model"]))
+    style = model_palette(models), model_markers(models)
+    units = {r["task"]: r.get("length_unit", "length") for r in records}
+    fig, axes = plt.subplots(len(places), len(tasks), figsize=(4.6 * len(tasks), 3.6 * len(places)), squeeze=False)
+    for i, where in enumerate(places):
+        for ax, task in zip(axes[i], tasks):
+            d = data[(data["task"] == task) & (data["where"] == where)]
+            if d.empty:
+                ax.axis("off")
+                continue
+            d = d[d["length"] == d["length"].max()]  # one length per panel
+            _position_panel(ax, d, models, style, chance.get(task, (None, None)))
+            # positions count from 1
+            ax.set(
+                title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}",
+                xlabel="output position (characters)",
+                ylabel="character accuracy (%)",
+                ylim=(-3, 103),
+                xlim=(0.5, d["position"].max() + 0.5),
+            )
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
+    suptitle(
+        fig,
+        f"Where in the output greedy decoding goes wrong: mean over {seeds_and_examples(records)}; band: range over seeds; "
+        "dashed: chance (a uniform guess over the output alphabet)"
+        + "".join(
+            f"; grey lines: where each {units.get(task, 'unit').rstrip('s')} of {task} begins"
+            for task, (_, width) in chance.items()
+            if width and width > 1
+        ),
+    )
+    fig.tight_layout()
+    return _save(fig, figures, "position_accuracy")
+
+
+def _position_rows(records: list[dict]) -> tuple[list[dict], dict]:
+    """Each seed's character accuracy per output position at its longest trained length and at
+    its first length beyond the trained range, and each task's chance and output unit width
+    (`output_shape`)."""
     rows = []
     series = series_names(records)
     chance = {}
@@ -281,69 +383,28 @@ def plot_position_accuracy(records: list[dict], figures: Path) -> list[str]:
                         "accuracy": 100 * acc,
                     }
                 )
-    if not rows:
-        return []
-    data = pd.DataFrame(rows)
-    tasks = list(dict.fromkeys(data["task"]))
-    places = [w for w in ("longest trained", "first beyond") if w in set(data["where"])]
-    models = list(dict.fromkeys(data["model"]))
-    palette, markers = model_palette(models), model_markers(models)
-    units = {r["task"]: r.get("length_unit", "length") for r in records}
-    fig, axes = plt.subplots(len(places), len(tasks), figsize=(4.6 * len(tasks), 3.6 * len(places)), squeeze=False)
-    for i, where in enumerate(places):
-        for ax, task in zip(axes[i], tasks):
-            d = data[(data["task"] == task) & (data["where"] == where)]
-            if d.empty:
-                ax.axis("off")
-                continue
-            d = d[d["length"] == d["length"].max()]  # one length per panel
-            for model in models:
-                by_position = d[d["model"] == model].groupby("position")["accuracy"]
-                mean = by_position.mean()
-                if mean.empty:
-                    continue
-                ax.fill_between(
-                    mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0
-                )
-                ax.plot(mean.index, mean.values, marker=markers[model], markersize=3, label=model, color=palette[model])
-            guess, width = chance.get(task, (None, None))
-            if guess:
-                ax.axhline(100 * guess, color="0.4", linestyle="--", linewidth=0.8, gid="chance")
-                ax.text(
-                    1.0,
-                    100 * guess,
-                    " chance",
-                    transform=ax.get_yaxis_transform(),
-                    va="center",
-                    fontsize=7,
-                    color="0.4",
-                )
-            if width and width > 1:  # where each unit of the output (a date) begins
-                for start in range(width, int(d["position"].max()), width):
-                    ax.axvline(start + 0.5, color="0.75", linewidth=0.7, linestyle="-", zorder=0, gid="unit boundary")
-            # positions count from 1
-            ax.set(
-                title=f"{task}, length {d['length'].max()} ({units.get(task, 'length')}), {where}",
-                xlabel="output position (characters)",
-                ylabel="character accuracy (%)",
-                ylim=(-3, 103),
-                xlim=(0.5, d["position"].max() + 0.5),
-            )
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="model")
-    suptitle(
-        fig,
-        f"Where in the output greedy decoding goes wrong: mean over {seeds_and_examples(records)}; band: range over seeds; "
-        "dashed: chance (a uniform guess over the output alphabet)"
-        + "".join(
-            f"; grey lines: where each {units.get(task, 'unit').rstrip('s')} of {task} begins"
-            for task, (_, width) in chance.items()
-            if width and width > 1
-        ),
-    )
-    fig.tight_layout()
-    return _save(fig, figures, "position_accuracy")
+    return rows, chance
+
+
+def _position_panel(ax, d: pd.DataFrame, models: list[str], style: tuple[dict, dict], shape: tuple) -> None:
+    """One task at one length: each model's mean accuracy per position (markers) over the range
+    over seeds (band), chance (dashed) and, for outputs made of fixed-width units, a grey line
+    where each unit begins; `shape` is the task's chance and unit width."""
+    palette, markers = style
+    for model in models:
+        by_position = d[d["model"] == model].groupby("position")["accuracy"]
+        mean = by_position.mean()
+        if mean.empty:
+            continue
+        ax.fill_between(mean.index, by_position.min(), by_position.max(), color=palette[model], alpha=0.12, linewidth=0)
+        ax.plot(mean.index, mean.values, marker=markers[model], markersize=3, label=model, color=palette[model])
+    guess, width = shape
+    if guess:
+        ax.axhline(100 * guess, color="0.4", linestyle="--", linewidth=0.8, gid="chance")
+        ax.text(1.0, 100 * guess, " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.4")
+    if width and width > 1:  # where each unit of the output (a date) begins
+        for start in range(width, int(d["position"].max()), width):
+            ax.axvline(start + 0.5, color="0.75", linewidth=0.7, linestyle="-", zorder=0, gid="unit boundary")
 
 
 ATTENTION_EXAMPLES = {  # record key: (figure name, which length the figure shows, which example it looks for)
@@ -732,23 +793,9 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    series = series_names(records)
-    rows = [
-        {
-            "task": r["task"],
-            "model": series[r["id"]],
-            "seed": r["seed"],
-            "examples_seen": h["examples_seen"],
-            "length": int(length),
-            "val_seq_acc": 100 * acc,
-        }
-        for r in records
-        for h in r.get("history", [])
-        for length, acc in h.get("val_seq_acc_by_length", {}).items()
-    ]
-    if not rows:
+    data = _learning_rows(records)
+    if data.empty:
         return []
-    data = pd.DataFrame(rows)
     tasks = list(dict.fromkeys(data["task"]))
     models = [m for m in MODEL_ORDER if m in set(data["model"])] + sorted(set(data["model"]) - set(MODEL_ORDER))
     units = {r["task"]: r.get("length_unit", "length") for r in records}
@@ -768,29 +815,7 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
                 ax.axis("off")
                 continue
             seeds = m["seed"].nunique()
-            for length in shown:
-                by_point = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"]
-                curve, present = by_point.mean(), by_point.count()
-                every = present == seeds  # points every seed reached; later ones rest on the seeds still training
-                ax.plot(
-                    curve.index[every] / 1000,
-                    curve.values[every],
-                    color=colours[length],
-                    marker=".",
-                    markersize=3,
-                    label=str(length),
-                    gid="all seeds",
-                )
-                if not every.all():
-                    tail = curve.index >= curve.index[every].max() if every.any() else np.ones(len(curve), bool)
-                    ax.plot(
-                        curve.index[tail] / 1000,
-                        curve.values[tail],
-                        color=colours[length],
-                        linestyle=":",
-                        linewidth=1.0,
-                        gid="fewer seeds",
-                    )
+            _learning_panel(ax, m, seeds, colours)
             ax.set(
                 # one panel's width
                 title=textwrap.fill(f"{task} / {model} ({seeds} seed{'s' if seeds != 1 else ''})", 36),
@@ -810,16 +835,69 @@ def plot_learning_curves_by_length(records: list[dict], figures: Path) -> list[s
             title=f"trained length\n({units.get(task, 'length')})",
             fontsize=8,
         )
+    suptitle(
+        fig,
+        "Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds;\n"
+        f"dotted: after the first seed stopped, the mean of those still training; {_validation_size(records)}",
+    )
+    fig.tight_layout()
+    return _save(fig, figures, "learning_curves_by_length")
+
+
+def _learning_rows(records: list[dict]) -> pd.DataFrame:
+    """Each seed's validation exact match per training length at every validation of its training
+    (empty where no record kept one)."""
+    series = series_names(records)
+    rows = [
+        {
+            "task": r["task"],
+            "model": series[r["id"]],
+            "seed": r["seed"],
+            "examples_seen": h["examples_seen"],
+            "length": int(length),
+            "val_seq_acc": 100 * acc,
+        }
+        for r in records
+        for h in r.get("history", [])
+        for length, acc in h.get("val_seq_acc_by_length", {}).items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def _learning_panel(ax, m: pd.DataFrame, seeds: int, colours: dict) -> None:
+    """One task and model: a curve per shown training length (`colours`' keys), mean over the
+    `seeds` while all of them train, dotted on from the first seed's stop."""
+    for length, colour in colours.items():
+        by_point = m[m["length"] == length].groupby("examples_seen")["val_seq_acc"]
+        curve, present = by_point.mean(), by_point.count()
+        every = present == seeds  # points every seed reached; later ones rest on the seeds still training
+        ax.plot(
+            curve.index[every] / 1000,
+            curve.values[every],
+            color=colour,
+            marker=".",
+            markersize=3,
+            label=str(length),
+            gid="all seeds",
+        )
+        if not every.all():
+            tail = curve.index >= curve.index[every].max() if every.any() else np.ones(len(curve), bool)
+            ax.plot(
+                curve.index[tail] / 1000,
+                curve.values[tail],
+                color=colour,
+                linestyle=":",
+                linewidth=1.0,
+                gid="fewer seeds",
+            )
+
+
+def _validation_size(records: list[dict]) -> str:
+    """How many validation examples each point of the learning curves rests on, with the largest
+    standard error that gives."""
     n_validation = sorted({(r.get("train_config") or {}).get("n_validation") for r in records} - {None})
-    per_point = (
+    return (
         f"{n_validation[0]} validation examples per length and seed (standard error up to {50 / math.sqrt(n_validation[0]):.0f} points)"
         if len(n_validation) == 1
         else "validation examples per length and seed as configured"
     )
-    suptitle(
-        fig,
-        "Does the gap close with training? Validation exact match (greedy) per training length, mean over seeds;\n"
-        f"dotted: after the first seed stopped, the mean of those still training; {per_point}",
-    )
-    fig.tight_layout()
-    return _save(fig, figures, "learning_curves_by_length")

@@ -472,9 +472,10 @@ def report_markdown(
     findings: list[str] = (),
     hypotheses: list[str] = (),
 ) -> str:
+    """report.md: the title, where the records came from, the findings and hypotheses, the
+    figures, the tables, every cell and how its training ended, the failed cells, and the
+    configuration."""
     first = next((r for r in records if r["status"] == "ok"), records[0])  # failed cells may lack device details
-    config = first["config"]
-    failed = [r for r in records if r["status"] != "ok"]
     lines = [
         f"# Sequence-length study: {first['profile']} profile",
         "",
@@ -493,7 +494,15 @@ def report_markdown(
     if units:
         lines += ["## Accuracy per output unit", "", units]
     lines += ["## Cells", "", *convergence_lines(records), *time_lines(records)]
-    lines += [
+    lines += _cells_table(records)
+    lines += _configuration_lines(records, first)
+    return "\n".join(lines)
+
+
+def _cells_table(records: list[dict]) -> list[str]:
+    """The table of cells: each cell's size, why and whether its training stopped, how far it
+    got, how much its last stretch still moved, and where its time went; then the failed cells."""
+    lines = [
         "| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
         "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "
         "update steps / compilation / validation / test decoding (s) |",
@@ -520,11 +529,18 @@ def report_markdown(
             f"{md(r.get('stop_reason', r.get('error')))} | {converged} | "
             f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {moved} | {rate} | {r.get('wall_seconds', 0):.0f} | {split} |"
         )
+    failed = [r for r in records if r["status"] != "ok"]
     if failed:
         lines += ["", f"**{len(failed)} failed cells** (shown as missing in tables and figures):", ""]
         lines += [f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: {md(r.get('error'))}" for r in failed]
+    return lines
+
+
+def _configuration_lines(records: list[dict], first: dict) -> list[str]:
+    """The report's "Configuration": the backend, device and versions of the `first` cell that
+    ran, the summed wall time of all cells, and the first cell's configuration as JSON."""
     total = sum(r.get("wall_seconds", 0) for r in records)
-    lines += [
+    return [
         "",
         "## Configuration",
         "",
@@ -534,8 +550,7 @@ def report_markdown(
         f"Summed cell wall time: {total / 60:.1f} min.",
         "",
         "```json",
-        json.dumps(config, indent=1),
+        json.dumps(first["config"], indent=1),
         "```",
         "",
     ]
-    return "\n".join(lines)
