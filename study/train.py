@@ -81,7 +81,18 @@ class MemoryBudgetError(MemoryError):
 
 
 def check_memory(needed: int, share: float = 1.0, what: str = "this cell") -> None:
-    """Raises MemoryBudgetError when `needed` bytes exceed 80% of this process's share of free memory."""
+    """Refuses a training step that would not fit in memory.
+
+    Args:
+        needed: bytes one training step is estimated to need.
+        share: the fraction of the machine's free memory this process may use (e.g. one over
+            the number of cells trained in parallel).
+        what: what needs the memory, named in the message.
+
+    Raises:
+        MemoryBudgetError: `needed` exceeds 80% of this process's share of the free memory.
+            Nothing is checked on a platform that does not report its free memory.
+    """
     import os
 
     try:
@@ -191,7 +202,18 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Index arrays of one epoch: examples of similar `sizes` together, batch order shuffled."""
+    """The batches of one epoch: examples of similar `sizes` together, batch order shuffled.
+
+    Args:
+        sizes: (n,) int, each example's size (source plus target ids).
+        batch_size: examples per batch.
+        rng: draws the example order and the batch order.
+
+    Returns:
+        A list of int index arrays into `sizes`, each of at most `batch_size` examples (the
+        last batch of each pool of `BUCKET_POOL` batches may be shorter); every example is in
+        exactly one.
+    """
     order = rng.permutation(len(sizes))
     batches = []
     pool = batch_size * BUCKET_POOL
@@ -205,7 +227,18 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
 def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.ndarray:
     """The pool indices of epoch `epoch`: pass p = epoch // (n_train /
     epoch_examples) is a permutation of the pool seeded by (seed, p), and the epoch is its
-    next consecutive stretch of `epoch_examples`."""
+    next consecutive stretch of `epoch_examples`.
+
+    Args:
+        pool: examples in the training pool, a multiple of `cfg.epoch_examples`
+            (`TrainConfig` checks that for `n_train`).
+        epoch: the epoch, 0-based.
+        cfg: gives `epoch_examples`.
+        seed: the run's seed.
+
+    Returns:
+        (cfg.epoch_examples,) int array of distinct indices into the pool.
+    """
     per_pass = pool // cfg.epoch_examples
     order = np.random.default_rng([seed, epoch // per_pass, 1]).permutation(pool)
     start = (epoch % per_pass) * cfg.epoch_examples
@@ -213,9 +246,14 @@ def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.nda
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
-    """Adam with clipping at `cfg.learning_rate` (`Warmup` and `ReduceLROnPlateau` move it during
-    training), and cross-entropy summed with the batch's weights (`EncodedSet.batch` gives each
-    target character 1 / tokens_per_batch)."""
+    """Compiles `model` in place: Adam with clipping at `cfg.learning_rate` (`Warmup` and
+    `ReduceLROnPlateau` move it during training), and cross-entropy from logits summed with
+    the batch's weights (`EncodedSet.batch` gives each target character 1 / tokens_per_batch).
+
+    Args:
+        model: the model to compile; a model compiled before gets a fresh optimiser.
+        cfg: gives `learning_rate` and `clipnorm` (the gradient's largest norm).
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
@@ -223,7 +261,14 @@ def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
 
 
 def warmup_updates(cfg: TrainConfig) -> int:
-    """Updates of the linear warm-up: warmup_examples / batch_size, rounded up."""
+    """Updates of the linear warm-up.
+
+    Args:
+        cfg: gives `warmup_examples` and `batch_size`.
+
+    Returns:
+        warmup_examples / batch_size, rounded up (0: no warm-up).
+    """
     return math.ceil(cfg.warmup_examples / cfg.batch_size)
 
 
