@@ -106,9 +106,7 @@ def _shard(value: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from study.config import BACKENDS, REGIMES
-    from study.executors import EXECUTORS
-
+    """The command line of every command (`COMMANDS`); a parse error raises `UsageError` (one line)."""
     parser = _Parser(
         prog="run_study.py",
         description=__doc__.split("\n\n")[0],
@@ -116,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # a misspelt option is an error, never a silent prefix match (--profil)
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = _add_run_command(sub)
+    _add_report_command(sub)
+    _add_predict_command(sub)
+    _add_rescore_command(sub)
+    listing = sub.add_parser("list", allow_abbrev=False, help="list tasks, models and profiles")
+    _task_module_option(listing)
+    options = ", ".join(a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help")
+    parser.epilog = (
+        f"Without a command, the arguments are those of `run`: {options}.\n"
+        "Each command's own options: python run_study.py COMMAND --help"
+    )
+    return parser
+
+
+def _add_run_command(sub) -> argparse.ArgumentParser:
+    """`run` and its options (what the study trains, where and how); returns its parser."""
+    from study.config import BACKENDS, REGIMES
+    from study.executors import EXECUTORS
+
     run = sub.add_parser("run", allow_abbrev=False, help="run a study (the default command)")
     run.add_argument("--profile", default="standard", help="smoke, standard (default) or full")
     run.add_argument("--config", type=Path, help="a TOML file with any setting a profile has")
@@ -146,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write training curves for TensorBoard under <out>/logs/",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
+    return run
+
+
+def _add_report_command(sub) -> None:
+    """`report`: one results folder, or several merged into --out."""
     report = sub.add_parser(
         "report", allow_abbrev=False, help="redraw tables, figures and report.md from a results folder"
     )
@@ -163,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="report every record in the folder, not only the latest run's grid"
     )
     _task_module_option(report)
+
+
+def _add_predict_command(sub) -> None:
+    """`predict`: one trained cell asked about the sources of the command line."""
     ask = sub.add_parser(
         "predict", allow_abbrev=False, help="ask a trained model of a finished study about your own inputs"
     )
@@ -175,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _task_module_option(ask)
     ask.add_argument("sources", nargs="+", metavar="SOURCE", help="input strings in the task's alphabet")
+
+
+def _add_rescore_command(sub) -> None:
+    """`rescore`: the test metrics of a finished study again, from its saved models."""
     again = sub.add_parser(
         "rescore",
         allow_abbrev=False,
@@ -182,14 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("results_dir", type=Path, metavar="DIR", help="the results folder of a finished study")
     _task_module_option(again)
-    listing = sub.add_parser("list", allow_abbrev=False, help="list tasks, models and profiles")
-    _task_module_option(listing)
-    options = ", ".join(a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help")
-    parser.epilog = (
-        f"Without a command, the arguments are those of `run`: {options}.\n"
-        "Each command's own options: python run_study.py COMMAND --help"
-    )
-    return parser
 
 
 def _task_module_option(parser: argparse.ArgumentParser) -> None:
@@ -337,10 +359,48 @@ def prepare(args: argparse.Namespace):
     return studies, out
 
 
+def _study_header(args: argparse.Namespace, config, folder: Path, grid: list) -> str:
+    """The line printed before a study runs: its cells (and shard), backend, executor and folder."""
+    from study.runner import select_shard
+
+    where = (
+        f"Ray ({args.address or 'local instance'})" if args.executor == "ray" else f"{config.workers} parallel job(s)"
+    )
+    shard = (
+        f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them" if args.shard else ""
+    )
+    name = f"variant {config.variant} of the " if config.variant else ""
+    return (
+        f"{name}{config.profile} study: {_count(len(grid), 'cell')} ({_count(len(config.tasks), 'task')} x "
+        f"{_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
+        f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {folder}"
+    )
+
+
+def _finish_run(failed: list[dict], n_ok: int, report: Path, started: float) -> int:
+    """Prints the failed cells and the run's last line; returns `run`'s exit code."""
+    from study.runner import summary_line
+
+    if failed:
+        print("failed cells:")
+    for r in failed:
+        print(summary_line(r))
+    print(
+        f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(n_ok, 'cell')} ok, {len(failed)} failed; report: {report}"
+    )
+    if failed:
+        print(
+            f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them",
+            file=sys.stderr,
+        )
+        return EXIT_CELLS_FAILED
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     studies, out = prepare(args)
     from study.report import write_report
-    from study.runner import StudyInterrupted, expand_grid, run_study, select_shard, summary_line
+    from study.runner import StudyInterrupted, expand_grid, run_study, summary_line
 
     started = time.perf_counter()
 
@@ -355,22 +415,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for config, folder in studies:
         grid = [(cell, None) for cell in expand_grid(config)]  # the header's counts: no task is built for ids here
         if not args.quiet:
-            where = (
-                f"Ray ({args.address or 'local instance'})"
-                if args.executor == "ray"
-                else f"{config.workers} parallel job(s)"
-            )
-            shard = (
-                f", shard {args.shard[0]}/{args.shard[1]}: {len(select_shard(grid, args.shard))} of them"
-                if args.shard
-                else ""
-            )
-            name = f"variant {config.variant} of the " if config.variant else ""
-            print(
-                f"{name}{config.profile} study: {_count(len(grid), 'cell')} ({_count(len(config.tasks), 'task')} x "
-                f"{_count(len(config.models), 'model')} x {_count(len(config.seeds), 'seed')}"
-                f"{', one per training length' if config.regime == 'per_length' else ''}{shard}) on {config.backend}, {where} -> {folder}"
-            )
+            print(_study_header(args, config, folder, grid))
         try:
             records = run_study(
                 config,
@@ -396,20 +441,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         merge_results([folder for _, folder in studies], out, warn=lambda message: print(message, file=sys.stderr))
         report = write_report(out)
-    if failed:
-        print("failed cells:")
-    for r in failed:
-        print(summary_line(r))
-    print(
-        f"done in {(time.perf_counter() - started) / 60:.1f} min: {_count(n_ok, 'cell')} ok, {len(failed)} failed; report: {report}"
-    )
-    if failed:
-        print(
-            f"error: {_count(len(failed), 'cell')} of the grid failed (listed above); fix the cause and run the same command again to retry them",
-            file=sys.stderr,
-        )
-        return EXIT_CELLS_FAILED
-    return 0
+    return _finish_run(failed, n_ok, report, started)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

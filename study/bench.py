@@ -369,14 +369,9 @@ def time_to_accuracy(args) -> dict:
     min-length..length, the training split of the study's data) in epochs of the same size and
     are checked on the same held-out examples (the study's test split at the longest length)
     after every epoch; the check's own time is not counted."""
-    import dataclasses
-
-    import keras
-    import numpy as np
-
     from study.config import ModelConfig
-    from study.evaluate import decode, decode_steps, score
-    from study.experiment import prepare, train
+    from study.evaluate import decode_steps
+    from study.experiment import prepare
     from study.tasks import get_task
 
     task = get_task(args.task)
@@ -384,10 +379,23 @@ def time_to_accuracy(args) -> dict:
     cfg = bench_recipe()
     model_cfg = ModelConfig(embedding_dim=args.embedding, units=args.units, attention_size=args.attention_size)
     run = prepare(task, args.attention, lengths, [args.length], model_cfg, cfg, n_test=500, seed=0)
-    train_set, held_out = run.splits.train, run.splits.test[args.length]
-    sv, tv = run.source_vocab, run.target_vocab
+    held_out = run.splits.test[args.length]
     steps = decode_steps(held_out.targets)
-    held_source = sv.encode_batch(held_out.sources)
+    ours = _project_to_target(args, run, cfg, held_out, steps)
+    base = _baseline_to_target(args, run, cfg, held_out, steps)
+    return _time_to_accuracy_report(args, cfg, lengths, len(run.splits.train), ours, base)
+
+
+def _project_to_target(args, run, cfg, held_out, steps: int) -> tuple[dict | None, list[dict]]:
+    """The project's side of `time_to_accuracy`: `study.experiment.train` with a held-out check
+    after every epoch that stops it at `args.target`.  Returns (the first curve row at the
+    target or None, the curve: examples, training seconds and held-out exact match per epoch)."""
+    import keras
+
+    from study.evaluate import decode, score
+    from study.experiment import train
+
+    sv, tv = run.source_vocab, run.target_vocab
 
     class HeldOut(keras.callbacks.Callback):
         def __init__(self, clock):
@@ -407,7 +415,19 @@ def time_to_accuracy(args) -> dict:
     clock = _Clock()
     ours = HeldOut(clock)
     train(run, cfg, seed=0, progress=False, extra_callbacks=[ours])
+    return ours.reached, ours.curve
 
+
+def _baseline_to_target(args, run, cfg, held_out, steps: int) -> tuple[dict | None, list[dict]]:
+    """The baseline's side of `time_to_accuracy`: `build_baseline` trained on the same pool in
+    epochs of the project's size (a shuffled pass in stretches) until `args.target` or
+    `args.max_examples`; returns what `_project_to_target` does."""
+    import numpy as np
+
+    from study.evaluate import score
+
+    train_set, sv, tv = run.splits.train, run.source_vocab, run.target_vocab
+    held_source = sv.encode_batch(held_out.sources)
     set_random_seed(0)
     model, encoder, step = build_baseline(args, sv.size, tv.size)
     x = [sv.encode_batch(train_set.sources), tv.encode_batch(train_set.targets, start=True)]
@@ -432,28 +452,37 @@ def time_to_accuracy(args) -> dict:
         if acc >= args.target:
             base_reached = base_curve[-1]
             break
+    return base_reached, base_curve
 
-    def side(reached, curve, prefix=""):
-        return {
-            f"{prefix}seconds_to_target": reached and reached["seconds"],
-            f"{prefix}examples_to_target": reached and reached["examples"],
-            f"{prefix}curve": curve,
-        }
 
+def _side(reached: dict | None, curve: list[dict], prefix: str = "") -> dict:
+    """One side's seconds and examples to the target (None where it never got there) and its curve."""
+    return {
+        f"{prefix}seconds_to_target": reached and reached["seconds"],
+        f"{prefix}examples_to_target": reached and reached["examples"],
+        f"{prefix}curve": curve,
+    }
+
+
+def _time_to_accuracy_report(args, cfg, lengths: range, pool: int, ours: tuple, base: tuple) -> dict:
+    """`time_to_accuracy`'s object from both sides' (reached, curve) and the settings they ran with."""
+    import dataclasses
+
+    ours_reached, base_reached = ours[0], base[0]
     report = {
-        **side(ours.reached, ours.curve),
-        **side(base_reached, base_curve, "baseline_"),
+        **_side(*ours),
+        **_side(*base, "baseline_"),
         "target": args.target,
         "held_out": f"500 test examples of {args.task} at length {args.length}",
         "train_lengths": f"{lengths.start}..{lengths.stop - 1}",
-        "pool": len(train_set),
+        "pool": pool,
         "project_budget": cfg.max_examples,
         "baseline_budget": args.max_examples,
         "recipe": dataclasses.asdict(cfg),
     }
-    if ours.reached and base_reached:
-        report["speedup_seconds"] = base_reached["seconds"] / ours.reached["seconds"]
-        report["speedup_examples"] = base_reached["examples"] / ours.reached["examples"]
+    if ours_reached and base_reached:
+        report["speedup_seconds"] = base_reached["seconds"] / ours_reached["seconds"]
+        report["speedup_examples"] = base_reached["examples"] / ours_reached["examples"]
     return report
 
 

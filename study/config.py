@@ -555,6 +555,39 @@ def build_study_config(
 
     Raises ConfigError with a one-line message naming the bad key or value.
     """
+    raw = _merged_settings(profile, file_settings, overrides)
+    unknown = sorted(set(raw) - _STUDY_KEYS - {"profile"})
+    if unknown:
+        raise _unknown_setting(unknown[0], _STUDY_KEYS | {"profile", "variants"})
+    plans = _task_plans(raw["tasks"])
+    models = raw["models"]
+    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"models must be a list of model names, got {models!r}")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, (list, tuple)):
+        raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
+    return StudyConfig(
+        profile=profile,
+        tasks=tuple(plans),
+        models=tuple(dict.fromkeys(models)),
+        seeds=tuple(dict.fromkeys(seeds)),
+        regime=raw.get("regime", "mixed"),
+        model=_model_table(raw.get("model", {}), models),
+        train=_dataclass_from(TrainConfig, raw.get("train", {}), "train"),
+        n_test=raw.get("n_test", 1000),
+        backend=raw.get("backend", "tensorflow"),
+        jobs=raw.get("jobs", 0),
+        cell_cpus=raw.get("cell_cpus", 1),
+        cell_gpus=raw.get("cell_gpus", 0.0),
+        tensorboard=raw.get("tensorboard", False),
+        families=parse_families(raw.get("families")),
+    )
+
+
+def _merged_settings(profile: str, file_settings: dict | None, overrides: dict | None) -> dict:
+    """The profile's settings, a config file's merged over them and the command line's over
+    both, not yet validated; the file's `[tasks.X]` tables are the study's tasks
+    (`file_task_plans`) and a command line's task list replaces them."""
     if profile not in PROFILES:
         import difflib
 
@@ -573,10 +606,11 @@ def build_study_config(
     raw = merge_settings(raw, overrides)
     if selected_tasks is not None:  # a command line's task list selects; it does not add to the profile's
         raw["tasks"] = selected_tasks
-    unknown = sorted(set(raw) - _STUDY_KEYS - {"profile"})
-    if unknown:
-        raise _unknown_setting(unknown[0], _STUDY_KEYS | {"profile", "variants"})
-    tasks_raw = raw["tasks"]
+    return raw
+
+
+def _task_plans(tasks_raw: Any) -> list[TaskPlan]:
+    """The `tasks` table (task name -> train_lengths, eval_lengths and options) as TaskPlans."""
     if not isinstance(tasks_raw, dict):
         raise ConfigError(f"tasks must be a table of task name -> settings, got {tasks_raw!r}")
     plans = []
@@ -600,28 +634,7 @@ def build_study_config(
                 options=tuple(sorted(options.items())),
             )
         )
-    models = raw["models"]
-    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) for m in models):
-        raise ConfigError(f"models must be a list of model names, got {models!r}")
-    seeds = raw["seeds"]
-    if not isinstance(seeds, (list, tuple)):
-        raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
-    return StudyConfig(
-        profile=profile,
-        tasks=tuple(plans),
-        models=tuple(dict.fromkeys(models)),
-        seeds=tuple(dict.fromkeys(seeds)),
-        regime=raw.get("regime", "mixed"),
-        model=_model_table(raw.get("model", {}), models),
-        train=_dataclass_from(TrainConfig, raw.get("train", {}), "train"),
-        n_test=raw.get("n_test", 1000),
-        backend=raw.get("backend", "tensorflow"),
-        jobs=raw.get("jobs", 0),
-        cell_cpus=raw.get("cell_cpus", 1),
-        cell_gpus=raw.get("cell_gpus", 0.0),
-        tensorboard=raw.get("tensorboard", False),
-        families=parse_families(raw.get("families")),
-    )
+    return plans
 
 
 def _model_table(raw: Any, models: list[str]) -> ModelConfig:

@@ -47,7 +47,17 @@ METRICS_VERSION = 2
 
 def decode_steps(targets: Sequence[str]) -> int:
     """The decode cap for `targets`: twice the longest target plus 2 (room for END and for
-    over-generation to show)."""
+    over-generation to show).
+
+    Args:
+        targets: the target strings the predictions will be scored against.
+
+    Returns:
+        The number of decoder steps, in characters (END included).
+
+    Raises:
+        ValueError: `targets` is empty.
+    """
     return 2 * max(len(t) for t in targets) + 2
 
 
@@ -60,8 +70,26 @@ def decode(
     batch_size: int = 1024,
     with_attention: bool = False,
 ) -> tuple[list[str], np.ndarray | None]:
-    """Greedy-decodes `sources`; returns the predicted strings and, when asked and the
-    model has attention, the weights as an array (n, max_steps, S)."""
+    """Greedy-decodes `sources` with the model's compiled decoder (`greedy_decoder`).
+
+    Args:
+        model: a trained model.
+        sources: n source strings.
+        source_vocab: encodes the sources, right-padded to the longest (S ids).
+        target_vocab: decodes the predicted ids.
+        max_steps: the most decoder steps, END included (`decode_steps`).
+        batch_size: examples per `predict` batch.
+        with_attention: also return the attention weights.
+
+    Returns:
+        `(predictions, attention)`: n strings, each the characters before the row's first END,
+        with `study.vocab.INVALID` where END never came; and, when `with_attention` is set and
+        the model has attention, float array (n, max_steps, S) of the weights over the source
+        positions, zero after the step that emitted END; otherwise None.
+
+    Raises:
+        ValueError: a source holds a character outside `source_vocab`.
+    """
     source_ids = source_vocab.encode_batch(sources)
     out = model.greedy_decoder(max_steps, with_attention=with_attention).predict(
         source_ids, batch_size=batch_size, verbose=0
@@ -71,7 +99,20 @@ def decode(
 
 def score(predictions: Sequence[str], targets: Sequence[str]) -> dict:
     """Exact-match, character and per-position accuracy of predictions against targets
-    (definitions in the module docstring); raises ValueError on unequal or empty lists."""
+    (definitions in the module docstring).
+
+    Args:
+        predictions: n predicted strings.
+        targets: the n target strings, in the same order.
+
+    Returns:
+        A dict: "n_examples" (n); "seq_acc", "char_acc", "length_acc", "too_short" and
+        "too_long", shares in [0, 1]; "mean_prediction_length" in characters; and
+        "position_acc", a list with one share per position of the longest target.
+
+    Raises:
+        ValueError: the two lists differ in length, or are empty.
+    """
     if len(predictions) != len(targets) or not targets:
         raise ValueError(f"need as many predictions as targets (> 0), got {len(predictions)} and {len(targets)}")
     longest = max(len(t) for t in targets)
@@ -112,7 +153,21 @@ def decode_at_target_length(
     """Greedy predictions of exactly len(target) characters each: END is held back for that many
     steps and decoding stops there (Newman et al. 2020); targets of each length are decoded
     together.  The decoding of a model trained without END (`TrainConfig.end_token`), and the
-    oracle-length diagnostic of one trained with it."""
+    oracle-length diagnostic of one trained with it.
+
+    Args:
+        model: a trained model.
+        sources: the n source strings.
+        targets: their n targets; only their lengths (in characters) are used.
+        source_vocab, target_vocab: the task's vocabularies.
+        batch_size: examples per `predict` batch.
+
+    Returns:
+        n strings in the order of `targets`, prediction i of exactly len(targets[i]) characters.
+
+    Raises:
+        ValueError: a source holds a character outside `source_vocab`.
+    """
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(targets):
         by_length[len(t)].append(i)
@@ -138,7 +193,19 @@ def oracle_exact_match(
     batch_size: int = 1024,
 ) -> float:
     """Share of examples whose first len(target) greedy characters equal the target when END
-    is held back for exactly that many steps (`decode_at_target_length`)."""
+    is held back for exactly that many steps (`decode_at_target_length`).
+
+    Args:
+        model, sources, targets, source_vocab, target_vocab, batch_size: as for
+            `decode_at_target_length`.
+
+    Returns:
+        The oracle-length exact match, a share in [0, 1].
+
+    Raises:
+        ValueError: a source holds a character outside `source_vocab`.
+        ZeroDivisionError: `targets` is empty.
+    """
     predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
     return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
@@ -156,9 +223,28 @@ def evaluate_with_predictions(
     """Decodes `sources` greedily and scores the predictions against `targets` (`score`), with
     the oracle-length exact match beside (`oracle_exact_match`).  A model trained without END
     (`end_token` False) is decoded at the target's length (`decode_at_target_length`), so its
-    exact match and oracle-length exact match are one number.  Returns (metrics, predictions,
-    attention weights (n, steps, S) or None: with `with_attention` on an attention model, those
-    of every example, or of the first alone for a model decoded at the target's length)."""
+    exact match and oracle-length exact match are one number.
+
+    Args:
+        model: a trained model.
+        sources: n source strings.
+        targets: their n targets.
+        source_vocab, target_vocab: the task's vocabularies.
+        batch_size: examples per `predict` batch.
+        end_token: whether the model was trained to write END (`TrainConfig.end_token`).
+        with_attention: also return attention weights.
+
+    Returns:
+        `(metrics, predictions, attention)`: `score`'s dict plus "oracle_seq_acc" (a share in
+        [0, 1]); the n predicted strings; and, with `with_attention` on an attention model,
+        the weights over the source positions: float array (n, decode_steps(targets), S), S the
+        longest source, or with `end_token` False those of the first example alone,
+        (1, len(targets[0]), len(sources[0])); otherwise None.
+
+    Raises:
+        ValueError: `targets` is empty, a source holds a character outside `source_vocab`, or
+            (with `end_token`) `sources` and `targets` differ in number.
+    """
     if not end_token:
         predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
         scored = score(predictions, targets)
@@ -194,5 +280,16 @@ def evaluate(
     batch_size: int = 1024,
     end_token: bool = True,
 ) -> dict:
-    """The metrics of `evaluate_with_predictions` alone (what the study records per test set)."""
+    """The metrics of `evaluate_with_predictions` alone (what the study records per test set).
+
+    Args:
+        model, sources, targets, source_vocab, target_vocab, batch_size, end_token: as for
+            `evaluate_with_predictions`.
+
+    Returns:
+        `score`'s dict plus "oracle_seq_acc".
+
+    Raises:
+        ValueError: as `evaluate_with_predictions`.
+    """
     return evaluate_with_predictions(model, sources, targets, source_vocab, target_vocab, batch_size, end_token)[0]

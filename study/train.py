@@ -81,7 +81,18 @@ class MemoryBudgetError(MemoryError):
 
 
 def check_memory(needed: int, share: float = 1.0, what: str = "this cell") -> None:
-    """Raises MemoryBudgetError when `needed` bytes exceed 80% of this process's share of free memory."""
+    """Refuses a training step that would not fit in memory.
+
+    Args:
+        needed: bytes one training step is estimated to need.
+        share: the fraction of the machine's free memory this process may use (e.g. one over
+            the number of cells trained in parallel).
+        what: what needs the memory, named in the message.
+
+    Raises:
+        MemoryBudgetError: `needed` exceeds 80% of this process's share of the free memory.
+            Nothing is checked on a platform that does not report its free memory.
+    """
     import os
 
     try:
@@ -191,7 +202,18 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Index arrays of one epoch: examples of similar `sizes` together, batch order shuffled."""
+    """The batches of one epoch: examples of similar `sizes` together, batch order shuffled.
+
+    Args:
+        sizes: (n,) int, each example's size (source plus target ids).
+        batch_size: examples per batch.
+        rng: draws the example order and the batch order.
+
+    Returns:
+        A list of int index arrays into `sizes`, each of at most `batch_size` examples (the
+        last batch of each pool of `BUCKET_POOL` batches may be shorter); every example is in
+        exactly one.
+    """
     order = rng.permutation(len(sizes))
     batches = []
     pool = batch_size * BUCKET_POOL
@@ -205,7 +227,18 @@ def bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generato
 def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.ndarray:
     """The pool indices of epoch `epoch`: pass p = epoch // (n_train /
     epoch_examples) is a permutation of the pool seeded by (seed, p), and the epoch is its
-    next consecutive stretch of `epoch_examples`."""
+    next consecutive stretch of `epoch_examples`.
+
+    Args:
+        pool: examples in the training pool, a multiple of `cfg.epoch_examples`
+            (`TrainConfig` checks that for `n_train`).
+        epoch: the epoch, 0-based.
+        cfg: gives `epoch_examples`.
+        seed: the run's seed.
+
+    Returns:
+        (cfg.epoch_examples,) int array of distinct indices into the pool.
+    """
     per_pass = pool // cfg.epoch_examples
     order = np.random.default_rng([seed, epoch // per_pass, 1]).permutation(pool)
     start = (epoch % per_pass) * cfg.epoch_examples
@@ -213,9 +246,14 @@ def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.nda
 
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
-    """Adam with clipping at `cfg.learning_rate` (`Warmup` and `ReduceLROnPlateau` move it during
-    training), and cross-entropy summed with the batch's weights (`EncodedSet.batch` gives each
-    target character 1 / tokens_per_batch)."""
+    """Compiles `model` in place: Adam with clipping at `cfg.learning_rate` (`Warmup` and
+    `ReduceLROnPlateau` move it during training), and cross-entropy from logits summed with
+    the batch's weights (`EncodedSet.batch` gives each target character 1 / tokens_per_batch).
+
+    Args:
+        model: the model to compile; a model compiled before gets a fresh optimiser.
+        cfg: gives `learning_rate` and `clipnorm` (the gradient's largest norm).
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
@@ -223,7 +261,14 @@ def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
 
 
 def warmup_updates(cfg: TrainConfig) -> int:
-    """Updates of the linear warm-up: warmup_examples / batch_size, rounded up."""
+    """Updates of the linear warm-up.
+
+    Args:
+        cfg: gives `warmup_examples` and `batch_size`.
+
+    Returns:
+        warmup_examples / batch_size, rounded up (0: no warm-up).
+    """
     return math.ceil(cfg.warmup_examples / cfg.batch_size)
 
 
@@ -611,6 +656,111 @@ class EpochBackup(keras.callbacks.Callback):
                 old.unlink(missing_ok=True)
 
 
+def _plateau_schedule(cfg: TrainConfig) -> keras.callbacks.ReduceLROnPlateau | None:
+    """`ReduceLROnPlateau` on the validation loss for schedule "plateau" (None for any other)."""
+    if cfg.schedule != "plateau":
+        return None
+    return keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        mode="min",
+        factor=cfg.lr_factor,
+        patience=cfg.lr_patience,
+        min_delta=cfg.loss_tolerance,
+        min_lr=cfg.min_learning_rate,
+        verbose=0,
+    )
+
+
+@dataclasses.dataclass
+class _RunCallbacks:
+    """The callbacks of one `train_model` run that the result is read from after `fit`."""
+
+    started: float  # `time.perf_counter()` when the run began
+    rule: StoppingRule
+    timing: StepTimes
+    validating: GreedyValidation
+    plateau: keras.callbacks.ReduceLROnPlateau | None
+    convergence: Convergence
+    diverging: Divergence
+    backup: EpochBackup | None
+
+    @classmethod
+    def build(
+        cls,
+        batches: BucketedBatches,
+        validation: Dataset,
+        source_vocab: Vocabulary,
+        target_vocab: Vocabulary,
+        cfg: TrainConfig,
+        backup_dir: Path | None,
+        started: float,
+    ) -> "_RunCallbacks":
+        validating = GreedyValidation(batches, validation, source_vocab, target_vocab, started)
+        rule = StoppingRule.from_config(cfg)
+        convergence = Convergence(validating, rule)
+        plateau = _plateau_schedule(cfg)
+        diverging = Divergence(batches)
+        timing = StepTimes()
+        backup = None
+        if backup_dir is not None:
+            backup = EpochBackup(backup_dir, convergence, validating, plateau, timing)
+        return cls(started, rule, timing, validating, plateau, convergence, diverging, backup)
+
+    def in_order(
+        self, cfg: TrainConfig, between_batches: Callable[[], None] | None, progress: bool, batches_per_epoch: int
+    ) -> list[keras.callbacks.Callback]:
+        """Every callback of the run in the order Keras calls them (the module docstring's)."""
+        callbacks: list[keras.callbacks.Callback] = [
+            self.timing,
+            self.validating,
+            *([self.plateau] if self.plateau else []),
+            self.convergence,
+            self.diverging,
+        ]
+        if cfg.warmup_examples:
+            callbacks.append(Warmup(cfg.learning_rate, warmup_updates(cfg)))
+        if self.backup is not None:
+            callbacks.append(self.backup)
+        if between_batches is not None:
+            callbacks.append(BetweenBatches(between_batches))
+        if progress:
+            callbacks.append(EpochProgress(cfg.max_epochs, batches_per_epoch))
+        return callbacks
+
+    def result(self) -> TrainResult:
+        """What the finished run did, read from its callbacks."""
+        history, diverging, convergence = self.validating.history, self.diverging, self.convergence
+        if diverging.reason:
+            stop_reason, examples_seen = diverging.reason, diverging.examples_seen
+        else:
+            examples_seen = history[-1]["examples_seen"] if history else 0
+            stop_reason = convergence.reason or "budget"
+        best_epoch = convergence.best_epoch if history else 0
+        best = history[best_epoch - 1]["val_seq_acc"] if best_epoch else 0.0
+        if history and not diverging.reason:
+            seconds = history[-1]["seconds"]
+        else:
+            seconds = time.perf_counter() - self.started
+        times = {
+            "train_steps": self.timing.steps,
+            "first_update": self.timing.first or 0.0,
+            "validation": self.validating.seconds,
+            "before_resume": self.backup.resumed_seconds if self.backup else 0.0,
+        }
+        return TrainResult(
+            history,
+            stop_reason,
+            examples_seen,
+            best_epoch,
+            best,
+            seconds,
+            self.rule.stretch(history),
+            convergence.selected_by,
+            history[-1]["learning_rate"] if history else None,
+            times,
+        )
+
+
 def train_model(
     model: EncoderDecoder,
     train: Dataset,
@@ -624,11 +774,16 @@ def train_model(
     backup_dir: Path | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Trains `model` in place with `model.fit` (best validation weights restored) and returns
-    what happened.
+    """Trains `model` in place with `model.fit` and returns what happened; the weights the
+    stopping rule keeps (`Convergence`) are restored at the end.
 
     Args:
-        train, validation: datasets of the task (validation is decoded greedily each epoch).
+        model: a built `EncoderDecoder`; it is compiled here (`compile_model`).
+        train: the training pool; it must hold `cfg.n_train` examples.
+        validation: decoded greedily after every epoch (exact match, character accuracy)
+            and scored teacher-forced as one batch (`val_loss`).
+        source_vocab, target_vocab: the task's vocabularies; every character of `train` and
+            `validation` must be in them.
         cfg: budget, optimiser, schedule and stopping; the same for every model of a comparison.
         seed: seeds the batch order (seed Keras with `keras.utils.set_random_seed` before
             building the model for reproducible initial weights; `study.experiment.prepare`
@@ -638,78 +793,32 @@ def train_model(
             e.g. on Ctrl-C).
         backup_dir: where `EpochBackup` keeps the training state; a run that finds a backup
             there resumes from it (None: no backups).
-        extra_callbacks: more Keras callbacks (e.g. `keras.callbacks.TensorBoard`).
+        extra_callbacks: more Keras callbacks (e.g. `keras.callbacks.TensorBoard`), called
+            after the study's own.
+
+    Returns:
+        A `TrainResult`: one history row per validated epoch, the stop reason, the training
+        examples seen, the epoch whose weights were kept (1-based; 0 when no epoch was
+        validated) and its validation exact match (a share in [0, 1]), and the run's wall
+        seconds, training and validation, before a resume included.
+
+    Raises:
+        ValueError: `train` does not hold `cfg.n_train` examples, or a character of `train` or
+            `validation` is not in its vocabulary.
+        Exception: whatever `between_batches` raises (e.g. KeyboardInterrupt), unchanged.
     """
     started = time.perf_counter()
     batches = BucketedBatches(EncodedSet.build(train, source_vocab, target_vocab, cfg.end_token), cfg, seed)
     compile_model(model, cfg)
-    validating = GreedyValidation(batches, validation, source_vocab, target_vocab, started)
-    rule = StoppingRule.from_config(cfg)
-    convergence = Convergence(validating, rule)
-    plateau = None
-    if cfg.schedule == "plateau":
-        plateau = keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
-            mode="min",
-            factor=cfg.lr_factor,
-            patience=cfg.lr_patience,
-            min_delta=cfg.loss_tolerance,
-            min_lr=cfg.min_learning_rate,
-            verbose=0,
-        )
-    diverging = Divergence(batches)
-    timing = StepTimes()
-    callbacks: list[keras.callbacks.Callback] = [
-        timing,
-        validating,
-        *([plateau] if plateau else []),
-        convergence,
-        diverging,
-    ]
-    if cfg.warmup_examples:
-        callbacks.append(Warmup(cfg.learning_rate, warmup_updates(cfg)))
-    initial_epoch, backup = 0, None
-    if backup_dir is not None:
-        backup = EpochBackup(backup_dir, convergence, validating, plateau, timing)
-        initial_epoch = backup.resume_epoch()
-        callbacks.append(backup)
+    run = _RunCallbacks.build(batches, validation, source_vocab, target_vocab, cfg, backup_dir, started)
+    initial_epoch = run.backup.resume_epoch() if run.backup is not None else 0
     batches.next_epoch = initial_epoch
-    if between_batches is not None:
-        callbacks.append(BetweenBatches(between_batches))
-    if progress:
-        callbacks.append(EpochProgress(cfg.max_epochs, len(batches)))
     model.fit(
         batches.for_fit(),
         epochs=cfg.max_epochs,
         initial_epoch=initial_epoch,
-        callbacks=[*callbacks, *extra_callbacks],
+        callbacks=[*run.in_order(cfg, between_batches, progress, len(batches)), *extra_callbacks],
         verbose=0,
         shuffle=False,  # the order is BucketedBatches'
     )
-    history = validating.history
-    if diverging.reason:
-        stop_reason, examples_seen = diverging.reason, diverging.examples_seen
-    else:
-        examples_seen = history[-1]["examples_seen"] if history else 0
-        stop_reason = convergence.reason or "budget"
-    best_epoch = convergence.best_epoch if history else 0
-    best = history[best_epoch - 1]["val_seq_acc"] if best_epoch else 0.0
-    seconds = history[-1]["seconds"] if history and not diverging.reason else time.perf_counter() - started
-    times = {
-        "train_steps": timing.steps,
-        "first_update": timing.first or 0.0,
-        "validation": validating.seconds,
-        "before_resume": backup.resumed_seconds if backup else 0.0,
-    }
-    return TrainResult(
-        history,
-        stop_reason,
-        examples_seen,
-        best_epoch,
-        best,
-        seconds,
-        rule.stretch(history),
-        convergence.selected_by,
-        history[-1]["learning_rate"] if history else None,
-        times,
-    )
+    return run.result()

@@ -125,16 +125,39 @@ class Task(abc.ABC):
     def formats_in(self, source: str, target: str) -> set[str]:
         """The `formats` that certainly wrote parts of the example (`source`, `target`): those
         alone in writing a part as it is written (a date that two formats write alike names
-        neither)."""
+        neither).
+
+        Args:
+            source, target: one example of `sample`.
+
+        Returns:
+            A subset of `formats` (empty for a task with one way of writing).
+        """
         return set()
 
     def target_for(self, source: str) -> str | None:
-        """The target of one source when the task can compute it (None: it cannot, e.g. a
-        task whose target is drawn with its source); `predict` shows it beside the prediction."""
+        """The target of one source when the task can compute it; `predict` shows it beside
+        the prediction.
+
+        Args:
+            source: a string in `input_alphabet`.
+
+        Returns:
+            The target string, or None when the task cannot compute it (the default, e.g. a
+            task whose target is drawn with its source).
+        """
         return None
 
     def check_length(self, length: int) -> None:
-        """Raises ValueError when `length` is outside what the task supports."""
+        """Checks that the task can draw examples of `length`.
+
+        Args:
+            length: a length in `length_unit`.
+
+        Raises:
+            ValueError: `length` is not an integer (a bool is refused too) or lies outside
+                `min_length`..`max_length`.
+        """
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
             raise ValueError(f"task {self.name!r}: length must be an integer, got {length!r}")
         upper = "unbounded" if self.max_length is None else self.max_length
@@ -159,6 +182,15 @@ def check_task(task: Task, n: int = 8, seed: int = 0) -> None:
     `data_versions` maps names to strings; alphabets are non-empty strings without
     repeats; `sample` returns two lists of `n` non-empty strings whose characters
     lie in the alphabets; the same seed gives the same data.
+
+    Args:
+        task: the task to check.
+        n: examples drawn per sample, at the task's shortest length and the next one.
+        seed: seeds the generator of each sample (each is drawn twice to check determinism).
+
+    Raises:
+        TaskContractError: a rule is broken; the message names the task and the rule.
+            An exception that the task's own `sample` raises propagates unchanged.
     """
     name = getattr(task, "name", type(task).__name__)
 
@@ -244,10 +276,21 @@ def _check_identity(task: Task, fail) -> None:
 
 def check_sample(task: Task, sample: object, n: int, length: int, split: str | None = None) -> None:
     """Checks one `task.sample(rng, n, length)` result: a (sources, targets) tuple of two lists of
-    `n` non-empty strings whose characters lie in the task's alphabets.  Raises
-    `TaskContractError` naming the task, the length (and split) and the rule broken; the study
-    runs it on every sample it draws, so a task that breaks the contract only at some lengths is
-    caught where it does."""
+    `n` non-empty strings whose characters lie in the task's alphabets.  The study runs it on
+    every sample it draws, so a task that breaks the contract only at some lengths is caught
+    where it does.
+
+    Args:
+        task: the task that drew `sample`.
+        sample: what `task.sample` returned.
+        n: the number of examples asked for.
+        length: the length asked for (named in the message).
+        split: the split the sample is for, named in the message (None: none named).
+
+    Raises:
+        TaskContractError: the sample breaks a rule; the message names the task, the length
+            (and split) and the rule.
+    """
     where = f"at length {length}" + (f" ({split} split)" if split else "")
 
     def fail(rule: str) -> TaskContractError:
@@ -305,7 +348,17 @@ class SymbolTask(Task):
         return self.alphabet
 
     def transform(self, source: str) -> str:
-        """The target for one source string."""
+        """The target for one source string.
+
+        Args:
+            source: a string of the task's symbols.
+
+        Returns:
+            The target string.
+
+        Raises:
+            NotImplementedError: a subclass did not implement it.
+        """
         raise NotImplementedError
 
     def target_for(self, source: str) -> str | None:
