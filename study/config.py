@@ -12,44 +12,22 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from study.errors import ConfigError
+from study.fields import (
+    BOOLEAN,
+    COUNT,
+    FACTOR,
+    POSITIVE_INTEGER,
+    POSITIVE_NUMBER,
+    SHARE,
+    TOLERANCE,
+    ConfigError,
+    check_fields,
+    one_of,
+)
 from study.text import comma_list
 
 if TYPE_CHECKING:
     from study.tasks import Task
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# what a field may hold: (test, what the error message says it must be)
-POSITIVE_INTEGER = (lambda v: _integer(v) and v >= 1, "a positive integer")
-COUNT = (lambda v: _integer(v) and v >= 0, "an integer from 0")
-POSITIVE_NUMBER = (lambda v: _number(v) and v > 0, "a positive, finite number")
-SHARE = (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]")
-TOLERANCE = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
-FACTOR = (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)")
-BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
-
-
-def one_of(options: tuple[str, ...]):
-    """The rule of a field that holds one of `options`."""
-    return (lambda v: v in options, f"one of {', '.join(options)}")
-
-
-def check_fields(owner: str, config: Any, rules: dict) -> None:
-    """Checks each field of `config` named in `rules` (name -> (test, what it must be)).
-
-    Raises ConfigError: '<owner>.<name> must be <what>, got <value>' for the first that fails."""
-    for name, (test, allowed) in rules.items():
-        value = getattr(config, name)
-        if not test(value):
-            raise ConfigError(f"{owner}.{name} must be {allowed}, got {value!r}")
 
 
 def _positive_int(owner: str, name: str, value: Any) -> None:
@@ -180,8 +158,10 @@ class TrainConfig:
 
     @property
     def patience(self) -> int:
-        """Epochs over which convergence is judged: patience_examples / epoch_examples, rounded up."""
-        return math.ceil(self.patience_examples / self.epoch_examples)
+        """Epochs over which convergence is judged (the stopping rule's `patience`)."""
+        from study.stopping import StoppingRule
+
+        return StoppingRule.from_config(self).patience
 
     @property
     def lr_patience(self) -> int:

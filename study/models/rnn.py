@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from study.errors import ConfigError
+from study.fields import BOOLEAN, POSITIVE_INTEGER, ConfigError, check_fields
 from study.models import ModelFamily, ModelSpec, register_family
 
 
@@ -40,12 +40,8 @@ class RNNSettings:
     def __post_init__(self) -> None:
         if self.cell not in ("gru", "lstm"):
             raise ConfigError(f"model.cell must be 'gru' or 'lstm', got {self.cell!r}")
-        for name in ("embedding_dim", "units", "attention_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.bidirectional, bool):
-            raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
+        check_fields("model", self, dict.fromkeys(("embedding_dim", "units", "attention_size"), POSITIVE_INTEGER))
+        check_fields("model", self, {"bidirectional": BOOLEAN})
 
 
 def build(spec: ModelSpec, settings: RNNSettings, source_vocab_size: int, target_vocab_size: int):

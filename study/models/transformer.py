@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from study.errors import ConfigError
+from study.fields import POSITIVE_INTEGER, ConfigError, check_fields
 from study.models import ModelFamily, ModelSpec, register_family
 
 
@@ -30,10 +30,7 @@ class TransformerSettings:
     layers: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("units", "heads", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        check_fields("model", self, dict.fromkeys(("units", "heads", "layers"), POSITIVE_INTEGER))
         if (self.units // 2) % self.heads:
             raise ConfigError(
                 f"model.heads must divide the Transformer's width units / 2 = {self.units // 2}, got heads = {self.heads}"
