@@ -16,6 +16,7 @@ from study.fields import (
     BOOLEAN,
     COUNT,
     FACTOR,
+    NON_NEGATIVE_NUMBER,
     POSITIVE_INTEGER,
     POSITIVE_NUMBER,
     SHARE,
@@ -95,8 +96,10 @@ class TrainConfig:
     patience_examples: the stretch over which convergence is judged (rounded up to whole
         epochs): training stops as converged once, over the last stretch, neither the
         validation loss per target character fell by more than `loss_tolerance` (nats)
-        nor validation exact match at any training length rose by more than
-        `accuracy_tolerance` (a share); the best weights are kept.
+        nor validation exact match over any band of `accuracy_band` consecutive training
+        lengths rose by more than `accuracy_z` binomial standard errors of the difference,
+        and by at least `accuracy_tolerance` (a share); the best weights are kept
+        (`study.stopping.StoppingRule`).  Band 1 and z 0: a tolerance at every length.
     target_accuracy: stop once validation exact match reaches it.
     n_validation: validation examples per training length (greedy-decoded after every
         epoch, with exact match per length kept in the history; 64 per length gives
@@ -132,6 +135,8 @@ class TrainConfig:
     pad_multiple: int = 8
     loss_normalisation: str = "token"
     end_token: bool = True
+    accuracy_band: int = 1
+    accuracy_z: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epoch_examples is None:
@@ -181,10 +186,12 @@ TRAIN_RULES = {
             "lr_patience_examples",
             "n_validation",
             "pad_multiple",
+            "accuracy_band",
         ),
         POSITIVE_INTEGER,
     ),
     "warmup_examples": COUNT,
+    "accuracy_z": NON_NEGATIVE_NUMBER,
     **dict.fromkeys(("learning_rate", "clipnorm", "min_learning_rate"), POSITIVE_NUMBER),
     "target_accuracy": SHARE,
     **dict.fromkeys(("loss_tolerance", "accuracy_tolerance"), TOLERANCE),
@@ -382,19 +389,26 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "n_test": 1000,
         "model": {},
-        # the recipe chosen by the sweep (examples/sweep.toml; BENCHMARKS.md): a 100,000-example pool,
-        # validation every 10,000, Adam at 3e-3 with a 5,000-example warm-up, halved when the
-        # validation loss stalls for 20,000 examples; converged when 40,000 examples gain neither
-        # 0.005 nats per character nor 5 points at any training length; the budget a ceiling
+        # the recipe chosen by the sweep (examples/sweep.toml, results/sweep-histories; BENCHMARKS.md):
+        # a 100,000-example pool, validation every 10,000, Adam at 2.1e-3 on batches of 32 with a
+        # 5,000-example warm-up, halved when the validation loss stalls for 20,000 examples (floor
+        # 1e-5, below where any cell of the grid converges); converged when 40,000 examples gain
+        # neither 0.005 nats per character nor, on any band of 8 training lengths (512 validation
+        # examples), more exact match than 2 standard errors of the difference (at least 1 point);
+        # the budget a ceiling
         "train": {
             "n_train": 100000,
             "epoch_examples": 10000,
-            "max_examples": 150000,
+            "max_examples": 200000,
             "patience_examples": 40000,
-            "batch_size": 64,
-            "learning_rate": 0.003,
+            "batch_size": 32,
+            "learning_rate": 0.0021,
             "schedule": "plateau",
             "warmup_examples": 5000,
+            "min_learning_rate": 1e-5,
+            "accuracy_tolerance": 0.01,
+            "accuracy_band": 8,
+            "accuracy_z": 2.0,
         },
     },
     # hours on a CPU, meant for a GPU: longer lengths, 5 seeds, a larger budget

@@ -33,6 +33,7 @@ SHARE = (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]")
 TOLERANCE = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 FACTOR = (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)")
 BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
+NON_NEGATIVE_NUMBER = (lambda v: _number(v) and v >= 0, "a finite number from 0")
 
 
 def one_of(options: tuple[str, ...]):

@@ -29,24 +29,59 @@ import math
 from typing import Any, Mapping
 
 
-def last_stretch(history: list[dict], stretch_epochs: int) -> dict | None:
+def length_bands(lengths: list[int], band: int) -> list[list[int]]:
+    """The training lengths, sorted, in consecutive bands of `band` lengths (the last may be
+    shorter): [4, 5, ..., 32] with band 8 -> [[4..11], [12..19], [20..27], [28..32]]."""
+    lengths = sorted(lengths)
+    return [lengths[i : i + band] for i in range(0, len(lengths), band)]
+
+
+def last_stretch(
+    history: list[dict],
+    stretch_epochs: int,
+    band: int = 1,
+    z: float = 0.0,
+    tolerance: float = 0.0,
+    n_per_length: int = 1,
+) -> dict | None:
     """How far the convergence measures moved over the last `stretch_epochs` epochs: the best of
     those epochs against the best before them.
 
+    Exact match is pooled over bands of `band` consecutive training lengths (`length_bands`,
+    `n_per_length` validation examples at each), and a band's rise counts as learning only above
+    its threshold: the larger of `tolerance` and `z` binomial standard errors of the difference
+    of two shares at the band's best before the stretch, z * sqrt(2 p (1 - p) / n) with n the
+    band's validation examples (a one-sided test of the gain, Wald).  band 1 and z 0 is a
+    tolerance at every single length.
+
     Returns {"val_loss": the fall of the best validation loss in nats per target character
-    (positive: it improved), "val_seq_acc_by_length": the largest rise of best exact match at
-    one training length (a share; positive: it improved), "length": that length}, or None
-    when the history is not longer than the stretch."""
+    (positive: it improved), "val_seq_acc_by_length": the rise of the best exact match of the
+    band that rose most above its threshold (a share; positive: it improved), "length": that
+    band's first length, "lengths": its first and last length, "threshold": its threshold (a
+    share)}, or None when the history is not longer than the stretch."""
     if len(history) <= stretch_epochs:
         return None
     before, stretch = history[:-stretch_epochs], history[-stretch_epochs:]
     loss_gain = min(r["val_loss"] for r in before) - min(r["val_loss"] for r in stretch)
-    gains = {
-        L: max(r["val_seq_acc_by_length"][L] for r in stretch) - max(r["val_seq_acc_by_length"][L] for r in before)
-        for L in history[-1]["val_seq_acc_by_length"]
+
+    def pooled(row: dict, lengths: list[int]) -> float:
+        return sum(row["val_seq_acc_by_length"][str(L)] for L in lengths) / len(lengths)
+
+    moves = []
+    for lengths in length_bands([int(L) for L in history[-1]["val_seq_acc_by_length"]], band):
+        best_before = max(pooled(r, lengths) for r in before)
+        gain = max(pooled(r, lengths) for r in stretch) - best_before
+        n = n_per_length * len(lengths)
+        threshold = max(tolerance, z * math.sqrt(2 * best_before * (1 - best_before) / n))
+        moves.append((gain - threshold, gain, threshold, lengths))
+    _, gain, threshold, lengths = max(moves, key=lambda m: (m[0], -m[3][0]))
+    return {
+        "val_loss": float(loss_gain),
+        "val_seq_acc_by_length": float(gain),
+        "length": lengths[0],
+        "lengths": [lengths[0], lengths[-1]],
+        "threshold": float(threshold),
     }
-    length = max(gains, key=lambda L: (gains[L], -int(L)))
-    return {"val_loss": float(loss_gain), "val_seq_acc_by_length": float(gains[length]), "length": int(length)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +94,21 @@ class StoppingRule:
         epoch_examples: training examples per epoch.
         loss_tolerance: nats per target character the best validation loss must fall by over
             the stretch to count as learning.
-        accuracy_tolerance: share of exact match at one training length the best must rise by
-            over the stretch to count as learning.
+        accuracy_tolerance: share of exact match the best of a band of training lengths must
+            rise by over the stretch to count as learning, at least (the floor of the band's
+            threshold).
         target_accuracy: validation exact match (a share) that ends training at once.
         max_examples: the budget, in training examples.
+        accuracy_band: consecutive training lengths pooled into one band for the exact-match
+            criterion (1: every length on its own).
+        accuracy_z: binomial standard errors of the difference a band's rise must exceed
+            (0: the tolerance alone).
+        n_validation: validation examples per training length.
+        min_learning_rate: the plateau schedule's floor; a stop there is reported as such
+            (`at_floor`).
+
+    Records of rules before bands (no `accuracy_band`, `accuracy_z`) replay with band 1 and
+    z 0, the rule they were trained under.
     """
 
     patience_examples: int
@@ -71,6 +117,10 @@ class StoppingRule:
     accuracy_tolerance: float
     target_accuracy: float
     max_examples: int
+    accuracy_band: int = 1
+    accuracy_z: float = 0.0
+    n_validation: int = 64
+    min_learning_rate: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides) -> "StoppingRule":
@@ -79,10 +129,20 @@ class StoppingRule:
         `overrides` replace fields (e.g. `patience_examples=20000` to replay another stretch).
         Raises KeyError when the dict lacks a field the rule needs (records of an earlier rule).
         """
-        get = (lambda name: cfg[name]) if isinstance(cfg, Mapping) else lambda name: getattr(cfg, name)
-        return cls(
-            **{f.name: overrides[f.name] if f.name in overrides else get(f.name) for f in dataclasses.fields(cls)}
-        )
+
+        def get(field: dataclasses.Field) -> Any:
+            if field.name in overrides:
+                return overrides[field.name]
+            if not isinstance(cfg, Mapping):
+                return getattr(cfg, field.name)
+            if field.default is dataclasses.MISSING or field.name in cfg:
+                return cfg[field.name]
+            return field.default
+
+        rule = cls(**{f.name: get(f) for f in dataclasses.fields(cls)})
+        schedule = cfg.get("schedule", "plateau") if isinstance(cfg, Mapping) else getattr(cfg, "schedule", "plateau")
+        # only the plateau schedule lowers the rate to a floor
+        return rule if schedule == "plateau" else dataclasses.replace(rule, min_learning_rate=0.0)
 
     @property
     def patience(self) -> int:
@@ -92,16 +152,23 @@ class StoppingRule:
     def stretch(self, history: list[dict]) -> dict | None:
         """How far the measures moved over the last stretch (`last_stretch`); None while the
         history is not longer than the stretch."""
-        return last_stretch(history, self.patience)
+        return last_stretch(
+            history, self.patience, self.accuracy_band, self.accuracy_z, self.accuracy_tolerance, self.n_validation
+        )
 
     def converged(self, history: list[dict]) -> bool:
-        """True when neither measure moved by more than its tolerance over the last stretch."""
+        """True when neither measure moved by more than its threshold over the last stretch."""
         stretch = self.stretch(history)
         return bool(
             stretch
             and stretch["val_loss"] <= self.loss_tolerance
-            and stretch["val_seq_acc_by_length"] <= self.accuracy_tolerance
+            and stretch["val_seq_acc_by_length"] <= stretch["threshold"]
         )
+
+    def at_floor(self, learning_rate: float | None) -> bool:
+        """True when `learning_rate` (a cell's rate at its stop) is the schedule's floor: the
+        schedule, not the model, may have ended the learning."""
+        return bool(learning_rate and self.min_learning_rate and learning_rate <= self.min_learning_rate * 1.000001)
 
     def stop_reason(self, history: list[dict]) -> str | None:
         """Why training stops after the last epoch of `history`: "target_reached",
@@ -154,10 +221,26 @@ class StoppingRule:
 
     def definition(self) -> str:
         """The report's one-sentence definition of converged, from the rule's parameters."""
+        if self.accuracy_band == 1 and not self.accuracy_z:
+            accuracy = (
+                f"its validation exact match at any training length rose by more than "
+                f"{100 * self.accuracy_tolerance:g} points"
+            )
+        else:
+            accuracy = (
+                f"its validation exact match over any band of {self.accuracy_band} consecutive training lengths "
+                f"({self.accuracy_band * self.n_validation} validation examples) rose by more than "
+                f"{self.accuracy_z:g} binomial standard errors of the difference (at least "
+                f"{100 * self.accuracy_tolerance:g} points)"
+            )
+        floor = (
+            f"; a cell that stopped at the learning-rate floor ({self.min_learning_rate:g}) is reported as such"
+            if self.min_learning_rate
+            else ""
+        )
         return (
             "A cell converged when validation exact match reached the target, or when over the last "
             f"{self.patience_examples} training examples neither its validation loss fell by more than "
-            f"{self.loss_tolerance} nats per character nor its validation exact match at any training length rose by "
-            f"more than {100 * self.accuracy_tolerance:g} points, at a learning rate that only a plateau lowers; "
-            f"a cell that reached the {self.max_examples}-example budget did not converge."
+            f"{self.loss_tolerance} nats per character nor {accuracy}, at a learning rate that only a plateau "
+            f"lowers{floor}; a cell that reached the {self.max_examples}-example budget did not converge."
         )

@@ -88,9 +88,9 @@ def test_the_sweep_config_is_recipes_over_one_probe_grid_with_small_test_sets(tm
     standard = build_study_config("standard")
     assert [folder for _, folder in studies] == [out / config.variant for config, _ in studies]
     recipes = {config.variant: config for config, _ in studies}
-    assert {"b64", "b128", "b256"} <= set(recipes) and recipes["b64"].train == standard.train
+    assert {"b32", "b64", "b128", "b256"} <= set(recipes) and recipes["b32"].train == standard.train
     for config in recipes.values():
-        assert dataclasses.replace(config.train, batch_size=64, learning_rate=0.003) == standard.train
+        assert dataclasses.replace(config.train, batch_size=32, learning_rate=0.0021) == standard.train
         assert config.n_test <= 100 and all(len(plan.eval_lengths) <= 2 for plan in config.tasks)
         assert [p.train_lengths for p in config.tasks] == [
             p.train_lengths for p in standard.tasks if p.name in {t.name for t in config.tasks}
