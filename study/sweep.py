@@ -94,16 +94,27 @@ def summarize(run: dict) -> dict:
     }
 
 
-def replay_stop(run: dict, patience_examples: int) -> dict:
-    """When `run` would have stopped with another convergence stretch, the rest of its rule
-    unchanged: `study.stopping.StoppingRule.replay` on the recorded history (exact, since the
-    rule only decides when to stop), and the validation exact match of the weights the rule
-    keeps then.  Only stretches up to the run's own can be replayed: a longer one would need
-    epochs the run never trained."""
+def standard_criterion() -> dict:
+    """The standard profile's exact-match criterion (`accuracy_band`, `accuracy_z`,
+    `accuracy_tolerance`), to replay runs of any rule with."""
+    from study.config import PROFILES
+
+    train = PROFILES["standard"]["train"]
+    return {k: train[k] for k in ("accuracy_band", "accuracy_z", "accuracy_tolerance")}
+
+
+def replay_stop(run: dict, patience_examples: int, **criterion) -> dict:
+    """When `run` would have stopped with another convergence stretch (and, given `criterion`,
+    another exact-match criterion: `StoppingRule` fields), the rest of its rule unchanged:
+    `study.stopping.StoppingRule.replay` on the recorded history (exact, since the rule only
+    decides when to stop), and the validation exact match of the weights the rule keeps then.
+    Only stretches up to the run's own can be replayed: a longer one would need epochs the run
+    never trained."""
     from study.stopping import StoppingRule
 
     history = run["history"]
-    replay = StoppingRule.from_config(run["train_config"], patience_examples=patience_examples).replay(history)
+    rule = StoppingRule.from_config(run["train_config"], patience_examples=patience_examples, **criterion)
+    replay = rule.replay(history)
     kept = history[replay["kept_epoch"] - 1]
     longest = str(max(run["train_lengths"]))
     return {
@@ -115,14 +126,15 @@ def replay_stop(run: dict, patience_examples: int) -> dict:
     }
 
 
-def patience_table(runs: list[dict]) -> str:
+def patience_table(runs: list[dict], **criterion) -> str:
     """Markdown: per probe, recipe and convergence stretch (`PATIENCES`), the mean examples,
-    seconds and kept validation exact match (all lengths; longest) at the replayed stop."""
+    seconds and kept validation exact match (all lengths; longest) at the replayed stop
+    (`replay_stop`, with `criterion`)."""
     import pandas as pd
 
     rows = pd.DataFrame(
         [
-            {"probe": r["probe"], "recipe": r["recipe"], "patience": p, **replay_stop(r, p)}
+            {"probe": r["probe"], "recipe": r["recipe"], "patience": p, **replay_stop(r, p, **criterion)}
             for r in runs
             for p in PATIENCES
             if p <= r["train_config"]["patience_examples"]
@@ -179,6 +191,14 @@ def table(folder: Path) -> str:
             "The same runs replayed with a shorter or longer convergence stretch (`replay_stop`):",
             "",
             replayed,
+        ]
+        criterion = standard_criterion()
+        lines += [
+            "And with the standard profile's exact-match criterion (bands of "
+            f"{criterion['accuracy_band']} training lengths, {criterion['accuracy_z']:g} standard errors, at least "
+            f"{100 * criterion['accuracy_tolerance']:g} point), whatever the run's own:",
+            "",
+            patience_table(runs, **criterion),
         ]
     return "\n".join(lines) + "\n"
 

@@ -397,3 +397,64 @@ def test_the_stopping_rule_replayed_on_every_committed_record_gives_the_record_i
     rule = StoppingRule.from_config(records[0]["train_config"])
     assert f"{rule.patience_examples} training examples" in rule.definition()
     assert f"{rule.max_examples}-example budget" in rule.definition()
+
+
+def _band_history(shares_per_epoch: list[list[float]], val_loss: float = 0.01) -> list[dict]:
+    """Epoch rows over training lengths 4..11 (one band of 8), exact match per length as given."""
+    return [
+        {
+            "val_loss": val_loss,
+            "val_seq_acc": sum(shares) / len(shares),
+            "val_char_acc": 0.99,
+            "examples_seen": 10000 * (i + 1),
+            "val_seq_acc_by_length": {str(L): s for L, s in zip(range(4, 12), shares)},
+        }
+        for i, shares in enumerate(shares_per_epoch)
+    ]
+
+
+@pytest.mark.parametrize(
+    "plateau, last, learning",
+    [
+        # one length of eight rises 4 examples of 64 at 85%: noise for the banded rule (pooled +0.8
+        # points against a threshold of 4.5), learning for the rule of one length (+6.2 > 5)
+        (0.85, [0.85] * 7 + [0.85 + 4 / 64], False),
+        # every length rises 4 examples: +6.2 points pooled, beyond 2 standard errors
+        (0.85, [0.85 + 4 / 64] * 8, True),
+        # near 100% the standard error shrinks; the 1-point floor keeps one example from counting
+        (63 / 64, [63 / 64] * 7 + [1.0], False),
+        # ... but 2 examples at every length (+3.1 points) is learning
+        (60 / 64, [62 / 64] * 8, True),
+    ],
+)
+def test_the_banded_rule_tells_a_band_that_learns_from_noise_at_one_length(plateau, last, learning):
+    """The standard profile's rule (bands of 8 lengths, 2 standard errors, at least 1 point)
+    counts a rise as learning only when the band's pooled exact match rises beyond its binomial
+    noise; the rule of one length at a time (band 1, z 0, 5 points) reads noise at one length
+    as learning."""
+    from study.stopping import StoppingRule
+
+    history = _band_history([[plateau] * 8] * 3 + [last])
+    common = dict(patience_examples=10000, epoch_examples=10000, loss_tolerance=0.005, target_accuracy=1.0)
+    banded = StoppingRule(**common, accuracy_tolerance=0.01, max_examples=10**6, accuracy_band=8, accuracy_z=2.0)
+    assert banded.converged(history) is not learning
+    stretch = banded.stretch(history)
+    assert stretch["lengths"] == [4, 11] and stretch["threshold"] >= 0.01
+    assert banded.stop_reason(history) == (None if learning else "converged")
+    one_length = StoppingRule(**common, accuracy_tolerance=0.05, max_examples=10**6)
+    if not learning and plateau < 0.9:
+        assert not one_length.converged(history)  # the rule of one length reads the noise as learning
+    assert "band of 8 consecutive training lengths" in banded.definition()
+
+
+def test_a_stop_at_the_learning_rate_floor_is_named_as_such():
+    """`at_floor` is true for the plateau schedule's floor (stored in float32, so a hair below it)
+    and never for the constant schedule, which has no floor."""
+    from study.stopping import StoppingRule
+
+    config = dict(TrainConfig().__dict__, schedule="plateau", min_learning_rate=1e-4)
+    rule = StoppingRule.from_config(config)
+    assert rule.at_floor(float(np.float32(1e-4))) and not rule.at_floor(2e-4)
+    assert "learning-rate floor (0.0001)" in rule.definition()
+    constant = StoppingRule.from_config(dict(config, schedule="constant"))
+    assert not constant.at_floor(1e-4) and "floor" not in constant.definition()

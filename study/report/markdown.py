@@ -404,9 +404,10 @@ def convergence_lines(records: list[dict]) -> list[str]:
             stretch = r["last_stretch"]
             lines.append(
                 f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss fell {stretch['val_loss']:.3f} nats per character "
-                f"and exact match at length {stretch['length']} rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last "
-                f"stretch, learning rate {r.get('stop_learning_rate', 0):.2g}"
+                f"and exact match at {_stretch_lengths(stretch)} rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last "
+                f"stretch{_threshold(stretch, ' (', ')')}, learning rate {r.get('stop_learning_rate', 0):.2g}"
             )
+    lines += _floor_lines(done, StoppingRule.from_config(cfg))
     if short:
         lines += [
             "",
@@ -499,6 +500,41 @@ def report_markdown(
     return "\n".join(lines)
 
 
+def _stretch_lengths(stretch: dict) -> str:
+    """Where exact match moved most over a last stretch: "length 12", or "lengths 4-11" for a band."""
+    first, last = stretch.get("lengths", [stretch["length"]] * 2)
+    return f"length {first}" if first == last else f"lengths {first}-{last}"
+
+
+def _threshold(stretch: dict, before: str, after: str = "") -> str:
+    """The band's threshold in points between `before` and `after` ("; threshold 3.1"), or ""
+    for a record of the rule before bands."""
+    return f"{before}threshold {100 * stretch['threshold']:.1f}{after}" if "threshold" in stretch else ""
+
+
+def _floor_lines(done: list[dict], rule: StoppingRule) -> list[str]:
+    """The cells whose learning rate was at the schedule's floor when they stopped, with their
+    training and validation loss at the kept epoch side by side: a training loss as high as the
+    validation loss is a model that under-fits its own training data, which the floor may cause."""
+    floor = [r for r in done if rule.at_floor(r.get("stop_learning_rate")) and r.get("history")]
+    if not floor:
+        return []
+    lines = [
+        "",
+        f"**Stopped at the learning-rate floor** ({len(floor)}): the schedule had lowered the rate to "
+        f"{rule.min_learning_rate:g} by the stop, so the schedule may have ended the learning; loss at the kept epoch "
+        "(nats per target character, training on the epoch's batches, validation teacher-forced):",
+        "",
+    ]
+    for r in floor:
+        kept = r["history"][max(r.get("best_epoch", len(r["history"])), 1) - 1]
+        lines.append(
+            f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']} ({md(r['stop_reason'])}): training {kept['loss']:.4f}, "
+            f"validation {kept['val_loss']:.4f}"
+        )
+    return lines
+
+
 def _cells_table(records: list[dict]) -> list[str]:
     """The table of cells: each cell's size, why and whether its training stopped, how far it
     got, how much its last stretch still moved, and where its time went; then the failed cells."""
@@ -519,7 +555,7 @@ def _cells_table(records: list[dict]) -> list[str]:
         )
         stretch = r.get("last_stretch") or {}
         moved = (
-            f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({stretch['length']})"
+            f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({_stretch_lengths(stretch).split()[-1]}{_threshold(stretch, '; ')})"
             if {"val_loss", "val_seq_acc_by_length", "length"} <= set(stretch)
             else "-"
         )
