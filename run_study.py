@@ -275,7 +275,7 @@ def _load_config_file(path: Path) -> dict:
         raise UsageError(f"config file {path} is a folder, not a TOML file")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
-    from study.files import NotUTF8Error, read_text
+    from study.results import NotUTF8Error, read_text
 
     try:
         return tomllib.loads(read_text(path))
@@ -300,7 +300,7 @@ def _check_output_dir(out: Path) -> None:
     a parent to be created), or a folder (the nearest existing one, when `out` is still to be
     created) where no file can be made (read-only file system, no permission: a probe file
     is created and removed there)."""
-    from study.files import OutputError, check_writable
+    from study.results import OutputError, check_writable
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} is a file; give a folder with --out")
@@ -437,7 +437,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         failed += [r for r in records if r["status"] != "ok"]
         n_ok += sum(r["status"] == "ok" for r in records)
     if studies[0][1] != out:  # variants: one report over all of them
-        from study.merge import merge_results
+        from study.results import merge_results
 
         merge_results([folder for _, folder in studies], out, warn=lambda message: print(message, file=sys.stderr))
         report = write_report(out)
@@ -455,7 +455,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or args.results_dirs[0]
     _check_output_dir(out)
     if out.resolve() != args.results_dirs[0].resolve() or len(args.results_dirs) > 1:
-        from study.merge import merge_results
+        from study.results import merge_results
 
         records, _ = merge_results(args.results_dirs, out, warn=lambda message: print(message, file=sys.stderr))
         print(f"merged {len(records)} cells from {len(args.results_dirs)} folder(s) into {out}")
@@ -499,7 +499,7 @@ def _results_folder(args: argparse.Namespace) -> Path:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from study.backend import start_backend
-    from study.trained import check_prediction, predict
+    from study.results import check_prediction, predict
 
     attention_map = _attention_map_path(args.attention_map)
     out = _results_folder(args)
@@ -522,8 +522,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from study.backend import start_backend
+    from study.cell import rescore
     from study.report import write_report
-    from study.trained import rescore
 
     out = _results_folder(args)
     _check_output_dir(out)  # before the backend starts
@@ -551,13 +551,10 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]
     from study.config import ConfigError
     from study.executors import ExecutorError
-    from study.files import OutputError
-    from study.merge import MergeConflictError
     from study.models import ModelModuleError
-    from study.records import NoResultsError, StudyLockedError
     from study.registry import UnknownNameError
+    from study.results import MergeConflictError, NoResultsError, OutputError, StudyLockedError, TrainedModelError
     from study.tasks import TaskContractError, TaskModuleError, TaskOptionError
-    from study.trained import TrainedModelError
 
     try:
         args = _remember_argv(build_parser(), argv).parse_args(argv)

@@ -2,10 +2,17 @@
 
     record = run_cell(cell, config)          # trains and evaluates; status "ok" or "failed"
     record = run_cell_safely(cell, config)   # any error inside the cell becomes a failed record
+    rescore(Path("results/standard"))        # every record's test metrics from its saved model
 
 Executors run `run_cell_safely` wherever cells run (this process, worker
 processes, Ray tasks); the runner writes the records.  A cell's id hashes
-everything its result depends on (`cell_identity`).
+everything its result depends on (`cell_identity`).  The records, the results folder's
+layout (`cell_paths`) and the saved models are read and written through `study.results`.
+
+Rescoring regenerates each cell's test sets from their keys (`study.data`), decodes them with
+the current metric code and rewrites the record with the new `metrics_version`, so a change of
+metric definitions does not cost a new study.  It lives here, beside the evaluation it repeats,
+rather than in `study.results`, which this module and `study.data` import.
 """
 
 from __future__ import annotations
@@ -16,12 +23,23 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from study.config import StudyConfig, TaskPlan, TrainConfig, config_to_dict
-from study.files import json_digest
 from study.models import effective_model_config
-from study.records import DISTINCT_ITEMS, RECORD_SCHEMA, in_training_range
+from study.results import (
+    DISTINCT_ITEMS,
+    RECORD_SCHEMA,
+    StudyLock,
+    TrainedModelError,
+    cell_paths,
+    in_training_range,
+    json_digest,
+    load_cell_model,
+    load_records,
+    record_task,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     from study.tasks import Task
@@ -164,16 +182,6 @@ def attention_example_lengths(plan: TaskPlan, lengths: tuple[int, ...]) -> dict[
     if beyond:
         chosen["attention_example_beyond"] = min(beyond)
     return chosen
-
-
-def cell_paths(out: Path | None, cid: str) -> dict[str, Path | None]:
-    """Where a cell keeps its files under the results folder `out` (None: nowhere): its training
-    backup (`backups/<id>/`, removed once its record is written), its trained model
-    (`models/<id>.keras`) and, on request, its TensorBoard logs (`logs/<id>/`)."""
-    if out is None:
-        return {"backup": None, "model": None, "logs": None}
-    out = Path(out)
-    return {"backup": out / "backups" / cid, "model": out / "models" / f"{cid}.keras", "logs": out / "logs" / cid}
 
 
 def example_index(predictions: list[str], targets: list[str], kept: int, right: bool = True) -> int:
@@ -417,3 +425,57 @@ def failed_record(cell: Cell, config: StudyConfig, error: str, traceback_text: s
         "metrics": [],
         "history": [],
     }
+
+
+WARNINGS_SHOWN = 3  # skipped cells named one by one by `rescore`
+
+
+def rescore(out: Path, warn: Callable[[str], None] = print) -> tuple[int, int]:
+    """Recomputes the test metrics of every finished record in `out` from its saved model with
+    the current metric code and rewrites the record; returns (rescored, skipped): a record is
+    skipped, with a warning, when its model is missing or this machine cannot rebuild its task
+    as it was (`record_task`); past `WARNINGS_SHOWN` such warnings, one line counts the rest."""
+    from study.data import test_splits
+    from study.evaluate import METRICS_VERSION
+
+    out = Path(out)
+    done = skipped = 0
+    with StudyLock(out):
+        for record in load_records(out):
+            if record["status"] != "ok":
+                continue
+            try:
+                task = record_task(record)
+                trained = load_cell_model(out, record)
+            except TrainedModelError as exc:
+                skipped += 1
+                if skipped <= WARNINGS_SHOWN:
+                    warn(f"warning: {exc}; its metrics are left as they are")
+                continue
+            sv, tv = trained.vocabularies()
+            tests = test_splits(task, record["eval_lengths"], record["n_test"], record["seed"])
+            plan = TaskPlan(record["task"], tuple(record["train_lengths"]), tuple(record["eval_lengths"]))
+            started = time.perf_counter()
+            metrics, examples = test_metrics(
+                trained,
+                tests,
+                record["train_lengths"],
+                attention_example_lengths(plan, tuple(record["train_lengths"])),
+                sv,
+                tv,
+                record["train_config"].get("end_token", True),
+            )
+            record.update(
+                metrics=metrics,
+                metrics_version=METRICS_VERSION,
+                eval_seconds=time.perf_counter() - started,
+                test_items=DISTINCT_ITEMS,
+                **examples,
+            )
+            write_json_atomic(out / "cells" / f"{record['id']}.json", record)
+            done += 1
+    if skipped > WARNINGS_SHOWN:
+        warn(
+            f"warning: {skipped - WARNINGS_SHOWN} more cells skipped for the same kinds of reason; their metrics are left as they are"
+        )
+    return done, skipped

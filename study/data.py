@@ -44,8 +44,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from study.files import json_digest, write_atomic
-from study.records import DISTINCT_ITEMS
+from study.results import DISTINCT_ITEMS, json_digest, write_atomic
 from study.tasks import Task
 from study.tasks.base import check_sample
 
@@ -250,7 +249,7 @@ def _read_cache(path: Path, key: dict) -> Dataset | None:
 
 
 def _write_cache(path: Path, key: dict, data: Dataset) -> None:
-    """Writes the split as a compressed .npz, atomically (`study.files.write_atomic`)."""
+    """Writes the split as a compressed .npz, atomically (`study.results.write_atomic`)."""
     write_atomic(
         path,
         lambda f: np.savez_compressed(

@@ -4,7 +4,7 @@
     run_study(config, Path("results/standard"))
 
 A cell is trained and evaluated by `study.cell.run_cell`, which returns its
-record (`study.records`), saves its model under `<out>/models/` and keeps a
+record (`study.results`), saves its model under `<out>/models/` and keeps a
 training backup under `<out>/backups/` until its record is written (a killed
 study resumes a cell from its last finished epoch).  Records are written atomically to
 `<out>/cells/<cell id>.json`; the id is a hash of everything the cell depends
@@ -22,11 +22,19 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from study.cell import Cell, Interrupt, cell_id, cell_identity, cell_paths, failed_record
+from study.cell import Cell, Interrupt, cell_id, cell_identity, failed_record
 from study.config import StudyConfig, config_to_dict
 from study.executors import run_cells
-from study.files import json_digest, make_folder, remove_leftovers, write_json_atomic
-from study.records import DISTINCT_ITEMS, StudyLock, read_record
+from study.results import (
+    DISTINCT_ITEMS,
+    StudyLock,
+    cell_paths,
+    json_digest,
+    make_folder,
+    read_record,
+    remove_leftovers,
+    write_json_atomic,
+)
 from study.text import one_line
 
 

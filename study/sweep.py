@@ -14,7 +14,7 @@ seconds the run converged, and how far its loss moved over the last stretch; the
 replayed through `study.stopping.StoppingRule` with other convergence stretches.
 
 It reads two kinds of folder (`read_runs`): a study's results (`cells/*.json`, the records of
-`study.records`; a variant's name is its recipe), and the run files of the sweep's earlier
+`study.results`; a variant's name is its recipe), and the run files of the sweep's earlier
 runner (`runs/*.json` with keys recipe, probe, seed, train_config, train_lengths, stop_reason,
 converged, last_stretch, examples_seen, seconds, times, history), which `results/sweep` holds.
 """
@@ -26,8 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from study.files import read_text, write_text_atomic
-from study.records import NoResultsError, load_records
+from study.results import NoResultsError, load_records, read_text, write_text_atomic
 
 PATIENCES = (20000, 30000, 40000)  # examples: the stretches `patience_table` replays (at most a run's own)
 
@@ -56,7 +55,7 @@ def run_from_record(record: dict) -> dict:
 
 def read_runs(folder: Path) -> list[dict]:
     """The runs of the sweep in `folder`: its `runs/*.json` files when it has a `runs/` folder,
-    else the finished cells of the study there (`study.records.load_records`: the latest run's,
+    else the finished cells of the study there (`study.results.load_records`: the latest run's,
     every variant's in a folder of variants) as `run_from_record` gives them.
 
     Raises:

@@ -64,8 +64,8 @@ from tqdm.auto import tqdm
 from study.config import TrainConfig
 from study.data import Dataset
 from study.evaluate import decode, decode_at_target_length, decode_steps, score
-from study.files import read_text, write_atomic, write_json_atomic
 from study.models.base import EncoderDecoder
+from study.results import read_text, write_atomic, write_json_atomic
 from study.stopping import StoppingRule
 from study.vocab import END, PAD, START, Vocabulary, pad
 

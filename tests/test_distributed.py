@@ -14,7 +14,7 @@ import pytest
 from helpers import ROOT, run_cli
 from study.config import build_study_config
 from study.executors import gpu_assignment, pin_gpu, ray_available, visible_gpus
-from study.merge import MergeConflictError, merge_results
+from study.results import MergeConflictError, merge_results
 from study.runner import select_shard, study_cells
 
 SLURM = ROOT / "examples" / "slurm"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.records import load_records
+from study.results import load_records
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -316,7 +316,7 @@ def test_the_console_line_of_a_cell_quotes_numbers_the_report_holds():
 def _fake_records(config, folder: Path) -> list[str]:
     """Finished records of every cell of `config` written into `folder/cells` (no training); their ids."""
     from study.cell import cell_identity
-    from study.records import DISTINCT_ITEMS, RECORD_SCHEMA
+    from study.results import DISTINCT_ITEMS, RECORD_SCHEMA
     from study.runner import study_cells
 
     (folder / "cells").mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.records import load_records
 from study.report import write_report
 from study.report.statistics import accuracy_interval, difference_bounds, paired_test
+from study.results import load_records
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 REFERENCES = sorted(p.parent for p in RESULTS.glob("reference*/cells")) + [

@@ -168,17 +168,17 @@ def test_crash_inside_the_atomic_writer_then_resume(tmp_path, reference, mode):
 
 
 def test_atomic_writer_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
-    from study import files
+    from study import results
 
     path = tmp_path / "cells" / "a.json"
-    files.write_json_atomic(path, {"v": 1})
+    results.write_json_atomic(path, {"v": 1})
 
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files.os, "replace", refuse)
+    monkeypatch.setattr(results.os, "replace", refuse)
     with pytest.raises(OSError, match="No space left"):
-        files.write_json_atomic(path, {"v": 2})
+        results.write_json_atomic(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # the temporary file is gone
 
@@ -224,7 +224,7 @@ def test_second_study_on_same_folder_is_refused_and_lock_dies_with_its_process(t
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    from study.records import StudyLock
+    from study.results import StudyLock
 
     with StudyLock(out):  # a killed study leaves no stale lock
         pass
@@ -485,12 +485,12 @@ def test_ctrl_c_at_any_moment_ends_the_study_promptly(tmp_path, delay):
 def test_atomic_writes_get_the_mode_of_any_new_file(tmp_path, umask, mode):
     """Records and caches are readable like every other output: 0666 less the umask (a shared
     cluster's 002 gives the group write access too), never the temporary file's 0600."""
-    from study import files
+    from study import results
 
     previous = os.umask(umask)
     try:
-        files.write_json_atomic(tmp_path / "record.json", {"v": 1})
-        files.write_atomic(tmp_path / "data.bin", lambda f: f.write(b"x"))
+        results.write_json_atomic(tmp_path / "record.json", {"v": 1})
+        results.write_atomic(tmp_path / "data.bin", lambda f: f.write(b"x"))
         (tmp_path / "plain.txt").write_text("x")  # what open() gives
     finally:
         os.umask(previous)

@@ -402,7 +402,7 @@ def test_a_folder_on_a_file_system_without_flock_is_one_line_and_leaves_no_lock_
     assert not (out / ".lock").exists()
     (results / ".lock").write_text("4242", encoding="utf-8")  # a lock file made earlier is left alone
 
-    from study.records import StudyLock, StudyLockedError
+    from study.results import StudyLock, StudyLockedError
 
     with pytest.raises(StudyLockedError, match="flock does not work on its file system"):
         StudyLock(results).__enter__()

@@ -424,7 +424,7 @@ def test_a_record_made_with_repeated_held_out_items_is_recomputed(tmp_path):
     `test_items`) shares its cell id with the new one but not its data: a resumed run recomputes
     it and says why; a record with distinct sets counts as done."""
     from study.cell import cell_identity
-    from study.records import RECORD_SCHEMA
+    from study.results import RECORD_SCHEMA
     from study.runner import plan_run, study_cells
 
     config = build_study_config("smoke")

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import ROOT, run_cli
 from study import sweep
-from study.records import RECORD_SCHEMA
+from study.results import RECORD_SCHEMA
 
 COMMITTED = ROOT / "results" / "sweep"
 

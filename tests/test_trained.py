@@ -137,8 +137,8 @@ def test_rescore_reproduces_the_metrics_when_nothing_changed(smoke_run, tmp_path
 def test_a_model_made_with_other_locale_data_is_refused_with_both_versions():
     """`predict` and `rescore` build the record's task here; with another CLDR release it would
     write other sources than the model saw, so the record is refused, naming both versions."""
+    from study.results import TrainedModelError, record_task
     from study.tasks import get_task
-    from study.trained import TrainedModelError, record_task
 
     here = get_task("date_format", locale="ko")
     record = {"id": "date_format-dot-s0-x", "task": "date_format", "task_options": {"locale": "ko"}}
@@ -149,7 +149,7 @@ def test_a_model_made_with_other_locale_data_is_refused_with_both_versions():
 
 
 def test_a_model_of_a_task_not_loaded_names_the_flag_that_loads_it():
-    from study.trained import TrainedModelError, record_task
+    from study.results import TrainedModelError, record_task
 
     with pytest.raises(TrainedModelError, match=r"unknown task 'rotate_plugin'.*load it with --task-module PATH"):
         record_task({"id": "rotate_plugin-dot-s0-x", "task": "rotate_plugin", "task_options": {}})

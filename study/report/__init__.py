@@ -35,9 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from study.config import parse_families
-from study.files import write_text_atomic
 from study.fonts import use_fonts
-from study.records import load_records, read_manifest
 from study.report.figures import (
     plot_accuracy_vs_length,
     plot_attention_maps,
@@ -55,6 +53,7 @@ from study.report.markdown import (
     units_markdown,
 )
 from study.report.tables import comparison_frame, difference_frame, metrics_frame, summary_frame, unit_frame
+from study.results import load_records, read_manifest, write_text_atomic
 
 
 def write_report(out: Path, every: bool = False) -> Path:
@@ -112,5 +111,5 @@ def write_report(out: Path, every: bool = False) -> Path:
 
 
 def write_csv(frame, path: Path) -> None:
-    """`frame` as UTF-8 CSV without its index, written atomically (`study.files`)."""
+    """`frame` as UTF-8 CSV without its index, written atomically (`study.results`)."""
     write_text_atomic(path, frame.to_csv(index=False))

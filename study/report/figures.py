@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.files import write_atomic
 from study.fonts import add_marks_note, character_ticks, readable, use_fonts
 from study.report.statistics import few_seeds_note
 from study.report.tables import MODEL_ORDER, distinct_test_items, output_shape, series_names
+from study.results import write_atomic
 
 
 def _save(fig, figures: Path, name: str) -> list[str]:

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from study.config import EACH_OTHER, STANDARD_FAMILIES
-from study.files import json_digest
 from study.models import MODEL_ORDER  # models in tables and figures: their registration order
-from study.records import DISTINCT_ITEMS, in_training_range
 from study.report.statistics import accuracy_interval, difference_bounds, paired_test
+from study.results import DISTINCT_ITEMS, in_training_range, json_digest
 
 
 def series_names(records: list[dict]) -> dict[str, str]:
