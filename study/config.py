@@ -96,10 +96,11 @@ class TrainConfig:
     patience_examples: the stretch over which convergence is judged (rounded up to whole
         epochs): training stops as converged once, over the last stretch, neither the
         validation loss per target character fell by more than `loss_tolerance` (nats)
-        nor validation exact match over any band of `accuracy_band` consecutive training
-        lengths rose by more than `accuracy_z` binomial standard errors of the difference,
-        and by at least `accuracy_tolerance` (a share); the best weights are kept
-        (`study.stopping.StoppingRule`).  Band 1 and z 0: a tolerance at every length.
+        nor validation exact match pooled over any band of `accuracy_band` consecutive
+        training lengths rose by more than the larger of `accuracy_z` binomial standard
+        errors of the difference and `accuracy_tolerance` (a share; above 0 when
+        `accuracy_z` is); the best weights are kept (`study.stopping.StoppingRule`).  Band 1
+        and z 0: a tolerance at every length, the rule's earlier form.
     target_accuracy: stop once validation exact match reaches it.
     n_validation: validation examples per training length (greedy-decoded after every
         epoch, with exact match per length kept in the history; 64 per length gives
@@ -142,6 +143,12 @@ class TrainConfig:
         if self.epoch_examples is None:
             object.__setattr__(self, "epoch_examples", self.n_train)
         check_fields("train", self, TRAIN_RULES)
+        object.__setattr__(self, "accuracy_z", float(self.accuracy_z))  # 2 and 2.0: one setting, one cell id
+        if self.accuracy_z and not self.accuracy_tolerance:
+            raise ConfigError(
+                "train.accuracy_tolerance must be above 0 when train.accuracy_z is: at a band near 0% the standard "
+                "error vanishes, and one lucky validation example would count as learning"
+            )
         if self.n_train % self.epoch_examples:
             raise ConfigError(
                 f"train.n_train ({self.n_train}) must be a multiple of train.epoch_examples ({self.epoch_examples})"
@@ -446,6 +453,10 @@ PROFILES: dict[str, dict[str, Any]] = {
             "learning_rate": 0.003,
             "schedule": "plateau",
             "warmup_examples": 5000,
+            "min_learning_rate": 1e-5,
+            "accuracy_tolerance": 0.01,
+            "accuracy_band": 8,
+            "accuracy_z": 2.0,
         },
     },
 }

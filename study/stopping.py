@@ -14,9 +14,11 @@ target character, teacher-forced), `val_seq_acc` and `val_char_acc` (greedy deco
 
 The rule.  Training stops after an epoch whose validation exact match reaches `target_accuracy`
 ("target_reached"), or once over the last `patience` epochs neither the best validation loss fell
-by more than `loss_tolerance` nor the best exact match at any training length rose by more than
-`accuracy_tolerance`, each against its best before that stretch ("converged"); otherwise the
-budget ends it ("budget").  The weights kept are those of the first epoch with the best exact
+by more than `loss_tolerance` nor the best exact match pooled over any band of `accuracy_band`
+consecutive training lengths rose by more than its threshold (the larger of `accuracy_tolerance`
+and `accuracy_z` binomial standard errors of the difference, `last_stretch`), each against its
+best before that stretch ("converged"); otherwise the budget ends it ("budget").  Band 1 and z 0
+is the rule's earlier form: a tolerance at every training length.  The weights kept are those of the first epoch with the best exact
 match (character accuracy breaking ties) or, for a model whose validation exact match never rose
 above `accuracy_tolerance` (0%, or a lucky example or two), of the first epoch with the lowest
 validation loss.
@@ -39,20 +41,24 @@ def length_bands(lengths: list[int], band: int) -> list[list[int]]:
 def last_stretch(
     history: list[dict],
     stretch_epochs: int,
-    band: int = 1,
-    z: float = 0.0,
-    tolerance: float = 0.0,
-    n_per_length: int = 1,
+    band: int,
+    z: float,
+    tolerance: float,
+    n_per_length: int,
 ) -> dict | None:
     """How far the convergence measures moved over the last `stretch_epochs` epochs: the best of
     those epochs against the best before them.
 
     Exact match is pooled over bands of `band` consecutive training lengths (`length_bands`,
-    `n_per_length` validation examples at each), and a band's rise counts as learning only above
-    its threshold: the larger of `tolerance` and `z` binomial standard errors of the difference
-    of two shares at the band's best before the stretch, z * sqrt(2 p (1 - p) / n) with n the
-    band's validation examples (a one-sided test of the gain, Wald).  band 1 and z 0 is a
-    tolerance at every single length.
+    up to `n_per_length` validation examples at each), and a band's rise counts as learning only
+    above its threshold: the larger of `tolerance` and z * sqrt(2 p (1 - p) / n), p the band's
+    best before the stretch and n = n_per_length x its lengths.  That is a threshold scaled like
+    the binomial standard error of the difference of two independent shares, a heuristic rather
+    than a test: the validation set is fixed, so two epochs are scored on the same examples (their
+    difference varies less), and a best over epochs is compared with a best over epochs.  The
+    `tolerance` floor matters where that error vanishes, at a band near 0% (one lucky example
+    is not learning); near 100% no rise can exceed it anyway.  band 1 and z 0 is a tolerance at
+    every single length.
 
     Returns {"val_loss": the fall of the best validation loss in nats per target character
     (positive: it improved), "val_seq_acc_by_length": the rise of the best exact match of the
@@ -140,7 +146,7 @@ class StoppingRule:
             return field.default
 
         rule = cls(**{f.name: get(f) for f in dataclasses.fields(cls)})
-        schedule = cfg.get("schedule", "plateau") if isinstance(cfg, Mapping) else getattr(cfg, "schedule", "plateau")
+        schedule = cfg.get("schedule", "constant") if isinstance(cfg, Mapping) else cfg.schedule
         # only the plateau schedule lowers the rate to a floor
         return rule if schedule == "plateau" else dataclasses.replace(rule, min_learning_rate=0.0)
 
@@ -227,14 +233,16 @@ class StoppingRule:
                 f"{100 * self.accuracy_tolerance:g} points"
             )
         else:
+            points = 100 * self.accuracy_tolerance
             accuracy = (
-                f"its validation exact match over any band of {self.accuracy_band} consecutive training lengths "
-                f"({self.accuracy_band * self.n_validation} validation examples) rose by more than "
-                f"{self.accuracy_z:g} binomial standard errors of the difference (at least "
-                f"{100 * self.accuracy_tolerance:g} points)"
+                f"its validation exact match pooled over any band of {self.accuracy_band} consecutive training "
+                f"lengths (up to {self.accuracy_band * self.n_validation} validation examples) rose by more than "
+                f"the larger of {self.accuracy_z:g} binomial standard errors of the difference and "
+                f"{points:g} point{'' if points == 1 else 's'}"
             )
         floor = (
-            f"; a cell that stopped at the learning-rate floor ({self.min_learning_rate:g}) is reported as such"
+            f"; a cell whose learning rate was at the schedule's floor ({self.min_learning_rate:g}) when it "
+            "stopped is listed as such"
             if self.min_learning_rate
             else ""
         )

@@ -95,11 +95,12 @@ def summarize(run: dict) -> dict:
 
 def standard_criterion() -> dict:
     """The standard profile's exact-match criterion (`accuracy_band`, `accuracy_z`,
-    `accuracy_tolerance`), to replay runs of any rule with."""
-    from study.config import PROFILES
+    `accuracy_tolerance`, and the `n_validation` its thresholds assume), to replay runs of any
+    rule with."""
+    from study.config import PROFILES, TrainConfig
 
-    train = PROFILES["standard"]["train"]
-    return {k: train[k] for k in ("accuracy_band", "accuracy_z", "accuracy_tolerance")}
+    train = TrainConfig(**PROFILES["standard"]["train"])
+    return {k: getattr(train, k) for k in ("accuracy_band", "accuracy_z", "accuracy_tolerance", "n_validation")}
 
 
 def replay_stop(run: dict, patience_examples: int, **criterion) -> dict:
@@ -194,8 +195,10 @@ def table(folder: Path) -> str:
         criterion = standard_criterion()
         lines += [
             "And with the standard profile's exact-match criterion (bands of "
-            f"{criterion['accuracy_band']} training lengths, {criterion['accuracy_z']:g} standard errors, at least "
-            f"{100 * criterion['accuracy_tolerance']:g} point), whatever the run's own:",
+            f"{criterion['accuracy_band']} training lengths, thresholds of {criterion['accuracy_z']:g} standard errors "
+            f"for {criterion['n_validation']} validation examples per length, at least "
+            f"{100 * criterion['accuracy_tolerance']:g} point(s)), whatever the run's own (a run validated on more "
+            "examples is judged on its own, less noisy ones):",
             "",
             patience_table(runs, **criterion),
         ]

@@ -387,13 +387,17 @@ def convergence_lines(records: list[dict]) -> list[str]:
                 *[f"- {r['task']}/{r['model']}/seed {r['seed']}: {gain(r)}" for r in open_cells],
             ]
         return lines + [""]
+    rules = {r["id"]: StoppingRule.from_config(r["train_config"]) for r in done}
+    definitions = list(dict.fromkeys(rule.definition() for rule in rules.values()))
     lines = [
-        StoppingRule.from_config(cfg).definition(),
+        *(definitions if len(definitions) == 1 else [f"The cells were trained under {len(definitions)} rules:", ""]),
+        *([f"- {d}" for d in definitions] if len(definitions) > 1 else []),
         "",
         f"{len(done) - len(open_cells)} of {len(done)} cells converged.",
     ]
-    learning = [r for r in open_cells if r.get("last_stretch")]
+    learning = [r for r in open_cells if r.get("last_stretch") and r.get("stop_reason") == "budget"]
     short = [r for r in open_cells if not r.get("last_stretch")]
+    other = [r for r in open_cells if r.get("last_stretch") and r.get("stop_reason") != "budget"]
     if learning:
         lines += [
             "",
@@ -401,13 +405,34 @@ def convergence_lines(records: list[dict]) -> list[str]:
             "",
         ]
         for r in learning:
-            stretch = r["last_stretch"]
+            rule, stretch = rules[r["id"]], r["last_stretch"]
+            moved = [
+                name
+                for name, past in (
+                    ("the loss", stretch["val_loss"] > rule.loss_tolerance),
+                    (
+                        "exact match",
+                        stretch["val_seq_acc_by_length"] > stretch.get("threshold", rule.accuracy_tolerance),
+                    ),
+                )
+                if past
+            ]
             lines.append(
-                f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss fell {stretch['val_loss']:.3f} nats per character "
-                f"and exact match at {_stretch_lengths(stretch)} rose {100 * stretch['val_seq_acc_by_length']:.1f} points over the last "
-                f"stretch{_threshold(stretch, ' (', ')')}, learning rate {r.get('stop_learning_rate', 0):.2g}"
+                f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: over the last stretch validation loss fell "
+                f"{stretch['val_loss']:.3f} nats per character and exact match at {_stretch_lengths(stretch)} changed by "
+                f"{100 * stretch['val_seq_acc_by_length']:+.1f} points{_threshold(stretch, ' (', ')')}, learning rate "
+                f"{r.get('stop_learning_rate', 0):.2g}" + (f"; still moving: {' and '.join(moved)}" if moved else "")
             )
-    lines += _floor_lines(done, StoppingRule.from_config(cfg))
+    if other:
+        lines += [
+            "",
+            f"**Stopped otherwise** ({len(other)}): "
+            + ", ".join(
+                f"{md(r['task'])}/{md(r['model'])}/seed {r['seed']} ({md(r.get('stop_reason'))})" for r in other
+            )
+            + ".",
+        ]
+    lines += _floor_lines(done, rules)
     if short:
         lines += [
             "",
@@ -512,25 +537,27 @@ def _threshold(stretch: dict, before: str, after: str = "") -> str:
     return f"{before}threshold {100 * stretch['threshold']:.1f}{after}" if "threshold" in stretch else ""
 
 
-def _floor_lines(done: list[dict], rule: StoppingRule) -> list[str]:
-    """The cells whose learning rate was at the schedule's floor when they stopped, with their
-    training and validation loss at the kept epoch side by side: a training loss as high as the
-    validation loss is a model that under-fits its own training data, which the floor may cause."""
-    floor = [r for r in done if rule.at_floor(r.get("stop_learning_rate")) and r.get("history")]
+def _floor_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
+    """The cells whose learning rate was at the schedule's floor when they stopped (`rules`: each
+    record's rule, by id), with their training and validation loss at the kept epoch side by side:
+    a training loss as high as the validation loss is a model that under-fits its own training
+    data, which the floor may cause."""
+    floor = [r for r in done if rules[r["id"]].at_floor(r.get("stop_learning_rate")) and r.get("history")]
     if not floor:
         return []
     lines = [
         "",
-        f"**Stopped at the learning-rate floor** ({len(floor)}): the schedule had lowered the rate to "
-        f"{rule.min_learning_rate:g} by the stop, so the schedule may have ended the learning; loss at the kept epoch "
-        "(nats per target character, training on the epoch's batches, validation teacher-forced):",
+        f"**At the learning-rate floor when they stopped** ({len(floor)}): the schedule had lowered the rate to its "
+        "floor, so the schedule, not the model, may have ended the learning; loss at the kept epoch (training: "
+        "the epoch's batches, per target character or, with per-example loss, per example; validation: "
+        "teacher-forced, per target character):",
         "",
     ]
     for r in floor:
         kept = r["history"][max(r.get("best_epoch", len(r["history"])), 1) - 1]
         lines.append(
-            f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']} ({md(r['stop_reason'])}): training {kept['loss']:.4f}, "
-            f"validation {kept['val_loss']:.4f}"
+            f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']} ({md(r['stop_reason'])}, floor "
+            f"{rules[r['id']].min_learning_rate:g}): training {kept['loss']:.4f}, validation {kept['val_loss']:.4f}"
         )
     return lines
 
@@ -540,7 +567,8 @@ def _cells_table(records: list[dict]) -> list[str]:
     got, how much its last stretch still moved, and where its time went; then the failed cells."""
     lines = [
         "| task | model | seed | parameters | stopped | converged | examples seen | best val exact match | "
-        "last stretch: val loss fall (nats/char) / largest exact-match rise (at length) | learning rate at the stop | wall time (s) | "
+        "last stretch: val loss fall (nats/char) / exact-match rise, points (at the length or band furthest above its "
+        "threshold) | learning rate at the stop | wall time (s) | "
         "update steps / compilation / validation / test decoding (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
