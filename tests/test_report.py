@@ -1004,3 +1004,24 @@ def test_each_report_quotes_its_own_quantities_with_their_caveats(folder):
     report_md = (RESULTS / folder / "report.md").read_text(encoding="utf-8")
     assert "## What this study found" in report_md
     assert check_quotations(report_md, _committed_quantities(folder)) == []
+
+
+def test_cells_at_the_learning_rate_floor_are_listed_with_their_training_and_validation_loss():
+    """The bottleneck's converged `none` cells had their learning rate at the plateau schedule's
+    floor when they stopped: the report lists each under its own rule (the variants' budgets
+    differ), with the training loss beside the validation loss; the reference's cells, none of
+    which stopped at its floor, get no such list; a cell still learning at the ceiling names
+    the measure that still moved."""
+    from study.report.markdown import convergence_lines
+
+    records = [r for r in load_records(RESULTS / "bottleneck") if r["status"] == "ok"]
+    text = "\n".join(convergence_lines(records))
+    assert "**At the learning-rate floor when they stopped** (4)" in text
+    floor_lines = [line for line in text.splitlines() if "floor 0.0001): training" in line]
+    assert len(floor_lines) == 4 and all("/none/" in line and ", validation " in line for line in floor_lines)
+    assert (
+        "The cells were trained under" in text and "1000000-example budget" in text and "250000-example budget" in text
+    )
+    assert "still moving: the loss" in text
+    reference = "\n".join(convergence_lines([r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]))
+    assert "At the learning-rate floor" not in reference

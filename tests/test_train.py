@@ -315,9 +315,9 @@ def test_convergence_sees_learning_at_zero_exact_match_and_ignores_one_lucky_exa
     assert callback.selected_by == "exact match" and model.kept == 4
     callback, model = run([0.9, 0.5, 0.498, 0.497, 0.499, 0.3], [0.0, 1 / 64, 0.0, 1 / 64, 0.0, 0.0])
     assert callback.stopped and model.epoch == 4  # 0.003 nats over two epochs and one example: converged
-    assert last_stretch([{"val_loss": v, "val_seq_acc_by_length": {"4": 0.0}} for v in (0.9, 0.5, 0.498, 0.497)], 2, 1, 0.0, 0.0, 64)[
-        "val_loss"
-    ] == pytest.approx(0.003)
+    assert last_stretch(
+        [{"val_loss": v, "val_seq_acc_by_length": {"4": 0.0}} for v in (0.9, 0.5, 0.498, 0.497)], 2, 1, 0.0, 0.0, 64
+    )["val_loss"] == pytest.approx(0.003)
     assert last_stretch([{"val_loss": 0.5, "val_seq_acc_by_length": {"4": 0.0}}], 2, 1, 0.0, 0.0, 64) is None
     result = lambda reason: TrainResult([], reason, 0, 0, 0.0, 0.0)  # noqa: E731
     assert result("converged").converged and result("target_reached").converged
