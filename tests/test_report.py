@@ -1025,3 +1025,24 @@ def test_cells_at_the_learning_rate_floor_are_listed_with_their_training_and_val
     assert "still moving: the loss" in text
     reference = "\n".join(convergence_lines([r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]))
     assert "At the learning-rate floor" not in reference
+
+
+def test_an_accuracy_series_whose_mean_lands_an_ulp_outside_equal_seeds_is_drawn():
+    """Three seeds at 0.7 average to 0.6999999999999998, below their own minimum: the range bars
+    of the oracle-length panel must not go negative (matplotlib refuses them, and the report of
+    results/end-control/no-end once ended in that traceback)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from study.report.figures import _accuracy_series
+
+    points = pd.DataFrame({"length": [36, 36, 36], "oracle_seq_acc": [0.7, 0.7, 0.7]})
+    mean = points.groupby("length")["oracle_seq_acc"].mean()
+    assert mean.iloc[0] < 0.7  # the premise
+    d = pd.DataFrame({"seq_acc_ci_low": [0.6], "seq_acc_ci_high": [0.8]}, index=pd.Index([36], name="length"))
+    fig, ax = plt.subplots()
+    _accuracy_series(ax, d, mean, points, "oracle_seq_acc", 0.0, (4, 32), "C0", "o", "dot")
+    plt.close(fig)
