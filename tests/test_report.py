@@ -346,8 +346,8 @@ def test_cells_still_improving_at_the_budget_are_flagged_and_learning_curves_are
     assert f"{len(records) - 2} of {len(records)} cells converged" in lines and "A cell converged when" in lines
     first, second = records[0], records[1]
     assert (
-        f"- {first['task']}/{first['model']}/seed {first['seed']}: validation loss fell 0.123 nats per character and exact match at length 16 "
-        "rose 12.3 points over the last stretch, learning rate 0.0015"
+        f"- {first['task']}/{first['model']}/seed {first['seed']}: over the last stretch validation loss fell 0.123 nats per character and "
+        "exact match at length 16 changed by +12.3 points, learning rate 0.0015; still moving: the loss and exact match"
     ) in lines
     learning, short = lines.split("**Too short to judge** (1)")  # each under a heading that says what it is
     assert "still learning" in learning and f"{second['task']}/{second['model']}/seed {second['seed']}" not in learning
@@ -820,19 +820,24 @@ def test_a_quoted_number_that_differs_from_its_quantity_or_drops_its_caveat_is_f
     from study.report.findings import check_quotations
 
     q = _committed_quantities("reference")
-    assert check_quotations("copy scores 98.6% (`reference:copy.additive.exact_match@32`).", q, "reference:") == []
-    assert check_quotations("copy scores 98.7% (`reference:copy.additive.exact_match@32`).", q, "reference:")
-    assert check_quotations("Copy/none: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:")
+    right = f"{q['copy.additive.exact_match@32'].value:.1f}"  # a converged cell's number: no caveat
+    wrong = f"{q['copy.additive.exact_match@32'].value - 0.1:.1f}"
+    none16 = f"{q['copy.none.exact_match@16'].value:.1f}"  # still learning at the ceiling
+    assert check_quotations(f"copy scores {right}% (`reference:copy.additive.exact_match@32`).", q, "reference:") == []
+    assert check_quotations(f"copy scores {wrong}% (`reference:copy.additive.exact_match@32`).", q, "reference:")
+    assert check_quotations(f"Copy/none: {none16}% (`reference:copy.none.exact_match@16`).", q, "reference:")
     assert not check_quotations(
-        "Copy/none, still learning at the ceiling: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:"
+        f"Copy/none, still learning at the ceiling: {none16}% (`reference:copy.none.exact_match@16`).", q, "reference:"
     )
     assert check_quotations("x 1.0% (`reference:copy.nope.exact_match@16`)", q, "reference:")
-    assert check_quotations("copy scores 98.6 min (`reference:copy.additive.exact_match@32`).", q, "reference:")
+    assert check_quotations(f"copy scores {right} min (`reference:copy.additive.exact_match@32`).", q, "reference:")
     assert check_quotations(
-        "Copy/none is not still learning at the ceiling: 5.1% (`reference:copy.none.exact_match@16`).", q, "reference:"
+        f"Copy/none is not still learning at the ceiling: {none16}% (`reference:copy.none.exact_match@16`).",
+        q,
+        "reference:",
     )
     assert check_quotations(
-        "| dot, still learning at the ceiling | 1 |\n| none | 5.1% (`reference:copy.none.exact_match@16`) |",
+        f"| dot, still learning at the ceiling | 1 |\n| none | {none16}% (`reference:copy.none.exact_match@16`) |",
         q,
         "reference:",
     )

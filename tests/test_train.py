@@ -444,7 +444,7 @@ def test_the_banded_rule_tells_a_band_that_learns_from_noise_at_one_length(plate
     assert stretch["lengths"] == [4, 11] and stretch["threshold"] >= 0.01
     assert banded.stop_reason(history) == (None if learning else "converged")
     one_length = StoppingRule(**common, accuracy_tolerance=0.05, max_examples=10**6)
-    if not learning and plateau < 0.9:
+    if not learning and 0.5 < plateau < 0.9:
         assert not one_length.converged(history)  # the rule of one length reads the noise as learning
     assert "band of 8 consecutive training lengths" in banded.definition()
     assert "and 1 point;" in banded.definition() or "and 1 point," in banded.definition()
