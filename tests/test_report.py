@@ -1012,24 +1012,30 @@ def test_each_report_quotes_its_own_quantities_with_their_caveats(folder):
 
 
 def test_cells_at_the_learning_rate_floor_are_listed_with_their_training_and_validation_loss():
-    """The bottleneck's converged `none` cells had their learning rate at the plateau schedule's
-    floor when they stopped: the report lists each under its own rule (the variants' budgets
-    differ), with the training loss beside the validation loss; the reference's cells, none of
-    which stopped at its floor, get no such list; a cell still learning at the ceiling names
-    the measure that still moved."""
+    """A cell whose learning rate was at the plateau schedule's floor when it stopped is listed
+    with its training loss beside its validation loss at the kept epoch, under its own rule; the
+    committed reference, where no cell stopped at its floor, has no such list; a folder of
+    variants (the bottleneck's budgets differ) lists each rule, and a cell still learning at the
+    ceiling names the measure that still moved."""
+    import copy
+
     from study.report.markdown import convergence_lines
 
-    records = [r for r in load_records(RESULTS / "bottleneck") if r["status"] == "ok"]
-    text = "\n".join(convergence_lines(records))
-    assert "**At the learning-rate floor when they stopped** (4)" in text
-    floor_lines = [line for line in text.splitlines() if "floor 0.0001): training" in line]
-    assert len(floor_lines) == 4 and all("/none/" in line and ", validation " in line for line in floor_lines)
+    reference = [r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]
+    assert "At the learning-rate floor" not in "\n".join(convergence_lines(reference))
+    at_floor = copy.deepcopy(reference)
+    first = at_floor[0]
+    first["stop_learning_rate"] = float(np.float32(first["train_config"]["min_learning_rate"]))
+    text = "\n".join(convergence_lines(at_floor))
+    assert "**At the learning-rate floor when they stopped** (1)" in text
+    kept = first["history"][first["best_epoch"] - 1]
     assert (
-        "The cells were trained under" in text and "1000000-example budget" in text and "250000-example budget" in text
-    )
-    assert "still moving: the loss" in text
-    reference = "\n".join(convergence_lines([r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]))
-    assert "At the learning-rate floor" not in reference
+        f"{first['task']}/{first['model']}/seed {first['seed']} ({first['stop_reason']}, floor 1e-05): "
+        f"training {kept['loss']:.4f}, validation {kept['val_loss']:.4f}"
+    ) in text
+    bottleneck = "\n".join(convergence_lines([r for r in load_records(RESULTS / "bottleneck") if r["status"] == "ok"]))
+    assert "The cells were trained under" in bottleneck and "1000000-example budget" in bottleneck
+    assert "250000-example budget" in bottleneck and "still moving: the loss" in bottleneck
 
 
 def test_an_accuracy_series_whose_mean_lands_an_ulp_outside_equal_seeds_is_drawn():
