@@ -133,8 +133,12 @@ class StoppingRule:
         """The rule of a `study.config.TrainConfig` or of its dict in a record (`train_config`).
 
         `overrides` replace fields (e.g. `patience_examples=20000` to replay another stretch).
-        Raises KeyError when the dict lacks a field the rule needs (records of an earlier rule).
+        Raises KeyError when the dict lacks a field the rule needs (records of an earlier rule),
+        TypeError for an override that is not one of the rule's fields.
         """
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"not fields of the stopping rule: {', '.join(sorted(unknown))}")
 
         def get(field: dataclasses.Field) -> Any:
             if field.name in overrides:

@@ -459,5 +459,7 @@ def test_a_stop_at_the_learning_rate_floor_is_named_as_such():
     rule = StoppingRule.from_config(config)
     assert rule.at_floor(float(np.float32(1e-4))) and not rule.at_floor(2e-4)
     assert "schedule's floor (0.0001)" in rule.definition()
+    with pytest.raises(TypeError, match="accuracy_bands"):
+        StoppingRule.from_config(config, accuracy_bands=8)  # a misspelt override is not silently dropped
     constant = StoppingRule.from_config(dict(config, schedule="constant"))
     assert not constant.at_floor(1e-4) and "floor" not in constant.definition()
