@@ -166,14 +166,20 @@ class StoppingRule:
             history, self.patience, self.accuracy_band, self.accuracy_z, self.accuracy_tolerance, self.n_validation
         )
 
+    def still_moving(self, stretch: dict) -> list[str]:
+        """Which measures of a last stretch (`last_stretch`'s dict, or a record's `last_stretch`)
+        moved past their thresholds: "the loss", "exact match", both or none.  A record of the
+        rule before bands has no "threshold": its tolerance stands in."""
+        moves = (
+            ("the loss", stretch["val_loss"] > self.loss_tolerance),
+            ("exact match", stretch["val_seq_acc_by_length"] > stretch.get("threshold", self.accuracy_tolerance)),
+        )
+        return [name for name, moved in moves if moved]
+
     def converged(self, history: list[dict]) -> bool:
         """True when neither measure moved by more than its threshold over the last stretch."""
         stretch = self.stretch(history)
-        return bool(
-            stretch
-            and stretch["val_loss"] <= self.loss_tolerance
-            and stretch["val_seq_acc_by_length"] <= stretch["threshold"]
-        )
+        return bool(stretch) and not self.still_moving(stretch)
 
     def at_floor(self, learning_rate: float | None) -> bool:
         """True when `learning_rate` (a cell's rate at its stop) is the schedule's floor: the

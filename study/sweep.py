@@ -197,8 +197,8 @@ def table(folder: Path) -> str:
             "And with the standard profile's exact-match criterion (bands of "
             f"{criterion['accuracy_band']} training lengths, thresholds of {criterion['accuracy_z']:g} standard errors "
             f"for {criterion['n_validation']} validation examples per length, at least "
-            f"{100 * criterion['accuracy_tolerance']:g} point(s)), whatever the run's own (a run validated on more "
-            "examples is judged on its own, less noisy ones):",
+            f"{100 * criterion['accuracy_tolerance']:g} point(s)), whatever the run's own (thresholds as for the "
+            "standard validation set, also for a run validated on more examples):",
             "",
             patience_table(runs, **criterion),
         ]

@@ -405,18 +405,8 @@ def convergence_lines(records: list[dict]) -> list[str]:
             "",
         ]
         for r in learning:
-            rule, stretch = rules[r["id"]], r["last_stretch"]
-            moved = [
-                name
-                for name, past in (
-                    ("the loss", stretch["val_loss"] > rule.loss_tolerance),
-                    (
-                        "exact match",
-                        stretch["val_seq_acc_by_length"] > stretch.get("threshold", rule.accuracy_tolerance),
-                    ),
-                )
-                if past
-            ]
+            stretch = r["last_stretch"]
+            moved = rules[r["id"]].still_moving(stretch)
             lines.append(
                 f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: over the last stretch validation loss fell "
                 f"{stretch['val_loss']:.3f} nats per character and exact match at {_stretch_lengths(stretch)} changed by "
@@ -525,10 +515,16 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def _stretch_lengths(stretch: dict) -> str:
-    """Where exact match moved most over a last stretch: "length 12", or "lengths 4-11" for a band."""
+def _band(stretch: dict) -> str:
+    """Where exact match moved most over a last stretch: "12", or "4-11" for a band."""
     first, last = stretch.get("lengths", [stretch["length"]] * 2)
-    return f"length {first}" if first == last else f"lengths {first}-{last}"
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def _stretch_lengths(stretch: dict) -> str:
+    """`_band` in words: "length 12", or "lengths 4-11"."""
+    band = _band(stretch)
+    return f"lengths {band}" if "-" in band else f"length {band}"
 
 
 def _threshold(stretch: dict, before: str, after: str = "") -> str:
@@ -583,7 +579,7 @@ def _cells_table(records: list[dict]) -> list[str]:
         )
         stretch = r.get("last_stretch") or {}
         moved = (
-            f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({_stretch_lengths(stretch).split()[-1]}{_threshold(stretch, '; ')})"
+            f"{stretch['val_loss']:.4f} / {100 * stretch['val_seq_acc_by_length']:+.1f} ({_band(stretch)}{_threshold(stretch, '; ')})"
             if {"val_loss", "val_seq_acc_by_length", "length"} <= set(stretch)
             else "-"
         )
