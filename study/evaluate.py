@@ -191,23 +191,44 @@ def oracle_exact_match(
     source_vocab: Vocabulary,
     target_vocab: Vocabulary,
     batch_size: int = 1024,
+    greedy: Sequence[str] | None = None,
 ) -> float:
     """Share of examples whose first len(target) greedy characters equal the target when END
     is held back for exactly that many steps (`decode_at_target_length`).
 
+    Holding END back changes nothing before the step at which greedy decoding chose END: at
+    every earlier step the argmax was a character, and it stays the argmax without END.  So
+    with the model's greedy predictions (`greedy`, from `decode`) at hand, a row that did not
+    end before its target's length already holds its oracle-length prediction, its first
+    len(target) characters, and only the rows that ended early are decoded again.
+
     Args:
         model, sources, targets, source_vocab, target_vocab, batch_size: as for
             `decode_at_target_length`.
+        greedy: the n greedy predictions of `model` for `sources` (`decode` with at least
+            `decode_steps(targets)` steps), or None to decode every row with END held back.
 
     Returns:
         The oracle-length exact match, a share in [0, 1].
 
     Raises:
-        ValueError: a source holds a character outside `source_vocab`.
+        ValueError: a source holds a character outside `source_vocab`, or `greedy` does not
+            hold one prediction per target.
         ZeroDivisionError: `targets` is empty.
     """
-    predictions = decode_at_target_length(model, sources, targets, source_vocab, target_vocab, batch_size)
-    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
+    if greedy is None:
+        early = list(range(len(targets)))
+    elif len(greedy) != len(targets):
+        raise ValueError(f"need one greedy prediction per target, got {len(greedy)} for {len(targets)}")
+    else:
+        early = [i for i, (p, t) in enumerate(zip(greedy, targets)) if len(p) < len(t)]
+    right = 0 if greedy is None else sum(p[: len(t)] == t for p, t in zip(greedy, targets) if len(p) >= len(t))
+    if early:
+        decoded = decode_at_target_length(
+            model, [sources[i] for i in early], [targets[i] for i in early], source_vocab, target_vocab, batch_size
+        )
+        right += sum(p == targets[i] for i, p in zip(early, decoded))
+    return right / len(targets)
 
 
 def evaluate_with_predictions(
@@ -264,7 +285,9 @@ def evaluate_with_predictions(
     return (
         {
             **scored,
-            "oracle_seq_acc": oracle_exact_match(model, sources, targets, source_vocab, target_vocab, batch_size),
+            "oracle_seq_acc": oracle_exact_match(
+                model, sources, targets, source_vocab, target_vocab, batch_size, greedy=predictions
+            ),
         },
         predictions,
         weights,

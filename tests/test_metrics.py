@@ -135,6 +135,30 @@ def test_oracle_length_exact_match_holds_end_back_until_the_targets_length():
     assert result["oracle_seq_acc"] == 0.75  # "abc", "ab", "abcd" right; "abd" is not what it writes
 
 
+def test_oracle_length_exact_match_decodes_again_only_the_rows_that_ended_early(monkeypatch):
+    """Greedy decoding writes "ab" and END for every row.  A row whose target is no longer than
+    that already holds its oracle-length prediction; the rows whose targets are longer ended
+    early and are decoded again with END held back ("abc": C is the second choice at step 3).
+    The result equals decoding every row again."""
+    import study.evaluate as evaluation
+
+    model = Scripted(_script([A], [B], [END, C], [END, D], [END]))
+    targets = ["ab", "a", "abc", "abd", "b"]  # right, right, right, wrong ("abc"), wrong ("a")
+    decoded_again = []
+    decode_again = evaluation.decode_at_target_length
+
+    def recording(model, sources, targets, *args, **kwargs):
+        decoded_again.extend(targets)
+        return decode_again(model, sources, targets, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "decode_at_target_length", recording)
+    result = evaluate(model, ["a"] * len(targets), targets, VOCAB, VOCAB)
+    assert result["seq_acc"] == 0.2 and result["oracle_seq_acc"] == 0.6
+    assert decoded_again == ["abc", "abd"]
+    every_row = evaluation.oracle_exact_match(model, ["a"] * len(targets), targets, VOCAB, VOCAB)
+    assert every_row == 0.6 and decoded_again[2:] == targets
+
+
 def test_a_model_that_stops_early_scores_zero():
     result = _evaluate(_script([A], [B], [END], [END]), ["abc"])
     assert result["seq_acc"] == 0.0 and result["char_acc"] == pytest.approx(2 / 3)
