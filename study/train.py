@@ -338,7 +338,23 @@ class BucketedBatches(keras.utils.PyDataset):
         ids = tf.TensorSpec((None, None), tf.int32)
         spec = ((ids, ids), ids, tf.TensorSpec((None, None), tf.float32))
         data = tf.data.Dataset.from_generator(self._one_epoch, output_signature=spec)  # one call per epoch
-        return data.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
+        return (
+            data.apply(tf.data.experimental.assert_cardinality(len(self)))
+            .prefetch(2)
+            .with_options(without_autotuning())
+        )
+
+
+def without_autotuning():
+    """`tf.data.Options` that turn off tf.data's autotuning.  Its model thread wakes up only now and
+    then to see whether its pipeline is gone, and the pipeline's iterator waits for it when it is
+    deleted: with two cells training side by side that held up some epochs' first update (the
+    previous epoch's iterator going) for 8-10 s, and the end of `fit` for up to 30 s."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 class GreedyValidation(keras.callbacks.Callback):
