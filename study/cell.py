@@ -65,7 +65,13 @@ class Cell:
 
 # training settings added after studies had been run: left out of a cell's identity while at
 # these values (the behaviour before they existed), so the cells of those studies keep their ids
-IDENTITY_DEFAULTS = {"loss_normalisation": "token", "end_token": True, "accuracy_band": 1, "accuracy_z": 0.0}
+IDENTITY_DEFAULTS = {
+    "loss_normalisation": "token",
+    "end_token": True,
+    "accuracy_band": 1,
+    "accuracy_z": 0.0,
+    "adam_beta2": 0.999,
+}
 
 
 def identity_train_config(train: TrainConfig) -> dict:

@@ -88,6 +88,8 @@ class TrainConfig:
         the same for every model; a cell that reaches it has not converged.
     batch_size: examples per update.
     learning_rate, clipnorm: Adam's (peak) step size and gradient-norm clipping.
+    adam_beta2: Adam's decay rate of the second-moment estimate (Kingma and Ba 2015: 0.999;
+        0.98 in Vaswani et al. 2017, whose rate adapts faster to the gradient's scale).
     warmup_examples: a linear warm-up of the learning rate over this many examples (0: none).
     schedule: the learning rate after the warm-up: "constant", or "plateau"
         (`keras.callbacks.ReduceLROnPlateau` on the validation loss: multiplied by
@@ -123,6 +125,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     clipnorm: float = 1.0
+    adam_beta2: float = 0.999
     patience_examples: int = 30000
     loss_tolerance: float = 0.005
     accuracy_tolerance: float = 0.05
@@ -202,7 +205,7 @@ TRAIN_RULES = {
     **dict.fromkeys(("learning_rate", "clipnorm", "min_learning_rate"), POSITIVE_NUMBER),
     "target_accuracy": SHARE,
     **dict.fromkeys(("loss_tolerance", "accuracy_tolerance"), TOLERANCE),
-    "lr_factor": FACTOR,
+    **dict.fromkeys(("lr_factor", "adam_beta2"), FACTOR),
     "end_token": BOOLEAN,
     "loss_normalisation": one_of(LOSS_NORMALISATIONS),
     "schedule": one_of(SCHEDULES),

@@ -247,15 +247,15 @@ def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.nda
 
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
     """Compiles `model` in place: Adam with clipping at `cfg.learning_rate` (`Warmup` and
-    `ReduceLROnPlateau` move it during training), and cross-entropy from logits summed with
-    the batch's weights (`EncodedSet.batch` gives each target character 1 / tokens_per_batch).
+    `ReduceLROnPlateau` move it during training) and second-moment decay `cfg.adam_beta2`, and
+    cross-entropy from logits summed with the batch's weights (`EncodedSet.batch` gives each target character 1 / tokens_per_batch).
 
     Args:
         model: the model to compile; a model compiled before gets a fresh optimiser.
-        cfg: gives `learning_rate` and `clipnorm` (the gradient's largest norm).
+        cfg: gives `learning_rate`, `adam_beta2` and `clipnorm` (the gradient's largest norm).
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, clipnorm=cfg.clipnorm),
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_2=cfg.adam_beta2, clipnorm=cfg.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
     )
 

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from study.config import ModelConfig, TrainConfig
+from study.cell import identity_train_config
+from study.config import ConfigError, ModelConfig, TrainConfig
 from study.data import make_splits
 from study.evaluate import evaluate
 from study.models import build_model
@@ -63,6 +64,16 @@ def test_every_target_character_weighs_the_same_in_every_batch(copy_data):
     assert loss(np.concatenate([short, long, partial])) == pytest.approx(
         loss(short) + loss(long) + loss(partial), rel=1e-5
     )
+
+
+def test_adams_second_moment_decay_is_a_setting_that_old_cells_do_not_name():
+    model = build_model("dot", 5, 6, ModelConfig(embedding_dim=8, units=16))
+    compile_model(model, TrainConfig(adam_beta2=0.98))
+    assert model.optimizer.beta_2 == 0.98
+    with pytest.raises(ConfigError, match=r"train.adam_beta2 must be a number in \(0, 1\), got 1.0"):
+        TrainConfig(adam_beta2=1.0)
+    assert "adam_beta2" not in identity_train_config(TrainConfig())  # cells made before it keep their ids
+    assert identity_train_config(TrainConfig(adam_beta2=0.98))["adam_beta2"] == 0.98
 
 
 def _train(copy_data, cfg, sabotage_from_epoch=None, backup_dir=None):
