@@ -248,7 +248,8 @@ def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.nda
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
     """Compiles `model` in place: Adam with clipping at `cfg.learning_rate` (`Warmup` and
     `ReduceLROnPlateau` move it during training) and second-moment decay `cfg.adam_beta2`, and
-    cross-entropy from logits summed with the batch's weights (`EncodedSet.batch` gives each target character 1 / tokens_per_batch).
+    cross-entropy from logits summed with the batch's weights (`EncodedSet.batch` gives each
+    target character 1 / tokens_per_batch).
 
     Args:
         model: the model to compile; a model compiled before gets a fresh optimiser.
@@ -330,7 +331,8 @@ class BucketedBatches(keras.utils.PyDataset):
     def for_fit(self):
         """What `model.fit` takes: this dataset, or on TensorFlow a `tf.data.Dataset` over it
         whose spec leaves batch and time free (Keras would infer the spec from the first two
-        batches, and a later batch of another length would not fit it)."""
+        batches, and a later batch of another length would not fit it), prefetching two batches
+        and without tf.data's autotuning (`without_autotuning`)."""
         if keras.backend.backend() != "tensorflow":
             return self
         import tensorflow as tf
@@ -347,9 +349,10 @@ class BucketedBatches(keras.utils.PyDataset):
 
 def without_autotuning():
     """`tf.data.Options` that turn off tf.data's autotuning.  Its model thread wakes up only now and
-    then to see whether its pipeline is gone, and the pipeline's iterator waits for it when it is
-    deleted: with two cells training side by side that held up some epochs' first update (the
-    previous epoch's iterator going) for 8-10 s, and the end of `fit` for up to 30 s."""
+    then to see whether its pipeline is gone, and deleting the pipeline's iterator waits for it
+    (`tensorflow::data::RootDataset::Iterator`'s destructor): with two cells training side by side
+    that held up the first update of some epochs (while the previous epoch's iterator went) by
+    8-10 s, and the end of `fit` by up to 30 s.  The batches are the same either way."""
     import tensorflow as tf
 
     options = tf.data.Options()
