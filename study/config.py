@@ -88,8 +88,9 @@ class TrainConfig:
         the same for every model; a cell that reaches it has not converged.
     batch_size: examples per update.
     learning_rate, clipnorm: Adam's (peak) step size and gradient-norm clipping.
-    adam_beta2: Adam's decay rate of the second-moment estimate (Kingma and Ba 2015: 0.999;
-        0.98 in Vaswani et al. 2017, whose rate adapts faster to the gradient's scale).
+    adam_beta2: Adam's decay rate of the second-moment estimate (0.999 in Kingma and Ba 2015;
+        0.98 in Vaswani et al. 2017: a shorter memory, so the step size follows changes in the
+        gradient's scale sooner).
     warmup_examples: a linear warm-up of the learning rate over this many examples (0: none).
     schedule: the learning rate after the warm-up: "constant", or "plateau"
         (`keras.callbacks.ReduceLROnPlateau` on the validation loss: multiplied by

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from study.vocab import END, Vocabulary
+from study.vocab import END, INVALID, Vocabulary
 
 if TYPE_CHECKING:  # Keras is imported by whoever built the model (`study.models.load_trained` starts it quietly)
     from study.models.base import EncoderDecoder
@@ -197,16 +197,20 @@ def oracle_exact_match(
     is held back for exactly that many steps (`decode_at_target_length`).
 
     Holding END back changes nothing before the step at which greedy decoding chose END: at
-    every earlier step the argmax was a character, and it stays the argmax without END.  So
-    with the model's greedy predictions (`greedy`, from `decode`) at hand, a row that did not
-    end before its target's length already holds its oracle-length prediction, its first
-    len(target) characters, and only the rows that ended early are decoded again.
+    every earlier step the argmax was a character, and it stays the argmax without END (END's
+    id is below every character's, and argmax keeps the first of equal values, so a character
+    chosen over END beat it outright).  So with the model's greedy predictions (`greedy`, from
+    `decode`) at hand, a row that did not end before its target's length already holds its
+    oracle-length prediction, its first len(target) characters, and only the rows that ended
+    early (or whose greedy decoding stopped short of the target's length without END) are
+    decoded again.  Those rows are decoded in other batches than when every row is, so a
+    near-tie between two logits could in principle fall the other way by float rounding.
 
     Args:
         model, sources, targets, source_vocab, target_vocab, batch_size: as for
             `decode_at_target_length`.
-        greedy: the n greedy predictions of `model` for `sources` (`decode` with at least
-            `decode_steps(targets)` steps), or None to decode every row with END held back.
+        greedy: the n greedy predictions of `model` for `sources` (`decode`), or None to decode
+            every row with END held back.
 
     Returns:
         The oracle-length exact match, a share in [0, 1].
@@ -216,13 +220,17 @@ def oracle_exact_match(
             hold one prediction per target.
         ZeroDivisionError: `targets` is empty.
     """
-    if greedy is None:
-        early = list(range(len(targets)))
-    elif len(greedy) != len(targets):
+    if greedy is not None and len(greedy) != len(targets):
         raise ValueError(f"need one greedy prediction per target, got {len(greedy)} for {len(targets)}")
-    else:
-        early = [i for i, (p, t) in enumerate(zip(greedy, targets)) if len(p) < len(t)]
-    right = 0 if greedy is None else sum(p[: len(t)] == t for p, t in zip(greedy, targets) if len(p) >= len(t))
+
+    def holds_its_oracle_prediction(i: int) -> bool:
+        # INVALID within the first len(target) characters: the decoder stopped there without END
+        return greedy is not None and len(greedy[i]) >= len(targets[i]) and INVALID not in greedy[i][: len(targets[i])]
+
+    early = [i for i in range(len(targets)) if not holds_its_oracle_prediction(i)]
+    right = sum(
+        greedy[i][: len(targets[i])] == targets[i] for i in range(len(targets)) if holds_its_oracle_prediction(i)
+    )
     if early:
         decoded = decode_at_target_length(
             model, [sources[i] for i in early], [targets[i] for i in early], source_vocab, target_vocab, batch_size

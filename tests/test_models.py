@@ -129,6 +129,11 @@ def test_padding_changes_nothing(trained):
     a = decoder.predict(source, verbose=0)
     b = decoder.predict(padded, verbose=0)
     assert (a["tokens"] >= 3).all()  # every step was decoded
+    chunked = decoder.predict(source, batch_size=3)  # 8 rows as 3 + 3 + 2: the same rows, in order
+    assert chunked.keys() == a.keys()
+    np.testing.assert_array_equal(chunked["tokens"], a["tokens"])
+    for key in set(a) - {"tokens"}:
+        np.testing.assert_allclose(chunked[key], a[key], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(a["tokens"], b["tokens"])
     np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-5, atol=1e-5)
     # one short example decoded beside a long one (more padding) gives the same output

@@ -16,7 +16,7 @@ from study.data import make_splits
 from study.evaluate import evaluate
 from study.models import build_model
 from study.tasks import get_task
-from study.train import BUCKET_POOL, EncodedSet, bucketed_batches, compile_model, train_model
+from study.train import BUCKET_POOL, BucketedBatches, EncodedSet, bucketed_batches, compile_model, train_model
 from study.vocab import Vocabulary
 
 
@@ -380,6 +380,30 @@ def test_jax_keeps_compiled_programs_between_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert any((tmp_path / "seq2seq-length-study" / "jax").iterdir())
+
+
+def test_every_committed_records_id_settings_are_what_its_configuration_gives():
+    """A training setting added later must be listed in `IDENTITY_DEFAULTS` at its former
+    behaviour, or every committed cell's id would change: each committed record's identity
+    settings equal those its own full configuration gives today."""
+    import glob
+
+    records = [
+        json.loads(Path(f).read_text(encoding="utf-8")) for f in glob.glob("results/**/cells/*.json", recursive=True)
+    ]
+    records = [r for r in records if "config" in r]
+    assert len(records) >= 100
+    for r in records:
+        assert identity_train_config(TrainConfig(**r["config"]["train"])) == r["train_config"], r["id"]
+
+
+def test_the_training_data_pipeline_runs_without_tf_data_autotuning(copy_data):
+    """Deleting an autotuned pipeline's iterator waits for its model thread (`without_autotuning`)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.data pipeline is TensorFlow's")
+    splits, sv, tv = copy_data
+    batches = BucketedBatches(EncodedSet.build(splits.train, sv, tv), TrainConfig(n_train=256, batch_size=32), seed=0)
+    assert batches.for_fit().options().autotune.enabled is False
 
 
 def test_the_stopping_rule_replayed_on_every_committed_record_gives_the_record_its_own_stop():

@@ -143,23 +143,6 @@ class GreedyDecoder(keras.Model):
     """A thin model whose `predict` compiles `greedy_decode` (one graph/XLA program per batch
     shape) and runs it batch by batch; it owns no weights of its own."""
 
-    def predict(self, x, batch_size: int | None = None, verbose="auto", **kwargs) -> dict:
-        """`greedy_decode`'s dict as numpy for the rows of `x`, (n, S) int, decoded `batch_size`
-        rows at a time (default 32), as `keras.Model.predict` does and with the same compiled
-        function (`predict_on_batch`), but without its `tf.data` pipeline: deleting that
-        pipeline's iterator waits for its autotuning thread to wake up, which held up decoding
-        by seconds with two cells training side by side (`study.train.without_autotuning`).
-
-        Raises:
-            ValueError: `x` holds no rows.
-        """
-        x = np.asarray(x)
-        if not len(x):
-            raise ValueError("nothing to decode: the source batch holds no rows")
-        batch_size = batch_size or 32
-        parts = [self.predict_on_batch(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
     def __init__(
         self,
         model: EncoderDecoder,
@@ -184,3 +167,21 @@ class GreedyDecoder(keras.Model):
         return self.encoder_decoder.greedy_decode(
             source, self.max_steps, self.with_logits, self.with_attention, self.min_steps
         )
+
+    def predict(self, x, batch_size: int | None = None, verbose=0) -> dict:
+        """`greedy_decode`'s dict as numpy for the rows of `x`, (n, S) int, decoded `batch_size`
+        rows at a time (default 32), as `keras.Model.predict` does and with the same compiled
+        function (`predict_on_batch`), but without its `tf.data` pipeline: deleting that
+        pipeline's iterator waits for its autotuning thread to wake up, which held up decoding
+        by seconds with two cells training side by side (`study.train.without_autotuning`).
+        `verbose` is accepted for `keras.Model.predict`'s callers; nothing is printed.
+
+        Raises:
+            ValueError: `x` holds no rows, or `batch_size` is below 1.
+        """
+        x = np.asarray(x)
+        batch_size = 32 if batch_size is None else batch_size
+        if not len(x) or batch_size < 1:
+            raise ValueError(f"need at least one row and a batch size from 1, got {len(x)} rows and {batch_size}")
+        parts = [self.predict_on_batch(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
