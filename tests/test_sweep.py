@@ -15,10 +15,12 @@ from study.results import RECORD_SCHEMA
 COMMITTED = ROOT / "results" / "sweep"
 
 
-def test_the_committed_sweep_redraws_byte_for_byte_from_its_run_files():
-    """results/sweep holds runs of the sweep's earlier runner (`runs/*.json`); they still draw
-    its committed sweep.md, every per-run row and replayed stretch the same."""
-    assert sweep.table(COMMITTED) == (COMMITTED / "sweep.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("folder", [COMMITTED, ROOT / "results" / "sweep-attention"], ids=lambda p: p.name)
+def test_the_committed_sweeps_redraw_byte_for_byte(folder):
+    """results/sweep holds runs of the sweep's earlier runner (`runs/*.json`), results/sweep-attention
+    the records of a study of variants; each still draws its committed sweep.md, every per-run row
+    and replayed stretch the same."""
+    assert sweep.table(folder) == (folder / "sweep.md").read_text(encoding="utf-8")
 
 
 def _as_record(run: dict) -> dict:
