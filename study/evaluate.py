@@ -223,14 +223,14 @@ def oracle_exact_match(
     if greedy is not None and len(greedy) != len(targets):
         raise ValueError(f"need one greedy prediction per target, got {len(greedy)} for {len(targets)}")
 
-    def holds_its_oracle_prediction(i: int) -> bool:
-        # INVALID within the first len(target) characters: the decoder stopped there without END
-        return greedy is not None and len(greedy[i]) >= len(targets[i]) and INVALID not in greedy[i][: len(targets[i])]
-
-    early = [i for i in range(len(targets)) if not holds_its_oracle_prediction(i)]
-    right = sum(
-        greedy[i][: len(targets[i])] == targets[i] for i in range(len(targets)) if holds_its_oracle_prediction(i)
-    )
+    # a row holds its oracle-length prediction when its greedy prediction reaches the target's
+    # length with characters (INVALID there: the decoder stopped without END)
+    held = [
+        greedy is not None and len(greedy[i]) >= len(t) and INVALID not in greedy[i][: len(t)]
+        for i, t in enumerate(targets)
+    ]
+    early = [i for i, h in enumerate(held) if not h]
+    right = sum(greedy[i][: len(t)] == t for i, (t, h) in enumerate(zip(targets, held)) if h)
     if early:
         decoded = decode_at_target_length(
             model, [sources[i] for i in early], [targets[i] for i in early], source_vocab, target_vocab, batch_size
