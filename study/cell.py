@@ -71,6 +71,8 @@ IDENTITY_DEFAULTS = {
     "accuracy_band": 1,
     "accuracy_z": 0.0,
     "adam_beta2": 0.999,
+    "curriculum_examples": 0,
+    "curriculum_share": 0.5,
 }
 
 

@@ -92,6 +92,13 @@ class TrainConfig:
         0.98 in Vaswani et al. 2017: a shorter memory, so the step size follows changes in the
         gradient's scale sooner).
     warmup_examples: a linear warm-up of the learning rate over this many examples (0: none).
+    curriculum_examples: a mixed length curriculum over the first this many examples (0: none;
+        Zaremba and Sutskever 2014, whose curriculum helped only mixed with examples of every
+        length): in each epoch that starts before it, a share `curriculum_share` of the examples
+        is drawn from the shortest part of the pool, a part that grows linearly to the whole pool
+        by `curriculum_examples`, and the rest from the whole pool as usual
+        (`study.train.mixed_curriculum`).
+    curriculum_share: the share of an epoch drawn from the curriculum's shortest part.
     schedule: the learning rate after the warm-up: "constant", or "plateau"
         (`keras.callbacks.ReduceLROnPlateau` on the validation loss: multiplied by
         `lr_factor` after `lr_patience_examples` without a fall of `loss_tolerance`, never
@@ -133,6 +140,8 @@ class TrainConfig:
     target_accuracy: float = 1.0
     schedule: str = "constant"
     warmup_examples: int = 0
+    curriculum_examples: int = 0
+    curriculum_share: float = 0.5
     lr_patience_examples: int = 20000
     lr_factor: float = 0.5
     min_learning_rate: float = 1e-4
@@ -161,11 +170,12 @@ class TrainConfig:
             raise ConfigError(
                 f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})"
             )
-        if not 0 <= self.warmup_examples < self.max_examples:
-            raise ConfigError(
-                f"train.warmup_examples must be an integer from 0 to below the budget max_examples ({self.max_examples}), "
-                f"got {self.warmup_examples!r}"
-            )
+        for field in ("warmup_examples", "curriculum_examples"):
+            if not 0 <= getattr(self, field) < self.max_examples:
+                raise ConfigError(
+                    f"train.{field} must be an integer from 0 to below the budget max_examples ({self.max_examples}), "
+                    f"got {getattr(self, field)!r}"
+                )
 
     @property
     def max_epochs(self) -> int:
@@ -201,10 +211,10 @@ TRAIN_RULES = {
         ),
         POSITIVE_INTEGER,
     ),
-    "warmup_examples": COUNT,
+    **dict.fromkeys(("warmup_examples", "curriculum_examples"), COUNT),
     "accuracy_z": NON_NEGATIVE_NUMBER,
     **dict.fromkeys(("learning_rate", "clipnorm", "min_learning_rate"), POSITIVE_NUMBER),
-    "target_accuracy": SHARE,
+    **dict.fromkeys(("target_accuracy", "curriculum_share"), SHARE),
     **dict.fromkeys(("loss_tolerance", "accuracy_tolerance"), TOLERANCE),
     **dict.fromkeys(("lr_factor", "adam_beta2"), FACTOR),
     "end_token": BOOLEAN,

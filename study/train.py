@@ -19,9 +19,9 @@ length bucket or the size of the epoch's last, partial batch.  `loss_normalisati
 Sutskever et al. 2014's per-sentence log-likelihood), so short examples count as much as
 long ones.
 
-Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch
-shuffles the examples, cuts the order into pools of `BUCKET_POOL` batches,
-sorts each pool by length and cuts it into batches, so a batch holds examples
+Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch draws its
+examples (`epoch_examples`; with a length curriculum, `mixed_curriculum`), shuffles them,
+cuts the order into pools of `BUCKET_POOL` batches, sorts each pool by length and cuts it into batches, so a batch holds examples
 of similar length, padded to a multiple of `pad_multiple` steps; the order of
 epoch e is a pure function of (seed, e).
 
@@ -245,6 +245,37 @@ def epoch_examples(pool: int, epoch: int, cfg: TrainConfig, seed: int) -> np.nda
     return order[start : start + cfg.epoch_examples]
 
 
+def mixed_curriculum(drawn: np.ndarray, sizes: np.ndarray, epoch: int, cfg: TrainConfig, seed: int) -> np.ndarray:
+    """Epoch `epoch`'s examples under a mixed length curriculum (`cfg.curriculum_examples` > 0):
+    Zaremba and Sutskever (2014) found that a curriculum alone (short examples first) did not help
+    an LSTM learn long inputs, and that mixing it with examples of every difficulty did.  Here the
+    epoch keeps the first (1 - curriculum_share) of its uniform draw `drawn` and takes the rest
+    uniformly from the shortest q of the pool by size, q = (epoch + 1) x epoch_examples /
+    curriculum_examples (at most 1).  The part grows on this fixed schedule rather than on a
+    validation plateau (their "naive" strategy), so an epoch's examples stay a pure function of
+    (seed, epoch) and a resumed run is exact; from the first epoch with q = 1 the draw is
+    `drawn` itself.
+
+    Args:
+        drawn: (epoch_examples,) int, the epoch's uniform draw (`epoch_examples`), in random order.
+        sizes: (pool,) int, each pool example's size (source plus target ids).
+        epoch: the epoch, 0-based.
+        cfg: gives `curriculum_examples`, `curriculum_share` and `epoch_examples`.
+        seed: the run's seed.
+
+    Returns:
+        (epoch_examples,) int indices into the pool; those of the short part are distinct from
+        each other but may repeat an index of the uniform part.
+    """
+    q = (epoch + 1) * cfg.epoch_examples / cfg.curriculum_examples
+    if q >= 1:
+        return drawn
+    n_short = round(cfg.curriculum_share * len(drawn))
+    shortest = np.argsort(sizes, kind="stable")[: max(math.ceil(q * len(sizes)), n_short)]
+    short = np.random.default_rng([seed, epoch, 2]).choice(shortest, n_short, replace=False)
+    return np.concatenate([drawn[: len(drawn) - n_short], short])
+
+
 def compile_model(model: EncoderDecoder, cfg: TrainConfig) -> None:
     """Compiles `model` in place: Adam with clipping at `cfg.learning_rate` (`Warmup` and
     `ReduceLROnPlateau` move it during training) and second-moment decay `cfg.adam_beta2`, and
@@ -311,6 +342,8 @@ class BucketedBatches(keras.utils.PyDataset):
         from generators seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         drawn = epoch_examples(len(self.sizes), epoch, self.cfg, self.seed)
+        if self.cfg.curriculum_examples:
+            drawn = mixed_curriculum(drawn, self.sizes, epoch, self.cfg, self.seed)
         self.order = [drawn[i] for i in bucketed_batches(self.sizes[drawn], self.batch_size, rng)]
 
     def _one_epoch(self):

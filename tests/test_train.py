@@ -222,6 +222,8 @@ def test_the_learning_rate_warms_up_then_halves_only_on_a_plateau_of_the_validat
     for bad, message in (
         (dict(schedule="cosine"), "train.schedule must be one of constant, plateau"),
         (dict(warmup_examples=10**9), "below the budget"),
+        (dict(curriculum_examples=10**9), "train.curriculum_examples must be an integer from 0 to below the budget"),
+        (dict(curriculum_share=0), "train.curriculum_share must be a number in"),
         (dict(schedule="plateau", min_learning_rate=1.0), "must not exceed train.learning_rate"),
         (dict(lr_factor=1.5), "lr_factor must be a number in"),
         (dict(loss_tolerance=-1), "loss_tolerance must be a number in"),
@@ -364,6 +366,27 @@ def test_epochs_walk_through_the_pool_in_passes_each_example_once_per_pass():
     assert (epoch_examples(1000, 6, cfg, seed=5) != epoch_examples(1000, 6, cfg, seed=6)).any()
 
 
+def test_a_mixed_curriculum_draws_a_share_from_a_shortest_part_that_grows_to_the_whole_pool():
+    from study.train import epoch_examples, mixed_curriculum
+
+    cfg = TrainConfig(n_train=1000, epoch_examples=250, max_examples=5000, curriculum_examples=1000)
+    sizes = np.random.default_rng(0).permutation(np.repeat(np.arange(10, 20), 100))  # 100 examples of each size
+    for epoch, longest in ((0, 12), (1, 14), (2, 17)):  # the shortest 25%, 50%, 75% of the pool
+        drawn = epoch_examples(1000, epoch, cfg, seed=5)
+        mixed = mixed_curriculum(drawn, sizes, epoch, cfg, seed=5)
+        assert len(mixed) == 250 and (mixed[:125] == drawn[:125]).all()  # half the uniform draw kept
+        short = mixed[125:]
+        assert len(set(short)) == 125 and sizes[short].max() == longest
+        assert (mixed == mixed_curriculum(drawn, sizes, epoch, cfg, seed=5)).all()  # a pure function of (seed, epoch)
+        assert (mixed != mixed_curriculum(drawn, sizes, epoch, cfg, seed=6)).any()
+    drawn = epoch_examples(1000, 3, cfg, seed=5)
+    assert mixed_curriculum(drawn, sizes, 3, cfg, seed=5) is drawn  # the whole pool: the uniform draw itself
+    few = TrainConfig(
+        n_train=1000, epoch_examples=250, max_examples=5000, curriculum_examples=4000, curriculum_share=1.0
+    )
+    assert sorted(mixed_curriculum(drawn, sizes, 0, few, seed=5)) == sorted(np.argsort(sizes, kind="stable")[:250])
+
+
 def test_jax_keeps_compiled_programs_between_runs(tmp_path):
     """With the JAX backend the persistent compilation cache is on: a compiled function lands
     under $XDG_CACHE_HOME/seq2seq-length-study/jax."""
@@ -404,6 +427,18 @@ def test_the_training_data_pipeline_runs_without_tf_data_autotuning(copy_data):
     splits, sv, tv = copy_data
     batches = BucketedBatches(EncodedSet.build(splits.train, sv, tv), TrainConfig(n_train=256, batch_size=32), seed=0)
     assert batches.for_fit().options().autotune.enabled is False
+
+
+def test_the_training_batches_follow_the_curriculum(copy_data):
+    from study.train import epoch_examples, mixed_curriculum
+
+    splits, sv, tv = copy_data
+    cfg = TrainConfig(n_train=256, epoch_examples=64, batch_size=32, max_examples=1024, curriculum_examples=256)
+    batches = BucketedBatches(EncodedSet.build(splits.train, sv, tv), cfg, seed=0)
+    batches.set_epoch(1)
+    drawn = mixed_curriculum(epoch_examples(256, 1, cfg, seed=0), batches.sizes, 1, cfg, seed=0)
+    assert sorted(np.concatenate(batches.order)) == sorted(drawn)
+    assert batches.sizes[np.concatenate(batches.order)].mean() < batches.sizes.mean()
 
 
 def test_the_stopping_rule_replayed_on_every_committed_record_gives_the_record_its_own_stop():
