@@ -94,7 +94,7 @@ class TrainConfig:
     warmup_examples: a linear warm-up of the learning rate over this many examples (0: none).
     curriculum_examples: a mixed length curriculum over the first this many examples (0: none;
         Zaremba and Sutskever 2014, whose curriculum helped only mixed with examples of every
-        length): in each epoch that starts before it, a share `curriculum_share` of the examples
+        length): in each epoch that ends before it, a share `curriculum_share` of the examples
         is drawn from the shortest part of the pool, a part that grows linearly to the whole pool
         by `curriculum_examples`, and the rest from the whole pool as usual
         (`study.train.mixed_curriculum`).

@@ -21,9 +21,9 @@ long ones.
 
 Batches come from `BucketedBatches`, a `keras.utils.PyDataset`: each epoch draws its
 examples (`epoch_examples`; with a length curriculum, `mixed_curriculum`), shuffles them,
-cuts the order into pools of `BUCKET_POOL` batches, sorts each pool by length and cuts it into batches, so a batch holds examples
-of similar length, padded to a multiple of `pad_multiple` steps; the order of
-epoch e is a pure function of (seed, e).
+cuts the order into pools of `BUCKET_POOL` batches, sorts each pool by length and cuts it
+into batches, so a batch holds examples of similar length, padded to a multiple of
+`pad_multiple` steps; the order of epoch e is a pure function of (seed, e).
 
 The learning rate: a linear warm-up over `warmup_examples` (`Warmup`, Goyal et al. 2017),
 then, with schedule "plateau", `keras.callbacks.ReduceLROnPlateau` on the validation loss
