@@ -10,8 +10,8 @@ resume and records (`examples/sweep.toml`).  This module only reads what a sweep
 validation history, its training settings and where it stopped, and draws `<folder>/sweep.md`:
 per recipe and probe (`task/model`, mean over seeds) and per run, the best validation exact match
 over all training lengths and at the longest one, whether and after how many examples and
-seconds the run converged, and how far its loss moved over the last stretch; then the same runs
-replayed through `study.stopping.StoppingRule` with other convergence stretches.
+seconds the run converged, and how far its loss moved over the last stretch; each recipe against
+the one named "standard", seed by seed; then the same runs replayed through `study.stopping.StoppingRule` with other convergence stretches.
 
 It reads two kinds of folder (`read_runs`): a study's results (`cells/*.json`, the records of
 `study.results`; a variant's name is its recipe), and the run files of the sweep's earlier
@@ -155,6 +155,51 @@ def patience_table(runs: list[dict], **criterion) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(runs: list[dict], against: str = "standard") -> str:
+    """Markdown: each recipe against recipe `against`, seed by seed on the same probe (the pair
+    shares its data, validation set and initial weights, so the seed's own luck cancels): how
+    many runs stopped on fewer, as many or more examples, the mean difference in examples, and in
+    the validation exact match at the longest training length of the weights each run's rule
+    kept (`replay_stop` at the run's own stretch: the record's own stop); per probe, then over
+    every probe.  "" when no run has recipe `against`."""
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        [
+            {
+                "probe": r["probe"],
+                "recipe": r["recipe"],
+                "seed": r["seed"],
+                "examples": r["examples_seen"],
+                "longest": replay_stop(r, r["train_config"]["patience_examples"])["val_seq_acc_longest"],
+            }
+            for r in runs
+        ]
+    )
+    base = rows[rows.recipe == against][["probe", "seed", "examples", "longest"]]
+    pairs = rows[rows.recipe != against].merge(base, on=["probe", "seed"], suffixes=("", "_base"))  # paired seeds only
+    if pairs.empty:
+        return ""
+    lines = [
+        "| probe | recipe | pairs | fewer examples | as many | more | examples, mean difference | "
+        "kept val exact match at the longest length, mean difference (points) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (probe, recipe), g in pairs.groupby(["probe", "recipe"], sort=True):
+        gap = g.examples - g.examples_base
+        lines.append(
+            f"| {probe} | {recipe} | {len(g)} | {int((gap < 0).sum())} | {int((gap == 0).sum())} | {int((gap > 0).sum())} | "
+            f"{gap.mean():+.0f} | {100 * (g.longest - g.longest_base).mean():+.1f} |"
+        )
+    for recipe, g in pairs.groupby("recipe", sort=True):
+        gap = g.examples - g.examples_base
+        lines.append(
+            f"| every probe | {recipe} | {len(g)} | {int((gap < 0).sum())} | {int((gap == 0).sum())} | {int((gap > 0).sum())} | "
+            f"{gap.mean():+.0f} | {100 * (g.longest - g.longest_base).mean():+.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def table(folder: Path) -> str:
     """Markdown for the sweep in `folder` (`read_runs`): one row per recipe and probe (means over
     its seeds), then every run, then the replayed stretches (`patience_table`)."""
@@ -184,6 +229,14 @@ def table(folder: Path) -> str:
             f"| {r.probe} | {r.recipe} | {r.seed} | {pct(r.best_val_seq_acc)} | {pct(r.best_val_seq_acc_longest)} | {r.best_val_loss:.4f} | "
             f"{fall} | {r.stop_reason} | {r.examples_seen} | {r.seconds:.0f} |"
         )
+    paired = paired_table(runs)
+    if paired:
+        lines += [
+            "",
+            "Each recipe against the standard recipe, seed by seed on the same probe (`paired_table`):",
+            "",
+            paired,
+        ]
     replayed = patience_table(runs)
     if replayed:
         lines += [

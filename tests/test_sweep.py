@@ -236,3 +236,19 @@ def test_replaying_a_shorter_convergence_stretch_stops_where_the_rule_would_have
     table = sweep.patience_table([run])
     # no replay beyond the run's own stretch
     assert "| copy/dot | r | 20000 | 1 of 1 | 40000 |" in table and "| r | 40000 |" not in table
+
+
+def test_recipes_are_paired_with_the_standard_recipe_seed_by_seed():
+    """`paired_table` compares each run with the standard recipe's run of the same probe and
+    seed (an unpaired seed is left out) and counts fewer, as many and more examples."""
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((COMMITTED / "runs").glob("*.json"))]
+    base = [{**r, "recipe": "standard"} for r in runs if (r["probe"], r["recipe"]) == ("reverse/additive", "b64")]
+    other = [r for r in runs if (r["probe"], r["recipe"]) == ("reverse/additive", "b128")]
+    assert sorted(r["seed"] for r in base) == [0, 1, 2] and sorted(r["seed"] for r in other) == [0, 1]
+    sooner = {**other[0], "examples_seen": other[0]["examples_seen"] - 20000}
+    rows = sweep.paired_table(base + [sooner, other[1]]).splitlines()
+    kept = {(r["recipe"], r["seed"]): sweep.replay_stop(r, 40000)["val_seq_acc_longest"] for r in base + other}
+    gap = 100 * sum(kept["b128", s] - kept["standard", s] for s in (0, 1)) / 2
+    assert rows[2] == f"| reverse/additive | b128 | 2 | 1 | 1 | 0 | -10000 | {gap:+.1f} |"
+    assert rows[3] == f"| every probe | b128 | 2 | 1 | 1 | 0 | -10000 | {gap:+.1f} |"
+    assert sweep.paired_table(other) == ""  # no standard recipe to pair with
