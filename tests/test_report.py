@@ -1038,6 +1038,31 @@ def test_cells_at_the_learning_rate_floor_are_listed_with_their_training_and_val
     assert "250000-example budget" in bottleneck and "still moving: the loss" in bottleneck
 
 
+def test_a_cell_converged_behind_its_best_validation_loss_is_listed():
+    """A cell called converged whose validation loss at the stop lies above its best by more than
+    the loss tolerance (a model recovering from a loss spike) is listed with both losses; no
+    committed study has one."""
+    import copy
+
+    from study.report.markdown import convergence_lines
+
+    for folder in ("reference", "bottleneck", "end-control", "sweep-attention"):
+        records = [r for r in load_records(RESULTS / folder) if r["status"] == "ok"]
+        assert "behind their best" not in "\n".join(convergence_lines(records)), folder
+    reference = [r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]
+    behind = copy.deepcopy(reference)
+    cell = next(r for r in behind if r["stop_reason"] == "converged")
+    best = min(row["val_loss"] for row in cell["history"])
+    cell["history"][-1]["val_loss"] = best + 0.0051
+    text = "\n".join(convergence_lines(behind))
+    assert "**Converged behind their best** (1)" in text
+    assert (
+        f"{cell['task']}/{cell['model']}/seed {cell['seed']}: validation loss {best + 0.0051:.4f} at the stop" in text
+    )
+    cell["history"][-1]["val_loss"] = best + 0.0049  # within the tolerance
+    assert "behind their best" not in "\n".join(convergence_lines(behind))
+
+
 def test_an_accuracy_series_whose_mean_lands_an_ulp_outside_equal_seeds_is_drawn():
     """Three seeds at 0.7 average to 0.6999999999999998, below their own minimum: the range bars
     of the oracle-length panel must not go negative (matplotlib refuses them, and the report of

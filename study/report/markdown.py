@@ -423,6 +423,7 @@ def convergence_lines(records: list[dict]) -> list[str]:
             + ".",
         ]
     lines += _floor_lines(done, rules)
+    lines += _setback_lines(done, rules)
     if short:
         lines += [
             "",
@@ -554,6 +555,37 @@ def _floor_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
         lines.append(
             f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']} ({md(r['stop_reason'])}, floor "
             f"{rules[r['id']].min_learning_rate:g}): training {kept['loss']:.4f}, validation {kept['val_loss']:.4f}"
+        )
+    return lines
+
+
+def _setback_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
+    """The cells called converged while their validation loss at the stop was more than the rule's
+    loss tolerance above the best it had reached (`rules`: each record's rule, by id).  The rule
+    judges the last stretch against the best before it, so a model still climbing back from a
+    setback (a loss spike) within the stretch looks like one that has stopped learning; the kept
+    weights are the best epoch's, and the cell may have had more to gain."""
+    behind = [
+        r
+        for r in done
+        if r.get("stop_reason") == "converged"
+        and r.get("history")
+        and r["history"][-1]["val_loss"] > min(row["val_loss"] for row in r["history"]) + rules[r["id"]].loss_tolerance
+    ]
+    if not behind:
+        return []
+    lines = [
+        "",
+        f"**Converged behind their best** ({len(behind)}): no gain over the last stretch, but the validation loss at "
+        "the stop was above the best it had reached by more than the loss tolerance, as after a loss spike the model "
+        "was still recovering from; such a cell may still have been learning:",
+        "",
+    ]
+    for r in behind:
+        best = min(r["history"], key=lambda row: row["val_loss"])
+        lines.append(
+            f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss {r['history'][-1]['val_loss']:.4f} "
+            f"at the stop ({r['examples_seen']} examples), {best['val_loss']:.4f} at its best ({best['examples_seen']})"
         )
     return lines
 
