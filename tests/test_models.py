@@ -247,6 +247,9 @@ def test_attention_learns_copy_where_no_attention_fails():
 
 @pytest.mark.slow
 def test_decoding_on_jax_backend_matches_teacher_forcing():
+    """On JAX too, greedy decoding's logits are the teacher-forced ones up to each row's END, and
+    a batch padded to a power of two (`GreedyDecoder._predict_rows`) gives each row what it gives
+    in another batch."""
     pytest.importorskip("jax")
     code = textwrap.dedent(
         """
@@ -261,7 +264,10 @@ def test_decoding_on_jax_backend_matches_teacher_forcing():
             model = build_model(name, 11, 11, ModelConfig(embedding_dim=8, units=16, attention_size=8))
             source = np.random.default_rng(0).integers(3, 11, size=(5, 6)).astype("int32")
             source[0, 4:] = 0
-            out = model.greedy_decoder(7, with_logits=True).predict(source, verbose=0)
+            out = model.greedy_decoder(7, with_logits=True).predict(source, verbose=0)  # 5 rows, padded to 8
+            part = model.greedy_decoder(7, with_logits=True).predict(source[:3], verbose=0)  # padded to 4
+            np.testing.assert_array_equal(part["tokens"], out["tokens"][:3])
+            np.testing.assert_allclose(part["logits"], out["logits"][:3], rtol=1e-5, atol=1e-6)
             inputs = np.concatenate([np.full((5, 1), START), out["tokens"][:, :-1]], 1).astype("int32")
             forced = keras.ops.convert_to_numpy(model.teacher_forced(source, inputs)[0])
             np.testing.assert_allclose(out["logits"][:, 0], forced[:, 0], rtol=1e-4, atol=1e-4)

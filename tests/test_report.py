@@ -785,7 +785,7 @@ def _committed_quantities(folder: str) -> dict:
     return {r.name: Quantity(float(r.value), r.unit, r.caveat) for r in table.itertuples()}
 
 
-QUOTED_FOLDERS = ("reference", "reference-models", "bottleneck", "end-control")
+QUOTED_FOLDERS = ("reference", "reference-models", "reference-jax", "bottleneck", "end-control")
 
 
 def test_every_number_the_readme_quotes_is_its_named_quantity_with_its_caveat():
@@ -1040,15 +1040,23 @@ def test_cells_at_the_learning_rate_floor_are_listed_with_their_training_and_val
 
 def test_a_cell_converged_behind_its_best_validation_loss_is_listed():
     """A cell called converged whose validation loss at the stop lies above its best by more than
-    the loss tolerance (a model recovering from a loss spike) is listed with both losses; no
-    committed study has one."""
+    the loss tolerance (a model recovering from a loss spike) is listed with both losses; of the
+    committed studies only the attention sweep has one, its reverse/additive seed 0 without a
+    warm-up."""
     import copy
 
     from study.report.markdown import convergence_lines
 
-    for folder in ("reference", "bottleneck", "end-control", "sweep-attention"):
+    for folder in ("reference", "bottleneck", "end-control"):
         records = [r for r in load_records(RESULTS / folder) if r["status"] == "ok"]
         assert "behind their best" not in "\n".join(convergence_lines(records)), folder
+    sweep = [r for r in load_records(RESULTS / "sweep-attention") if r["train_config"].get("warmup_examples") == 0]
+    text = "\n".join(convergence_lines(sweep))
+    assert "**Converged behind their best** (1)" in text
+    assert (
+        "reverse/additive/seed 0: validation loss 0.0476 at the stop (100000 examples), 0.0346 at its best (60000)"
+        in text
+    )
     reference = [r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]
     behind = copy.deepcopy(reference)
     cell = next(r for r in behind if r["stop_reason"] == "converged")
