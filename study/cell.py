@@ -78,8 +78,11 @@ IDENTITY_DEFAULTS = {
 
 def identity_train_config(train: TrainConfig) -> dict:
     """The training settings as a cell's identity holds them: every field of `train` except
-    those at their `IDENTITY_DEFAULTS` value."""
-    return {k: v for k, v in dataclasses.asdict(train).items() if IDENTITY_DEFAULTS.get(k, object()) != v}
+    those at their `IDENTITY_DEFAULTS` value, and the curriculum's share when there is no curriculum."""
+    held = {k: v for k, v in dataclasses.asdict(train).items() if IDENTITY_DEFAULTS.get(k, object()) != v}
+    if not train.curriculum_examples:  # without a curriculum its share changes nothing
+        held.pop("curriculum_share", None)
+    return held
 
 
 def cell_identity(cell: Cell, config: StudyConfig, task: "Task | None") -> dict:

@@ -96,8 +96,8 @@ class TrainConfig:
         Zaremba and Sutskever 2014, whose curriculum helped only mixed with examples of every
         length): in each epoch that ends before it, a share `curriculum_share` of the examples
         is drawn from the shortest part of the pool, a part that grows linearly to the whole pool
-        by `curriculum_examples`, and the rest from the whole pool as usual
-        (`study.train.mixed_curriculum`).
+        by `curriculum_examples` (and holds at least the examples it gives), and the rest from
+        the whole pool as usual (`study.train.mixed_curriculum`); 0 or above `epoch_examples`.
     curriculum_share: the share of an epoch drawn from the curriculum's shortest part.
     schedule: the learning rate after the warm-up: "constant", or "plateau"
         (`keras.callbacks.ReduceLROnPlateau` on the validation loss: multiplied by
@@ -157,6 +157,7 @@ class TrainConfig:
             object.__setattr__(self, "epoch_examples", self.n_train)
         check_fields("train", self, TRAIN_RULES)
         object.__setattr__(self, "accuracy_z", float(self.accuracy_z))  # 2 and 2.0: one setting, one cell id
+        object.__setattr__(self, "curriculum_share", float(self.curriculum_share))
         if self.accuracy_z and not self.accuracy_tolerance:
             raise ConfigError(
                 "train.accuracy_tolerance must be above 0 when train.accuracy_z is: at a band near 0% the standard "
@@ -169,6 +170,11 @@ class TrainConfig:
         if self.schedule == "plateau" and self.min_learning_rate > self.learning_rate:
             raise ConfigError(
                 f"train.min_learning_rate ({self.min_learning_rate}) must not exceed train.learning_rate ({self.learning_rate})"
+            )
+        if 0 < self.curriculum_examples <= self.epoch_examples:
+            raise ConfigError(
+                f"train.curriculum_examples must be 0 (none) or above train.epoch_examples ({self.epoch_examples}): "
+                f"the curriculum shapes only the epochs that end before it, got {self.curriculum_examples!r}"
             )
         for field in ("warmup_examples", "curriculum_examples"):
             if not 0 <= getattr(self, field) < self.max_examples:

@@ -177,7 +177,9 @@ def paired_table(runs: list[dict], against: str = "standard") -> str:
         ]
     )
     base = rows[rows.recipe == against][["probe", "seed", "examples", "longest"]]
-    pairs = rows[rows.recipe != against].merge(base, on=["probe", "seed"], suffixes=("", "_base"))  # paired seeds only
+    pairs = rows[rows.recipe != against].merge(  # paired seeds only; two `against` runs of one seed: an error
+        base, on=["probe", "seed"], suffixes=("", "_base"), validate="many_to_one"
+    )
     if pairs.empty:
         return ""
     lines = [
@@ -202,7 +204,8 @@ def paired_table(runs: list[dict], against: str = "standard") -> str:
 
 def table(folder: Path) -> str:
     """Markdown for the sweep in `folder` (`read_runs`): one row per recipe and probe (means over
-    its seeds), then every run, then the replayed stretches (`patience_table`)."""
+    its seeds), then every run, then each recipe against the standard one (`paired_table`), then
+    the replayed stretches (`patience_table`)."""
     import pandas as pd
 
     runs = read_runs(folder)

@@ -251,7 +251,8 @@ def mixed_curriculum(drawn: np.ndarray, sizes: np.ndarray, epoch: int, cfg: Trai
     an LSTM learn long inputs, and that mixing it with examples of every difficulty did.  Here the
     epoch keeps the first (1 - curriculum_share) of its uniform draw `drawn` and takes the rest
     uniformly from the shortest q of the pool by size, q = (epoch + 1) x epoch_examples /
-    curriculum_examples (at most 1).  The part grows on this fixed schedule rather than on a
+    curriculum_examples (at most 1; the part holds at least the examples drawn from it, since
+    they are drawn without replacement).  The part grows on this fixed schedule rather than on a
     validation plateau (their "naive" strategy), so an epoch's examples stay a pure function of
     (seed, epoch) and a resumed run is exact; from the first epoch with q = 1 the draw is
     `drawn` itself.
@@ -267,11 +268,12 @@ def mixed_curriculum(drawn: np.ndarray, sizes: np.ndarray, epoch: int, cfg: Trai
         (epoch_examples,) int indices into the pool; those of the short part are distinct from
         each other but may repeat an index of the uniform part.
     """
-    q = (epoch + 1) * cfg.epoch_examples / cfg.curriculum_examples
-    if q >= 1:
+    seen = (epoch + 1) * cfg.epoch_examples
+    if seen >= cfg.curriculum_examples:
         return drawn
     n_short = round(cfg.curriculum_share * len(drawn))
-    shortest = np.argsort(sizes, kind="stable")[: max(math.ceil(q * len(sizes)), n_short)]
+    part = -(-seen * len(sizes) // cfg.curriculum_examples)  # ceil(q x pool) in integers
+    shortest = np.argsort(sizes, kind="stable")[: max(part, n_short)]
     short = np.random.default_rng([seed, epoch, 2]).choice(shortest, n_short, replace=False)
     return np.concatenate([drawn[: len(drawn) - n_short], short])
 

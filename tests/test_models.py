@@ -245,6 +245,29 @@ def test_attention_learns_copy_where_no_attention_fails():
     assert scores["none"]["seq_acc"] < scores["dot"]["seq_acc"] - 0.4, scores
 
 
+def test_on_jax_a_decoding_batch_is_padded_to_a_power_of_two_and_cut_back(monkeypatch):
+    """XLA compiles once per batch shape: on JAX, `GreedyDecoder.predict` sends 5 rows as 8 (copies
+    of the first), at most the batch size, and returns 5."""
+    from study.models.base import GreedyDecoder
+
+    seen = []
+
+    def fake_predict_on_batch(self, rows):
+        seen.append(rows.copy())
+        return {"tokens": rows * 10}
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(GreedyDecoder, "predict_on_batch", fake_predict_on_batch)
+    decoder = GreedyDecoder.__new__(GreedyDecoder)
+    source = np.arange(15).reshape(5, 3)
+    out = decoder.predict(source, batch_size=64)
+    assert [len(rows) for rows in seen] == [8] and (seen[0][5:] == source[0]).all()
+    np.testing.assert_array_equal(out["tokens"], source * 10)
+    seen.clear()
+    decoder.predict(np.arange(27).reshape(9, 3), batch_size=6)  # 6 + 3 rows: 6 (the batch size), then 4
+    assert [len(rows) for rows in seen] == [6, 4]
+
+
 @pytest.mark.slow
 def test_decoding_on_jax_backend_matches_teacher_forcing():
     """On JAX too, greedy decoding's logits are the teacher-forced ones up to each row's END, and

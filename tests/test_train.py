@@ -224,6 +224,7 @@ def test_the_learning_rate_warms_up_then_halves_only_on_a_plateau_of_the_validat
         (dict(warmup_examples=10**9), "below the budget"),
         (dict(curriculum_examples=10**9), "train.curriculum_examples must be an integer from 0 to below the budget"),
         (dict(curriculum_share=0), "train.curriculum_share must be a number in"),
+        (dict(n_train=1000, epoch_examples=500, curriculum_examples=500), "must be 0 \\(none\\) or above"),
         (dict(schedule="plateau", min_learning_rate=1.0), "must not exceed train.learning_rate"),
         (dict(lr_factor=1.5), "lr_factor must be a number in"),
         (dict(loss_tolerance=-1), "loss_tolerance must be a number in"),
@@ -381,6 +382,10 @@ def test_a_mixed_curriculum_draws_a_share_from_a_shortest_part_that_grows_to_the
         assert (mixed != mixed_curriculum(drawn, sizes, epoch, cfg, seed=6)).any()
     drawn = epoch_examples(1000, 3, cfg, seed=5)
     assert mixed_curriculum(drawn, sizes, 3, cfg, seed=5) is drawn  # the whole pool: the uniform draw itself
+    from study.cell import identity_train_config
+
+    assert "curriculum_share" not in identity_train_config(TrainConfig(curriculum_share=0.25))  # no curriculum
+    assert identity_train_config(TrainConfig(**{**vars(cfg), "curriculum_share": 1}))["curriculum_share"] == 1.0
     few = TrainConfig(
         n_train=1000, epoch_examples=250, max_examples=5000, curriculum_examples=4000, curriculum_share=1.0
     )

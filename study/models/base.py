@@ -183,15 +183,18 @@ class GreedyDecoder(keras.Model):
         batch_size = 32 if batch_size is None else batch_size
         if not len(x) or batch_size < 1:
             raise ValueError(f"need at least one row and a batch size from 1, got {len(x)} rows and {batch_size}")
-        parts = [self._predict_rows(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+        parts = [
+            self._predict_rows(x[start : start + batch_size], batch_size) for start in range(0, len(x), batch_size)
+        ]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
-    def _predict_rows(self, rows: np.ndarray) -> dict:
-        """`predict_on_batch` on `rows`, (n, S) int.  On JAX, XLA compiles a program for every
-        batch shape it meets, and the oracle-length decoding's subsets of rows come in any size:
-        the rows are padded to the next power of two with copies of the first (a copy ends when
-        its original does, so the loop runs as many steps) and the copies' outputs dropped."""
+    def _predict_rows(self, rows: np.ndarray, batch_size: int) -> dict:
+        """`predict_on_batch` on `rows`, (n, S) int, n <= batch_size.  On JAX, XLA compiles a
+        program for every batch shape it meets, and the oracle-length decoding's subsets of rows
+        come in any size: the rows are padded to the next power of two (at most `batch_size`)
+        with copies of the first (a copy ends when its original does, so the loop runs as many
+        steps) and the copies' outputs dropped."""
         n = len(rows)
-        if keras.backend.backend() == "jax" and n & (n - 1):
-            rows = np.concatenate([rows, np.repeat(rows[:1], (1 << (n - 1).bit_length()) - n, axis=0)])
+        if keras.backend.backend() == "jax":
+            rows = np.concatenate([rows, np.repeat(rows[:1], min(1 << (n - 1).bit_length(), batch_size) - n, axis=0)])
         return {key: np.asarray(value)[:n] for key, value in self.predict_on_batch(rows).items()}
