@@ -11,7 +11,8 @@ validation history, its training settings and where it stopped, and draws `<fold
 per recipe and probe (`task/model`, mean over seeds) and per run, the best validation exact match
 over all training lengths and at the longest one, whether and after how many examples and
 seconds the run converged, and how far its loss moved over the last stretch; each recipe against
-the one named "standard", seed by seed; then the same runs replayed through `study.stopping.StoppingRule` with other convergence stretches.
+the one named "standard", seed by seed; then the same runs replayed through
+`study.stopping.StoppingRule` with other convergence stretches.
 
 It reads two kinds of folder (`read_runs`): a study's results (`cells/*.json`, the records of
 `study.results`; a variant's name is its recipe), and the run files of the sweep's earlier
@@ -187,16 +188,12 @@ def paired_table(runs: list[dict], against: str = "standard") -> str:
         "kept val exact match at the longest length, mean difference (points) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (probe, recipe), g in pairs.groupby(["probe", "recipe"], sort=True):
+    groups = [*pairs.groupby(["probe", "recipe"], sort=True)]
+    groups += [(("every probe", recipe), g) for recipe, g in pairs.groupby("recipe", sort=True)]
+    for (probe, recipe), g in groups:
         gap = g.examples - g.examples_base
         lines.append(
             f"| {probe} | {recipe} | {len(g)} | {int((gap < 0).sum())} | {int((gap == 0).sum())} | {int((gap > 0).sum())} | "
-            f"{gap.mean():+.0f} | {100 * (g.longest - g.longest_base).mean():+.1f} |"
-        )
-    for recipe, g in pairs.groupby("recipe", sort=True):
-        gap = g.examples - g.examples_base
-        lines.append(
-            f"| every probe | {recipe} | {len(g)} | {int((gap < 0).sum())} | {int((gap == 0).sum())} | {int((gap > 0).sum())} | "
             f"{gap.mean():+.0f} | {100 * (g.longest - g.longest_base).mean():+.1f} |"
         )
     return "\n".join(lines) + "\n"

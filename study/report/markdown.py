@@ -565,12 +565,13 @@ def _setback_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str
     judges the last stretch against the best before it, so a model still climbing back from a
     setback (a loss spike) within the stretch looks like one that has stopped learning; the kept
     weights are the best epoch's, and the cell may have had more to gain."""
+    best = {r["id"]: min(r["history"], key=lambda row: row["val_loss"]) for r in done if r.get("history")}
     behind = [
         r
         for r in done
         if r.get("stop_reason") == "converged"
-        and r.get("history")
-        and r["history"][-1]["val_loss"] > min(row["val_loss"] for row in r["history"]) + rules[r["id"]].loss_tolerance
+        and r["id"] in best
+        and r["history"][-1]["val_loss"] > best[r["id"]]["val_loss"] + rules[r["id"]].loss_tolerance
     ]
     if not behind:
         return []
@@ -582,10 +583,10 @@ def _setback_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str
         "",
     ]
     for r in behind:
-        best = min(r["history"], key=lambda row: row["val_loss"])
+        kept = best[r["id"]]
         lines.append(
             f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: validation loss {r['history'][-1]['val_loss']:.4f} "
-            f"at the stop ({r['examples_seen']} examples), {best['val_loss']:.4f} at its best ({best['examples_seen']})"
+            f"at the stop ({r['examples_seen']} examples), {kept['val_loss']:.4f} at its best ({kept['examples_seen']})"
         )
     return lines
 
