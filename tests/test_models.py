@@ -252,19 +252,22 @@ def test_on_jax_a_decoding_batch_is_padded_to_a_power_of_two_and_cut_back(monkey
 
     seen = []
 
-    def fake_predict_on_batch(self, rows):
+    def fake_predict_on_batch(self, inputs):
+        rows, steps = inputs
+        assert steps.shape == (len(rows), 2) and (steps == [0, 7]).all()
         seen.append(rows.copy())
         return {"tokens": rows * 10}
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     monkeypatch.setattr(GreedyDecoder, "predict_on_batch", fake_predict_on_batch)
     decoder = GreedyDecoder.__new__(GreedyDecoder)
+    decoder.static_steps = (0, 7)
     source = np.arange(15).reshape(5, 3)
-    out = decoder.predict(source, batch_size=64)
+    out = decoder.predict(source, batch_size=64, max_steps=7)
     assert [len(rows) for rows in seen] == [8] and (seen[0][5:] == source[0]).all()
     np.testing.assert_array_equal(out["tokens"], source * 10)
     seen.clear()
-    decoder.predict(np.arange(27).reshape(9, 3), batch_size=6)  # 6 + 3 rows: 6 (the batch size), then 4
+    decoder.predict(np.arange(27).reshape(9, 3), batch_size=6, max_steps=7)  # 6 + 3 rows: 6 (the batch size), then 4
     assert [len(rows) for rows in seen] == [6, 4]
 
 

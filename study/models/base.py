@@ -17,6 +17,8 @@ never emitted, so no special id can end or vanish from a prediction unseen.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 from keras import ops
@@ -35,7 +37,7 @@ class EncoderDecoder(keras.Model):
         # {"source": ..., "target": ...}: the task's alphabets, saved with the model so that a
         # loaded model can encode and decode text (`vocabularies`)
         self.alphabets = dict(alphabets or {})
-        # compiled decoders by (max_steps, flags); set past Keras' attribute tracking,
+        # compiled decoders by flags (and step counts on JAX); set past Keras' attribute tracking,
         # since a decoder holds this model and is not one of its layers
         object.__setattr__(self, "_greedy_decoders", {})
 
@@ -76,8 +78,9 @@ class EncoderDecoder(keras.Model):
 
         Args:
             source: (batch, S) int, right-padded.
-            max_steps: number of decoder steps (see `study.evaluate.decode_steps`).
-            min_steps: steps before which END cannot be chosen (0: none).
+            max_steps: number of decoder steps (see `study.evaluate.decode_steps`): an int, or
+                on TensorFlow a scalar int tensor (`GreedyDecoder`).
+            min_steps: steps before which END cannot be chosen (0: none), likewise.
 
         Returns:
             dict with "tokens" (batch, max_steps) int32: each row's characters, then END,
@@ -130,65 +133,83 @@ class EncoderDecoder(keras.Model):
 
     def greedy_decoder(
         self, max_steps: int, with_logits: bool = False, with_attention: bool = False, min_steps: int = 0
-    ) -> "GreedyDecoder":
-        """The compiled decoder for `max_steps` steps, built on first use and then reused;
-        `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s dict as numpy."""
-        key = (max_steps, with_logits, with_attention, min_steps)
+    ) -> "StepsDecoder":
+        """The compiled decoder for `max_steps` steps (END held back before `min_steps`), built on
+        first use and then reused; `.predict(source_ids, batch_size=...)` returns `greedy_decode`'s
+        dict as numpy.
+
+        On TensorFlow one graph serves every step count (the counts are inputs, and the token
+        buffer's width a tensor), so the test lengths, the oracle-length decoding and greedy
+        validation share one trace per set of flags instead of one per step count (about 0.3 s
+        each, a third of a cell's test decoding).  XLA (JAX) needs every shape at compile time, so
+        there a program is compiled per step count."""
+        static = keras.backend.backend() != "tensorflow"
+        key = (with_logits, with_attention) + ((min_steps, max_steps) if static else ())
         if key not in self._greedy_decoders:
-            self._greedy_decoders[key] = GreedyDecoder(self, max_steps, with_logits, with_attention, min_steps)
-        return self._greedy_decoders[key]
+            self._greedy_decoders[key] = GreedyDecoder(
+                self, with_logits, with_attention, (min_steps, max_steps) if static else None
+            )
+        return StepsDecoder(self._greedy_decoders[key], max_steps, min_steps)
 
 
 class GreedyDecoder(keras.Model):
     """A thin model whose `predict` compiles `greedy_decode` (one graph/XLA program per batch
-    shape) and runs it batch by batch; it owns no weights of its own."""
+    shape) and runs it batch by batch; it owns no weights of its own.  Its input is
+    `(source, steps)`: source (batch, S) int, steps (batch, 2) int32, each row
+    `[min_steps, max_steps]` (`greedy_decode`), the same in every row; with `static_steps`
+    set, those are fixed when it is built and the input's are ignored (XLA)."""
 
     def __init__(
         self,
         model: EncoderDecoder,
-        max_steps: int,
         with_logits: bool = False,
         with_attention: bool = False,
-        min_steps: int = 0,
+        static_steps: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder_decoder = model
-        self.max_steps = max_steps
         self.with_logits = with_logits
         self.with_attention = with_attention
-        self.min_steps = min_steps
+        self.static_steps = static_steps
+        if static_steps is None:
+            self.jit_compile = False  # the token buffer's width is only known when the graph runs
 
     def build(self, input_shape) -> None:
         """Nothing to build: the decoder owns no weights, and those of the model it decodes
         with are the model's (created when it was built or loaded)."""
         self.built = True
 
-    def call(self, source):
-        return self.encoder_decoder.greedy_decode(
-            source, self.max_steps, self.with_logits, self.with_attention, self.min_steps
-        )
+    def call(self, inputs):
+        source, steps = inputs
+        min_steps, max_steps = self.static_steps or (steps[0, 0], steps[0, 1])
+        return self.encoder_decoder.greedy_decode(source, max_steps, self.with_logits, self.with_attention, min_steps)
 
-    def predict(self, x, batch_size: int | None = None, verbose=0) -> dict:
-        """`greedy_decode`'s dict as numpy for the rows of `x`, (n, S) int, decoded `batch_size`
-        rows at a time (default 32), as `keras.Model.predict` does and with the same compiled
-        function (`predict_on_batch`), but without its `tf.data` pipeline: deleting that
-        pipeline's iterator waits for its autotuning thread to wake up, which held up decoding
-        by seconds with two cells training side by side (`study.train.without_autotuning`).
-        `verbose` is accepted for `keras.Model.predict`'s callers; nothing is printed.
+    def predict(self, x, batch_size: int | None = None, verbose=0, max_steps: int = 1, min_steps: int = 0) -> dict:
+        """`greedy_decode`'s dict as numpy for the rows of `x`, (n, S) int, decoded for up to
+        `max_steps` steps (END held back before `min_steps`) `batch_size` rows at a time
+        (default 32), as `keras.Model.predict` does and with the same compiled function
+        (`predict_on_batch`), but without its `tf.data` pipeline: deleting that pipeline's
+        iterator waits for its autotuning thread to wake up, which held up decoding by seconds
+        with two cells training side by side (`study.train.without_autotuning`).  `verbose` is
+        accepted for `keras.Model.predict`'s callers; nothing is printed.
 
         Raises:
-            ValueError: `x` holds no rows, or `batch_size` is below 1.
+            ValueError: `x` holds no rows, `batch_size` is below 1, or the step counts differ
+                from those the decoder was compiled for (`static_steps`).
         """
         x = np.asarray(x)
         batch_size = 32 if batch_size is None else batch_size
         if not len(x) or batch_size < 1:
             raise ValueError(f"need at least one row and a batch size from 1, got {len(x)} rows and {batch_size}")
+        if self.static_steps not in (None, (min_steps, max_steps)):
+            raise ValueError(f"this decoder was compiled for steps {self.static_steps}, not {(min_steps, max_steps)}")
         parts = [
-            self._predict_rows(x[start : start + batch_size], batch_size) for start in range(0, len(x), batch_size)
+            self._predict_rows(x[start : start + batch_size], batch_size, (min_steps, max_steps))
+            for start in range(0, len(x), batch_size)
         ]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
-    def _predict_rows(self, rows: np.ndarray, batch_size: int) -> dict:
+    def _predict_rows(self, rows: np.ndarray, batch_size: int, steps: tuple[int, int]) -> dict:
         """`predict_on_batch` on `rows`, (n, S) int, n <= batch_size.  On JAX, XLA compiles a
         program for every batch shape it meets, and the oracle-length decoding's subsets of rows
         come in any size: the rows are padded to the next power of two (at most `batch_size`)
@@ -197,4 +218,18 @@ class GreedyDecoder(keras.Model):
         n = len(rows)
         if keras.backend.backend() == "jax":
             rows = np.concatenate([rows, np.repeat(rows[:1], min(1 << (n - 1).bit_length(), batch_size) - n, axis=0)])
-        return {key: np.asarray(value)[:n] for key, value in self.predict_on_batch(rows).items()}
+        steps_in = np.tile(np.asarray(steps, dtype="int32"), (len(rows), 1))
+        return {key: np.asarray(value)[:n] for key, value in self.predict_on_batch((rows, steps_in)).items()}
+
+
+@dataclass(frozen=True)
+class StepsDecoder:
+    """A compiled `GreedyDecoder` with its step counts: what `EncoderDecoder.greedy_decoder`
+    returns; `predict(source_ids, batch_size=None)` as `GreedyDecoder.predict`."""
+
+    decoder: GreedyDecoder
+    max_steps: int
+    min_steps: int = 0
+
+    def predict(self, x, batch_size: int | None = None, verbose=0) -> dict:
+        return self.decoder.predict(x, batch_size, verbose, self.max_steps, self.min_steps)
