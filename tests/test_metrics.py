@@ -164,6 +164,45 @@ def test_a_model_that_stops_early_scores_zero():
     assert result["seq_acc"] == 0.0 and result["char_acc"] == pytest.approx(2 / 3)
 
 
+class EndsBySource(EncoderDecoder):
+    """A weightless model that writes "a" until step 3 x (the row's first source id - A), then
+    END: source "a" ends at once, "b" after 3 characters, "c" after 6, "d" after 9."""
+
+    def __init__(self) -> None:
+        super().__init__(target_vocab_size=VOCAB.size)
+
+    def start_decoding(self, source, max_steps):
+        return 3 * (ops.cast(source[:, 0], "int32") - A), ops.zeros((ops.shape(source)[0], 1))
+
+    def decode_step(self, i, previous, state, context):
+        ended = ops.cast(i >= context, "float32")[:, None]
+        logits = ops.one_hot(ops.full(ops.shape(context), END), VOCAB.size) * ended
+        return 10.0 * (logits + ops.one_hot(ops.full(ops.shape(context), A), VOCAB.size) * (1.0 - ended)), None, state
+
+
+def test_decoding_in_two_passes_decodes_again_only_the_rows_still_going(monkeypatch):
+    """With `first_steps`, the rows without END after the first pass are decoded again for the
+    whole cap, and the predictions are those of one pass: a row ending within the first pass, one
+    ending after it and one never ending within the cap."""
+    import study.models.base as base
+
+    model = EndsBySource()
+    sources = ["a", "b", "c", "d", "b"]
+    one, _ = decode(model, sources, VOCAB, VOCAB, 8)
+    assert one == ["", "aaa", "aaaaaa", "aaaaaaaa" + INVALID, "aaa"]
+    passes = []
+    predict = base.StepsDecoder.predict
+
+    def recording(self, x, *args, **kwargs):
+        passes.append((self.max_steps, len(x)))
+        return predict(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(base.StepsDecoder, "predict", recording)
+    assert decode(model, sources, VOCAB, VOCAB, 8, first_steps=4) == (one, None)
+    assert passes == [(4, 5), (8, 2)]  # "c" and "d" again
+    assert evaluate(model, sources, ["", "aaa", "aaa", "aaa", "aaa"], VOCAB, VOCAB)["seq_acc"] == 0.6
+
+
 def test_greedy_decoding_never_emits_pad_or_start():
     # PAD or START is the top logit at steps 1 and 2; the next best character is taken
     predictions, _ = decode(Scripted(_script([A], [PAD, B], [START, C], [END])), ["a"], VOCAB, VOCAB, 4)

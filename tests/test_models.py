@@ -118,6 +118,26 @@ def test_greedy_decoder_stops_at_end_and_matches_teacher_forcing_up_to_it(traine
     assert not np.isin(tokens[alive], [PAD, START]).any()
 
 
+def test_one_tensorflow_graph_decodes_every_step_count(trained):
+    """On TensorFlow the step counts are inputs of one decoder per set of flags: several step
+    counts and source widths trace it at most twice (Keras' `reduce_retracing`), and a shorter
+    run, END held back, gives the first columns of a longer one."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("XLA compiles a program per step count")
+    name, model, splits, sv, tv = trained
+    source = sv.encode_batch(splits.test[7].sources[:8])
+    shared = model.greedy_decoder(STEPS, min_steps=STEPS).decoder
+    assert model.greedy_decoder(3).decoder is shared and model.greedy_decoder(5, min_steps=2).decoder is shared
+    shared.make_predict_function()
+    before = shared.predict_function.experimental_get_tracing_count()
+    full = model.greedy_decoder(STEPS, min_steps=STEPS).predict(source)["tokens"]
+    for steps, width in ((3, 0), (5, 1), (STEPS - 1, 2), (4, 3)):
+        wide = np.pad(source, ((0, 0), (0, width)))
+        out = model.greedy_decoder(steps, min_steps=steps).predict(wide)["tokens"]
+        np.testing.assert_array_equal(out, full[:, :steps])
+    assert shared.predict_function.experimental_get_tracing_count() - before <= 2
+
+
 def test_padding_changes_nothing(trained):
     """Extra source padding, and a short example decoded beside a long one, change no logit,
     token or attention weight at any of the STEPS steps (END held back so every step runs)."""
