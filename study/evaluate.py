@@ -78,8 +78,9 @@ def decode(
     `max_steps`.  With `first_steps`, every row is decoded for at most `first_steps` steps, and
     only the rows still without END are decoded again, from the start, for `max_steps`: the
     same predictions, on 40-55% fewer row-steps of the study's test sets.  As in the
-    oracle-length re-decoding (`oracle_exact_match`), those rows are decoded in another batch,
-    so a near-tie between two logits could in principle fall the other way by float rounding.
+    oracle-length re-decoding (`oracle_exact_match`), those rows are decoded in another batch
+    (and, for the Transformer, with a key/value cache of another width), so a near-tie between
+    two logits could in principle fall the other way by float rounding.
 
     Args:
         model: a trained model.
@@ -312,7 +313,12 @@ def evaluate_with_predictions(
             else None
         )
         return {**scored, "oracle_seq_acc": scored["seq_acc"]}, predictions, weights
-    longest = max(len(t) for t in targets)  # a row still going after its END and one more step is wrong anyway
+    # a row still going after the longest target's END and one more step is wrong, and is decoded
+    # again for the whole cap; on JAX each new step count and batch shape compiles a program, so
+    # there the two passes are not used (not measured)
+    import keras
+
+    longest = max(len(t) for t in targets)
     predictions, weights = decode(
         model,
         sources,
@@ -321,7 +327,7 @@ def evaluate_with_predictions(
         decode_steps(targets),
         batch_size,
         with_attention=with_attention,
-        first_steps=longest + 2,
+        first_steps=longest + 2 if keras.backend.backend() == "tensorflow" else None,
     )
     scored = score(predictions, targets)
     return (

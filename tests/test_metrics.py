@@ -200,7 +200,9 @@ def test_decoding_in_two_passes_decodes_again_only_the_rows_still_going(monkeypa
     monkeypatch.setattr(base.StepsDecoder, "predict", recording)
     assert decode(model, sources, VOCAB, VOCAB, 8, first_steps=4) == (one, None)
     assert passes == [(4, 5), (8, 2)]  # "c" and "d" again
+    passes.clear()  # the study's evaluation: a first pass of the longest target (3) plus 2 steps
     assert evaluate(model, sources, ["", "aaa", "aaa", "aaa", "aaa"], VOCAB, VOCAB)["seq_acc"] == 0.6
+    assert passes[:2] == [(5, 5), (8, 2)]
 
 
 def test_greedy_decoding_never_emits_pad_or_start():

@@ -9,7 +9,8 @@ A model subclasses `EncoderDecoder` and implements
 
 and gets `greedy_decode` (the whole loop as one `keras.ops.while_loop`, which ends
 as soon as every row has emitted END) and
-`greedy_decoder(max_steps)`, a thin Keras model whose `predict` compiles it.
+`greedy_decoder(max_steps)`, a thin Keras model (`GreedyDecoder`, with its step counts) whose
+`predict` compiles it.
 
 Greedy decoding chooses among the characters and END only: PAD and START are
 never emitted, so no special id can end or vanish from a prediction unseen.
@@ -141,8 +142,8 @@ class EncoderDecoder(keras.Model):
         On TensorFlow one graph serves every step count (the counts are inputs, and the token
         buffer's width a tensor), so the test lengths, the oracle-length decoding and greedy
         validation share one trace per set of flags instead of one per step count (about 0.3 s
-        each, a third of a cell's test decoding).  XLA (JAX) needs every shape at compile time, so
-        there a program is compiled per step count."""
+        each, a third of a cell's test decoding).  Other backends compile a program per step count
+        (XLA, on JAX, needs every shape at compile time)."""
         static = keras.backend.backend() != "tensorflow"
         key = (with_logits, with_attention) + ((min_steps, max_steps) if static else ())
         if key not in self._greedy_decoders:
@@ -184,7 +185,7 @@ class GreedyDecoder(keras.Model):
         min_steps, max_steps = self.static_steps or (steps[0, 0], steps[0, 1])
         return self.encoder_decoder.greedy_decode(source, max_steps, self.with_logits, self.with_attention, min_steps)
 
-    def predict(self, x, batch_size: int | None = None, verbose=0, max_steps: int = 1, min_steps: int = 0) -> dict:
+    def predict(self, x, batch_size: int | None = None, verbose=0, *, max_steps: int, min_steps: int = 0) -> dict:
         """`greedy_decode`'s dict as numpy for the rows of `x`, (n, S) int, decoded for up to
         `max_steps` steps (END held back before `min_steps`) `batch_size` rows at a time
         (default 32), as `keras.Model.predict` does and with the same compiled function
@@ -232,4 +233,4 @@ class StepsDecoder:
     min_steps: int = 0
 
     def predict(self, x, batch_size: int | None = None, verbose=0) -> dict:
-        return self.decoder.predict(x, batch_size, verbose, self.max_steps, self.min_steps)
+        return self.decoder.predict(x, batch_size, verbose, max_steps=self.max_steps, min_steps=self.min_steps)
