@@ -314,9 +314,9 @@ def evaluate_with_predictions(
         )
         return {**scored, "oracle_seq_acc": scored["seq_acc"]}, predictions, weights
     # a row still going after the longest target's END and one more step is wrong, and is decoded
-    # again for the whole cap; on JAX each new step count and batch shape compiles a program, so
-    # there the two passes are not used (not measured)
-    import keras
+    # again for the whole cap; where each step count compiles a program of its own (JAX), the two
+    # passes are not used (not measured)
+    from study.models.base import one_graph_for_every_step_count
 
     longest = max(len(t) for t in targets)
     predictions, weights = decode(
@@ -327,7 +327,7 @@ def evaluate_with_predictions(
         decode_steps(targets),
         batch_size,
         with_attention=with_attention,
-        first_steps=longest + 2 if keras.backend.backend() == "tensorflow" else None,
+        first_steps=longest + 2 if one_graph_for_every_step_count() else None,
     )
     scored = score(predictions, targets)
     return (

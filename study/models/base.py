@@ -27,6 +27,13 @@ from keras import ops
 from study.vocab import END, PAD, START, Vocabulary
 
 
+def one_graph_for_every_step_count() -> bool:
+    """Whether the backend decodes every step count with one compiled decoder (TensorFlow: the
+    counts are inputs of the graph) rather than one program per count (XLA, on JAX, needs every
+    shape at compile time)."""
+    return keras.backend.backend() == "tensorflow"
+
+
 class EncoderDecoder(keras.Model):
     """Base class: the greedy decoding loop over a subclass's `decode_step`."""
 
@@ -144,7 +151,7 @@ class EncoderDecoder(keras.Model):
         validation share one trace per set of flags instead of one per step count (about 0.3 s
         each, a third of a cell's test decoding).  Other backends compile a program per step count
         (XLA, on JAX, needs every shape at compile time)."""
-        static = keras.backend.backend() != "tensorflow"
+        static = not one_graph_for_every_step_count()
         key = (with_logits, with_attention) + ((min_steps, max_steps) if static else ())
         if key not in self._greedy_decoders:
             self._greedy_decoders[key] = GreedyDecoder(
