@@ -1071,6 +1071,55 @@ def test_a_cell_converged_behind_its_best_validation_loss_is_listed():
     assert "behind their best" not in "\n".join(convergence_lines(behind))
 
 
+def test_a_cell_converged_on_a_plateau_its_sibling_seed_got_past_is_listed():
+    """A cell called converged whose lowest validation loss lies above another seed's of the same
+    model and setting by more than the loss tolerance is listed with both: in the committed
+    reference, date_format/none seed 1, converged at 0% on the plateau seed 0 left; a sibling
+    within the tolerance lists nothing, and neither does a cell at the budget."""
+    import copy
+
+    from study.report.markdown import convergence_lines
+
+    reference = [r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]
+    text = "\n".join(convergence_lines(reference))
+    assert "**Converged behind a sibling seed** (1)" in text
+    assert (
+        "- date_format/none/seed 1: lowest validation loss 0.8272 (130000 examples, best validation exact match "
+        "0.0%); seed 0 reached 0.7237 (budget after 200000, 3.1%)"
+    ) in text
+    close = copy.deepcopy(reference)
+    stalled = next(r for r in close if (r["task"], r["model"], r["seed"]) == ("date_format", "none", 1))
+    floor = min(row["val_loss"] for row in stalled["history"])
+    for r in close:
+        if (r["task"], r["model"]) == ("date_format", "none") and r is not stalled:
+            for row in r["history"]:
+                row["val_loss"] = max(row["val_loss"], floor - 0.0049)
+    assert "behind a sibling seed" not in "\n".join(convergence_lines(close))
+    at_budget = copy.deepcopy(reference)
+    stalled = next(r for r in at_budget if (r["task"], r["model"], r["seed"]) == ("date_format", "none", 1))
+    stalled["stop_reason"], stalled["converged"] = "budget", False  # only a converged cell is judged
+    assert "behind a sibling seed" not in "\n".join(convergence_lines(at_budget))
+
+
+def test_a_converged_cell_at_the_learning_rate_floor_is_marked_in_the_cells_table_and_counted_apart():
+    """The issue's demand: a cell at the floor is reported as stopped at the floor, not as
+    converged at a working rate; the committed reference has none, so its report says nothing."""
+    import copy
+
+    from study.report.markdown import _cells_table, convergence_lines
+
+    reference = [r for r in load_records(RESULTS / "reference") if r["status"] == "ok"]
+    assert "at the floor" not in "\n".join(_cells_table(reference))
+    floored = copy.deepcopy(reference)
+    cell = next(r for r in floored if r["stop_reason"] == "converged")
+    cell["stop_learning_rate"] = float(np.float32(cell["train_config"]["min_learning_rate"]))
+    rows = [line for line in _cells_table(floored) if "converged at the floor" in line]
+    assert len(rows) == 1 and f"| {cell['task']} |" in rows[0]
+    assert "28 of 36 cells converged, 1 of them with the learning rate at the schedule's floor (below)." in (
+        "\n".join(convergence_lines(floored))
+    )
+
+
 def test_an_accuracy_series_whose_mean_lands_an_ulp_outside_equal_seeds_is_drawn():
     """Three seeds at 0.7 average to 0.6999999999999998, below their own minimum: the range bars
     of the oracle-length panel must not go negative (matplotlib refuses them, and the report of

@@ -389,11 +389,13 @@ def convergence_lines(records: list[dict]) -> list[str]:
         return lines + [""]
     rules = {r["id"]: StoppingRule.from_config(r["train_config"]) for r in done}
     definitions = list(dict.fromkeys(rule.definition() for rule in rules.values()))
+    floored = sum(r["converged"] and rules[r["id"]].at_floor(r.get("stop_learning_rate")) for r in done)
     lines = [
         *(definitions if len(definitions) == 1 else [f"The cells were trained under {len(definitions)} rules:", ""]),
         *([f"- {d}" for d in definitions] if len(definitions) > 1 else []),
         "",
-        f"{len(done) - len(open_cells)} of {len(done)} cells converged.",
+        f"{len(done) - len(open_cells)} of {len(done)} cells converged"
+        + (f", {floored} of them with the learning rate at the schedule's floor (below)." if floored else "."),
     ]
     learning = [r for r in open_cells if r.get("last_stretch") and r.get("stop_reason") == "budget"]
     short = [r for r in open_cells if not r.get("last_stretch")]
@@ -424,6 +426,7 @@ def convergence_lines(records: list[dict]) -> list[str]:
         ]
     lines += _floor_lines(done, rules)
     lines += _setback_lines(done, rules)
+    lines += _sibling_lines(done, rules)
     if short:
         lines += [
             "",
@@ -591,6 +594,56 @@ def _setback_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str
     return lines
 
 
+def _sibling_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
+    """The cells called converged whose lowest validation loss lies above that of another seed of
+    the same task, model and setting (`setting_key`) by more than the rule's loss tolerance
+    (`rules`: each record's rule, by id).  The rule sees a plateau as convergence; when another
+    seed got past the plateau's loss, the cell stopped at a poorer solution than its model
+    reaches on this data, and its numbers pull the seeds' mean down."""
+    lowest = {r["id"]: min(row["val_loss"] for row in r["history"]) for r in done if r.get("history")}
+    siblings: dict[tuple, list[dict]] = {}
+    for r in done:
+        if r["id"] in lowest:
+            siblings.setdefault((r["task"], r["model"], setting_key(r)), []).append(r)
+    lines = []
+    for r in done:
+        if r.get("stop_reason") != "converged" or r["id"] not in lowest:
+            continue
+        group = siblings[(r["task"], r["model"], setting_key(r))]
+        best = min((s for s in group if s is not r), key=lambda s: lowest[s["id"]], default=None)
+        if best is not None and lowest[r["id"]] > lowest[best["id"]] + rules[r["id"]].loss_tolerance:
+            lines.append(
+                f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: lowest validation loss "
+                f"{lowest[r['id']]:.4f} ({r['examples_seen']} examples, best validation exact match "
+                f"{100 * r.get('best_val_seq_acc', 0):.1f}%); seed {best['seed']} reached {lowest[best['id']]:.4f} "
+                f"({md(best.get('stop_reason'))} after {best['examples_seen']}, "
+                f"{100 * best.get('best_val_seq_acc', 0):.1f}%)"
+            )
+    if not lines:
+        return []
+    return [
+        "",
+        f"**Converged behind a sibling seed** ({len(lines)}): no gain over the last stretch, but another seed of the "
+        "same model and setting reached a validation loss lower by more than the loss tolerance, so the rule stopped "
+        "this one on a plateau that the model can get past; its numbers are those of a stalled run and pull the "
+        "seeds' mean down:",
+        "",
+        *lines,
+    ]
+
+
+def _stopped(record: dict) -> str | None:
+    """Why a cell stopped, as the cells table says it: its record's stop reason, "converged at the
+    floor" for a cell called converged with its learning rate at the schedule's floor (the schedule,
+    not the model, may have ended its learning), or the error of a failed cell."""
+    reason = record.get("stop_reason", record.get("error"))
+    cfg = record.get("train_config") or {}
+    if reason == "converged" and "loss_tolerance" in cfg:
+        if StoppingRule.from_config(cfg).at_floor(record.get("stop_learning_rate")):
+            return "converged at the floor"
+    return reason
+
+
 def _cells_table(records: list[dict]) -> list[str]:
     """The table of cells: each cell's size, why and whether its training stopped, how far it
     got, how much its last stretch still moved, and where its time went; then the failed cells."""
@@ -619,7 +672,7 @@ def _cells_table(records: list[dict]) -> list[str]:
         rate = f"{r['stop_learning_rate']:.2g}" if isinstance(r.get("stop_learning_rate"), (int, float)) else "-"
         lines.append(
             f"| {md(r['task'])} | {md(series[r['id']])} | {r['seed']} | {r.get('param_count', '?')} | "
-            f"{md(r.get('stop_reason', r.get('error')))} | {converged} | "
+            f"{md(_stopped(r))} | {converged} | "
             f"{r.get('examples_seen', '?')} | {100 * r.get('best_val_seq_acc', 0):.1f}% | {moved} | {rate} | {r.get('wall_seconds', 0):.0f} | {split} |"
         )
     failed = [r for r in records if r["status"] != "ok"]
