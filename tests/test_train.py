@@ -66,6 +66,47 @@ def test_every_target_character_weighs_the_same_in_every_batch(copy_data):
     )
 
 
+def test_greedy_validation_in_length_sorted_batches_equals_the_whole_set_as_one_batch(monkeypatch):
+    """The validation loss and every prediction of `GreedyValidation`, which runs the set sorted by
+    length in batches each padded to its own longest row, equal those of the whole set as one
+    batch padded to its longest: the batches' outputs go back to their own rows before the loss is
+    reduced (lengths 3 and 9 interleaved, batches of 8 rows, widths 8 and 16)."""
+    from study.evaluate import decode, decode_steps, score
+    from study.train import GreedyValidation
+
+    task = get_task("copy", alphabet="abcdefgh")
+    splits = make_splits(task, [3, 9], [9], n_train=64, n_validation=16, n_test=4, seed=0, cache_dir=None)
+    sv, tv = Vocabulary(task.input_alphabet), Vocabulary(task.output_alphabet)
+    cfg = TrainConfig(n_train=64, batch_size=16, epoch_examples=64, n_validation=16)
+    keras.utils.set_random_seed(0)
+    model = build_model("dot", sv.size, tv.size, ModelConfig(embedding_dim=8, units=16))
+    compile_model(model, cfg)
+    monkeypatch.setattr(GreedyValidation, "BATCH", 8)
+    v = splits.validation.select(np.random.default_rng(0).permutation(32))  # lengths interleaved
+    assert len(set(v.lengths[:8])) == 2
+    validating = GreedyValidation(BucketedBatches(EncodedSet.build(splits.train, sv, tv), cfg, 0), v, sv, tv, 0.0)
+    validating.set_model(model)
+    assert [x[0].shape[1] for _, x in validating.loss_inputs] == [8, 8, 16, 16]
+    scored = []  # what the callback scores, in the set's order
+    monkeypatch.setattr(
+        "study.train.score", lambda predictions, targets: scored.append(predictions) or score(predictions, targets)
+    )
+    logs = {"loss": 1.0}
+    validating.on_epoch_end(0, logs)
+
+    encoded = EncodedSet.build(v, sv, tv)
+    x, y, w = encoded.batch(np.arange(len(v)), 8, 1 / sum(len(t) - 1 for t in encoded.targets))
+    assert logs["val_loss"] == pytest.approx(float(model.loss(y, model.predict_on_batch(x), sample_weight=w)), rel=1e-6)
+    whole, _ = decode(model, v.sources, sv, tv, decode_steps(v.targets))
+    assert scored == [whole] and len(set(whole)) > 1
+    assert logs["val_seq_acc"] == score(whole, v.targets)["seq_acc"]
+    assert logs["val_char_acc"] == pytest.approx(score(whole, v.targets)["char_acc"], abs=0)
+    right = np.array([p == t for p, t in zip(whole, v.targets)])
+    assert validating.history[-1]["val_seq_acc_by_length"] == {
+        str(L): float(right[v.lengths == L].mean()) for L in (3, 9)
+    }
+
+
 def test_adams_second_moment_decay_is_a_setting_that_old_cells_do_not_name():
     model = build_model("dot", 5, 6, ModelConfig(embedding_dim=8, units=16))
     compile_model(model, TrainConfig(adam_beta2=0.98))
