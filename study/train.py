@@ -401,12 +401,13 @@ class GreedyValidation(keras.callbacks.Callback):
     included, the training loss's weighting); appends the epoch's history row (with exact
     match per training length and the epoch's learning rate).
 
-    Both run on the validation set sorted by target length, in batches of `BATCH` rows: the
-    loss's forward pass pads each batch to its own longest row rather than every row to the
+    Both run on the validation set sorted by target length, in batches of at most `BATCH` rows:
+    the loss's forward pass pads each batch to its own longest row rather than every row to the
     set's longest, and a batch of short rows ends its greedy loop when they have all emitted END.
-    The loss is still reduced over the whole set at once, so on the study's models (the 36 of
-    `results/reference`) its value and every prediction equal those of the whole set as one
-    batch, to the last bit, in 23% (loss) and 11% (decoding) less time."""
+    The loss is still reduced over the whole set at once, and the predictions go back to the
+    set's order, so on the study's models (the 36 of `results/reference` and the bottleneck's)
+    the loss and every prediction equal those of the whole set as one batch to the last bit, in
+    less time (BENCHMARKS.md, "Greedy validation in length-sorted batches")."""
 
     BATCH = 512  # validation rows per forward pass (the standard profile's sets: 1,856 or 256 rows)
 
