@@ -401,13 +401,15 @@ class GreedyValidation(keras.callbacks.Callback):
     included, the training loss's weighting); appends the epoch's history row (with exact
     match per training length and the epoch's learning rate).
 
-    Both run on the validation set sorted by target length, in batches of at most `BATCH` rows:
-    the loss's forward pass pads each batch to its own longest row rather than every row to the
-    set's longest, and a batch of short rows ends its greedy loop when they have all emitted END.
-    The loss is still reduced over the whole set at once, and the predictions go back to the
-    set's order, so on the study's models (the 36 of `results/reference` and the bottleneck's)
-    the loss and every prediction equal those of the whole set as one batch to the last bit, in
-    less time (BENCHMARKS.md, "Greedy validation in length-sorted batches")."""
+    The loss, and the greedy decoding of a model that writes END, run on the validation set
+    sorted by target length in the same batches of `BATCH` rows: the loss's forward pass pads
+    each batch to its own longest row rather than every row to the set's longest, and a batch of
+    short rows ends its greedy loop when they have all emitted END.  The loss is still reduced
+    over the whole set at once, and the predictions go back to the set's order.  On TensorFlow
+    on a CPU, for the study's models (the 36 of `results/reference` and the bottleneck's), the
+    loss and every prediction equal those of the whole set as one batch to the last bit, and a
+    validation of a trained model takes less time; over a whole study the gain was within the
+    machine's drift (BENCHMARKS.md, "Greedy validation in length-sorted batches")."""
 
     BATCH = 512  # validation rows per forward pass (the standard profile's sets: 1,856 or 256 rows)
 
@@ -437,7 +439,7 @@ class GreedyValidation(keras.callbacks.Callback):
         self.order = np.argsort([len(t) for t in encoded.targets], kind="stable")
         self.loss_inputs = [
             (rows, encoded.batch(rows, batches.pad_multiple)[0])
-            for rows in np.array_split(self.order, math.ceil(len(self.order) / self.BATCH))
+            for rows in (self.order[i : i + self.BATCH] for i in range(0, len(self.order), self.BATCH))
         ]
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -1084,8 +1084,8 @@ def test_a_cell_converged_on_a_plateau_its_sibling_seed_got_past_is_listed():
     text = "\n".join(convergence_lines(reference))
     assert "**Converged behind a sibling seed** (1)" in text
     assert (
-        "- date_format/none/seed 1: lowest validation loss 0.8272 (130000 examples, best validation exact match "
-        "0.0%); seed 0 reached 0.7237 (budget after 200000, 3.1%)"
+        "- date_format/none/seed 1 (converged after 130000 examples, kept validation exact match 0.0%): lowest "
+        "validation loss 0.8272; seed 0 (budget after 200000 examples, 3.1%) reached 0.7237"
     ) in text
     close = copy.deepcopy(reference)
     stalled = next(r for r in close if (r["task"], r["model"], r["seed"]) == ("date_format", "none", 1))
@@ -1102,8 +1102,10 @@ def test_a_cell_converged_on_a_plateau_its_sibling_seed_got_past_is_listed():
 
 
 def test_a_converged_cell_at_the_learning_rate_floor_is_marked_in_the_cells_table_and_counted_apart():
-    """The issue's demand: a cell at the floor is reported as stopped at the floor, not as
-    converged at a working rate; the committed reference has none, so its report says nothing."""
+    """A cell the rule called converged with its learning rate at the floor is reported as stopped
+    at the floor, not as converged at a working rate; a cell at the floor that ran out of budget
+    keeps its own reason and is not counted; the committed reference has none, so its report
+    says nothing."""
     import copy
 
     from study.report.markdown import _cells_table, convergence_lines
@@ -1115,9 +1117,14 @@ def test_a_converged_cell_at_the_learning_rate_floor_is_marked_in_the_cells_tabl
     cell["stop_learning_rate"] = float(np.float32(cell["train_config"]["min_learning_rate"]))
     rows = [line for line in _cells_table(floored) if "converged at the floor" in line]
     assert len(rows) == 1 and f"| {cell['task']} |" in rows[0]
-    assert "28 of 36 cells converged, 1 of them with the learning rate at the schedule's floor (below)." in (
-        "\n".join(convergence_lines(floored))
+    assert (
+        "28 of 36 cells converged, 1 of them by the rule with the learning rate at the schedule's floor (below)."
+        in ("\n".join(convergence_lines(floored)))
     )
+    budget = next(r for r in floored if r["stop_reason"] == "budget")
+    budget["stop_learning_rate"] = cell["stop_learning_rate"]
+    assert len([line for line in _cells_table(floored) if "at the floor" in line]) == 1
+    assert "1 of them by the rule" in "\n".join(convergence_lines(floored))
 
 
 def test_an_accuracy_series_whose_mean_lands_an_ulp_outside_equal_seeds_is_drawn():

@@ -389,13 +389,17 @@ def convergence_lines(records: list[dict]) -> list[str]:
         return lines + [""]
     rules = {r["id"]: StoppingRule.from_config(r["train_config"]) for r in done}
     definitions = list(dict.fromkeys(rule.definition() for rule in rules.values()))
-    floored = sum(r["converged"] and rules[r["id"]].at_floor(r.get("stop_learning_rate")) for r in done)
+    floored = sum(_stopped(r) == "converged at the floor" for r in done)
     lines = [
         *(definitions if len(definitions) == 1 else [f"The cells were trained under {len(definitions)} rules:", ""]),
         *([f"- {d}" for d in definitions] if len(definitions) > 1 else []),
         "",
         f"{len(done) - len(open_cells)} of {len(done)} cells converged"
-        + (f", {floored} of them with the learning rate at the schedule's floor (below)." if floored else "."),
+        + (
+            f", {floored} of them by the rule with the learning rate at the schedule's floor (below)."
+            if floored
+            else "."
+        ),
     ]
     learning = [r for r in open_cells if r.get("last_stretch") and r.get("stop_reason") == "budget"]
     short = [r for r in open_cells if not r.get("last_stretch")]
@@ -598,8 +602,8 @@ def _sibling_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str
     """The cells called converged whose lowest validation loss lies above that of another seed of
     the same task, model and setting (`setting_key`) by more than the rule's loss tolerance
     (`rules`: each record's rule, by id).  The rule sees a plateau as convergence; when another
-    seed got past the plateau's loss, the cell stopped at a poorer solution than its model
-    reaches on this data, and its numbers pull the seeds' mean down."""
+    seed got below the plateau's loss, the cell may have stopped at a poorer solution than its
+    model reaches on this data.  Only the loss is compared: accuracy can differ by chance."""
     lowest = {r["id"]: min(row["val_loss"] for row in r["history"]) for r in done if r.get("history")}
     siblings: dict[tuple, list[dict]] = {}
     for r in done:
@@ -613,20 +617,19 @@ def _sibling_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str
         best = min((s for s in group if s is not r), key=lambda s: lowest[s["id"]], default=None)
         if best is not None and lowest[r["id"]] > lowest[best["id"]] + rules[r["id"]].loss_tolerance:
             lines.append(
-                f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']}: lowest validation loss "
-                f"{lowest[r['id']]:.4f} ({r['examples_seen']} examples, best validation exact match "
-                f"{100 * r.get('best_val_seq_acc', 0):.1f}%); seed {best['seed']} reached {lowest[best['id']]:.4f} "
-                f"({md(best.get('stop_reason'))} after {best['examples_seen']}, "
-                f"{100 * best.get('best_val_seq_acc', 0):.1f}%)"
+                f"- {md(r['task'])}/{md(r['model'])}/seed {r['seed']} (converged after {r['examples_seen']} examples, "
+                f"kept validation exact match {100 * r.get('best_val_seq_acc', 0):.1f}%): lowest validation loss "
+                f"{lowest[r['id']]:.4f}; seed {best['seed']} ({md(best.get('stop_reason'))} after "
+                f"{best['examples_seen']} examples, {100 * best.get('best_val_seq_acc', 0):.1f}%) reached "
+                f"{lowest[best['id']]:.4f}"
             )
     if not lines:
         return []
     return [
         "",
         f"**Converged behind a sibling seed** ({len(lines)}): no gain over the last stretch, but another seed of the "
-        "same model and setting reached a validation loss lower by more than the loss tolerance, so the rule stopped "
-        "this one on a plateau that the model can get past; its numbers are those of a stalled run and pull the "
-        "seeds' mean down:",
+        "same model and setting reached a validation loss lower by more than the loss tolerance: the rule may have "
+        "stopped this one on a plateau that the model can leave, and its numbers may be those of a stalled run:",
         "",
         *lines,
     ]
