@@ -429,8 +429,9 @@ def convergence_lines(records: list[dict]) -> list[str]:
             + ".",
         ]
     lines += _floor_lines(done, rules)
-    lines += _setback_lines(done, rules)
-    lines += _sibling_lines(done, rules)
+    lowest = {r["id"]: min(r["history"], key=lambda row: row["val_loss"]) for r in done if r.get("history")}
+    lines += _setback_lines(done, rules, lowest)
+    lines += _sibling_lines(done, rules, lowest)
     if short:
         lines += [
             "",
@@ -566,13 +567,13 @@ def _floor_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
     return lines
 
 
-def _setback_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
+def _setback_lines(done: list[dict], rules: dict[str, StoppingRule], best: dict[str, dict]) -> list[str]:
     """The cells called converged while their validation loss at the stop was more than the rule's
     loss tolerance above the best it had reached (`rules`: each record's rule, by id).  The rule
     judges the last stretch against the best before it, so a model still climbing back from a
     setback (a loss spike) within the stretch looks like one that has stopped learning; the kept
-    weights are the best epoch's, and the cell may have had more to gain."""
-    best = {r["id"]: min(r["history"], key=lambda row: row["val_loss"]) for r in done if r.get("history")}
+    weights are the best epoch's, and the cell may have had more to gain.  `best`: each record's
+    history row of its lowest validation loss, by id (records with a history)."""
     behind = [
         r
         for r in done
@@ -598,22 +599,24 @@ def _setback_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str
     return lines
 
 
-def _sibling_lines(done: list[dict], rules: dict[str, StoppingRule]) -> list[str]:
+def _sibling_lines(done: list[dict], rules: dict[str, StoppingRule], best: dict[str, dict]) -> list[str]:
     """The cells called converged whose lowest validation loss lies above that of another seed of
     the same task, model and setting (`setting_key`) by more than the rule's loss tolerance
     (`rules`: each record's rule, by id).  The rule sees a plateau as convergence; when another
     seed got below the plateau's loss, the cell may have stopped at a poorer solution than its
-    model reaches on this data.  Only the loss is compared: accuracy can differ by chance."""
-    lowest = {r["id"]: min(row["val_loss"] for row in r["history"]) for r in done if r.get("history")}
+    model reaches on this data.  Only the loss is compared: accuracy can differ by chance.
+    `best`: as for `_setback_lines`."""
+    lowest = {cid: row["val_loss"] for cid, row in best.items()}
+    group_of = {r["id"]: (r["task"], r["model"], setting_key(r)) for r in done if r["id"] in lowest}
     siblings: dict[tuple, list[dict]] = {}
     for r in done:
-        if r["id"] in lowest:
-            siblings.setdefault((r["task"], r["model"], setting_key(r)), []).append(r)
+        if r["id"] in group_of:
+            siblings.setdefault(group_of[r["id"]], []).append(r)
     lines = []
     for r in done:
         if r.get("stop_reason") != "converged" or r["id"] not in lowest:
             continue
-        group = siblings[(r["task"], r["model"], setting_key(r))]
+        group = siblings[group_of[r["id"]]]
         best = min((s for s in group if s is not r), key=lambda s: lowest[s["id"]], default=None)
         if best is not None and lowest[r["id"]] > lowest[best["id"]] + rules[r["id"]].loss_tolerance:
             lines.append(
